@@ -1,0 +1,49 @@
+"""lrcore: optimizer updates applied in place over large float buffers, at the speed of memory.
+
+Layers: `lrcore.kernels` (one optimizer step over one set of buffers, compiled C
+with a numpy twin in `lrcore.reference`), optimizers and schedules on top, and an
+update task with a command-line trainer. See README.md.
+"""
+import os as _os
+
+from . import kernels, reference
+from .kernels import backend
+
+__version__ = "0.1.0"
+
+__all__ = ["kernels", "reference", "backend", "isa", "available_isas", "num_threads",
+           "get_include", "__version__"]
+
+
+def isa():
+    """Instruction-set build of the kernels in use ('baseline', 'avx2', 'avx512'); 'numpy'
+    on the python backend."""
+    if backend() == "python":
+        return "numpy"
+    from . import _core
+    return _core.isa()
+
+
+def available_isas():
+    """Instruction-set builds this machine can run, lowest first."""
+    if backend() == "python":
+        return ("numpy",)
+    from . import _core
+    return _core.available_isas()
+
+
+def num_threads():
+    """Threads a large call uses when num_threads=None (OMP_NUM_THREADS, else usable CPUs)."""
+    if backend() == "python":
+        return 1
+    from . import _core
+    return _core.default_threads()
+
+
+def get_include():
+    """Directory holding lrcore.h (header-only C99 kernels) for C/Cython extensions.
+
+    Cython code can `from lrcore.clrcore cimport lrcore_adam_f32, lrcore_adam_hp` and
+    needs `include_dirs=[lrcore.get_include()]` in its Extension.
+    """
+    return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "include")

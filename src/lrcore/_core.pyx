@@ -1,0 +1,462 @@
+# cython: language_level=3
+"""Compiled backend of lrcore.kernels: argument checks, then the C kernels without the GIL.
+
+Design: every public function validates all of its arguments before touching any
+memory (so a bad call modifies nothing), packs them into one `lrcore_job`, and hands
+the job to the native runner (runtime.c), which splits it across threads and runs
+the best instruction-set build of the kernels in lrcore.h. `StepPlan` does the same
+for many buffers at once (an optimizer step over a model's parameters): the
+buffers are checked once when the plan is made, the gradients at every step.
+The checks mirror lrcore/_validate.py (used by the numpy backend) exactly; the
+test-suite holds both to one table of bad inputs.
+"""
+cimport cython
+cimport numpy as cnp
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact
+from libc.math cimport isfinite
+from libc.stdint cimport int64_t, uintptr_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+import numbers
+import os
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "lrcore.h" nogil:
+    ctypedef struct lrcore_sgd_hp:
+        double lr, momentum, dampening, weight_decay, grad_scale
+        int64_t step
+        int nesterov, maximize
+    ctypedef struct lrcore_adam_hp:
+        double lr, beta1, beta2, eps, weight_decay, grad_scale
+        int64_t step
+        int decoupled_weight_decay, maximize
+    ctypedef struct lrcore_adagrad_hp:
+        double lr, lr_decay, weight_decay, eps, grad_scale
+        int64_t step
+        int maximize
+    ctypedef struct lrcore_rmsprop_hp:
+        double lr, alpha, eps, weight_decay, momentum, grad_scale
+        int64_t step
+        int maximize
+    ctypedef struct lrcore_adadelta_hp:
+        double lr, rho, eps, weight_decay, grad_scale
+        int64_t step
+        int maximize
+
+cdef extern from "runtime.h" nogil:
+    enum:
+        LRCORE_SGD, LRCORE_ADAM, LRCORE_ADAGRAD, LRCORE_RMSPROP, LRCORE_ADADELTA
+        LRCORE_F32, LRCORE_F64
+    ctypedef union lrcore_hp:
+        lrcore_sgd_hp sgd
+        lrcore_adam_hp adam
+        lrcore_adagrad_hp adagrad
+        lrcore_rmsprop_hp rmsprop
+        lrcore_adadelta_hp adadelta
+    ctypedef struct lrcore_job:
+        int kind
+        int dtype
+        size_t n
+        char *param
+        const char *grad
+        char *state[3]
+        lrcore_hp hp
+    int lrcore_isa_supported()
+    int lrcore_isa_active()
+    int lrcore_set_isa(int level)
+    int lrcore_has_threads()
+    int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_thread)
+    void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
+
+
+ISA_NAMES = ("baseline", "avx2", "avx512")
+
+# Below this many bytes of param per thread a call stays on fewer threads
+# (measured with bench/; see README "Performance").
+cdef size_t MIN_BYTES_PER_THREAD = 1 << 18
+
+
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env:
+        try:
+            n = int(env)
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+cdef int DEFAULT_THREADS = _default_threads()
+
+
+def isa():
+    """Name of the instruction-set build in use: 'baseline', 'avx2' or 'avx512'."""
+    return ISA_NAMES[lrcore_isa_active()]
+
+
+def available_isas():
+    """Instruction-set builds this CPU can run, lowest first."""
+    cdef int best = lrcore_isa_supported()
+    names = []
+    for level in range(best + 1):
+        if lrcore_set_isa(level) == level:
+            names.append(ISA_NAMES[level])
+    return tuple(names)
+
+
+def set_isa(name):
+    """Force an instruction-set build (at most the best supported); returns the one in use."""
+    if name is None:
+        return ISA_NAMES[lrcore_set_isa(-1)]
+    if name not in ISA_NAMES:
+        raise ValueError(f"LRCORE_ISA must be one of {', '.join(ISA_NAMES)}, got {name!r}")
+    cdef int want = ISA_NAMES.index(name)
+    cdef int got = lrcore_set_isa(want)
+    if got != want:
+        lrcore_set_isa(-1)  # keep the best rather than a surprise lower level
+        available = available_isas()
+        raise ValueError(f"LRCORE_ISA={name!r} is not supported on this CPU; available: "
+                         f"{', '.join(available)}")
+    return ISA_NAMES[got]
+
+
+def has_threads():
+    """Whether the extension was built with OpenMP."""
+    return bool(lrcore_has_threads())
+
+
+def default_threads():
+    """Threads used when num_threads=None (OMP_NUM_THREADS, else the usable CPUs)."""
+    return DEFAULT_THREADS
+
+
+def set_default_threads(int n):
+    """Change the num_threads=None default for this process."""
+    global DEFAULT_THREADS
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    DEFAULT_THREADS = n
+
+
+def set_min_bytes_per_thread(size_t nbytes):
+    """Tune the size below which a call uses fewer threads (bench/ measures it)."""
+    global MIN_BYTES_PER_THREAD
+    MIN_BYTES_PER_THREAD = nbytes
+
+
+def min_bytes_per_thread():
+    return MIN_BYTES_PER_THREAD
+
+
+def planned_threads(size_t param_bytes, num_threads=None):
+    """Threads a call over param_bytes of param would use."""
+    cdef int req = DEFAULT_THREADS if num_threads is None else num_threads
+    return lrcore_plan_threads(param_bytes, req, MIN_BYTES_PER_THREAD)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks. Messages name the function, the argument, the value and the
+# expectation; exception types match lrcore/_validate.py.
+# ---------------------------------------------------------------------------
+
+cdef inline str _tname(object x):
+    return type(x).__name__
+
+
+cdef double _real(str fn, str name, object x) except? -1.0:
+    if PyFloat_CheckExact(x):
+        return PyFloat_AS_DOUBLE(x)
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{fn}(): {name} must be a real number, got {_tname(x)}")
+    return float(x)
+
+
+cdef double _nonneg(str fn, str name, object x) except? -1.0:
+    cdef double v = _real(fn, name, x)
+    if not (isfinite(v) and v >= 0.0):
+        raise ValueError(f"{fn}(): {name} must be a finite number >= 0, got {v!r}")
+    return v
+
+
+cdef double _unit_open(str fn, str name, object x) except? -1.0:
+    """A value in [0, 1)."""
+    cdef double v = _real(fn, name, x)
+    if not (v >= 0.0 and v < 1.0):
+        raise ValueError(f"{fn}(): {name} must be in [0, 1), got {v!r}")
+    return v
+
+
+cdef int64_t _step(str fn, object x) except? -1:
+    cdef long long v
+    if PyLong_CheckExact(x):
+        v = PyLong_AsLongLong(x)
+    elif isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{fn}(): step must be an integer, got {_tname(x)}")
+    else:
+        v = int(x)
+    if v < 1:
+        raise ValueError(f"{fn}(): step must be >= 1 (1 for the first step), got {v}")
+    return v
+
+
+cdef int _threads(str fn, object x) except -1:
+    if x is None:
+        return DEFAULT_THREADS
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{fn}(): num_threads must be an integer or None, got {_tname(x)}")
+    if x < 1:
+        raise ValueError(f"{fn}(): num_threads must be >= 1, got {x}")
+    return min(<long long>x, 4096)
+
+
+cdef int _dtype_code(str fn, str name, cnp.ndarray a) except -1:
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"{fn}(): {name} must have dtype float32 or float64, got {a.dtype}")
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise TypeError(f"{fn}(): {name} must be in native byte order, got dtype {a.dtype.str!r}")
+    return LRCORE_F32 if t == cnp.NPY_FLOAT32 else LRCORE_F64
+
+
+cdef cnp.ndarray _array(str fn, str name, object x, int dtype, cnp.npy_intp size, bint writeable):
+    """Check one buffer against param's dtype (dtype < 0: this is param) and size."""
+    if not cnp.PyArray_Check(x):
+        raise TypeError(f"{fn}(): {name} must be a numpy.ndarray, got {_tname(x)}")
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int code = _dtype_code(fn, name, a)
+    if dtype >= 0 and code != dtype:
+        raise TypeError(f"{fn}(): {name} has dtype {a.dtype} but param has dtype "
+                        f"{'float32' if dtype == LRCORE_F32 else 'float64'}; all buffers must share one dtype")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{fn}(): {name} must be C-contiguous (it is updated in place, "
+                         f"a copy would lose the update)" if writeable else
+                         f"{fn}(): {name} must be C-contiguous")
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{fn}(): {name} is read-only; it must be writeable")
+    if size >= 0 and cnp.PyArray_SIZE(a) != size:
+        raise ValueError(f"{fn}(): {name} has {cnp.PyArray_SIZE(a)} elements but param has {size}; "
+                         f"all buffers must have the same size")
+    return a
+
+
+cdef int _check_overlap(str fn, list names, list arrays) except -1:
+    """Contiguous buffers overlap exactly when their byte ranges intersect."""
+    cdef Py_ssize_t i, j, k = len(arrays)
+    cdef uintptr_t a0, a1, b0, b1
+    cdef cnp.ndarray a, b
+    for i in range(k):
+        a = <cnp.ndarray>arrays[i]
+        if cnp.PyArray_NBYTES(a) == 0:
+            continue
+        a0 = <uintptr_t>cnp.PyArray_DATA(a)
+        a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
+        for j in range(i + 1, k):
+            b = <cnp.ndarray>arrays[j]
+            if cnp.PyArray_NBYTES(b) == 0:
+                continue
+            b0 = <uintptr_t>cnp.PyArray_DATA(b)
+            b1 = b0 + <uintptr_t>cnp.PyArray_NBYTES(b)
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"{fn}(): {names[i]} and {names[j]} share memory; "
+                                 f"every buffer must be a separate array")
+    return 0
+
+
+cdef inline char *_ptr(cnp.ndarray a):
+    return NULL if a is None else <char *>cnp.PyArray_DATA(a)
+
+
+cdef int _run(lrcore_job *job, int nthreads) except -1:
+    cdef size_t es = 4 if job.dtype == LRCORE_F32 else 8
+    cdef int nt = lrcore_plan_threads(job.n * es, nthreads, MIN_BYTES_PER_THREAD)
+    if job.n == 0:
+        return 0
+    with nogil:
+        lrcore_run_jobs(job, 1, nt)
+    return 0
+
+
+cdef int _buffers(str fn, lrcore_job *job, list names, list objs, list writeable,
+                  list arrays) except -1:
+    """Check param (first), grad (second) and the state buffers; fill job pointers."""
+    cdef cnp.ndarray p = _array(fn, names[0], objs[0], -1, -1, True)
+    cdef int dtype = _dtype_code(fn, names[0], p)
+    cdef cnp.npy_intp size = cnp.PyArray_SIZE(p)
+    cdef Py_ssize_t i
+    arrays.append(p)
+    used = [names[0]]
+    for i in range(1, len(objs)):
+        if objs[i] is None:
+            continue
+        arrays.append(_array(fn, names[i], objs[i], dtype, size, writeable[i]))
+        used.append(names[i])
+    _check_overlap(fn, used, arrays)
+    job.dtype = dtype
+    job.n = <size_t>size
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The kernels (docstrings are attached from lrcore.reference by lrcore.kernels)
+# ---------------------------------------------------------------------------
+
+def sgd(param, grad, momentum_buffer=None, *, lr, step, momentum=0.0, dampening=0.0,
+        nesterov=False, weight_decay=0.0, maximize=False, num_threads=None):
+    cdef str fn = "sgd"
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = LRCORE_SGD
+    job.hp.sgd.lr = _nonneg(fn, "lr", lr)
+    job.hp.sgd.step = _step(fn, step)
+    job.hp.sgd.momentum = _nonneg(fn, "momentum", momentum)
+    job.hp.sgd.dampening = _real(fn, "dampening", dampening)
+    if not (job.hp.sgd.dampening >= 0.0 and job.hp.sgd.dampening <= 1.0):
+        raise ValueError(f"{fn}(): dampening must be in [0, 1], got {job.hp.sgd.dampening!r}")
+    job.hp.sgd.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    job.hp.sgd.nesterov = bool(nesterov)
+    job.hp.sgd.maximize = bool(maximize)
+    job.hp.sgd.grad_scale = 1.0
+    if job.hp.sgd.nesterov and (job.hp.sgd.momentum <= 0.0 or job.hp.sgd.dampening != 0.0):
+        raise ValueError(f"{fn}(): nesterov requires momentum > 0 and dampening = 0, got "
+                         f"momentum={job.hp.sgd.momentum!r}, dampening={job.hp.sgd.dampening!r}")
+    if job.hp.sgd.momentum > 0.0 and momentum_buffer is None:
+        raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
+    cdef int nt = _threads(fn, num_threads)
+    arrays = []
+    _buffers(fn, &job, ["param", "grad", "momentum_buffer"],
+             [param, grad, momentum_buffer], [True, False, True], arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    job.state[0] = _ptr(arrays[2]) if job.hp.sgd.momentum > 0.0 else NULL
+    _run(&job, nt)
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, beta1=0.9,
+         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+         num_threads=None):
+    cdef str fn = "adam"
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = LRCORE_ADAM
+    job.hp.adam.lr = _nonneg(fn, "lr", lr)
+    job.hp.adam.step = _step(fn, step)
+    job.hp.adam.beta1 = _unit_open(fn, "beta1", beta1)
+    job.hp.adam.beta2 = _unit_open(fn, "beta2", beta2)
+    job.hp.adam.eps = _nonneg(fn, "eps", eps)
+    job.hp.adam.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    job.hp.adam.decoupled_weight_decay = bool(decoupled_weight_decay)
+    job.hp.adam.maximize = bool(maximize)
+    job.hp.adam.grad_scale = 1.0
+    cdef int nt = _threads(fn, num_threads)
+    if exp_avg is None:
+        raise TypeError(f"{fn}(): exp_avg must be a numpy.ndarray, got NoneType")
+    if exp_avg_sq is None:
+        raise TypeError(f"{fn}(): exp_avg_sq must be a numpy.ndarray, got NoneType")
+    arrays = []
+    _buffers(fn, &job, ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+             [param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq],
+             [True, False, True, True, True], arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    job.state[0] = _ptr(arrays[2])
+    job.state[1] = _ptr(arrays[3])
+    job.state[2] = _ptr(arrays[4]) if max_exp_avg_sq is not None else NULL
+    _run(&job, nt)
+
+
+def adagrad(param, grad, state_sum, *, lr, step, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+            maximize=False, num_threads=None):
+    cdef str fn = "adagrad"
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = LRCORE_ADAGRAD
+    job.hp.adagrad.lr = _nonneg(fn, "lr", lr)
+    job.hp.adagrad.step = _step(fn, step)
+    job.hp.adagrad.lr_decay = _nonneg(fn, "lr_decay", lr_decay)
+    job.hp.adagrad.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    job.hp.adagrad.eps = _nonneg(fn, "eps", eps)
+    job.hp.adagrad.maximize = bool(maximize)
+    job.hp.adagrad.grad_scale = 1.0
+    cdef int nt = _threads(fn, num_threads)
+    if state_sum is None:
+        raise TypeError(f"{fn}(): state_sum must be a numpy.ndarray, got NoneType")
+    arrays = []
+    _buffers(fn, &job, ["param", "grad", "state_sum"], [param, grad, state_sum],
+             [True, False, True], arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    job.state[0] = _ptr(arrays[2])
+    _run(&job, nt)
+
+
+def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr, step, alpha=0.99,
+            eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False, num_threads=None):
+    cdef str fn = "rmsprop"
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = LRCORE_RMSPROP
+    job.hp.rmsprop.lr = _nonneg(fn, "lr", lr)
+    job.hp.rmsprop.step = _step(fn, step)
+    job.hp.rmsprop.alpha = _unit_open(fn, "alpha", alpha)
+    job.hp.rmsprop.eps = _nonneg(fn, "eps", eps)
+    job.hp.rmsprop.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    job.hp.rmsprop.momentum = _nonneg(fn, "momentum", momentum)
+    job.hp.rmsprop.maximize = bool(maximize)
+    job.hp.rmsprop.grad_scale = 1.0
+    cdef int nt = _threads(fn, num_threads)
+    if square_avg is None:
+        raise TypeError(f"{fn}(): square_avg must be a numpy.ndarray, got NoneType")
+    if job.hp.rmsprop.momentum > 0.0 and momentum_buffer is None:
+        raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
+    arrays = []
+    _buffers(fn, &job, ["param", "grad", "square_avg", "momentum_buffer", "grad_avg"],
+             [param, grad, square_avg, momentum_buffer, grad_avg],
+             [True, False, True, True, True], arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    job.state[0] = _ptr(arrays[2])
+    cdef Py_ssize_t k = 3
+    if momentum_buffer is not None:
+        job.state[1] = _ptr(arrays[k]) if job.hp.rmsprop.momentum > 0.0 else NULL
+        k += 1
+    if grad_avg is not None:
+        job.state[2] = _ptr(arrays[k])
+    _run(&job, nt)
+
+
+def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6, weight_decay=0.0,
+             maximize=False, num_threads=None):
+    cdef str fn = "adadelta"
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = LRCORE_ADADELTA
+    job.hp.adadelta.lr = _nonneg(fn, "lr", lr)
+    job.hp.adadelta.step = _step(fn, step)
+    job.hp.adadelta.rho = _unit_open(fn, "rho", rho)
+    job.hp.adadelta.eps = _nonneg(fn, "eps", eps)
+    job.hp.adadelta.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    job.hp.adadelta.maximize = bool(maximize)
+    job.hp.adadelta.grad_scale = 1.0
+    cdef int nt = _threads(fn, num_threads)
+    if square_avg is None:
+        raise TypeError(f"{fn}(): square_avg must be a numpy.ndarray, got NoneType")
+    if acc_delta is None:
+        raise TypeError(f"{fn}(): acc_delta must be a numpy.ndarray, got NoneType")
+    arrays = []
+    _buffers(fn, &job, ["param", "grad", "square_avg", "acc_delta"],
+             [param, grad, square_avg, acc_delta], [True, False, True, True], arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    job.state[0] = _ptr(arrays[2])
+    job.state[1] = _ptr(arrays[3])
+    _run(&job, nt)

@@ -1,0 +1,163 @@
+/*
+ * runtime.c -- instruction-set dispatch and the threaded job runner.
+ * See runtime.h for the design.
+ */
+#include "runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define LRCORE_X86 1
+#else
+const lrcore_range_fn lrcore_range_avx2 = 0;    /* not built on this architecture */
+const lrcore_range_fn lrcore_range_avx512 = 0;
+#endif
+
+#define LRCORE_ALIGN 64   /* bytes: one cache line, one AVX-512 vector */
+
+int lrcore_isa_supported(void)
+{
+#if defined(LRCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+    /* libgcc checks both CPUID and the OS-enabled register state (XGETBV). */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return LRCORE_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return LRCORE_ISA_AVX2;
+#endif
+    return LRCORE_ISA_BASELINE;
+}
+
+static int active_level = -1;
+static lrcore_range_fn active_fn = 0;
+
+static lrcore_range_fn fn_for(int level)
+{
+    if (level == LRCORE_ISA_AVX512) return lrcore_range_avx512;
+    if (level == LRCORE_ISA_AVX2) return lrcore_range_avx2;
+    return lrcore_range_baseline;
+}
+
+int lrcore_set_isa(int level)
+{
+    int best = lrcore_isa_supported();
+    if (level < 0 || level > best) level = best;
+    while (level > 0 && fn_for(level) == 0) level--;
+    active_level = level;
+    active_fn = fn_for(level);
+    return level;
+}
+
+int lrcore_isa_active(void)
+{
+    if (active_level < 0) lrcore_set_isa(-1);
+    return active_level;
+}
+
+int lrcore_has_threads(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_thread)
+{
+    if (requested <= 1 || !lrcore_has_threads()) return 1;
+    if (min_bytes_per_thread == 0) return requested;
+    size_t by_size = param_bytes / min_bytes_per_thread;
+    if (by_size < 1) return 1;
+    return by_size < (size_t)requested ? (int)by_size : requested;
+}
+
+static size_t elem_size(const lrcore_job *job)
+{
+    return job->dtype == LRCORE_F32 ? sizeof(float) : sizeof(double);
+}
+
+/* Run [start, end) of one job: first up to the next aligned param address,
+ * then the rest from there, so the vector loop's loads and stores are aligned
+ * (numpy's large arrays start 16 bytes past a page). Same loop for both parts. */
+static void run_aligned(lrcore_range_fn fn, const lrcore_job *job, size_t start, size_t end)
+{
+    if (end <= start) return;
+    size_t es = elem_size(job);
+    uintptr_t addr = (uintptr_t)(job->param + start * es);
+    size_t mis = (size_t)(addr % LRCORE_ALIGN);
+    size_t head = 0;
+    if (mis != 0 && mis % es == 0) head = (LRCORE_ALIGN - mis) / es;
+    if (head > end - start) head = end - start;
+    fn(job, start, head);
+    fn(job, start + head, end - start - head);
+}
+
+/* A position in the concatenation of all jobs. */
+typedef struct { size_t job, off; } cut_t;
+
+/* Round an offset inside a job up to the next aligned param address. */
+static size_t align_up(const lrcore_job *job, size_t off)
+{
+    size_t es = elem_size(job);
+    uintptr_t addr = (uintptr_t)(job->param + off * es);
+    size_t mis = (size_t)(addr % LRCORE_ALIGN);
+    if (mis != 0 && mis % es == 0) off += (LRCORE_ALIGN - mis) / es;
+    return off < job->n ? off : job->n;
+}
+
+static void run_between(lrcore_range_fn fn, const lrcore_job *jobs, cut_t a, cut_t b)
+{
+    for (size_t j = a.job; j <= b.job; j++) {
+        size_t s = j == a.job ? a.off : 0;
+        size_t e = j == b.job ? b.off : jobs[j].n;
+        run_aligned(fn, &jobs[j], s, e);
+    }
+}
+
+void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
+{
+    if (njobs == 0) return;
+    lrcore_isa_active();
+    lrcore_range_fn fn = active_fn;
+    if (nthreads <= 1 || !lrcore_has_threads()) {
+        for (size_t j = 0; j < njobs; j++) run_aligned(fn, &jobs[j], 0, jobs[j].n);
+        return;
+    }
+    /* Split the bytes of param evenly; cut k falls at byte k*total/nthreads. */
+    size_t total = 0;
+    for (size_t j = 0; j < njobs; j++) total += jobs[j].n * elem_size(&jobs[j]);
+    cut_t stack_cuts[65];
+    cut_t *cuts = nthreads < 65 ? stack_cuts : (cut_t *)malloc(sizeof(cut_t) * (size_t)(nthreads + 1));
+    if (!cuts) { for (size_t j = 0; j < njobs; j++) run_aligned(fn, &jobs[j], 0, jobs[j].n); return; }
+    size_t j = 0, before = 0;   /* bytes in jobs[0..j) */
+    cuts[0].job = 0; cuts[0].off = 0;
+    for (int k = 1; k < nthreads; k++) {
+        size_t target = (size_t)((double)total * k / nthreads);
+        while (j + 1 < njobs && before + jobs[j].n * elem_size(&jobs[j]) <= target) {
+            before += jobs[j].n * elem_size(&jobs[j]);
+            j++;
+        }
+        size_t off = (target - before) / elem_size(&jobs[j]);
+        if (off > jobs[j].n) off = jobs[j].n;
+        off = align_up(&jobs[j], off);
+        cuts[k].job = j; cuts[k].off = off;
+        /* keep cuts monotone */
+        if (cuts[k].job == cuts[k - 1].job && cuts[k].off < cuts[k - 1].off) cuts[k].off = cuts[k - 1].off;
+    }
+    cuts[nthreads].job = njobs - 1; cuts[nthreads].off = jobs[njobs - 1].n;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int nt = omp_get_num_threads();
+        for (int t = omp_get_thread_num(); t < nthreads; t += nt)
+            run_between(fn, jobs, cuts[t], cuts[t + 1]);
+    }
+#endif
+    if (cuts != stack_cuts) free(cuts);
+}

@@ -1,0 +1,64 @@
+/*
+ * runtime.h -- lrcore's private native runtime: instruction-set dispatch and
+ * the threaded runner that applies a list of kernel jobs.
+ *
+ * Design: lrcore.h holds the kernels (header-only, public). kernels_isa.c
+ * includes it once per instruction set (baseline, AVX2+FMA, AVX-512), each
+ * build exporting one `lrcore_isa_table`. runtime.c picks the best table the
+ * CPU supports, splits a list of jobs (one job = one kernel call over one set of
+ * buffers) into per-thread ranges whose boundaries fall on 64-byte aligned
+ * param addresses, and runs them with OpenMP. Every element is computed by the
+ * same code whatever the split, so results are bitwise identical for any
+ * thread count.
+ */
+#ifndef LRCORE_RUNTIME_H
+#define LRCORE_RUNTIME_H
+
+#include <stddef.h>
+#include "lrcore.h"
+
+enum { LRCORE_SGD = 0, LRCORE_ADAM = 1, LRCORE_ADAGRAD = 2, LRCORE_RMSPROP = 3, LRCORE_ADADELTA = 4 };
+enum { LRCORE_F32 = 0, LRCORE_F64 = 1 };
+enum { LRCORE_ISA_BASELINE = 0, LRCORE_ISA_AVX2 = 1, LRCORE_ISA_AVX512 = 2 };
+
+typedef union {
+    lrcore_sgd_hp sgd;
+    lrcore_adam_hp adam;
+    lrcore_adagrad_hp adagrad;
+    lrcore_rmsprop_hp rmsprop;
+    lrcore_adadelta_hp adadelta;
+} lrcore_hp;
+
+typedef struct {
+    int kind;            /* LRCORE_SGD, ... */
+    int dtype;           /* LRCORE_F32 or LRCORE_F64 */
+    size_t n;            /* elements */
+    char *param;
+    const char *grad;
+    char *state[3];      /* kernel order; NULL where absent */
+    lrcore_hp hp;
+} lrcore_job;
+
+/* Run elements [start, start + count) of one job. */
+typedef void (*lrcore_range_fn)(const lrcore_job *job, size_t start, size_t count);
+
+/* One per instruction-set build of kernels_isa.c. */
+extern const lrcore_range_fn lrcore_range_baseline;
+extern const lrcore_range_fn lrcore_range_avx2;
+extern const lrcore_range_fn lrcore_range_avx512;
+
+/* Best level this CPU and OS support (0 baseline, 1 AVX2+FMA, 2 AVX-512). */
+int lrcore_isa_supported(void);
+/* The level in use; lrcore_set_isa clamps to what is supported and compiled. */
+int lrcore_isa_active(void);
+int lrcore_set_isa(int level);
+/* Whether this build has threads (OpenMP). */
+int lrcore_has_threads(void);
+
+/* Threads a call over `param_bytes` bytes of param would use, given a request. */
+int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_thread);
+
+/* Apply every job; jobs must not share memory. nthreads >= 1. */
+void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads);
+
+#endif
