@@ -110,8 +110,8 @@ def _first_mismatch(actual: np.ndarray, expected: np.ndarray, rtol: float, atol:
     if np.isnan(actual64).any():
         worst = int(np.argmax(np.isnan(actual64)))
     relative = error[worst] / abs(expected64[worst]) if expected64[worst] != 0 else np.inf
-    return (f"element {worst} of {actual.size}: got {actual64[worst]!r}, torch {expected64[worst]!r}, "
-            f"|diff| {error[worst]:.3e} (rel {relative:.3e}), allowed {allowed[worst]:.3e}; "
+    return (f"element {worst} of {actual.size}: got {float(actual64[worst])!r}, "
+            f"torch {float(expected64[worst])!r}, |diff| {error[worst]:.3e} (rel {relative:.3e}), allowed {allowed[worst]:.3e}; "
             f"{int(bad.sum())} elements out of tolerance")
 
 
@@ -136,6 +136,23 @@ def test_golden_file_is_complete():
 @pytest.mark.parametrize("case", GOLDEN_CASES, ids=[case["name"] for case in GOLDEN_CASES])
 def test_trajectory_matches_torch(case, backend_name):
     backend = _backend(backend_name)
+    if backend_name == "reference":
+        _replay_and_compare(backend, case, label="lrcore.reference")
+        return
+    # The compiled core: replay once per instruction-set build this CPU runs (baseline, avx2, ...).
+    import lrcore
+    from lrcore import _core
+
+    isa_in_use = lrcore.isa()
+    try:
+        for isa in lrcore.available_isas():
+            _core.set_isa(isa)
+            _replay_and_compare(backend, case, label=f"lrcore.kernels[{isa}]")
+    finally:
+        _core.set_isa(isa_in_use)
+
+
+def _replay_and_compare(backend, case: dict, label: str) -> None:
     dtype = case["dtype"]
     tolerance = TOLERANCES[dtype]
     size, n_steps = GOLDEN_META["size"], GOLDEN_META["n_steps"]
@@ -148,7 +165,7 @@ def test_trajectory_matches_torch(case, backend_name):
     for step in range(1, n_steps + 1):
         grad = all_grads[step - 1].copy()
         returned = update(param, grad, *(buffer for _, buffer in buffers), step=step, **kwargs)
-        where = f"lrcore.{backend_name}.{function_name} case {case['name']} step {step}"
+        where = f"{label}.{function_name} case {case['name']} step {step}"
         assert returned is None, f"{where}: returned {returned!r}; expected None (updates in place)"
         assert np.array_equal(grad, all_grads[step - 1]), f"{where}: grad was modified; expected it read-only"
         assert param.dtype == dtype
