@@ -26,27 +26,8 @@ import numpy as np
 
 cnp.import_array()
 
-cdef extern from "lrcore.h" nogil:
-    ctypedef struct lrcore_sgd_hp:
-        double lr, momentum, dampening, weight_decay, grad_scale
-        int64_t step
-        int nesterov, maximize
-    ctypedef struct lrcore_adam_hp:
-        double lr, beta1, beta2, eps, weight_decay, grad_scale
-        int64_t step
-        int decoupled_weight_decay, maximize
-    ctypedef struct lrcore_adagrad_hp:
-        double lr, lr_decay, weight_decay, eps, grad_scale
-        int64_t step
-        int maximize
-    ctypedef struct lrcore_rmsprop_hp:
-        double lr, alpha, eps, weight_decay, momentum, grad_scale
-        int64_t step
-        int maximize
-    ctypedef struct lrcore_adadelta_hp:
-        double lr, rho, eps, weight_decay, grad_scale
-        int64_t step
-        int maximize
+from lrcore.clrcore cimport (lrcore_adadelta_hp, lrcore_adagrad_hp, lrcore_adam_hp,
+                              lrcore_rmsprop_hp, lrcore_sgd_hp)
 
 cdef extern from "runtime.h" nogil:
     enum:
@@ -296,7 +277,7 @@ cdef int _buffers(str fn, lrcore_job *job, list names, list objs, list writeable
     arrays.append(p)
     used = [names[0]]
     for i in range(1, len(objs)):
-        if objs[i] is None:
+        if objs[i] is None and i > 1:
             continue
         arrays.append(_array(fn, names[i], objs[i], dtype, size, writeable[i]))
         used.append(names[i])

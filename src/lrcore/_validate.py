@@ -100,8 +100,8 @@ def buffers(fn, names, objs, writeable):
     """Check param (first), grad (second) and the optional state buffers (None skipped)."""
     param = _array(fn, names[0], objs[0], None, None, True)
     checked = [(names[0], param)]
-    for name, x, w in zip(names[1:], objs[1:], writeable[1:]):
-        if x is not None:
+    for i, (name, x, w) in enumerate(zip(names[1:], objs[1:], writeable[1:])):
+        if x is not None or i == 0:  # grad is required, the states after it may be None
             checked.append((name, _array(fn, name, x, param.dtype, param.size, w)))
     for i, (na, a) in enumerate(checked):
         if a.nbytes == 0:

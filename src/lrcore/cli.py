@@ -1,0 +1,39 @@
+"""The `lrcore` command line: `lrcore` (or `lrcore info`) reports the installation and
+self-checks the kernels; `lrcore train`, `lrcore schedule` and `lrcore bench` are the
+trainer, the schedule viewer and the benchmark table."""
+import argparse
+import sys
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2, never a traceback."""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="lrcore", description="In-place optimizer updates under learning-rate schedules.")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="versions, backend, instruction set, threads; kernel self-check")
+    for name, module in _COMMANDS.items():
+        mod = __import__(f"lrcore.{module}", fromlist=["add_arguments"])
+        mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
+    return parser
+
+
+_COMMANDS = {}
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in (None, "info"):
+            from .selfcheck import main as info
+            return info()
+        mod = __import__(f"lrcore.{_COMMANDS[args.command]}", fromlist=["run"])
+        return mod.run(args) or 0
+    except CLIError as exc:
+        print(f"lrcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

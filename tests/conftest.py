@@ -1,0 +1,47 @@
+"""Shared fixtures: every compiled instruction-set path the machine has, and tolerances."""
+import numpy as np
+import pytest
+
+import lrcore
+
+
+def _isas():
+    return lrcore.available_isas()
+
+
+@pytest.fixture(params=_isas())
+def isa(request):
+    """Force each instruction-set build the CPU supports in turn (native backend)."""
+    if lrcore.backend() != "native":
+        yield request.param
+        return
+    from lrcore import _core
+    before = _core.isa()
+    _core.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_isa(before)
+
+
+@pytest.fixture
+def force_threads():
+    """Let even small calls split across threads, to test the split itself."""
+    if lrcore.backend() != "native":
+        pytest.skip("threads exist only in the compiled backend")
+    from lrcore import _core
+    before = _core.min_bytes_per_thread()
+    _core.set_min_bytes_per_thread(64)
+    try:
+        yield
+    finally:
+        _core.set_min_bytes_per_thread(before)
+
+
+def tolerances(dtype):
+    """Element-wise tolerances scaled to the dtype's precision."""
+    eps = np.finfo(dtype).eps
+    return dict(rtol=16 * eps, atol=16 * eps)
+
+
+SIZES = (0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 1003, 65_537 + 2)

@@ -1,0 +1,118 @@
+"""Compiled kernels against the numpy reference: every kernel, option set, dtype,
+awkward size and alignment, on every instruction-set path the CPU has."""
+import numpy as np
+import pytest
+
+import lrcore
+from lrcore import kernels, reference
+from lrcore.registry import KERNEL_SPECS, call, make_state
+
+from conftest import SIZES, tolerances
+
+CASES = [(k, c) for k in KERNEL_SPECS for c in k.cases]
+CASE_IDS = [f"{k.name}-{c.name}" for k, c in CASES]
+
+
+def _buffers(rng, n, dtype, offset):
+    """Random non-zero param and grad; `offset` elements into a larger allocation so the
+    data does not start on a vector boundary."""
+    def fresh():
+        base = rng.uniform(0.5, 1.5, n + offset) * rng.choice([-1.0, 1.0], n + offset)
+        return base.astype(dtype)[offset:]
+    return fresh(), fresh
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kspec,case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("n", SIZES)
+def test_matches_reference(isa, kspec, case, dtype, n):
+    rng = np.random.default_rng(n)
+    for offset in (0, 3):
+        param, fresh = _buffers(rng, n, dtype, offset)
+        state = make_state(kspec, case, param)
+        ref_param, ref_state = param.copy(), {k: v.copy() for k, v in state.items()}
+        for step in range(1, 5):
+            grad = fresh()
+            grad_before = grad.copy()
+            call(kernels, kspec, case, param, grad, state, step)
+            call(reference, kspec, case, ref_param, grad, ref_state, step)
+            np.testing.assert_array_equal(grad, grad_before, err_msg="grad was written")
+            tol = tolerances(dtype)
+            np.testing.assert_allclose(param, ref_param, **tol, err_msg=f"param, step {step}")
+            for name in state:
+                np.testing.assert_allclose(state[name], ref_state[name], **tol,
+                                           err_msg=f"{name}, step {step}")
+        if n:
+            assert not np.array_equal(param, fresh()), "the update did nothing"
+
+
+@pytest.mark.parametrize("kspec,case", CASES, ids=CASE_IDS)
+def test_every_element_moves(kspec, case):
+    """A kernel that skipped part of the buffer (a lost tail, a wrong split) fails here."""
+    n = 4099
+    rng = np.random.default_rng(1)
+    param = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    start = param.copy()
+    state = make_state(kspec, case, param)
+    call(kernels, kspec, case, param, rng.uniform(0.5, 1.5, n).astype(np.float32), state, 1)
+    assert np.all(param != start)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kspec,case", CASES, ids=CASE_IDS)
+def test_thread_count_is_bitwise_invariant(force_threads, isa, kspec, case, dtype):
+    n = 100_003
+    rng = np.random.default_rng(7)
+    start = (rng.standard_normal(n + 5).astype(dtype) + 2)[5:]
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    results = []
+    for threads in (1, 2, 3, 8):
+        param = start.copy()
+        state = make_state(kspec, case, param)
+        for step, grad in enumerate(grads, 1):
+            call(kernels, kspec, case, param, grad, state, step, num_threads=threads)
+        results.append((param, state))
+    for param, state in results[1:]:
+        assert param.tobytes() == results[0][0].tobytes()
+        for name in state:
+            assert state[name].tobytes() == results[0][1][name].tobytes()
+
+
+def test_multidimensional_arrays_are_flat():
+    rng = np.random.default_rng(3)
+    p2 = rng.standard_normal((13, 7))
+    p1 = p2.reshape(-1).copy()
+    g = rng.standard_normal((13, 7))
+    m2, v2 = np.zeros_like(p2), np.zeros_like(p2)
+    m1, v1 = np.zeros_like(p1), np.zeros_like(p1)
+    kernels.adam(p2, g, m2, v2, lr=0.1, step=1)
+    kernels.adam(p1, g.reshape(-1), m1, v1, lr=0.1, step=1)
+    np.testing.assert_array_equal(p2.reshape(-1), p1)
+
+
+def test_nan_in_grad_propagates_like_torch():
+    p = np.ones(9, np.float32)
+    g = np.full(9, 0.5, np.float32)
+    g[4] = np.nan
+    kernels.adam(p, g, np.zeros(9, np.float32), np.zeros(9, np.float32), lr=0.1, step=1)
+    assert np.isnan(p[4]) and np.all(np.isfinite(np.delete(p, 4)))
+
+
+def test_sgd_first_step_copies_gradient_into_buffer():
+    p = np.full(5, 2.0)
+    g = np.arange(1.0, 6.0)
+    buf = np.full(5, 123.0)  # step 1 ignores whatever the buffer held, as torch's None buffer
+    kernels.sgd(p, g, buf, lr=0.1, step=1, momentum=0.9, weight_decay=0.5)
+    np.testing.assert_allclose(buf, g + 0.5 * 2.0, rtol=1e-15)
+    np.testing.assert_allclose(p, 2.0 - 0.1 * (g + 1.0), rtol=1e-15)
+
+
+def test_returns_none():
+    p, g = np.ones(3), np.ones(3)
+    assert kernels.sgd(p, g, lr=0.1, step=1) is None
+
+
+def test_backend_and_isa_reporting():
+    assert lrcore.backend() in ("native", "python")
+    assert lrcore.isa() in lrcore.available_isas()
+    assert lrcore.num_threads() >= 1

@@ -1,0 +1,52 @@
+"""The environment switches: LRCORE_BACKEND and LRCORE_ISA, read at import."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import lrcore
+
+
+def _run(code, **env):
+    full = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full)
+
+
+def test_python_backend_is_selectable():
+    r = _run("import lrcore; print(lrcore.backend(), lrcore.isa(), "
+             "lrcore.kernels.adam is lrcore.reference.adam)", LRCORE_BACKEND="python")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["python", "numpy", "True"]
+
+
+def test_unknown_backend_is_an_error():
+    r = _run("import lrcore", LRCORE_BACKEND="fortran")
+    assert r.returncode != 0 and "LRCORE_BACKEND" in r.stderr
+
+
+@pytest.mark.skipif(lrcore.backend() != "native", reason="ISA builds exist only natively")
+@pytest.mark.parametrize("name", lrcore.available_isas())
+def test_isa_can_be_forced_lower(name):
+    r = _run("import lrcore; print(lrcore.isa())", LRCORE_ISA=name, LRCORE_BACKEND="native")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == name
+
+
+@pytest.mark.skipif(lrcore.backend() != "native", reason="ISA builds exist only natively")
+def test_unknown_isa_is_an_error():
+    r = _run("import lrcore", LRCORE_ISA="sse9", LRCORE_BACKEND="native")
+    assert r.returncode != 0 and "LRCORE_ISA" in r.stderr
+
+
+@pytest.mark.skipif(lrcore.backend() != "native", reason="ISA builds exist only natively")
+def test_best_isa_is_the_default():
+    r = _run("import lrcore; print(lrcore.isa())", LRCORE_BACKEND="native")
+    assert r.stdout.strip() == lrcore.available_isas()[-1]
+
+
+def test_omp_num_threads_sets_the_default():
+    r = _run("import lrcore; print(lrcore.num_threads())", OMP_NUM_THREADS="3",
+             LRCORE_BACKEND="native")
+    if lrcore.backend() == "native":
+        assert r.stdout.strip() == "3", r.stderr
