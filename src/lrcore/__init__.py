@@ -6,13 +6,16 @@ update task with a command-line trainer. See README.md.
 """
 import os as _os
 
-from . import kernels, reference
+from . import kernels, reference, schedules
+from .checkpoint import CheckpointError, load, save
 from .kernels import backend
+from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
 
 __version__ = "0.1.0"
 
-__all__ = ["kernels", "reference", "backend", "isa", "available_isas", "num_threads",
-           "get_include", "__version__"]
+__all__ = ["kernels", "reference", "schedules", "backend", "isa", "available_isas",
+           "num_threads", "get_include", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop",
+           "Adadelta", "Optimizer", "save", "load", "CheckpointError", "__version__"]
 
 
 def isa():

@@ -53,6 +53,7 @@ cdef extern from "runtime.h" nogil:
     int lrcore_has_threads()
     int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_thread)
     void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
+    double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int *all_finite)
 
 
 ISA_NAMES = ("baseline", "avx2", "avx512")
@@ -441,3 +442,185 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6,
     job.state[0] = _ptr(arrays[2])
     job.state[1] = _ptr(arrays[3])
     _run(&job, nt)
+
+
+# ---------------------------------------------------------------------------
+# Many buffers in one call: the optimizers' step
+# ---------------------------------------------------------------------------
+
+_KINDS = {"sgd": LRCORE_SGD, "adam": LRCORE_ADAM, "adagrad": LRCORE_ADAGRAD,
+          "rmsprop": LRCORE_RMSPROP, "adadelta": LRCORE_ADADELTA}
+
+
+cdef class StepPlan:
+    """One optimizer step over many (param, state...) buffer sets, as one threaded call.
+
+    StepPlan(kind, params, states, groups): `params` a list of arrays, `states` a list
+    (one per param) of 3-tuples of state arrays or None in kernel order, `groups` the
+    group index of each param. Buffers are checked once here (dtype, contiguity,
+    writeability, sizes, no shared memory anywhere) and kept alive by the plan.
+    Hyperparameters are validated by the caller (lrcore.optim).
+    """
+    cdef lrcore_job *jobs
+    cdef readonly Py_ssize_t njobs
+    cdef readonly str kind
+    cdef int kind_code
+    cdef list keep
+    cdef list group_of
+    cdef readonly size_t param_bytes
+    cdef list extents      # sorted (start, end) of every owned buffer
+
+    def __cinit__(self, str kind, list params, list states, list groups):
+        self.jobs = NULL
+
+    def __init__(self, str kind, list params, list states, list groups):
+        if kind not in _KINDS:
+            raise ValueError(f"StepPlan: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        if not (len(params) == len(states) == len(groups)):
+            raise ValueError("StepPlan: params, states and groups must have the same length")
+        self.kind = kind
+        self.kind_code = _KINDS[kind]
+        self.njobs = len(params)
+        self.jobs = <lrcore_job *>malloc(sizeof(lrcore_job) * max(1, self.njobs))
+        if self.jobs == NULL:
+            raise MemoryError()
+        memset(self.jobs, 0, sizeof(lrcore_job) * max(1, self.njobs))
+        self.keep = []
+        self.group_of = [int(g) for g in groups]
+        names, arrays = [], []
+        cdef Py_ssize_t i, k
+        cdef cnp.ndarray p, a
+        cdef int dtype
+        self.param_bytes = 0
+        for i in range(self.njobs):
+            p = _array("step", f"params[{i}]", params[i], -1, -1, True)
+            dtype = _dtype_code("step", f"params[{i}]", p)
+            self.jobs[i].kind = self.kind_code
+            self.jobs[i].dtype = dtype
+            self.jobs[i].n = <size_t>cnp.PyArray_SIZE(p)
+            self.jobs[i].param = <char *>cnp.PyArray_DATA(p)
+            self.param_bytes += <size_t>cnp.PyArray_NBYTES(p)
+            names.append(f"params[{i}]")
+            arrays.append(p)
+            st = states[i]
+            if len(st) != 3:
+                raise ValueError("StepPlan: each states entry must have 3 slots")
+            for k in range(3):
+                if st[k] is None:
+                    continue
+                a = _array("step", f"state of params[{i}]", st[k], dtype, cnp.PyArray_SIZE(p), True)
+                self.jobs[i].state[k] = <char *>cnp.PyArray_DATA(a)
+                names.append(f"state of params[{i}]")
+                arrays.append(a)
+        self.keep = arrays
+        ext = []
+        for i in range(len(arrays)):
+            a = <cnp.ndarray>arrays[i]
+            if cnp.PyArray_NBYTES(a):
+                ext.append((<uintptr_t>cnp.PyArray_DATA(a),
+                            <uintptr_t>cnp.PyArray_DATA(a) + <uintptr_t>cnp.PyArray_NBYTES(a), names[i]))
+        ext.sort()
+        for i in range(1, len(ext)):
+            if ext[i][0] < ext[i - 1][1]:
+                raise ValueError(f"step(): {ext[i - 1][2]} and {ext[i][2]} share memory; "
+                                 f"every parameter and state buffer must be a separate array")
+        self.extents = ext
+
+    def __dealloc__(self):
+        free(self.jobs)
+
+    cdef int _set_grads(self, list grads) except -1:
+        if len(grads) != self.njobs:
+            raise ValueError(f"step(): got {len(grads)} grads for {self.njobs} params; "
+                             f"pass one grad per param, in the same order")
+        cdef Py_ssize_t i, lo, hi, mid
+        cdef cnp.ndarray g
+        cdef uintptr_t g0, g1
+        ext = self.extents
+        cdef Py_ssize_t ne = len(ext)
+        for i in range(self.njobs):
+            g = _array("step", f"grads[{i}]", grads[i],
+                       self.jobs[i].dtype, <cnp.npy_intp>self.jobs[i].n, False)
+            if cnp.PyArray_NBYTES(g) == 0:
+                continue
+            g0 = <uintptr_t>cnp.PyArray_DATA(g)
+            g1 = g0 + <uintptr_t>cnp.PyArray_NBYTES(g)
+            # the first owned extent whose end is past g0 is the only candidate to overlap
+            lo, hi = 0, ne
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if <uintptr_t>ext[mid][1] <= g0:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < ne and <uintptr_t>ext[lo][0] < g1:
+                raise ValueError(f"step(): grads[{i}] shares memory with {ext[lo][2]}; "
+                                 f"gradients must be separate arrays")
+        for i in range(self.njobs):
+            self.jobs[i].grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>grads[i])
+        return 0
+
+    def grad_sumsq(self, list grads, num_threads=None):
+        """(sum of squares of all grads in double, every element finite), one read of grads."""
+        self._set_grads(grads)
+        cdef int nt = lrcore_plan_threads(self.param_bytes, _threads("step", num_threads),
+                                          MIN_BYTES_PER_THREAD)
+        cdef int finite = 1
+        cdef double total
+        with nogil:
+            total = lrcore_grad_sumsq(self.jobs, self.njobs, nt, &finite)
+        return total, bool(finite)
+
+    def run(self, list grads, list group_hps, double grad_scale=1.0, num_threads=None,
+            bint grads_checked=False):
+        """Apply one step. group_hps[g] is a tuple of the group's hyperparameters:
+        sgd (lr, momentum, dampening, weight_decay, nesterov, maximize, step);
+        adam (lr, beta1, beta2, eps, weight_decay, decoupled, maximize, step);
+        adagrad (lr, lr_decay, weight_decay, eps, maximize, step);
+        rmsprop (lr, alpha, eps, weight_decay, momentum, maximize, step);
+        adadelta (lr, rho, eps, weight_decay, maximize, step)."""
+        if not grads_checked:
+            self._set_grads(grads)
+        cdef int nt = lrcore_plan_threads(self.param_bytes, _threads("step", num_threads),
+                                          MIN_BYTES_PER_THREAD)
+        cdef Py_ssize_t ng = len(group_hps), gi = 0
+        cdef lrcore_hp *hps = <lrcore_hp *>malloc(sizeof(lrcore_hp) * max(1, ng))
+        if hps == NULL:
+            raise MemoryError()
+        cdef lrcore_hp hp
+        for t in group_hps:
+            memset(&hp, 0, sizeof(hp))
+            if self.kind_code == LRCORE_SGD:
+                hp.sgd.lr, hp.sgd.momentum, hp.sgd.dampening, hp.sgd.weight_decay = t[0], t[1], t[2], t[3]
+                hp.sgd.nesterov, hp.sgd.maximize, hp.sgd.step = t[4], t[5], t[6]
+                hp.sgd.grad_scale = grad_scale
+            elif self.kind_code == LRCORE_ADAM:
+                hp.adam.lr, hp.adam.beta1, hp.adam.beta2, hp.adam.eps = t[0], t[1], t[2], t[3]
+                hp.adam.weight_decay, hp.adam.decoupled_weight_decay = t[4], t[5]
+                hp.adam.maximize, hp.adam.step = t[6], t[7]
+                hp.adam.grad_scale = grad_scale
+            elif self.kind_code == LRCORE_ADAGRAD:
+                hp.adagrad.lr, hp.adagrad.lr_decay, hp.adagrad.weight_decay = t[0], t[1], t[2]
+                hp.adagrad.eps, hp.adagrad.maximize, hp.adagrad.step = t[3], t[4], t[5]
+                hp.adagrad.grad_scale = grad_scale
+            elif self.kind_code == LRCORE_RMSPROP:
+                hp.rmsprop.lr, hp.rmsprop.alpha, hp.rmsprop.eps = t[0], t[1], t[2]
+                hp.rmsprop.weight_decay, hp.rmsprop.momentum = t[3], t[4]
+                hp.rmsprop.maximize, hp.rmsprop.step = t[5], t[6]
+                hp.rmsprop.grad_scale = grad_scale
+            else:
+                hp.adadelta.lr, hp.adadelta.rho, hp.adadelta.eps = t[0], t[1], t[2]
+                hp.adadelta.weight_decay, hp.adadelta.maximize, hp.adadelta.step = t[3], t[4], t[5]
+                hp.adadelta.grad_scale = grad_scale
+            hps[gi] = hp
+            gi += 1
+        cdef Py_ssize_t i, g
+        for i in range(self.njobs):
+            g = self.group_of[i]
+            if g < 0 or g >= ng:
+                free(hps)
+                raise ValueError(f"StepPlan.run: no hyperparameters for group {g}")
+            self.jobs[i].hp = hps[g]
+        free(hps)
+        with nogil:
+            lrcore_run_jobs(self.jobs, self.njobs, nt)

@@ -258,3 +258,94 @@ def _adadelta(p, grad, sq, acc, lr, rho, eps, weight_decay, maximize, grad_scale
     delta = (np.sqrt(acc + T(eps)) / np.sqrt(sq + T(eps))) * g
     acc[...] = acc * T(rho) + (T(1.0 - rho) * delta) * delta
     p += T(-lr) * delta
+
+
+class StepPlan:
+    """The numpy twin of lrcore._core.StepPlan: one step over many buffer sets.
+
+    Same constructor, same checks and messages, same `run` / `grad_sumsq`; it loops over
+    the buffers in Python and applies the functions above.
+    """
+
+    def __init__(self, kind, params, states, groups):
+        if kind not in _KERNELS:
+            raise ValueError(f"StepPlan: kind must be one of {sorted(_KERNELS)}, got {kind!r}")
+        if not (len(params) == len(states) == len(groups)):
+            raise ValueError("StepPlan: params, states and groups must have the same length")
+        self.kind = kind
+        self.njobs = len(params)
+        self.group_of = [int(g) for g in groups]
+        extents = []
+        self.params, self.states = [], []
+        for i, p in enumerate(params):
+            v._array("step", f"params[{i}]", p, None, None, True)
+            if len(states[i]) != 3:
+                raise ValueError("StepPlan: each states entry must have 3 slots")
+            self.params.append(p.reshape(-1))
+            st = []
+            for a in states[i]:
+                if a is not None:
+                    v._array("step", f"state of params[{i}]", a, p.dtype, p.size, True)
+                    extents.append(v._extent(a) + (f"state of params[{i}]",))
+                st.append(None if a is None else a.reshape(-1))
+            self.states.append(st)
+            extents.append(v._extent(p) + (f"params[{i}]",))
+        extents = sorted(e for e in extents if e[1] > e[0])
+        for a, b in zip(extents, extents[1:]):
+            if b[0] < a[1]:
+                raise ValueError(f"step(): {a[2]} and {b[2]} share memory; every parameter "
+                                 f"and state buffer must be a separate array")
+        self.extents = extents
+        self.param_bytes = sum(p.nbytes for p in self.params)
+
+    def _check_grads(self, grads):
+        if len(grads) != self.njobs:
+            raise ValueError(f"step(): got {len(grads)} grads for {self.njobs} params; "
+                             f"pass one grad per param, in the same order")
+        for i, g in enumerate(grads):
+            p = self.params[i]
+            v._array("step", f"grads[{i}]", g, p.dtype, p.size, False)
+            if g.nbytes == 0:
+                continue
+            g0, g1 = v._extent(g)
+            for e0, e1, name in self.extents:
+                if e0 < g1 and g0 < e1:
+                    raise ValueError(f"step(): grads[{i}] shares memory with {name}; "
+                                     f"gradients must be separate arrays")
+        return [g.reshape(-1) for g in grads]
+
+    def grad_sumsq(self, grads, num_threads=None):
+        """(sum of squares of all grads in double, every element finite)."""
+        grads = self._check_grads(grads)
+        total = 0.0
+        for g in grads:
+            x = g.astype(np.float64)
+            total += float(np.dot(x, x))
+        finite = bool(np.isfinite(total)) or all(np.isfinite(g).all() for g in grads)
+        return total, finite
+
+    def run(self, grads, group_hps, grad_scale=1.0, num_threads=None, grads_checked=False):
+        """Apply one step; group_hps as in lrcore._core.StepPlan.run."""
+        flat = self._check_grads(grads)
+        for i, (p, g, st) in enumerate(zip(self.params, flat, self.states)):
+            t = group_hps[self.group_of[i]]
+            if self.kind == "sgd":
+                lr, mom, damp, wd, nest, maxi, step = t
+                _sgd(p, g, st[0] if mom > 0 else None, lr, step, mom, damp, nest, wd, maxi,
+                     grad_scale)
+            elif self.kind == "adam":
+                lr, b1, b2, eps, wd, dec, maxi, step = t
+                _adam(p, g, st[0], st[1], st[2], lr, step, b1, b2, eps, wd, dec, maxi, grad_scale)
+            elif self.kind == "adagrad":
+                lr, lr_decay, wd, eps, maxi, step = t
+                _adagrad(p, g, st[0], lr, step, lr_decay, wd, eps, maxi, grad_scale)
+            elif self.kind == "rmsprop":
+                lr, alpha, eps, wd, mom, maxi, step = t
+                _rmsprop(p, g, st[0], st[1] if mom > 0 else None, st[2], lr, alpha, eps, wd, mom,
+                         maxi, grad_scale)
+            else:
+                lr, rho, eps, wd, maxi, step = t
+                _adadelta(p, g, st[0], st[1], lr, rho, eps, wd, maxi, grad_scale)
+
+
+_KERNELS = ("sgd", "adam", "adagrad", "rmsprop", "adadelta")

@@ -57,4 +57,12 @@ static void run_range(const lrcore_job *job, size_t start, size_t count)
     }
 }
 
+static double sumsq_range(const lrcore_job *job, size_t start, size_t count)
+{
+    if (job->dtype == LRCORE_F32)
+        return lrcore_sum_squares_f32(count, (const float *)job->grad + start);
+    return lrcore_sum_squares_f64(count, (const double *)job->grad + start);
+}
+
 const lrcore_range_fn LRCORE__CAT(lrcore_range_, LRCORE_ISA_NAME) = run_range;
+const lrcore_sumsq_fn LRCORE__CAT(lrcore_sumsq_, LRCORE_ISA_NAME) = sumsq_range;

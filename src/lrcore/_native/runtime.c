@@ -15,6 +15,8 @@
 #else
 const lrcore_range_fn lrcore_range_avx2 = 0;    /* not built on this architecture */
 const lrcore_range_fn lrcore_range_avx512 = 0;
+const lrcore_sumsq_fn lrcore_sumsq_avx2 = 0;
+const lrcore_sumsq_fn lrcore_sumsq_avx512 = 0;
 #endif
 
 #define LRCORE_ALIGN 64   /* bytes: one cache line, one AVX-512 vector */
@@ -35,6 +37,14 @@ int lrcore_isa_supported(void)
 
 static int active_level = -1;
 static lrcore_range_fn active_fn = 0;
+static lrcore_sumsq_fn active_sumsq = 0;
+
+static lrcore_sumsq_fn sumsq_for(int level)
+{
+    if (level == LRCORE_ISA_AVX512) return lrcore_sumsq_avx512;
+    if (level == LRCORE_ISA_AVX2) return lrcore_sumsq_avx2;
+    return lrcore_sumsq_baseline;
+}
 
 static lrcore_range_fn fn_for(int level)
 {
@@ -50,6 +60,7 @@ int lrcore_set_isa(int level)
     while (level > 0 && fn_for(level) == 0) level--;
     active_level = level;
     active_fn = fn_for(level);
+    active_sumsq = sumsq_for(level);
     return level;
 }
 
@@ -160,4 +171,58 @@ void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
     }
 #endif
     if (cuts != stack_cuts) free(cuts);
+}
+
+#define LRCORE_SUMSQ_BLOCK ((size_t)1 << 14)
+
+static int all_finite_job(const lrcore_job *job)
+{
+    if (job->dtype == LRCORE_F32) {
+        const float *g = (const float *)job->grad;
+        for (size_t i = 0; i < job->n; i++) if (!(g[i] - g[i] == 0.0f)) return 0;
+    } else {
+        const double *g = (const double *)job->grad;
+        for (size_t i = 0; i < job->n; i++) if (!(g[i] - g[i] == 0.0)) return 0;
+    }
+    return 1;
+}
+
+double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int *all_finite)
+{
+    lrcore_isa_active();
+    lrcore_sumsq_fn fn = active_sumsq;
+    size_t nblocks = 0;
+    for (size_t j = 0; j < njobs; j++) nblocks += (jobs[j].n + LRCORE_SUMSQ_BLOCK - 1) / LRCORE_SUMSQ_BLOCK;
+    double total = 0.0;
+    if (nblocks > 0) {
+        double *part = (double *)malloc(sizeof(double) * nblocks);
+        size_t *job_of = (size_t *)malloc(sizeof(size_t) * nblocks);
+        size_t *start_of = (size_t *)malloc(sizeof(size_t) * nblocks);
+        if (!part || !job_of || !start_of) {
+            free(part); free(job_of); free(start_of);
+            for (size_t j = 0; j < njobs; j++) total += fn(&jobs[j], 0, jobs[j].n);
+        } else {
+            size_t b = 0;
+            for (size_t j = 0; j < njobs; j++)
+                for (size_t s = 0; s < jobs[j].n; s += LRCORE_SUMSQ_BLOCK) { job_of[b] = j; start_of[b] = s; b++; }
+            long long nb = (long long)nblocks;
+#ifdef _OPENMP
+            #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+            for (long long k = 0; k < nb; k++) {
+                const lrcore_job *job = &jobs[job_of[k]];
+                size_t s = start_of[k];
+                size_t c = job->n - s < LRCORE_SUMSQ_BLOCK ? job->n - s : LRCORE_SUMSQ_BLOCK;
+                part[k] = fn(job, s, c);
+            }
+            for (size_t k = 0; k < nblocks; k++) total += part[k];
+            free(part); free(job_of); free(start_of);
+        }
+    }
+    if (all_finite) {
+        *all_finite = 1;
+        if (!(total - total == 0.0))   /* inf or nan: find out whether an element is */
+            for (size_t j = 0; j < njobs && *all_finite; j++) *all_finite = all_finite_job(&jobs[j]);
+    }
+    return total;
 }

@@ -42,10 +42,12 @@ typedef struct {
 /* Run elements [start, start + count) of one job. */
 typedef void (*lrcore_range_fn)(const lrcore_job *job, size_t start, size_t count);
 
-/* One per instruction-set build of kernels_isa.c. */
-extern const lrcore_range_fn lrcore_range_baseline;
-extern const lrcore_range_fn lrcore_range_avx2;
-extern const lrcore_range_fn lrcore_range_avx512;
+/* Sum of squares of grad over [start, start + count) of one job. */
+typedef double (*lrcore_sumsq_fn)(const lrcore_job *job, size_t start, size_t count);
+
+/* One of each per instruction-set build of kernels_isa.c. */
+extern const lrcore_range_fn lrcore_range_baseline, lrcore_range_avx2, lrcore_range_avx512;
+extern const lrcore_sumsq_fn lrcore_sumsq_baseline, lrcore_sumsq_avx2, lrcore_sumsq_avx512;
 
 /* Best level this CPU and OS support (0 baseline, 1 AVX2+FMA, 2 AVX-512). */
 int lrcore_isa_supported(void);
@@ -60,5 +62,10 @@ int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_
 
 /* Apply every job; jobs must not share memory. nthreads >= 1. */
 void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads);
+
+/* Sum of squares of every job's grad, in double: fixed blocks whatever the thread
+ * count, so the result is bitwise reproducible. Writes 1 to *all_finite when every
+ * grad element is finite (checked element by element only if the sum is not). */
+double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int *all_finite);
 
 #endif

@@ -380,6 +380,33 @@ static inline void lrcore_adadelta_##SUFFIX(size_t n, T *LRCORE_RESTRICT param, 
 LRCORE__DEFINE_KERNELS(float, f32, sqrtf)
 LRCORE__DEFINE_KERNELS(double, f64, sqrt)
 
+/*
+ * Sum of squares in double, for gradient clipping by global norm:
+ *   acc[k] += x[i]^2 for i = k (mod 8), then ((acc0 + acc1) + (acc2 + acc3)) + ...
+ * Eight independent accumulators let the compiler vectorise without reassociating,
+ * so the result is the same on every instruction set. Non-finite x gives a
+ * non-finite sum (a float32 input can never overflow the double sum).
+ */
+#define LRCORE__DEFINE_SUMSQ(T, SUFFIX)                                                      \
+static inline double lrcore_sum_squares_##SUFFIX(size_t n, const T *LRCORE_RESTRICT x)      \
+{                                                                                            \
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                \
+    size_t blocks = n / 8;                                                                   \
+    for (size_t b = 0; b < blocks; b++)                                                      \
+        for (int k = 0; k < 8; k++) {                                                        \
+            double v = (double)x[8 * b + k];                                                 \
+            acc[k] += v * v;                                                                 \
+        }                                                                                    \
+    for (size_t i = 8 * blocks; i < n; i++) {                                                \
+        double v = (double)x[i];                                                             \
+        acc[i - 8 * blocks] += v * v;                                                        \
+    }                                                                                        \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
+}
+
+LRCORE__DEFINE_SUMSQ(float, f32)
+LRCORE__DEFINE_SUMSQ(double, f64)
+
 #if defined(__cplusplus)
 }
 #endif
