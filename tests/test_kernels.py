@@ -116,3 +116,18 @@ def test_backend_and_isa_reporting():
     assert lrcore.backend() in ("native", "python")
     assert lrcore.isa() in lrcore.available_isas()
     assert lrcore.num_threads() >= 1
+
+
+@pytest.mark.skipif(lrcore.backend() != "native", reason="the probe is part of the compiled core")
+@pytest.mark.parametrize("nstates", [0, 1, 2, 3])
+def test_bandwidth_probe_touches_every_stream(force_threads, nstates):
+    """The benchmarks' probe must really read and write every stream it is credited with."""
+    from lrcore import _core
+    n = 10_001
+    rng = np.random.default_rng(nstates)
+    grad = rng.uniform(0.5, 1.5, n)
+    bufs = [rng.uniform(0.5, 1.5, n) for _ in range(nstates + 1)]
+    before = [b.copy() for b in bufs]
+    _core.probe(*bufs[:1], grad, *bufs[1:], num_threads=2)
+    for b, b0 in zip(bufs, before):
+        np.testing.assert_array_equal(b, b0 + grad)

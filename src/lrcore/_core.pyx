@@ -31,7 +31,7 @@ from lrcore.clrcore cimport (lrcore_adadelta_hp, lrcore_adagrad_hp, lrcore_adam_
 
 cdef extern from "runtime.h" nogil:
     enum:
-        LRCORE_SGD, LRCORE_ADAM, LRCORE_ADAGRAD, LRCORE_RMSPROP, LRCORE_ADADELTA
+        LRCORE_SGD, LRCORE_ADAM, LRCORE_ADAGRAD, LRCORE_RMSPROP, LRCORE_ADADELTA, LRCORE_PROBE
         LRCORE_F32, LRCORE_F64
     ctypedef union lrcore_hp:
         lrcore_sgd_hp sgd
@@ -441,6 +441,28 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6,
     job.grad = _ptr(arrays[1])
     job.state[0] = _ptr(arrays[2])
     job.state[1] = _ptr(arrays[3])
+    _run(&job, nt)
+
+
+def probe(param, grad, s0=None, s1=None, s2=None, *, num_threads=None):
+    """Bandwidth probe for benchmarks: param += grad and each given state += grad, with
+    the kernels' threading and alignment. It moves the bytes of an update rule with the
+    same state buffers (reads: param, grad, states; writes: param, states), with almost no
+    arithmetic, so its speed is the memory system's limit for that access pattern."""
+    cdef str fn = "probe"
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = LRCORE_PROBE
+    cdef int nt = _threads(fn, num_threads)
+    states = [s for s in (s0, s1, s2) if s is not None]
+    arrays = []
+    _buffers(fn, &job, ["param", "grad", "s0", "s1", "s2"][:2 + len(states)],
+             [param, grad] + states, [True, False, True, True, True], arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    cdef Py_ssize_t k
+    for k in range(len(states)):
+        job.state[k] = _ptr(arrays[2 + k])
     _run(&job, nt)
 
 

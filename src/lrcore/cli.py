@@ -2,6 +2,7 @@
 self-checks the kernels; `lrcore train`, `lrcore schedule` and `lrcore bench` are the
 trainer, the schedule viewer and the benchmark table."""
 import argparse
+import importlib
 import sys
 
 
@@ -15,12 +16,13 @@ def _parser():
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions, backend, instruction set, threads; kernel self-check")
     for name, module in _COMMANDS.items():
-        mod = __import__(f"lrcore.{module}", fromlist=["add_arguments"])
+        mod = importlib.import_module(f"lrcore.{module}")
         mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
     return parser
 
 
-_COMMANDS = {}
+# command -> module in lrcore providing HELP, add_arguments(parser) and run(args) -> exit code
+_COMMANDS = {"train": "train_cli", "schedule": "schedule_cli", "bench": "bench_cli"}
 
 
 def main(argv=None):
@@ -29,7 +31,7 @@ def main(argv=None):
         if args.command in (None, "info"):
             from .selfcheck import main as info
             return info()
-        mod = __import__(f"lrcore.{_COMMANDS[args.command]}", fromlist=["run"])
+        mod = importlib.import_module(f"lrcore.{_COMMANDS[args.command]}")
         return mod.run(args) or 0
     except CLIError as exc:
         print(f"lrcore {args.command}: error: {exc}", file=sys.stderr)

@@ -17,7 +17,11 @@
 #include <stddef.h>
 #include "lrcore.h"
 
-enum { LRCORE_SGD = 0, LRCORE_ADAM = 1, LRCORE_ADAGRAD = 2, LRCORE_RMSPROP = 3, LRCORE_ADADELTA = 4 };
+enum { LRCORE_SGD = 0, LRCORE_ADAM = 1, LRCORE_ADAGRAD = 2, LRCORE_RMSPROP = 3, LRCORE_ADADELTA = 4,
+       /* Bandwidth probe (bench only): param and each non-NULL state += grad. It reads and
+        * writes the same streams as an update rule with that many state buffers, with
+        * almost no arithmetic: the memory system's limit for that access pattern. */
+       LRCORE_PROBE = 5 };
 enum { LRCORE_F32 = 0, LRCORE_F64 = 1 };
 enum { LRCORE_ISA_BASELINE = 0, LRCORE_ISA_AVX2 = 1, LRCORE_ISA_AVX512 = 2 };
 
