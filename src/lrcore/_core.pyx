@@ -58,9 +58,12 @@ cdef extern from "runtime.h" nogil:
 
 ISA_NAMES = ("baseline", "avx2", "avx512")
 
-# Below this many bytes of param per thread a call stays on fewer threads
-# (measured with bench/; see README "Performance").
-cdef size_t MIN_BYTES_PER_THREAD = 1 << 18
+# A call uses a second thread only when each thread gets at least this many bytes of
+# param: below it, waking a thread (about 1 us) costs more than it saves. Measured with
+# bench/test_bench_optim.py::test_thread_threshold on the development machine: Adam float32
+# pays from ~8k elements, plain SGD from ~32k; 48 KiB per thread (24,576 float32 elements
+# in all for two threads) is where neither loses. See README, Performance.
+cdef size_t MIN_BYTES_PER_THREAD = 48 * 1024
 
 
 def _default_threads():
