@@ -15,7 +15,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NATIVE = os.path.join("src", "lrcore", "_native")
+NATIVE = os.path.join("src", "lrcore", "csrc")
 INCLUDE = os.path.join("src", "lrcore", "include")
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 IS_MSVC_LIKE = sys.platform == "win32"
