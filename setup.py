@@ -1,7 +1,7 @@
 """Build of lrcore's compiled extension (everything else is in pyproject.toml).
 
 The kernels (src/lrcore/include/lrcore.h) are compiled once per instruction set
-from src/lrcore/_native/kernels_isa.c, each object with its own flags, and linked
+from src/lrcore/csrc/kernels_isa.c, each object with its own flags, and linked
 into one extension; the runtime picks the best one at import. Portable flags
 only: never -march=native or -ffast-math. OpenMP is used when the compiler has it.
 """

@@ -42,7 +42,7 @@ def write(path, arrays, meta):
     entries, offset = [], 0
     prepared = []
     for name, arr in arrays.items():
-        a = np.ascontiguousarray(arr)
+        a = np.asarray(arr, order="C")   # (not ascontiguousarray: it makes 0-d arrays 1-d)
         if a.dtype.byteorder == ">" or a.dtype.str not in _DTYPES:
             a = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
         if a.dtype.str not in _DTYPES:
@@ -123,12 +123,18 @@ def read(path):
     arrays = {}
     for e in entries:
         try:
-            name, dtype, shape = e["name"], np.dtype(e["dtype"]), tuple(int(s) for s in e["shape"])
+            name, shape = e["name"], tuple(int(s) for s in e["shape"])
             off, nbytes = int(e["offset"]), int(e["nbytes"])
+            if not isinstance(e["dtype"], str) or e["dtype"] not in _DTYPES:
+                raise CheckpointError(f"{where}: array {name!r} has unsupported dtype "
+                                      f"{e['dtype']!r}")
+            dtype = np.dtype(e["dtype"])
         except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
             raise CheckpointError(f"{where} has a corrupt array entry: {exc}") from None
-        if e["dtype"] not in _DTYPES or dtype.hasobject:
-            raise CheckpointError(f"{where}: array {name!r} has unsupported dtype {e['dtype']!r}")
+        if any(s < 0 for s in shape):
+            raise CheckpointError(f"{where}: array {name!r} has a negative dimension {shape}")
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if count * dtype.itemsize != nbytes or off < 0 or data + off + nbytes > len(body):
             raise CheckpointError(f"{where}: array {name!r} does not fit the file")
@@ -190,7 +196,10 @@ def load(path, optimizer, params=None):
     Everything is checked before anything changes. Returns the `meta` given to save."""
     arrays, meta = read(path)
     where = f"checkpoint {os.fspath(path)!r}"
-    if not isinstance(meta, dict) or meta.get("kind") != "lrcore.checkpoint":
+    if not isinstance(meta, dict) or meta.get("kind") != "lrcore.checkpoint" \
+            or not isinstance(meta.get("optimizer"), dict) \
+            or not isinstance(meta["optimizer"].get("state"), list) \
+            or not isinstance(meta.get("extra", []), list):
         raise CheckpointError(f"{where} is not an optimizer checkpoint")
     sd = _join_state(meta["optimizer"], arrays, where)
     own = optimizer.params
@@ -206,7 +215,9 @@ def load(path, optimizer, params=None):
         raise CheckpointError(f"{where}: holds extra arrays {meta.get('extra')}, "
                               f"asked for {sorted(extra)}")
     for name, p in extra.items():
-        saved = arrays[f"extra/{name}"]
+        saved = arrays.get(f"extra/{name}")
+        if saved is None:
+            raise CheckpointError(f"{where}: extra array {name!r} is missing from the file")
         if not isinstance(p, np.ndarray) or saved.shape != p.shape or saved.dtype != p.dtype:
             raise CheckpointError(f"{where}: extra array {name!r} is {saved.dtype} "
                                   f"{saved.shape}, the target is not")

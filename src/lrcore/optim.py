@@ -60,6 +60,13 @@ def _check_hyper(owner, name, value):
     return _check_number(owner, name, value)
 
 
+def _same_config(a, b):
+    try:
+        return a.to_config() == b.to_config()
+    except TypeError:  # a Lambda
+        return False
+
+
 class Optimizer:
     """Base class. Subclasses declare the kernel, hyperparameters, flags and state."""
 
@@ -241,10 +248,13 @@ class Optimizer:
         self._ensure_state()
 
     def report(self, metric):
-        """Feed a metric (e.g. validation loss) to every ReduceOnPlateau hyperparameter."""
+        """Feed a metric (e.g. validation loss) to every ReduceOnPlateau hyperparameter,
+        once per schedule object (groups share the constructor's default schedule)."""
+        seen = set()
         for group in self._groups:
             for value in group.values():
-                if isinstance(value, ReduceOnPlateau):
+                if isinstance(value, ReduceOnPlateau) and id(value) not in seen:
+                    seen.add(id(value))
                     value.report(metric)
 
     # -- the step ------------------------------------------------------------------------
@@ -284,6 +294,12 @@ class Optimizer:
             except TypeError:
                 raise TypeError(f"{owner}.step(): grads must be an array or a list of arrays, "
                                 f"got {type(grads).__name__}") from None
+        if len(grads) == len(self._params):
+            for i, (g, p) in enumerate(zip(grads, self._params)):
+                if isinstance(g, np.ndarray) and g.shape != p.shape and g.size == p.size:
+                    raise ValueError(f"{owner}.step(): grads[{i}] has shape {g.shape} but "
+                                     f"params[{i}] has shape {p.shape}; pass one grad per "
+                                     f"param, of the same shape")
         if clip_norm is not None:
             if isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real) \
                     or not (math.isfinite(clip_norm) and clip_norm > 0):
@@ -415,7 +431,15 @@ class Optimizer:
                     raise bad(f"params[{i}] state {name!r} is {desc}, expected "
                               f"{p.dtype} {p.shape}")
         started = [bool(sg.get("momentum_started", False)) for sg in d["groups"]]
-        # checked: apply
+        # checked: apply. A live schedule equal to the saved one is kept (its state
+        # loaded), so a caller's own reference (e.g. to a ReduceOnPlateau) stays in use.
+        for g, group in enumerate(new_groups):
+            for key, value in group.items():
+                live = self._groups[g][key]
+                if isinstance(value, Schedule) and isinstance(live, Schedule) \
+                        and value is not live and _same_config(live, value):
+                    live.load_state_dict(value.state_dict())
+                    group[key] = live
         self._groups = new_groups
         for i, st in enumerate(states):
             for name, arr in st.items():
