@@ -10,12 +10,14 @@ from . import kernels, reference, schedules
 from .checkpoint import CheckpointError, load, save
 from .kernels import backend
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .task import Event, MetricKey, ParameterKey, ProgressHandlers, TaskState, UpdateTask
 
 __version__ = "0.1.0"
 
 __all__ = ["kernels", "reference", "schedules", "backend", "isa", "available_isas",
            "num_threads", "get_include", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop",
-           "Adadelta", "Optimizer", "save", "load", "CheckpointError", "__version__"]
+           "Adadelta", "Optimizer", "save", "load", "CheckpointError", "__version__",
+           "UpdateTask", "ParameterKey", "Event", "ProgressHandlers", "TaskState", "MetricKey"]
 
 
 def isa():

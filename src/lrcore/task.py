@@ -1,0 +1,731 @@
+"""Update tasks: a seeded, pausable, checkpointable training loop over numpy buffers.
+
+Modelled on Apple Core ML's ``MLUpdateTask``: training parameters are set by key
+(``MLParameterKey`` -> :class:`ParameterKey`), progress handlers are called on events
+(``MLUpdateProgressEvent`` -> :class:`Event`), and, as Core ML puts it, "to modify a
+model's learning rate midway through an update task, use its ``resume(withParameters:)``
+method ... in the progress handler" -> ``ctx.task.resume(parameters={...})``.
+
+Design: the task owns the loop and its position (epoch, samples consumed, running epoch
+loss); the optimizer (lrcore.optim) owns the update, its state and the schedules; the
+user's ``loss_and_grad(batch, params, grads)`` writes gradients into buffers separate from
+the parameters, so an exception leaves the parameters at the last completed step. The order
+of the samples in epoch ``e`` is ``PCG64([SEED, e]).permutation(n)``: a pure function of the
+seed and the epoch, so pausing, resuming or reloading in a fresh process replays exactly
+the batches, and therefore the bits, of a run that never stopped. ``resume()`` runs the
+loop in the calling thread and returns when the task pauses, is cancelled, fails or ends.
+"""
+import dataclasses
+import enum
+import math
+import numbers
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from . import checkpoint, optim
+from .schedules import Schedule
+
+__all__ = ["UpdateTask", "ParameterKey", "Event", "ProgressHandlers", "UpdateContext",
+           "TaskState", "MetricKey"]
+
+FORMAT = "lrcore.update_task"
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------
+# Keys, events, states.
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    name: str
+    kind: type                 # float, int or bool
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    hyperparameter: str = ""   # name in lrcore.optim ("" for the loop's own keys)
+
+    def describe(self):
+        if self.kind is bool:
+            return "True or False"
+        what = "a number" if self.kind is float else "an integer"
+        if self.high == math.inf:
+            bound = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        else:
+            bound = (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                     f"{')' if self.high_open else ']'}")
+        schedule = " or a lrcore Schedule" if self.kind is float else ""
+        return f"{what} {bound}{schedule}"
+
+
+class ParameterKey(enum.Enum):
+    """Training parameters of an :class:`UpdateTask`, each with its type and allowed range.
+
+    The real-valued keys (LEARNING_RATE, MOMENTUM, BETA1, BETA2, EPS, WEIGHT_DECAY) go to the
+    optimizer and also accept a :class:`lrcore.schedules.Schedule`, evaluated at the number of
+    optimizer steps already taken. MINI_BATCH_SIZE, EPOCHS, SHUFFLE and SEED drive the loop.
+    """
+    LEARNING_RATE = _Spec("learning_rate", float, 0.0, hyperparameter="lr")
+    MOMENTUM = _Spec("momentum", float, 0.0, 1.0, high_open=True, hyperparameter="momentum")
+    MINI_BATCH_SIZE = _Spec("mini_batch_size", int, 1)
+    BETA1 = _Spec("beta1", float, 0.0, 1.0, high_open=True, hyperparameter="beta1")
+    BETA2 = _Spec("beta2", float, 0.0, 1.0, high_open=True, hyperparameter="beta2")
+    EPS = _Spec("eps", float, 0.0, low_open=True, hyperparameter="eps")
+    EPOCHS = _Spec("epochs", int, 1)
+    SHUFFLE = _Spec("shuffle", bool)
+    SEED = _Spec("seed", int, 0, 2**63 - 1)
+    WEIGHT_DECAY = _Spec("weight_decay", float, 0.0, hyperparameter="weight_decay")
+
+    def __repr__(self):
+        return f"ParameterKey.{self.name}"
+
+    @property
+    def kind(self):
+        """The Python type of the key's values: float, int or bool."""
+        return self.value.kind
+
+    @property
+    def accepts_schedule(self):
+        """True for the real-valued keys, which may also be given a Schedule."""
+        return self.value.kind is float
+
+    @property
+    def expected(self):
+        """The allowed values, in words (as used in error messages)."""
+        return self.value.describe()
+
+    def validate(self, value, step=0):
+        """Return ``value`` checked against the key's type and range (a Schedule is checked at
+        ``step``); raise TypeError or ValueError naming the key, the value and the range."""
+        spec = self.value
+        where = f"ParameterKey.{self.name}"
+        if isinstance(value, Schedule):
+            if spec.kind is not float:
+                raise TypeError(f"{where} must be {spec.describe()}, got a schedule "
+                                f"({value!r}); only real-valued keys accept schedules")
+            self._check_range(value(step), f"{where} (schedule {value!r} at step {step})")
+            return value
+        if spec.kind is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{where} must be True or False, got {value!r}")
+            return bool(value)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{where} must be {spec.describe()}, got {value!r} "
+                            f"({type(value).__name__})")
+        if spec.kind is int:
+            if not isinstance(value, numbers.Integral):
+                raise TypeError(f"{where} must be {spec.describe()}, got {value!r} "
+                                f"({type(value).__name__})")
+            value = int(value)
+        else:
+            value = float(value)
+        return self._check_range(value, where)
+
+    def _check_range(self, value, where):
+        spec = self.value
+        v = float(value)
+        ok = (math.isfinite(v) and (v > spec.low if spec.low_open else v >= spec.low)
+              and (v < spec.high if spec.high_open else v <= spec.high))
+        if not ok:
+            raise ValueError(f"{where} must be {spec.describe()}, got {value!r}")
+        return value
+
+
+class Event(enum.Flag):
+    """Moments at which the progress handler is called; combine with ``|``."""
+    TRAINING_BEGIN = enum.auto()
+    EPOCH_END = enum.auto()
+    MINI_BATCH_END = enum.auto()
+
+
+class MetricKey(enum.Enum):
+    """Keys of ``UpdateContext.metrics``.
+
+    LOSS: the mini-batch loss (MINI_BATCH_END) or the epoch's mean loss per sample
+    (EPOCH_END); absent at TRAINING_BEGIN. EPOCH_INDEX: the epoch, from 0.
+    MINI_BATCH_INDEX: the mini-batch within its epoch, from 0 (at EPOCH_END, the last one).
+    In the completion context: LOSS of the last finished epoch, EPOCH_INDEX = epochs
+    completed, MINI_BATCH_INDEX = mini-batches done in the unfinished epoch.
+    """
+    LOSS = "loss"
+    EPOCH_INDEX = "epoch_index"
+    MINI_BATCH_INDEX = "mini_batch_index"
+
+    def __repr__(self):
+        return f"MetricKey.{self.name}"
+
+
+class TaskState(enum.Enum):
+    """SUSPENDED (new or paused), RUNNING, CANCELLING (cancel() was called; also the final
+    state of a cancelled task, as in Core ML), COMPLETED, FAILED (``task.error`` says why)."""
+    SUSPENDED = "suspended"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressHandlers:
+    """``progress(ctx)`` is called on every event in ``events``; ``completion(ctx)`` once when
+    the task completes, fails or is cancelled (``ctx.event`` is then None)."""
+    events: Event = Event(0)
+    progress: Callable[["UpdateContext"], Any] | None = None
+    completion: Callable[["UpdateContext"], Any] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.events, Event):
+            raise TypeError(f"ProgressHandlers: events must be an Event flag (e.g. "
+                            f"Event.EPOCH_END | Event.MINI_BATCH_END), got {self.events!r}")
+        for name in ("progress", "completion"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise TypeError(f"ProgressHandlers: {name} must be callable or None, "
+                                f"got {fn!r}")
+        if self.events and self.progress is None:
+            raise ValueError(f"ProgressHandlers: events={self.events!r} but no progress "
+                             f"handler; give progress=<function of the context>")
+        if self.progress is not None and not self.events:
+            raise ValueError("ProgressHandlers: a progress handler was given but events is "
+                             "empty; choose e.g. events=Event.EPOCH_END")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateContext:
+    """What a handler receives. ``parameters``: the values in force (schedules evaluated) for
+    the mini-batch just processed, or at TRAINING_BEGIN for the first one; ``params``: the
+    arrays being trained (live, not copies)."""
+    event: Event | None
+    task: "UpdateTask"
+    parameters: dict
+    metrics: dict
+    params: list
+
+
+# ----------------------------------------------------------------------------------------
+# Data and optimizers.
+# ----------------------------------------------------------------------------------------
+
+
+class _ArrayData:
+    """A tuple of arrays split along axis 0."""
+
+    def __init__(self, arrays):
+        self.arrays = tuple(np.asarray(a) for a in arrays)
+        if not self.arrays:
+            raise ValueError("UpdateTask: data is an empty tuple; expected (features, "
+                             "targets, ...)")
+        for i, a in enumerate(self.arrays):
+            if a.ndim == 0:
+                raise ValueError(f"UpdateTask: data[{i}] is a scalar; expected an array "
+                                 f"with samples along axis 0")
+        lengths = [a.shape[0] for a in self.arrays]
+        if len(set(lengths)) != 1:
+            raise ValueError(f"UpdateTask: data arrays have {lengths} rows; expected the "
+                             f"same number of samples in each")
+
+    def __len__(self):
+        return self.arrays[0].shape[0]
+
+    def batch(self, indices):
+        return tuple(a[indices] for a in self.arrays)
+
+
+def _wrap_data(data):
+    if isinstance(data, (tuple, list)):
+        return _ArrayData(data)
+    if hasattr(data, "__len__") and callable(getattr(data, "batch", None)):
+        return data
+    hint = "; for a single array write (X,)" if isinstance(data, np.ndarray) else ""
+    raise TypeError(f"UpdateTask: data must be a tuple of arrays (features, targets, ...) or an "
+                    f"object with __len__ and batch(indices), got {type(data).__name__}{hint}")
+
+
+OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
+              "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta}
+
+_LOOP_DEFAULTS = {ParameterKey.MINI_BATCH_SIZE: 32, ParameterKey.EPOCHS: 1,
+                  ParameterKey.SHUFFLE: True, ParameterKey.SEED: 0}
+
+
+def _optimizer_keys(opt):
+    """The ParameterKeys that map to hyperparameters of this optimizer."""
+    return [k for k in ParameterKey if k.value.hyperparameter in type(opt).numeric]
+
+
+def _check_params(params):
+    if isinstance(params, np.ndarray):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"UpdateTask: params must be a list of numpy arrays, got "
+                        f"{type(params).__name__}") from None
+    if not params:
+        raise ValueError("UpdateTask: params is empty; give at least one array")
+    for i, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"UpdateTask: params[{i}] must be a numpy.ndarray, got "
+                            f"{type(p).__name__}")
+    return params
+
+
+# ----------------------------------------------------------------------------------------
+# The task.
+# ----------------------------------------------------------------------------------------
+
+
+class UpdateTask:
+    """Train ``params`` in place by mini-batches of ``data`` with an lrcore optimizer.
+
+    ``loss_and_grad(batch, params, grads) -> float`` is the user's function: it writes the
+    gradient into ``grads`` (zeroed before each call, laid out like ``params``) and returns the
+    mini-batch loss. ``data``: a tuple of arrays split along axis 0 (``batch`` is then the
+    tuple of their rows), or any object with ``__len__`` and ``batch(indices)``.
+    ``optimizer``: "sgd", "adam", "adamw", "adagrad", "rmsprop", "adadelta" or an lrcore
+    Optimizer over the same arrays. ``parameters``: {ParameterKey: value}; keys the optimizer
+    has no use for are an error; unset optimizer keys keep the optimizer's values; the loop
+    defaults are MINI_BATCH_SIZE 32, EPOCHS 1, SHUFFLE True, SEED 0. The last mini-batch of an
+    epoch may be smaller.
+    """
+
+    def __init__(self, params, loss_and_grad, data, optimizer="sgd", parameters=None,
+                 progress_handlers=None, *, num_threads=None):
+        self._params = _check_params(params)
+        self._init_common(loss_and_grad, data, progress_handlers)
+        self._optimizer = self._make_optimizer(optimizer, num_threads)
+        self._keys = _optimizer_keys(self._optimizer)
+        self._loop = dict(_LOOP_DEFAULTS)
+        self._apply(self._checked(parameters))
+
+    def _init_common(self, loss_and_grad, data, progress_handlers):
+        if not callable(loss_and_grad):
+            raise TypeError(f"UpdateTask: loss_and_grad must be callable as "
+                            f"loss_and_grad(batch, params, grads), got {loss_and_grad!r}")
+        if progress_handlers is None:
+            progress_handlers = ProgressHandlers()
+        if not isinstance(progress_handlers, ProgressHandlers):
+            raise TypeError(f"UpdateTask: progress_handlers must be a ProgressHandlers, got "
+                            f"{type(progress_handlers).__name__}")
+        self._loss_and_grad = loss_and_grad
+        self._data = _wrap_data(data)
+        self._n = len(self._data)
+        if self._n < 1:
+            raise ValueError("UpdateTask: data holds 0 samples; expected at least one")
+        self._handlers = progress_handlers
+        self._grads = [np.zeros_like(p) for p in self._params]
+        self._state = TaskState.SUSPENDED
+        self._error = None
+        self._pause_requested = False
+        self._cancel_requested = False
+        self._handler_thread = None
+        # position: epoch index, samples of this epoch consumed, batches done, epoch loss
+        self._began = False
+        self._epoch = 0
+        self._offset = 0
+        self._batch = 0
+        self._order = None
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._last_epoch_loss = None
+        self._pending = None   # (step before, samples, loss) while a step is being applied
+        self.meta = None
+
+    def _make_optimizer(self, optimizer, num_threads):
+        if isinstance(optimizer, optim.Optimizer):
+            theirs = optimizer.params
+            if len(theirs) != len(self._params) or any(a is not b for a, b in
+                                                        zip(theirs, self._params)):
+                raise ValueError("UpdateTask: the optimizer must be built over the same "
+                                 "arrays as params, in the same order")
+            return optimizer
+        if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+            return OPTIMIZERS[optimizer.lower()](self._params, num_threads=num_threads)
+        raise ValueError(f"UpdateTask: optimizer must be one of {sorted(OPTIMIZERS)} or an "
+                         f"lrcore Optimizer instance, got {optimizer!r}")
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def _checked(self, parameters):
+        """Validate {ParameterKey: value} against the keys and this optimizer."""
+        if parameters is None:
+            return {}
+        if not isinstance(parameters, dict):
+            raise TypeError(f"UpdateTask: parameters must be a dict of ParameterKey -> value, "
+                            f"got {type(parameters).__name__}")
+        usable = self._keys
+        out = {}
+        for key, value in parameters.items():
+            if not isinstance(key, ParameterKey):
+                raise TypeError(f"UpdateTask: parameter keys must be ParameterKey members "
+                                f"(e.g. ParameterKey.LEARNING_RATE), got {key!r}")
+            if key.value.hyperparameter and key not in usable:
+                raise ValueError(f"UpdateTask: ParameterKey.{key.name} does not apply to "
+                                 f"{type(self._optimizer).__name__}; it takes "
+                                 f"{[k.name for k in usable] + [k.name for k in _LOOP_DEFAULTS]}")
+            out[key] = key.validate(value, self._optimizer.step_count)
+        return out
+
+    def _apply(self, checked):
+        hyper = {k.value.hyperparameter: v for k, v in checked.items() if k.value.hyperparameter}
+        if hyper:
+            try:
+                self._optimizer.set(**hyper)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"UpdateTask: parameters {sorted(k.name for k in checked)} "
+                                 f"rejected by the optimizer: {exc}") from None
+        for key, value in checked.items():
+            if not key.value.hyperparameter:
+                self._loop[key] = value
+
+    @property
+    def parameters(self):
+        """{ParameterKey: value} as configured now (schedules as Schedule objects)."""
+        group = self._optimizer.param_groups[0]
+        out = {k: group[k.value.hyperparameter] for k in self._keys}
+        out.update(self._loop)
+        return out
+
+    def _parameters_at(self, step):
+        """Values in force at optimizer step `step` (schedules evaluated)."""
+        if step == self._optimizer.step_count:   # the fast path, once per mini-batch
+            values = self._optimizer.hyperparameters(0)
+            out = {k: values[k.value.hyperparameter] for k in self._keys}
+            out.update(self._loop)
+            return out
+        return {key: value(step) if isinstance(value, Schedule) else value
+                for key, value in self.parameters.items()}
+
+    # -- read-only views -------------------------------------------------------------------
+
+    @property
+    def state(self):
+        """The TaskState."""
+        return self._state
+
+    @property
+    def error(self):
+        """The exception that made the task FAILED, else None."""
+        return self._error
+
+    @property
+    def params(self):
+        """The arrays being trained, updated in place."""
+        return list(self._params)
+
+    @property
+    def progress_handlers(self):
+        """The ProgressHandlers; may be replaced while the task is not RUNNING."""
+        return self._handlers
+
+    @progress_handlers.setter
+    def progress_handlers(self, handlers):
+        if not isinstance(handlers, ProgressHandlers):
+            raise TypeError(f"UpdateTask: progress_handlers must be a ProgressHandlers, got "
+                            f"{type(handlers).__name__}")
+        if self._state is TaskState.RUNNING:
+            raise RuntimeError("UpdateTask: progress_handlers cannot be replaced while RUNNING")
+        self._handlers = handlers
+
+    @property
+    def optimizer(self):
+        """The lrcore Optimizer applying the updates."""
+        return self._optimizer
+
+    @property
+    def epoch(self):
+        """Index of the current epoch (= epochs completed)."""
+        return self._epoch
+
+    @property
+    def mini_batch(self):
+        """Mini-batches completed in the current epoch."""
+        return self._batch
+
+    @property
+    def step_count(self):
+        """Optimizer steps taken so far."""
+        return self._optimizer.step_count
+
+    def __repr__(self):
+        return (f"UpdateTask(state={self._state.name}, optimizer="
+                f"{type(self._optimizer).__name__}, epoch={self._epoch}, "
+                f"mini_batch={self._batch}, step={self.step_count})")
+
+    # -- control ---------------------------------------------------------------------------
+
+    def resume(self, parameters=None):
+        """Start or continue training, after replacing ``parameters`` ({ParameterKey: value})
+        from the next mini-batch on. Called from a progress handler (state RUNNING) it only
+        replaces the values (and withdraws a pause asked for earlier) and returns at once.
+        Otherwise it runs the loop in this thread until the task pauses, is cancelled, fails
+        or completes, and returns the resulting TaskState."""
+        if self._state in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLING):
+            raise RuntimeError(f"UpdateTask.resume(): the task is {self._state.name}; only a "
+                               f"SUSPENDED or RUNNING task can be resumed")
+        self._apply(self._checked(parameters))
+        if self._state is TaskState.RUNNING:
+            self._pause_requested = False
+            return self._state
+        self._pause_requested = False
+        self._state = TaskState.RUNNING
+        self._run()
+        return self._state
+
+    def pause(self):
+        """Stop after the current mini-batch or handler; a later resume() continues exactly
+        there. No effect on a SUSPENDED task."""
+        if self._state is TaskState.RUNNING:
+            self._pause_requested = True
+        elif self._state is not TaskState.SUSPENDED:
+            raise RuntimeError(f"UpdateTask.pause(): the task is {self._state.name}; only a "
+                               f"RUNNING or SUSPENDED task can be paused")
+
+    def cancel(self):
+        """Stop for good after the current mini-batch (state CANCELLING; the completion
+        handler runs). A SUSPENDED task is cancelled at once."""
+        if self._state is TaskState.RUNNING:
+            self._cancel_requested = True
+        elif self._state is TaskState.SUSPENDED:
+            self._state = TaskState.CANCELLING
+            self._complete()
+        elif self._state is not TaskState.CANCELLING:
+            raise RuntimeError(f"UpdateTask.cancel(): the task is {self._state.name}; only a "
+                               f"RUNNING or SUSPENDED task can be cancelled")
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _epoch_order(self, epoch):
+        if not self._loop[ParameterKey.SHUFFLE]:
+            return np.arange(self._n, dtype=np.int64)
+        rng = np.random.Generator(np.random.PCG64([self._loop[ParameterKey.SEED], epoch]))
+        return rng.permutation(self._n).astype(np.int64)
+
+    def _run(self):
+        try:
+            if not self._began:
+                self._began = True
+                self._fire(Event.TRAINING_BEGIN, self._optimizer.step_count,
+                           {MetricKey.EPOCH_INDEX: self._epoch, MetricKey.MINI_BATCH_INDEX: 0})
+            while not self._stopping():
+                if self._order is None:
+                    if self._epoch >= self._loop[ParameterKey.EPOCHS]:
+                        self._state = TaskState.COMPLETED
+                        break
+                    self._order = self._epoch_order(self._epoch)
+                if self._offset < self._n:
+                    self._mini_batch()
+                else:
+                    self._end_epoch()
+        except KeyboardInterrupt:
+            # the position stays consistent: finish the bookkeeping of a step that landed
+            if self._pending is not None and \
+                    self._optimizer.step_count == self._pending[0] + 1:
+                self._commit()
+            self._pending = None
+            self._state = TaskState.SUSPENDED
+            raise
+        except Exception as exc:  # the user's function, a handler or a step failed
+            self._error = exc
+            self._state = TaskState.FAILED
+        if self._state is not TaskState.SUSPENDED:
+            self._complete()
+
+    def _stopping(self):
+        if self._cancel_requested:
+            self._cancel_requested = False
+            self._state = TaskState.CANCELLING
+            return True
+        if self._pause_requested:
+            self._pause_requested = False
+            self._state = TaskState.SUSPENDED
+            return True
+        return False
+
+    def _mini_batch(self):
+        size = self._loop[ParameterKey.MINI_BATCH_SIZE]
+        indices = self._order[self._offset:self._offset + size]
+        batch = self._data.batch(indices)
+        for g in self._grads:
+            g.fill(0)
+        loss = self._loss_and_grad(batch, self._params, self._grads)
+        if isinstance(loss, np.ndarray) and loss.size == 1:
+            loss = loss.reshape(())[()]
+        if isinstance(loss, (bool, np.bool_)) or not isinstance(loss, numbers.Real):
+            raise TypeError(f"loss_and_grad returned {loss!r} ({type(loss).__name__}); "
+                            f"expected the mini-batch loss as a real number")
+        wanted = Event.MINI_BATCH_END in self._handlers.events
+        parameters = self._parameters_at(self._optimizer.step_count) if wanted else None
+        self._pending = (self._optimizer.step_count, len(indices), float(loss))
+        self._optimizer.step(self._grads)   # changes nothing if it raises
+        loss = self._commit()
+        if wanted:
+            metrics = {MetricKey.LOSS: loss, MetricKey.EPOCH_INDEX: self._epoch,
+                       MetricKey.MINI_BATCH_INDEX: self._batch - 1}
+            self._call(self._handlers.progress, UpdateContext(
+                Event.MINI_BATCH_END, self, parameters, metrics, self.params))
+
+    def _commit(self):
+        """Advance the position past the mini-batch whose step was just applied."""
+        _, samples, loss = self._pending
+        self._pending = None
+        self._offset += samples
+        self._batch += 1
+        self._loss_sum += loss * samples
+        self._loss_count += samples
+        return loss
+
+    def _end_epoch(self):
+        epoch_loss = self._loss_sum / self._loss_count if self._loss_count else math.nan
+        metrics = {MetricKey.LOSS: epoch_loss, MetricKey.EPOCH_INDEX: self._epoch,
+                   MetricKey.MINI_BATCH_INDEX: self._batch - 1}
+        wanted = Event.EPOCH_END in self._handlers.events
+        parameters = self._parameters_at(max(self._optimizer.step_count - 1, 0)) if wanted else None
+        self._optimizer.report(epoch_loss)   # feeds ReduceOnPlateau schedules, if any
+        self._epoch += 1
+        self._order = None
+        self._offset = self._batch = self._loss_count = 0
+        self._loss_sum = 0.0
+        self._last_epoch_loss = epoch_loss
+        if wanted:
+            self._call(self._handlers.progress,
+                       UpdateContext(Event.EPOCH_END, self, parameters, metrics, self.params))
+
+    def _fire(self, event, step, metrics):
+        if event in self._handlers.events:
+            self._call(self._handlers.progress,
+                       UpdateContext(event, self, self._parameters_at(step), metrics,
+                                     self.params))
+
+    def _call(self, fn, ctx):
+        self._handler_thread = threading.get_ident()
+        try:
+            fn(ctx)
+        finally:
+            self._handler_thread = None
+
+    def _complete(self):
+        if self._handlers.completion is None:
+            return
+        metrics = {MetricKey.EPOCH_INDEX: self._epoch, MetricKey.MINI_BATCH_INDEX: self._batch}
+        if self._last_epoch_loss is not None:
+            metrics[MetricKey.LOSS] = self._last_epoch_loss
+        self._call(self._handlers.completion,
+                   UpdateContext(None, self, self._parameters_at(self._optimizer.step_count),
+                                 metrics, self.params))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, path, meta=None):
+        """Write the whole task (params, optimizer state and schedules, loop parameters, epoch
+        and position in it, running epoch loss) to ``path`` atomically, plus JSON-able
+        ``meta`` of your own. Allowed when not RUNNING, or from a progress handler."""
+        if self._state is TaskState.RUNNING and self._handler_thread != threading.get_ident():
+            raise RuntimeError("UpdateTask.save(): the task is RUNNING; save from a progress "
+                               "handler, or pause() it first")
+        sd = self._optimizer.state_dict()
+        arrays = {f"param/{i}": p for i, p in enumerate(self._params)}
+        state_names = []
+        for i, st in enumerate(sd.pop("state")):
+            state_names.append(list(st))
+            for name, arr in st.items():
+                arrays[f"state/{i}/{name}"] = arr
+        for g, group in enumerate(sd["groups"]):
+            for key, value in group["hyperparameters"].items():
+                if isinstance(value, dict) and value.get("schedule") is None:
+                    raise ValueError(f"UpdateTask.save(): {key} of group {g} is "
+                                     f"{value.get('repr')}, which cannot be stored in a file; "
+                                     f"use a named schedule (lrcore.schedules.names())")
+        if self._order is not None:
+            arrays["order"] = self._order
+        loop = {k.name: v for k, v in self._loop.items()}
+        meta_out = {
+            "format": FORMAT, "version": FORMAT_VERSION,
+            "optimizer": {"class": type(self._optimizer).__name__,
+                          "num_threads": self._optimizer.num_threads,
+                          "fixed": [{k: grp["hyperparameters"][k] for k in
+                                     type(self._optimizer).fixed} for grp in sd["groups"]],
+                          "state_dict": sd, "state_names": state_names},
+            "loop": loop, "samples": self._n,
+            "position": {"began": self._began, "epoch": self._epoch, "offset": self._offset,
+                         "mini_batch": self._batch, "loss_sum": self._loss_sum,
+                         "loss_count": self._loss_count,
+                         "last_epoch_loss": self._last_epoch_loss},
+            "state": self._state.name, "user": meta,
+        }
+        checkpoint.write(path, arrays, meta_out)
+
+    @classmethod
+    def load(cls, path, loss_and_grad, data, progress_handlers=None, *, params=None):
+        """Rebuild a task saved with :meth:`save`; it is SUSPENDED, and ``resume()`` continues
+        exactly where the saved one was. ``params``: arrays to restore into (e.g. a model's
+        own views); by default new arrays are made. The meta given to save() is in
+        ``task.meta``. Raises lrcore.CheckpointError for a file that does not fit."""
+        arrays, meta = checkpoint.read(path)
+        where = f"checkpoint {str(path)!r}"
+
+        def bad(msg):
+            return checkpoint.CheckpointError(f"{where}: {msg}")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise bad("is not an UpdateTask checkpoint (written by UpdateTask.save)")
+        if meta.get("version") != FORMAT_VERSION:
+            raise bad(f"has format version {meta.get('version')!r}; this lrcore reads "
+                      f"version {FORMAT_VERSION}")
+        try:
+            saved = [arrays[f"param/{i}"] for i in range(len(meta["optimizer"]["state_names"]))]
+            opt_meta = meta["optimizer"]
+            opt_class = OPTIMIZERS[opt_meta["class"].lower()]
+            position, loop = meta["position"], meta["loop"]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise bad(f"is incomplete or corrupt ({exc!r})") from None
+        if params is None:
+            params = [np.array(a, copy=True) for a in saved]
+        else:
+            params = _check_params(params)
+            if len(params) != len(saved):
+                raise bad(f"holds {len(saved)} params, {len(params)} were given")
+            for i, (p, a) in enumerate(zip(params, saved)):
+                if p.shape != a.shape or p.dtype != a.dtype:
+                    raise bad(f"params[{i}] is {a.dtype} {a.shape} in the file, the given "
+                              f"array is {p.dtype} {p.shape}")
+        sd = dict(opt_meta["state_dict"])
+        sd["state"] = [{name: arrays[f"state/{i}/{name}"] for name in names}
+                       for i, names in enumerate(opt_meta["state_names"])]
+        groups = []
+        for g, group in enumerate(sd["groups"]):
+            groups.append(dict(opt_meta["fixed"][g],
+                               params=[params[i] for i in group["params"]]))
+        task = cls.__new__(cls)
+        task._params = params
+        task._init_common(loss_and_grad, data, progress_handlers)
+        if task._n != meta.get("samples"):
+            raise bad(f"was saved with {meta.get('samples')} samples of data, the data given "
+                      f"has {task._n}")
+        try:
+            opt = opt_class(groups, num_threads=opt_meta["num_threads"])
+            opt.load_state_dict(sd)
+            task._loop = {ParameterKey[name]: ParameterKey[name].validate(value)
+                          for name, value in loop.items()}
+        except (TypeError, ValueError, KeyError) as exc:
+            raise bad(str(exc)) from None
+        task._optimizer = opt
+        task._keys = _optimizer_keys(opt)
+        task._began = bool(position["began"])
+        task._epoch = int(position["epoch"])
+        task._offset = int(position["offset"])
+        task._batch = int(position["mini_batch"])
+        task._loss_sum = float(position["loss_sum"])
+        task._loss_count = int(position["loss_count"])
+        task._last_epoch_loss = position.get("last_epoch_loss")
+        task._order = arrays.get("order")
+        if task._order is not None and task._order.shape != (task._n,):
+            raise bad(f"holds a sample order of shape {task._order.shape}, expected "
+                      f"({task._n},)")
+        for p, a in zip(params, saved):
+            np.copyto(p, a)
+        task.meta = meta.get("user")
+        return task
