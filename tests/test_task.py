@@ -181,7 +181,8 @@ def test_parameters_reports_configured_values():
     (K.EPOCHS, 0, ValueError, "EPOCHS"),
     (K.SHUFFLE, 1, TypeError, "SHUFFLE must be True or False"),
     (K.SEED, -1, ValueError, "SEED"),
-    (K.BETA1, schedules.make("constant", value=1.0), ValueError, r"BETA1 \(schedule .* at step 0\)"),
+    (K.BETA1, schedules.make("constant", value=1.0), ValueError,
+     r"BETA1 \(schedule .* at step 0\)"),
 ])
 def test_parameter_validation(key, value, error, match):
     with pytest.raises(error, match=match):

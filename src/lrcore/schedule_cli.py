@@ -1,0 +1,122 @@
+"""`lrcore schedule NAME [key=value ...] --steps N [--plot FILE.png]`: a schedule's values.
+
+Prints a step/value table (every step, or an evenly spaced sample of --rows of them) or
+draws the curve. Also holds the `NAME key=value ...` parsing that `lrcore train --schedule`
+shares, including the defaults it fills in (`steps` from --steps, `initial` from --lr).
+"""
+import inspect
+import math
+import sys
+import types
+
+from . import schedules
+from .cli import CLIError
+
+HELP = "print or draw a learning-rate schedule's values, step by step"
+
+# arguments that may be left out on the command line and are filled by the caller
+FILLABLE = ("initial", "steps", "total_steps")
+
+
+def _signature(name):
+    """The parameters of schedule `name` (its class or factory), for help and defaults."""
+    factory = schedules._REGISTRY[name]   # noqa: SLF001 - no public accessor yet
+    return inspect.signature(factory).parameters
+
+
+def describe(name):
+    """`name(arg: type, arg: type = default, ...)` for messages."""
+    parts = []
+    for key, p in _signature(name).items():
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(
+            p.annotation, "__name__", str(p.annotation))
+        parts.append(f"{key}: {ann}" + ("" if p.default is inspect.Parameter.empty
+                                         else f" = {p.default!r}"))
+    return f"{name}({', '.join(parts)})"
+
+
+def build(name, pairs, fill=None):
+    """Make schedule `name` from `key=value` strings; `fill` gives values for the FILLABLE
+    arguments that are required and were not given. Raises CLIError on any bad input."""
+    if name not in schedules.names():
+        raise CLIError(f"unknown schedule {name!r}; expected one of "
+                       f"{', '.join(schedules.names())}")
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise CLIError(f"schedule argument {pair!r} is not key=value; {describe(name)}")
+        if key in kwargs:
+            raise CLIError(f"schedule argument {key!r} is given twice")
+        kwargs[key] = value
+    params = _signature(name)
+    for key, value in (fill or {}).items():
+        if key in params and key not in kwargs and \
+                params[key].default is inspect.Parameter.empty and value is not None:
+            kwargs[key] = str(value)
+    try:
+        return schedules.make(name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"{exc}; {describe(name)}") from None
+
+
+def one_line_errors(parser):
+    """Make argparse report a bad option as one line (no usage block), exit code 2."""
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = types.MethodType(error, parser)
+
+
+def add_arguments(parser):
+    one_line_errors(parser)
+    parser.description = (
+        f"{HELP}. Schedule arguments are key=value pairs after the name, e.g. "
+        f"`lrcore schedule cosine initial=0.1 --steps 100`; a required `steps` or "
+        f"`total_steps` left out is taken from --steps. Lists: milestones=30,60,90. "
+        f"Names: {', '.join(schedules.names())}.")
+    parser.add_argument("name", metavar="NAME", help="schedule name, e.g. cosine")
+    parser.add_argument("arguments", nargs="*", metavar="key=value",
+                        help="schedule arguments, e.g. initial=0.1 floor=0.001")
+    parser.add_argument("--steps", type=int, required=True, metavar="N",
+                        help="number of steps to show (steps 0 .. N-1)")
+    parser.add_argument("--rows", type=int, default=None, metavar="R",
+                        help="print only R evenly spaced rows (default: all if N <= 50, else 21)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw the schedule to this image instead of printing a table "
+                             "(needs matplotlib: pip install 'lrcore[plot]')")
+
+
+def _rows(steps, rows):
+    if rows is None:
+        rows = steps if steps <= 50 else 21
+    if rows >= steps:
+        return list(range(steps))
+    return sorted({round(i * (steps - 1) / (rows - 1)) for i in range(rows)}) if rows > 1 else [0]
+
+
+def run(args):
+    if args.steps < 1:
+        raise CLIError(f"--steps must be an integer >= 1, got {args.steps}")
+    if args.rows is not None and args.rows < 1:
+        raise CLIError(f"--rows must be an integer >= 1, got {args.rows}")
+    schedule = build(args.name, args.arguments, {"steps": args.steps, "total_steps": args.steps})
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError("--plot needs matplotlib, an optional dependency: "
+                           "pip install 'lrcore[plot]'") from None
+        try:
+            schedules.plot(schedule, args.steps, args.plot)
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"--plot {args.plot!r}: cannot write the image: {exc}") from None
+        print(f"{schedule!r}: {args.steps} steps drawn to {args.plot}")
+        return 0
+    print(f"{schedule!r}")
+    print(f"{'step':>8}  value")
+    for step in _rows(args.steps, args.rows):
+        value = schedule(step)
+        print(f"{step:>8}  {value:.6g}" if math.isfinite(value) else f"{step:>8}  {value}")
+    return 0
