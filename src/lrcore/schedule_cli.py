@@ -2,7 +2,8 @@
 
 Prints a step/value table (every step, or an evenly spaced sample of --rows of them) or
 draws the curve. Also holds the `NAME key=value ...` parsing that `lrcore train --schedule`
-shares, including the defaults it fills in (`steps` from --steps, `initial` from --lr).
+shares, including the defaults it fills in (`steps` from --steps; in train also
+`initial`/`max_value` from --lr).
 """
 import inspect
 import math
@@ -15,7 +16,7 @@ from .cli import CLIError
 HELP = "print or draw a learning-rate schedule's values, step by step"
 
 # arguments that may be left out on the command line and are filled by the caller
-FILLABLE = ("initial", "steps", "total_steps")
+FILLABLE = ("initial", "max_value", "steps", "total_steps")
 
 
 def _signature(name):
@@ -52,7 +53,7 @@ def build(name, pairs, fill=None):
         kwargs[key] = value
     params = _signature(name)
     for key, value in (fill or {}).items():
-        if key in params and key not in kwargs and \
+        if key in FILLABLE and key in params and key not in kwargs and \
                 params[key].default is inspect.Parameter.empty and value is not None:
             kwargs[key] = str(value)
     try:

@@ -60,9 +60,9 @@ def add_arguments(parser):
                          f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     opt.add_argument("--schedule", nargs="+", metavar=("NAME", "key=value"),
                      help="learning-rate schedule by name with key=value arguments, e.g. "
-                          "--schedule cosine floor=1e-5; a required `initial` left out is "
-                          "--lr, a required `steps`/`total_steps` the run's total mini-batch "
-                          "steps (see `lrcore schedule --help` for the names)")
+                          "--schedule cosine floor=1e-5; a required `initial` or `max_value` left "
+                          "out is --lr, a required `steps`/`total_steps` the run's total "
+                          "mini-batch steps (see `lrcore schedule --help` for the names)")
     opt.add_argument("--momentum", type=float, help="sgd, rmsprop")
     opt.add_argument("--beta1", type=float, help="adam, adamw")
     opt.add_argument("--beta2", type=float, help="adam, adamw")
@@ -353,7 +353,8 @@ def run(args):
         lr = lr(task.step_count) if callable(lr) else lr
         parameters[ParameterKey.LEARNING_RATE] = build_schedule(
             args.schedule[0], args.schedule[1:],
-            {"initial": lr, "steps": epochs * per_epoch, "total_steps": epochs * per_epoch})
+            {"initial": lr, "max_value": lr, "steps": epochs * per_epoch,
+             "total_steps": epochs * per_epoch})
     if args.threads is not None:
         task.optimizer.num_threads = args.threads
     if task.epoch >= epochs:
