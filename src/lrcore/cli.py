@@ -10,10 +10,18 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2, never a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported as one line (no usage block), exit code 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lrcore", description="In-place optimizer updates under learning-rate schedules.")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("info", help="versions, backend, instruction set, threads; kernel self-check")
     for name, module in _COMMANDS.items():
         mod = importlib.import_module(f"lrcore.{module}")

@@ -8,7 +8,6 @@ shares, including the defaults it fills in (`steps` from --steps; in train also
 import inspect
 import math
 import sys
-import types
 
 from . import schedules
 from .cli import CLIError
@@ -62,16 +61,7 @@ def build(name, pairs, fill=None):
         raise CLIError(f"{exc}; {describe(name)}") from None
 
 
-def one_line_errors(parser):
-    """Make argparse report a bad option as one line (no usage block), exit code 2."""
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-    parser.error = types.MethodType(error, parser)
-
-
 def add_arguments(parser):
-    one_line_errors(parser)
     parser.description = (
         f"{HELP}. Schedule arguments are key=value pairs after the name, e.g. "
         f"`lrcore schedule cosine initial=0.1 --steps 100`; a required `steps` or "

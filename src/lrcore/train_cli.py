@@ -15,7 +15,6 @@ import numpy as np
 from . import checkpoint, datasets, models
 from .cli import CLIError
 from .schedule_cli import build as build_schedule
-from .schedule_cli import one_line_errors
 from .task import OPTIMIZERS, Event, MetricKey, ParameterKey, ProgressHandlers, UpdateTask
 
 HELP = "train a classifier with an update task (default: built-in digits, MLP, Adam)"
@@ -38,7 +37,6 @@ _OPTION_KEYS = [("--lr", "lr", ParameterKey.LEARNING_RATE),
 
 
 def add_arguments(parser):
-    one_line_errors(parser)
     data = parser.add_argument_group("data and model")
     data.add_argument("--data", metavar="FILE",
                       help="a .csv (header row, numeric cells) or .npz (arrays X and y) file; "
