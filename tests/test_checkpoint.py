@@ -538,3 +538,14 @@ def test_save_writes_a_new_file_in_place_of_the_old(tmp_path):
     header = json.loads(blob[16:16 + int(hlen)])
     data = 16 + int(hlen) + (-(16 + int(hlen)) % 64)
     assert all((data + e["offset"]) % 64 == 0 for e in header["arrays"])
+
+
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    import os
+    from lrcore import checkpoint
+    old = os.umask(0o022)
+    try:
+        checkpoint.write(tmp_path / "m.lrc", {"a": np.ones(2)}, {})
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "m.lrc").st_mode & 0o777) == 0o644

@@ -396,7 +396,7 @@ REJECTED_SETS = [
     ("SGD", dict(lr=S.Constant(0.2), maximize=1), TypeError, "maximize"),
     ("SGD", dict(lr=0.2, learning_rate=0.1), TypeError, "learning_rate"),
     ("Adam", dict(betas=(0.9, 1.0)), ValueError, "beta2"),
-    ("Adam", dict(lr=0.5, betas=(S.Linear(1.2, 0.0, 3), 0.9)), ValueError, "beta1"),
+    ("Adam", dict(lr=0.5, betas=(S.Linear(1.2, 1.0, 3), 0.9)), ValueError, "beta1"),  # invalid at the next step
     ("Adam", dict(amsgrad=True), ValueError, "amsgrad"),
     ("Adam", dict(eps=math.inf), ValueError, "eps"),
     ("RMSprop", dict(centered=True), ValueError, "centered"),
@@ -759,3 +759,43 @@ def test_schedule_invalid_at_a_later_step_raises_before_modifying(plan, name, kw
     assert _snapshot(opt, evaluate=False) == before
     assert opt.step_count == steps
 
+
+
+def test_set_checks_a_schedule_at_the_next_step_not_step_zero():
+    opt = lrcore.Adam(np.ones(4), lr=0.1)
+    for _ in range(5):
+        opt.step(np.ones(4))
+    opt.set(beta1=S.Linear(1.5, 0.5, 4))          # beta1 = 1.5 at step 0, 0.5 from step 4 on
+    assert opt.hyperparameters()["beta1"] == 0.5
+    with pytest.raises(ValueError, match="beta1"):
+        opt.set(beta1=S.Linear(1.5, 1.2, 10))     # still above 1 at step 5
+
+
+def test_adamw_keeps_decoupled_weight_decay():
+    opt = lrcore.AdamW(np.ones(3))
+    with pytest.raises(ValueError, match="decoupled_weight_decay"):
+        opt.set(decoupled_weight_decay=False)
+
+
+def test_skipped_step_still_reports_the_grad_norm():
+    opt = lrcore.SGD(np.ones(2), lr=0.1)
+    opt.step(np.array([3.0, 4.0]), clip_norm=10.0)
+    assert opt.last_grad_norm == pytest.approx(5.0)
+    assert opt.step(np.array([np.inf, 0.0]), skip_nonfinite=True) is False
+    assert math.isinf(opt.last_grad_norm)
+
+
+def test_load_resets_state_the_file_does_not_have():
+    p = np.ones(3)
+    src = lrcore.RMSprop(np.ones(3), lr=0.01)                 # no momentum buffer
+    dst = lrcore.RMSprop(p, lr=0.01, momentum=0.9)
+    dst.step(np.full(3, 0.5))                                  # momentum buffer now non-zero
+    sd = src.state_dict()
+    sd["groups"][0]["hyperparameters"]["momentum"] = 0.9       # same layout, state lacks the buffer
+    sd["state"][0]["momentum_buffer"] = np.zeros(3)
+    del sd["state"][0]["momentum_buffer"]
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        dst.load_state_dict(sd)                                # needed by momentum > 0
+    sd["groups"][0]["hyperparameters"]["momentum"] = 0.0
+    dst.load_state_dict(sd)
+    assert np.all(dst._states[0]["momentum_buffer"] == 0)

@@ -75,6 +75,9 @@ def write(path, arrays, meta):
             f.write(digest.digest())
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would outlive the rename
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -53,9 +53,10 @@ def _check_number(owner, name, value):
     return v
 
 
-def _check_hyper(owner, name, value):
+def _check_hyper(owner, name, value, step=0):
+    """A number, or a schedule whose value at `step` (the next step to run) is valid."""
     if isinstance(value, Schedule):
-        _check_number(f"{owner} ({name} schedule at step 0)", name, value(0))
+        _check_number(f"{owner} ({name} schedule at step {step})", name, value(step))
         return value
     return _check_number(owner, name, value)
 
@@ -155,7 +156,7 @@ class Optimizer:
         out = {}
         for key, value in group.items():
             if key in self.numeric:
-                out[key] = _check_hyper(owner, key, value)
+                out[key] = _check_hyper(owner, key, value, getattr(self, "_step", 0))
             elif key in self.flags or key in self.fixed:
                 if not isinstance(value, (bool, np.bool_)):
                     raise TypeError(f"{owner}: {key} must be True or False, got {value!r}")
@@ -311,10 +312,10 @@ class Optimizer:
         if clip_norm is not None or skip_nonfinite:
             sumsq, finite = self._plan.grad_sumsq(grads, self.num_threads)
             checked = True
-            if skip_nonfinite and not finite:
-                return False
             norm = math.sqrt(sumsq)
             self.last_grad_norm = norm
+            if skip_nonfinite and not finite:
+                return False
             if clip_norm is not None:
                 scale = min(1.0, clip_norm / (norm + 1e-6)) if math.isfinite(norm) else math.nan
         self._plan.run(grads, hps, scale, self.num_threads, checked)
@@ -448,6 +449,9 @@ class Optimizer:
                 else:
                     self._states[i][name] = np.array(arr, copy=True, order="C")
                     self._plan = None
+            for name, live in self._states[i].items():
+                if name not in st:   # not in the file: back to its initial value
+                    np.copyto(live, self._initial_state(name, live))
         self._step = int(step)
         self._momentum_started = started
         self._ensure_state()
@@ -569,6 +573,8 @@ class AdamW(Adam):
 
     param = param * (1 - lr * weight_decay), then the Adam update without L2 in g.
     """
+    flags = ("maximize",)
+    fixed = ("amsgrad", "decoupled_weight_decay")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, num_threads=None):
