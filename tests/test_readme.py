@@ -31,3 +31,16 @@ def test_kernel_example_runs():
     scope = {}
     exec(compile(block, "README", "exec"), scope)
     assert np.all(np.isfinite(scope["param"]))
+
+
+def _python_block(heading):
+    return re.search(rf"## {re.escape(heading)}.*?```python\n(.*?)```", README, re.S).group(1)
+
+
+def test_optimizer_schedule_checkpoint_and_task_examples_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    for heading in ("Optimizers", "Schedules", "Checkpoints", "Update tasks"):
+        exec(compile(_python_block(heading), f"README {heading}", "exec"), scope)
+    out = capsys.readouterr().out
+    assert "done: TaskState.COMPLETED" in out or "COMPLETED" in out
