@@ -50,3 +50,23 @@ def test_omp_num_threads_sets_the_default():
              LRCORE_BACKEND="native")
     if lrcore.backend() == "native":
         assert r.stdout.strip() == "3", r.stderr
+
+
+@pytest.mark.skipif(lrcore.backend() != "native", reason="ISA builds exist only natively")
+def test_forcing_an_unsupported_isa_says_what_is_available():
+    from lrcore import _core
+    missing = [n for n in ("baseline", "avx2", "avx512") if n not in lrcore.available_isas()]
+    if not missing:
+        pytest.skip("this CPU runs every build")
+    before = lrcore.isa()
+    with pytest.raises(ValueError, match="not supported on this CPU; available"):
+        _core.set_isa(missing[0])
+    assert lrcore.isa() == before
+
+
+def test_python_m_lrcore_reports_and_self_checks():
+    r = subprocess.run([sys.executable, "-m", "lrcore"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"lrcore {lrcore.__version__}" in r.stdout
+    for word in ("backend:", "instruction set:", "threads:", "self-check passed"):
+        assert word in r.stdout
