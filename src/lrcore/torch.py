@@ -1,0 +1,613 @@
+"""Drop-in `torch.optim` optimizers whose step runs lrcore's compiled kernels, zero-copy.
+
+`lrcore.torch.Adam` is a `torch.optim.Adam`: same constructor, defaults, param_groups,
+state (`step` as a scalar float tensor, `exp_avg`, ...) and state_dict, so it interchanges
+with torch.optim both ways. Only `step()` differs: one threaded native call over all params.
+
+Design: each class subclasses its torch.optim counterpart and replaces `step()` alone.
+A step collects the params that have a grad, checks everything (params, grads,
+hyperparameters) before touching any memory, creates missing state the way torch does,
+and runs one `StepPlan` over numpy views (`t.detach().numpy()`, no copies) of the params
+and state tensors with the GIL released. The plan is cached and rebuilt only when the
+set of params with grads, their storage, their state tensors, a group's state layout or
+the pattern of step counts changes. Hyperparameters may be numbers, 0-dim tensors,
+values set by torch.optim.lr_scheduler, or lrcore schedules; a schedule is evaluated at
+the number of steps the param has already taken (its `state["step"]` before the step;
+for SGD, which keeps no per-param step, the group's `lrcore_steps` counter).
+Importing this module imports torch; `import lrcore` does not.
+"""
+import math
+import numbers
+
+import torch
+import torch.optim
+
+from .optim import _check_number, _plan_class
+from .schedules import Schedule
+
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _scalar_dtype():
+    """dtype of torch's `step` tensors (torch.optim.optimizer._get_scalar_dtype)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class _StandIn(float):
+    """A float standing in for a schedule while torch's constructor validates numbers."""
+
+
+def _stand_ins(args):
+    """Replace schedules (also inside betas) by _StandIn(value at step 0) for torch's checks."""
+    out, schedules = {}, {}
+    for key, value in args.items():
+        if key == "betas" and isinstance(value, (tuple, list)) and \
+                any(isinstance(b, Schedule) for b in value):
+            if len(value) != 2:
+                raise TypeError(f"betas must be a pair (beta1, beta2), got {value!r}")
+            schedules[key] = tuple(value)
+            out[key] = tuple(_StandIn(b(0)) if isinstance(b, Schedule) else
+                             (_StandIn(b) if isinstance(b, float) else b) for b in value)
+        elif isinstance(value, Schedule):
+            schedules[key] = value
+            out[key] = _StandIn(value(0))
+        else:
+            out[key] = value
+    return out, schedules
+
+
+def _restore_schedules(mapping, schedules):
+    """Put the schedules back where their stand-ins went (defaults and every group)."""
+    for key, sched in schedules.items():
+        value = mapping.get(key)
+        if key == "betas":
+            if isinstance(value, (tuple, list)):
+                mapping[key] = tuple(s if isinstance(v, _StandIn) and isinstance(s, Schedule)
+                                     else (float(v) if isinstance(v, _StandIn) else v)
+                                     for v, s in zip(value, sched))
+        elif isinstance(value, _StandIn):
+            mapping[key] = sched
+
+
+def _value(owner, name, value, step):
+    """A hyperparameter's number for a step: schedules evaluated, tensors read, validated."""
+    if isinstance(value, Schedule):
+        value = value(step)
+        owner = f"{owner} ({name} schedule at step {step})"
+    elif isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{owner}: {name} as a tensor must have one element, got shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    return _check_number(owner, name, value)
+
+
+def _describe(p):
+    return f"{str(p.dtype).replace('torch.', '')} {tuple(p.shape)} on {p.device}"
+
+
+class _Cache:
+    """The StepPlan of the last rebuild and what it was built for."""
+    __slots__ = ("plan", "signature", "step_tensors", "step_views", "expected_steps",
+                 "group_of", "representative", "tensors")
+
+
+class _LrcoreOptimizer:
+    """Shared step() of the lrcore.torch optimizers (a mixin placed before torch's class).
+
+    Subclasses define `_kind` (lrcore kernel), `_slots` (state names in kernel order),
+    `_has_step` (torch keeps state["step"]), `_needs(group)`, `_new_state(name, p)` and
+    `_hyper(group, step_taken, first)` returning the kernel's hyperparameter tuple.
+    """
+    _kind = None
+    _slots = ()
+    _has_step = True
+
+    # -- construction ------------------------------------------------------------------
+
+    def _lrcore_init(self, torch_cls, params, args, flags, num_threads):
+        owner = type(self).__name__
+        for name in ("capturable", "differentiable"):
+            if flags.get(name):
+                raise NotImplementedError(
+                    f"{owner}: {name}=True is not supported; lrcore.torch updates CPU tensors "
+                    f"in place outside autograd and CUDA graphs (use torch.optim.{owner})")
+        if num_threads is not None and (isinstance(num_threads, bool) or
+                                        not isinstance(num_threads, numbers.Integral) or
+                                        num_threads < 1):
+            raise ValueError(f"{owner}: num_threads must be an integer >= 1 or None, got "
+                             f"{num_threads!r}")
+        self.num_threads = num_threads
+        self._lrcore_cache = None
+        self._lrcore_schedules = {}
+        args, schedules = _stand_ins(args)
+        self._lrcore_schedules = schedules
+        torch_cls.__init__(self, params, **args, **flags)
+        _restore_schedules(self.defaults, schedules)
+        for group in self.param_groups:
+            _restore_schedules(group, schedules)
+            self._check_group(group)
+        # lrcore's step reads grads as they are; GradScaler must unscale them first
+        self._step_supports_amp_scaling = False
+
+    def add_param_group(self, param_group):
+        """torch's add_param_group, then lrcore's checks (CPU, float32/float64, contiguous,
+        valid hyperparameters); a rejected group is not added."""
+        n = len(self.param_groups)
+        super().add_param_group(param_group)
+        try:
+            group = self.param_groups[-1]
+            _restore_schedules(group, getattr(self, "_lrcore_schedules", {}))
+            for k, p in enumerate(group["params"]):
+                self._check_param(n, k, p)
+            self._check_group(group)
+        except Exception:
+            del self.param_groups[n:]
+            raise
+        self._lrcore_cache = None
+
+    def _check_param(self, g, k, p):
+        owner = type(self).__name__
+        where = f"param_groups[{g}]['params'][{k}] ({_describe(p)})"
+        if p.layout != torch.strided:
+            raise TypeError(f"{owner}: {where} has layout {p.layout}; lrcore needs dense "
+                            f"(torch.strided) parameters")
+        if p.device.type != "cpu":
+            raise ValueError(f"{owner}: {where} is not on the CPU; lrcore.torch updates CPU "
+                             f"tensors (use torch.optim for {p.device.type})")
+        if p.dtype not in _DTYPES:
+            kind = "complex " if p.is_complex() else ""
+            raise TypeError(f"{owner}: {where} has {kind}dtype {p.dtype}; lrcore supports "
+                            f"torch.float32 and torch.float64")
+        if not p.is_contiguous():
+            raise ValueError(f"{owner}: {where} is not contiguous (strides {p.stride()}); "
+                             f"lrcore updates parameters in place in their own memory, so they "
+                             f"must be contiguous (e.g. param.data = param.data.contiguous())")
+
+    def _check_group(self, group):
+        """Validate a group's hyperparameters as they would be at its next step."""
+        self._hyper(group, 0, False)
+
+    # -- hyperparameters (subclasses) ----------------------------------------------------
+
+    def _flags(self, group):
+        owner = type(self).__name__
+        for name in ("capturable", "differentiable"):
+            if group.get(name):
+                raise NotImplementedError(f"{owner}: param group has {name}=True, which "
+                                          f"lrcore.torch does not support; set it to False")
+
+    def _num(self, group, name, step):
+        return _value(type(self).__name__, name, group[name], step)
+
+    def _needs(self, group):
+        return self._slots
+
+    def _new_state(self, name, p, group):
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    # -- the step ------------------------------------------------------------------------
+
+    def step(self, closure=None):
+        """Perform one optimization step (torch.optim semantics).
+
+        closure: optional callable that re-evaluates the model and returns the loss; it is
+        called with grad enabled and its loss is returned. Params whose .grad is None are
+        skipped. Every param, grad and hyperparameter is checked before anything changes.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            self._lrcore_step()
+        return loss
+
+    def _collect(self):
+        params, grads, gidx = [], [], []
+        for gi, group in enumerate(self.param_groups):
+            self._flags(group)
+            for p in group["params"]:
+                g = p.grad
+                if g is not None:
+                    params.append(p)
+                    grads.append(g)
+                    gidx.append(gi)
+        return params, grads, gidx
+
+    def _grad_arrays(self, params, grads):
+        """Zero-copy numpy views of the grads; the common case costs one call per grad."""
+        try:
+            arrays = [g.numpy() for g in grads]
+            if all(a.flags.c_contiguous for a in arrays):
+                return arrays  # dtype and size are checked by StepPlan.run
+        except (RuntimeError, TypeError, ValueError):
+            pass
+        owner = type(self).__name__
+        out = []
+        for p, g in zip(params, grads):
+            if g.layout != torch.strided:
+                raise RuntimeError(f"{owner} does not support sparse gradients (the grad of "
+                                   f"a {_describe(p)} param has layout {g.layout})")
+            if g.dtype != p.dtype or g.device.type != "cpu" or g.shape != p.shape:
+                raise TypeError(f"{owner}: a grad is {_describe(g)} but its param is "
+                                f"{_describe(p)}; grads must match their param's dtype, "
+                                f"shape and device")
+            if g.requires_grad:
+                g = g.detach()
+            if not g.is_contiguous():
+                g = g.contiguous()  # grads are only read: a copy is fine
+            out.append(g.numpy())
+        return out
+
+    def _signature(self, params, gidx, needs):
+        """What a plan depends on: which params (and their groups and storage) and the
+        identity of every tensor in their state; any change means a rebuild."""
+        get = self.state.get
+        empty = {}
+        return (tuple(map(id, params)), tuple(gidx), tuple(needs),
+                [p.data_ptr() for p in params],
+                [id(t) for p in params for t in get(p, empty).values()])
+
+    def _lrcore_step(self):
+        owner = type(self).__name__
+        params, grads, gidx = self._collect()
+        if not params:
+            return
+        groups = self.param_groups
+        needs = [tuple(self._needs(g)) for g in groups]
+        sig = self._signature(params, gidx, needs)
+        cache = getattr(self, "_lrcore_cache", None)
+        state = self.state
+        rebuild = cache is None or cache.signature != sig
+        if self._has_step:
+            if not rebuild:
+                steps = [v.item() for v in cache.step_views]
+                rebuild = steps != cache.expected_steps
+            if rebuild:
+                steps = []
+                for p in params:
+                    st = state.get(p)
+                    s = st.get("step") if st else None
+                    steps.append(0.0 if s is None else float(s))
+        else:
+            steps = None
+        # -- checks: nothing has changed so far --------------------------------------------
+        if rebuild:
+            where = {id(p): (gi, k) for gi, g in enumerate(groups)
+                     for k, p in enumerate(g["params"])}
+            for p in params:
+                self._check_param(*where[id(p)], p)
+            for i, step_taken in enumerate(steps or ()):
+                if not (math.isfinite(step_taken) and step_taken >= 0
+                        and step_taken == int(step_taken)):
+                    raise ValueError(f"{owner}: state['step'] of a {_describe(params[i])} "
+                                     f"param is {step_taken!r}; expected a whole number >= 0")
+            group_of, representative, keys = [], [], {}
+            for i, (p, gi) in enumerate(zip(params, gidx)):
+                if self._has_step:
+                    key = (gi, steps[i])
+                else:  # SGD: is the momentum buffer created by this step?
+                    st = state.get(p)
+                    key = (gi, "momentum_buffer" in needs[gi] and
+                           (st is None or st.get("momentum_buffer") is None))
+                if key not in keys:
+                    keys[key] = len(representative)
+                    representative.append(i)
+                group_of.append(keys[key])
+        else:
+            group_of, representative = cache.group_of, cache.representative
+        grad_arrays = self._grad_arrays(params, grads)
+        hps = []
+        for r in representative:
+            group = groups[gidx[r]]
+            if self._has_step:
+                taken = int(steps[r])
+                hps.append(self._hyper(group, taken, False) + (taken + 1,))
+            else:
+                first = "momentum_buffer" in needs[gidx[r]] and (
+                    state.get(params[r]) is None or
+                    state[params[r]].get("momentum_buffer") is None)
+                taken = int(group.get("lrcore_steps", 0))
+                hps.append(self._hyper(group, taken, first))
+        # -- state and plan ----------------------------------------------------------------
+        if rebuild:
+            cache = self._rebuild(params, gidx, needs, group_of, representative)
+            cache.signature = self._signature(params, gidx, needs)
+        cache.plan.run(grad_arrays, hps, 1.0, self.num_threads, False)
+        # -- bookkeeping: torch's step counts ----------------------------------------------
+        if self._has_step:
+            # torch's `step_t += 1`, written through the cached numpy views (far cheaper
+            # than a tensor op per param)
+            expected = [s + 1.0 for s in steps]
+            for view, value in zip(cache.step_views, expected):
+                view[()] = value
+            cache.expected_steps = [v.item() for v in cache.step_views]
+        else:
+            # hps are recomputed every step from the state, so a cached plan whose groups
+            # were split by "buffer created by this step" stays valid once buffers exist
+            for gi in set(gidx):
+                groups[gi]["lrcore_steps"] = int(groups[gi].get("lrcore_steps", 0)) + 1
+        self._lrcore_cache = cache
+
+    def _rebuild(self, params, gidx, needs, group_of, representative):
+        """Create missing state (as torch would) and a new StepPlan; undo on failure."""
+        state = self.state
+        created = []
+        try:
+            for p, gi in zip(params, gidx):
+                if not self._has_step and not needs[gi]:
+                    continue  # like torch: SGD without momentum keeps no state
+                st = state[p]
+                group = self.param_groups[gi]
+                if self._has_step:
+                    s = st.get("step")
+                    if s is None:
+                        st["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                        created.append((st, "step"))
+                    elif not isinstance(s, torch.Tensor) or s.device.type != "cpu" \
+                            or s.numel() != 1:
+                        st["step"] = torch.tensor(float(s), dtype=_scalar_dtype())
+                for name in needs[gi]:
+                    t = st.get(name)
+                    if t is None:
+                        st[name] = self._new_state(name, p, group)
+                        created.append((st, name))
+                    elif not isinstance(t, torch.Tensor) or t.dtype != p.dtype or \
+                            t.device.type != "cpu" or t.shape != p.shape:
+                        raise ValueError(
+                            f"{type(self).__name__}: state[{name!r}] of a {_describe(p)} "
+                            f"param is {_describe(t) if isinstance(t, torch.Tensor) else t!r}; "
+                            f"expected the param's dtype, shape and device")
+                    elif not t.is_contiguous():
+                        st[name] = t.contiguous()
+            cache = _Cache()
+            p_arrays, s_arrays, tensors = [], [], []
+            for p, gi in zip(params, gidx):
+                st = state.get(p, {})
+                p_arrays.append(p.detach().numpy())
+                slots = [st[name].detach().numpy() if name in needs[gi] else None
+                         for name in self._slots]
+                s_arrays.append(tuple(slots) + (None,) * (3 - len(slots)))
+                tensors.append((p, [st.get(name) for name in needs[gi]]))
+            cache.plan = _plan_class()(self._kind, p_arrays, s_arrays, list(group_of))
+        except Exception:
+            for st, name in created:
+                st.pop(name, None)
+            for p in params:
+                if p in state and not state[p]:
+                    del state[p]
+            self._lrcore_cache = None
+            raise
+        cache.tensors = tensors  # keeps every viewed tensor alive with the plan
+        cache.group_of = group_of
+        cache.representative = representative
+        if self._has_step:
+            cache.step_tensors = [state[p]["step"] for p in params]
+            cache.step_views = [t.numpy() for t in cache.step_tensors]
+        else:
+            cache.step_tensors = cache.step_views = ()
+        cache.expected_steps = None
+        return cache
+
+    def load_state_dict(self, state_dict):
+        """torch's load_state_dict; lrcore schedules stored in the groups come back as they
+        were saved. The cached plan is rebuilt at the next step."""
+        super().load_state_dict(state_dict)
+        self._lrcore_cache = None
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("num_threads", None)
+        self.__dict__.setdefault("_lrcore_schedules", {})
+        self._lrcore_cache = None
+
+    def __repr__(self):
+        return f"lrcore.torch.{super().__repr__()}"
+
+
+# ---------------------------------------------------------------------------------------
+# The optimizers
+# ---------------------------------------------------------------------------------------
+
+class SGD(_LrcoreOptimizer, torch.optim.SGD):
+    """torch.optim.SGD computed by lrcore (same arguments, state and state_dict).
+
+    g = -grad if maximize else grad;  g = g + weight_decay * param
+    buf = g (first step with momentum), then buf = momentum * buf + (1 - dampening) * g
+    g = g + momentum * buf if nesterov else buf           (when momentum != 0)
+    param = param - lr * g
+
+    foreach and fused are accepted and ignored (kept in param_groups for torch);
+    differentiable=True raises NotImplementedError. num_threads (lrcore) caps the threads.
+    Schedules are evaluated at group["lrcore_steps"], the group's count of steps taken.
+    """
+    _kind = "sgd"
+    _slots = ("momentum_buffer",)
+    _has_step = False
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, num_threads=None):
+        self._lrcore_init(torch.optim.SGD, params,
+                          dict(lr=lr, momentum=momentum, dampening=dampening,
+                               weight_decay=weight_decay),
+                          dict(nesterov=nesterov, maximize=maximize, foreach=foreach,
+                               differentiable=differentiable, fused=fused), num_threads)
+
+    def _needs(self, group):
+        m = group["momentum"]
+        if isinstance(m, Schedule) or (isinstance(m, torch.Tensor) and m.item() != 0) or \
+                (not isinstance(m, torch.Tensor) and m != 0):
+            return self._slots
+        return ()
+
+    def _hyper(self, group, step, first):
+        owner = type(self).__name__
+        lr = self._num(group, "lr", step)
+        momentum = self._num(group, "momentum", step)
+        dampening = self._num(group, "dampening", step)
+        weight_decay = self._num(group, "weight_decay", step)
+        nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"{owner}: nesterov requires momentum > 0 and dampening = 0, got "
+                             f"momentum={momentum!r}, dampening={dampening!r}")
+        return (lr, momentum, dampening, weight_decay, nesterov, maximize, 1 if first else 2)
+
+
+class _AdamRules:
+    _kind = "adam"
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def _needs(self, group):
+        return self._slots if group["amsgrad"] else self._slots[:2]
+
+    def _hyper(self, group, step, first):
+        owner = type(self).__name__
+        betas = group["betas"]
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got "
+                            f"{betas!r}") from None
+        return (self._num(group, "lr", step), _value(owner, "beta1", beta1, step),
+                _value(owner, "beta2", beta2, step), self._num(group, "eps", step),
+                self._num(group, "weight_decay", step),
+                bool(group.get("decoupled_weight_decay", False)), bool(group["maximize"]))
+
+
+class Adam(_AdamRules, _LrcoreOptimizer, torch.optim.Adam):
+    """torch.optim.Adam computed by lrcore (same arguments, state and state_dict).
+
+    g = -grad if maximize else grad
+    param = param * (1 - lr * weight_decay) if decoupled_weight_decay, else g += weight_decay*param
+    exp_avg = beta1 * exp_avg + (1 - beta1) * g
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    v = max(max_exp_avg_sq, exp_avg_sq) if amsgrad else exp_avg_sq
+    param = param - lr / (1 - beta1**t) * exp_avg / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    foreach and fused are accepted and ignored (kept in param_groups for torch);
+    capturable/differentiable=True raise NotImplementedError.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 num_threads=None):
+        self._lrcore_init(torch.optim.Adam, params,
+                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+                          dict(amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                               capturable=capturable, differentiable=differentiable,
+                               fused=fused, decoupled_weight_decay=decoupled_weight_decay),
+                          num_threads)
+
+
+class AdamW(_AdamRules, _LrcoreOptimizer, torch.optim.AdamW):
+    """torch.optim.AdamW computed by lrcore: Adam with decoupled weight decay (default 1e-2).
+
+    param = param * (1 - lr * weight_decay), then the Adam update without L2 in g.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, num_threads=None):
+        self._lrcore_init(torch.optim.AdamW, params,
+                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+                          dict(amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+                               capturable=capturable, differentiable=differentiable,
+                               fused=fused), num_threads)
+
+
+class Adagrad(_LrcoreOptimizer, torch.optim.Adagrad):
+    """torch.optim.Adagrad computed by lrcore (same arguments, state and state_dict).
+
+    g = -grad if maximize else grad;  g = g + weight_decay * param
+    clr = lr / (1 + (t - 1) * lr_decay)
+    sum = sum + g * g      (starts at initial_accumulator_value)
+    param = param - clr * g / (sqrt(sum) + eps)
+    """
+    _kind = "adagrad"
+    _slots = ("sum",)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
+                 initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
+                 differentiable=False, fused=None, num_threads=None):
+        self._lrcore_init(torch.optim.Adagrad, params,
+                          dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps),
+                          dict(initial_accumulator_value=initial_accumulator_value,
+                               foreach=foreach, maximize=maximize,
+                               differentiable=differentiable, fused=fused), num_threads)
+
+    def _new_state(self, name, p, group):
+        return torch.full_like(p, self.defaults["initial_accumulator_value"],
+                               memory_format=torch.preserve_format)
+
+    def _hyper(self, group, step, first):
+        return (self._num(group, "lr", step), self._num(group, "lr_decay", step),
+                self._num(group, "weight_decay", step), self._num(group, "eps", step),
+                bool(group["maximize"]))
+
+
+class RMSprop(_LrcoreOptimizer, torch.optim.RMSprop):
+    """torch.optim.RMSprop computed by lrcore (same arguments, state and state_dict).
+
+    g = -grad if maximize else grad;  g = g + weight_decay * param
+    square_avg = alpha * square_avg + (1 - alpha) * g * g
+    avg = sqrt(square_avg - grad_avg**2) + eps, grad_avg = alpha*grad_avg + (1-alpha)*g  (centered)
+    avg = sqrt(square_avg) + eps                                                         (otherwise)
+    buf = momentum * buf + g / avg;  param = param - lr * buf      (momentum > 0)
+    param = param - lr * g / avg                                    (otherwise)
+    """
+    _kind = "rmsprop"
+    _slots = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, num_threads=None):
+        self._lrcore_init(torch.optim.RMSprop, params,
+                          dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                               momentum=momentum),
+                          dict(centered=centered, capturable=capturable, foreach=foreach,
+                               maximize=maximize, differentiable=differentiable),
+                          num_threads)
+
+    def _needs(self, group):
+        m = group["momentum"]
+        need = ["square_avg"]
+        if isinstance(m, Schedule) or (m.item() if isinstance(m, torch.Tensor) else m) > 0:
+            need.append("momentum_buffer")
+        if group["centered"]:
+            need.append("grad_avg")
+        return tuple(need)
+
+    def _hyper(self, group, step, first):
+        return (self._num(group, "lr", step), self._num(group, "alpha", step),
+                self._num(group, "eps", step), self._num(group, "weight_decay", step),
+                self._num(group, "momentum", step), bool(group["maximize"]))
+
+
+class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
+    """torch.optim.Adadelta computed by lrcore (same arguments, state and state_dict).
+
+    g = -grad if maximize else grad;  g = g + weight_decay * param
+    square_avg = rho * square_avg + (1 - rho) * g * g
+    delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+    acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+    param = param - lr * delta
+    """
+    _kind = "adadelta"
+    _slots = ("square_avg", "acc_delta")
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
+                 capturable=False, maximize=False, differentiable=False, num_threads=None):
+        self._lrcore_init(torch.optim.Adadelta, params,
+                          dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay),
+                          dict(foreach=foreach, capturable=capturable, maximize=maximize,
+                               differentiable=differentiable), num_threads)
+
+    def _hyper(self, group, step, first):
+        return (self._num(group, "lr", step), self._num(group, "rho", step),
+                self._num(group, "eps", step), self._num(group, "weight_decay", step),
+                bool(group["maximize"]))
