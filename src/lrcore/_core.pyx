@@ -447,15 +447,17 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6,
     _run(&job, nt)
 
 
-def probe(param, grad, s0=None, s1=None, s2=None, *, num_threads=None):
-    """Bandwidth probe for benchmarks: param += grad and each given state += grad, with
-    the kernels' threading and alignment. It moves the bytes of an update rule with the
-    same state buffers (reads: param, grad, states; writes: param, states), with almost no
-    arithmetic, so its speed is the memory system's limit for that access pattern."""
+def probe(param, grad, s0=None, s1=None, s2=None, *, scale=1.0, num_threads=None):
+    """Bandwidth probe for benchmarks: param += scale * grad and each given state +=
+    scale * grad, with the kernels' threading and alignment. It moves the bytes of an
+    update rule with the same state buffers (reads: param, grad, states; writes: param,
+    states), with almost no arithmetic, so its speed is the memory system's limit for that
+    access pattern. scale=0 leaves finite data unchanged."""
     cdef str fn = "probe"
     cdef lrcore_job job
     memset(&job, 0, sizeof(job))
     job.kind = LRCORE_PROBE
+    job.hp.sgd.grad_scale = _real(fn, "scale", scale)
     cdef int nt = _threads(fn, num_threads)
     states = [s for s in (s0, s1, s2) if s is not None]
     arrays = []

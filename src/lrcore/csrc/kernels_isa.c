@@ -15,27 +15,30 @@
 
 #define OFF(ptr, T) ((ptr) ? (T *)(ptr) + start : (T *)0)
 
-/* The bandwidth probe: nstate + 1 read-modify-write streams and one read stream. */
+/* The bandwidth probe: nstate + 1 read-modify-write streams and one read stream,
+ * x = x + s*g for each. With s = 0 it leaves finite data unchanged, so benchmarks run it
+ * on the very buffers they time the kernel on (placement in memory matters). */
 #define DEFINE_PROBE(T, SUFFIX)                                                              \
 static inline __attribute__((always_inline)) void probe_body_##SUFFIX(size_t n,             \
     T *restrict p, const T *restrict g, T *restrict a, T *restrict b, T *restrict c,         \
-    const int k)                                                                             \
+    const T s, const int k)                                                                  \
 {                                                                                            \
     for (size_t i = 0; i < n; i++) {                                                         \
-        T gi = g[i];                                                                         \
+        T gi = g[i] * s;                                                                     \
         p[i] = p[i] + gi;                                                                    \
         if (k > 0) a[i] = a[i] + gi;                                                         \
         if (k > 1) b[i] = b[i] + gi;                                                         \
         if (k > 2) c[i] = c[i] + gi;                                                         \
     }                                                                                        \
 }                                                                                            \
-static void probe_##SUFFIX(size_t n, T *p, const T *g, T *a, T *b, T *c)                    \
+static void probe_##SUFFIX(size_t n, T *p, const T *g, T *a, T *b, T *c, double scale)      \
 {                                                                                            \
     /* states are packed to the front: a, then b, then c */                                  \
-    if (!a) probe_body_##SUFFIX(n, p, g, a, b, c, 0);                                        \
-    else if (!b) probe_body_##SUFFIX(n, p, g, a, b, c, 1);                                   \
-    else if (!c) probe_body_##SUFFIX(n, p, g, a, b, c, 2);                                   \
-    else probe_body_##SUFFIX(n, p, g, a, b, c, 3);                                           \
+    const T s = (T)scale;                                                                    \
+    if (!a) probe_body_##SUFFIX(n, p, g, a, b, c, s, 0);                                     \
+    else if (!b) probe_body_##SUFFIX(n, p, g, a, b, c, s, 1);                                \
+    else if (!c) probe_body_##SUFFIX(n, p, g, a, b, c, s, 2);                                \
+    else probe_body_##SUFFIX(n, p, g, a, b, c, s, 3);                                        \
 }
 DEFINE_PROBE(float, f32)
 DEFINE_PROBE(double, f64)
@@ -62,7 +65,7 @@ static void run_range(const lrcore_job *job, size_t start, size_t count)
                                 &job->hp.adadelta); break;
         case LRCORE_PROBE:
             probe_f32(count, p, g, OFF(job->state[0], float), OFF(job->state[1], float),
-                      OFF(job->state[2], float)); break;
+                      OFF(job->state[2], float), job->hp.sgd.grad_scale); break;
         }
     } else {
         double *p = (double *)job->param + start;
@@ -83,7 +86,7 @@ static void run_range(const lrcore_job *job, size_t start, size_t count)
                                 &job->hp.adadelta); break;
         case LRCORE_PROBE:
             probe_f64(count, p, g, OFF(job->state[0], double), OFF(job->state[1], double),
-                      OFF(job->state[2], double)); break;
+                      OFF(job->state[2], double), job->hp.sgd.grad_scale); break;
         }
     }
 }
