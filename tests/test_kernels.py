@@ -131,3 +131,23 @@ def test_bandwidth_probe_touches_every_stream(force_threads, nstates):
     _core.probe(*bufs[:1], grad, *bufs[1:], num_threads=2)
     for b, b0 in zip(bufs, before):
         np.testing.assert_array_equal(b, b0 + grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adagrad_first_step_is_bitwise_torch(dtype):
+    """Pins the order of the final division: torch.addcdiv computes (value * t1) / t2.
+    Adagrad's first step is the one place where torch and lrcore must agree bit for bit:
+    state_sum = g*g, and sqrt(g*g) = |g| exactly. Elsewhere they agree to a few ulp, not
+    bitwise: torch's vector code fuses a*b + c into FMA, and its vectorised sqrt is not
+    correctly rounded (about 1 float32 result in 6 is 1 ulp off); lrcore does neither."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    n = 100_003
+    p0 = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    tp.grad = torch.tensor(g)
+    torch.optim.Adagrad([tp], lr=0.1, foreach=False).step()
+    p = p0.copy()
+    kernels.adagrad(p, g, np.zeros_like(p), lr=0.1, step=1)
+    assert np.array_equal(p, tp.detach().numpy())

@@ -17,7 +17,7 @@ def _lerp(start, end, weight, T):
     """torch.lerp with a scalar weight: start + w*(end - start) if |w| < 0.5,
     else end - (end - start)*(1 - w), evaluated in the buffers' dtype."""
     w = T(weight)
-    if abs(weight) < 0.5:
+    if abs(float(w)) < 0.5:   # torch tests the weight rounded to the dtype
         return start + w * (end - start)
     return end - (end - start) * (T(1) - w)
 
@@ -125,7 +125,7 @@ def _adam(p, grad, m, vsq, vmax, lr, step, beta1, beta2, eps, weight_decay, deco
     else:
         vv = vsq
     denom = np.sqrt(vv) / T(np.sqrt(bc2)) + T(eps)
-    p += T(-(lr / bc1)) * (m / denom)
+    p += (T(-(lr / bc1)) * m) / denom               # torch.addcdiv: (value * t1) / t2
 
 
 def adagrad(param, grad, state_sum, *, lr, step, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
@@ -161,7 +161,7 @@ def _adagrad(p, grad, ssum, lr, step, lr_decay, weight_decay, eps, maximize, gra
     if weight_decay != 0.0:
         g = g + T(weight_decay) * p
     ssum += g * g
-    p += T(-clr) * (g / (np.sqrt(ssum) + T(eps)))
+    p += (T(-clr) * g) / (np.sqrt(ssum) + T(eps))   # torch.addcdiv: (value * t1) / t2
 
 
 def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr, step, alpha=0.99,
@@ -219,7 +219,7 @@ def _rmsprop(p, grad, sq, buf, ga, lr, alpha, eps, weight_decay, momentum, maxim
         buf[...] = buf * T(momentum) + g / avg
         p += T(-lr) * buf
     else:
-        p += T(-lr) * (g / avg)
+        p += (T(-lr) * g) / avg                     # torch.addcdiv: (value * t1) / t2
 
 
 def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6, weight_decay=0.0,

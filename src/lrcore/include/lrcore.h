@@ -212,7 +212,7 @@ static inline void lrcore_sgd_##SUFFIX(size_t n, T *LRCORE_RESTRICT param,      
  *   exp_avg_sq = exp_avg_sq * beta2 + ((1 - beta2) * g) * g                                 \
  *   v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)   if AMSGrad, else v = exp_avg_sq  \
  *   denom = sqrt(v) / sqrt(1 - beta2**step) + eps                                           \
- *   param = param + (-lr / (1 - beta1**step)) * (exp_avg / denom)                           \
+ *   param = param + ((-lr / (1 - beta1**step)) * exp_avg) / denom   (torch.addcdiv order)   \
  */                                                                                          \
 LRCORE_INLINE void lrcore__adam_body_##SUFFIX(                                               \
     size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT m,       \
@@ -242,7 +242,7 @@ LRCORE_INLINE void lrcore__adam_body_##SUFFIX(                                  
             if (amsgrad) { /* torch.maximum: NaN wins */                                     \
                 vi = (vmax[i] > vi || vmax[i] != vmax[i]) ? vmax[i] : vi; vmax[i] = vi; }    \
             T denom = SQRT(vi) / bc2_sqrt + eps;                                             \
-            p[i] = pi + neg_step_size * (mi / denom);                                        \
+            p[i] = pi + (neg_step_size * mi) / denom;                                        \
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
@@ -265,7 +265,7 @@ static inline void lrcore_adam_##SUFFIX(size_t n, T *LRCORE_RESTRICT param,     
     const T bc2_sqrt = (T)sqrt(bc2), eps = (T)hp->eps;                                       \
     const T nss = (T)(-(hp->lr / bc1));                                                      \
     const int l2 = !decoupled && hp->weight_decay != 0.0;                                    \
-    const int small = fabs(wdbl) < 0.5;                                                      \
+    const int small = fabs((double)w) < 0.5;  /* torch tests the rounded weight */          \
     const int ams = max_exp_avg_sq != NULL;                                                  \
     T *vm = max_exp_avg_sq;                                                                  \
     if (l2) {                                                                                \
@@ -286,7 +286,7 @@ static inline void lrcore_adam_##SUFFIX(size_t n, T *LRCORE_RESTRICT param,     
  *   g = g + weight_decay * param                  if weight_decay != 0                      \
  *   clr = lr / (1 + (step - 1) * lr_decay)                                                  \
  *   state_sum = state_sum + g * g                                                           \
- *   param = param + (-clr) * (g / (sqrt(state_sum) + eps))                                  \
+ *   param = param + ((-clr) * g) / (sqrt(state_sum) + eps)                                  \
  */                                                                                          \
 LRCORE_INLINE void lrcore__adagrad_body_##SUFFIX(                                            \
     size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT ssum,    \
@@ -306,7 +306,7 @@ LRCORE_INLINE void lrcore__adagrad_body_##SUFFIX(                               
             if (has_wd) g = g + wd * p[i];                                                   \
             T si = ssum[i] + g * g;                                                          \
             ssum[i] = si;                                                                    \
-            p[i] = p[i] + neg_clr * (g / (SQRT(si) + eps));                                  \
+            p[i] = p[i] + (neg_clr * g) / (SQRT(si) + eps);                                  \
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
@@ -332,7 +332,7 @@ static inline void lrcore_adagrad_##SUFFIX(size_t n, T *LRCORE_RESTRICT param,  
  *   if momentum > 0:                                                                        \
  *     buf = buf * momentum + g / avg                                                        \
  *     param = param + (-lr) * buf                                                           \
- *   else: param = param + (-lr) * (g / avg)                                                 \
+ *   else: param = param + ((-lr) * g) / avg                                                 \
  */                                                                                          \
 LRCORE_INLINE void lrcore__rmsprop_body_##SUFFIX(                                            \
     size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT sq,      \
@@ -370,7 +370,7 @@ LRCORE_INLINE void lrcore__rmsprop_body_##SUFFIX(                               
                 buf[i] = bi;                                                                 \
                 p[i] = p[i] + neg_lr * bi;                                                   \
             } else {                                                                         \
-                p[i] = p[i] + neg_lr * (g / avg);                                            \
+                p[i] = p[i] + (neg_lr * g) / avg;                                            \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -387,7 +387,7 @@ static inline void lrcore_rmsprop_##SUFFIX(size_t n, T *LRCORE_RESTRICT param,  
     const T oma = (T)wdbl, omw = (T)1 - oma;                                                 \
     const T eps = (T)hp->eps, mom = (T)hp->momentum, nlr = (T)(-hp->lr);                     \
     const int code = (hp->weight_decay != 0.0) * 8 + (grad_avg != NULL) * 4                  \
-                   + (fabs(wdbl) < 0.5) * 2 + (hp->momentum > 0.0);                          \
+                   + (fabs((double)oma) < 0.5) * 2 + (hp->momentum > 0.0);                   \
     T *b = momentum_buffer, *ga = grad_avg;                                                  \
     switch (code) {                                                                          \
     case 0:  lrcore__rmsprop_body_##SUFFIX(n, param, grad, square_avg, b, ga, s, wd, a, oma, omw, eps, mom, nlr, 0, 0, 0, 0); break; \
