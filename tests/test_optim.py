@@ -8,6 +8,7 @@ with the values the optimizer should have used: the optimizer's single native ca
 arrays must give bitwise the same result.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -799,3 +800,53 @@ def test_load_resets_state_the_file_does_not_have():
     sd["groups"][0]["hyperparameters"]["momentum"] = 0.0
     dst.load_state_dict(sd)
     assert np.all(dst._states[0]["momentum_buffer"] == 0)
+
+
+def test_clip_with_an_overflowing_norm_scales_to_zero_like_torch():
+    p = np.array([1.0, 2.0, 3.0])
+    lrcore.SGD(p, lr=0.1).step(np.array([1e200, -1e200, 1.0]), clip_norm=1.0)
+    np.testing.assert_array_equal(p, [1.0, 2.0, 3.0])      # finite grads, norm = inf: scale 0
+    p = np.array([1.0, 2.0, 3.0])
+    lrcore.SGD(p, lr=0.1).step(np.array([np.inf, 0.0, 1.0]), clip_norm=1.0)
+    assert np.isnan(p[0]) and np.array_equal(p[1:], [2.0, 3.0])   # inf * 0 at the inf only
+
+
+def test_both_backends_clip_by_the_same_norm():
+    from lrcore import _core, reference
+    rng = np.random.default_rng(4)
+    sizes = [1000, 33_333, 5, 0, 40_000]
+    params = [np.zeros(s) for s in sizes]
+    grads = [rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 3) for s in sizes]
+    states = [(None, None, None)] * len(sizes)
+    native = _core.StepPlan("sgd", params, states, [0] * len(sizes)).grad_sumsq(grads)
+    numpy_ = reference.StepPlan("sgd", params, states, [0] * len(sizes)).grad_sumsq(grads)
+    assert native == numpy_
+
+
+def test_numpy_backend_handles_ndarray_subclasses_like_the_compiled_one():
+    from lrcore import reference
+
+    def m(v):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            return np.matrix(np.full((1, 4), v, np.float32))
+    a, b, c, d = m(1), m(1), m(0), m(0)
+    reference.adam(a, b, c, d, lr=0.1, step=1, weight_decay=0.5, decoupled_weight_decay=True)
+    p = np.ones(4, np.float32)
+    reference.adam(p, np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32),
+                   lr=0.1, step=1, weight_decay=0.5, decoupled_weight_decay=True)
+    np.testing.assert_array_equal(np.asarray(a).reshape(-1), p)
+
+
+def test_malformed_state_dict_is_a_clear_error_and_changes_nothing():
+    opt = lrcore.Adam(np.ones(3), lr=0.1)
+    opt.step(np.ones(3))
+    sd = opt.state_dict()
+    before = opt.state_dict()
+    sd["groups"] = [1]
+    with pytest.raises(ValueError, match="malformed state dict"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["step"] == before["step"]
+    for k in before["state"][0]:
+        np.testing.assert_array_equal(after["state"][0][k], before["state"][0][k])

@@ -13,7 +13,7 @@ test-suite holds both to one table of bad inputs.
 cimport cython
 cimport numpy as cnp
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport free, malloc
@@ -181,17 +181,25 @@ cdef double _unit_open(str fn, str name, object x) except? -1.0:
     return v
 
 
+# Largest step accepted: beta**step is exact to compute in double far beyond any real run.
+STEP_MAX = 2 ** 53
+
+
 cdef int64_t _step(str fn, object x) except? -1:
-    cdef long long v
+    cdef int overflow = 0
+    cdef long long v = 0
     if PyLong_CheckExact(x):
-        v = PyLong_AsLongLong(x)
+        v = PyLong_AsLongLongAndOverflow(x, &overflow)
+        if overflow == 0 and 1 <= v <= STEP_MAX:
+            return v
     elif isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{fn}(): step must be an integer, got {_tname(x)}")
-    else:
-        v = int(x)
-    if v < 1:
-        raise ValueError(f"{fn}(): step must be >= 1 (1 for the first step), got {v}")
-    return v
+    x = int(x)
+    if x < 1:
+        raise ValueError(f"{fn}(): step must be >= 1 (1 for the first step), got {x}")
+    if x > STEP_MAX:
+        raise ValueError(f"{fn}(): step must be <= 2**53, got {x}")
+    return x
 
 
 cdef int _threads(str fn, object x) except -1:
@@ -201,7 +209,7 @@ cdef int _threads(str fn, object x) except -1:
         raise TypeError(f"{fn}(): num_threads must be an integer or None, got {_tname(x)}")
     if x < 1:
         raise ValueError(f"{fn}(): num_threads must be >= 1, got {x}")
-    return min(<long long>x, 4096)
+    return min(int(x), 4096)
 
 
 cdef int _dtype_code(str fn, str name, cnp.ndarray a) except -1:
@@ -496,6 +504,7 @@ cdef class StepPlan:
     cdef list group_of
     cdef readonly size_t param_bytes
     cdef list extents      # sorted (start, end) of every owned buffer
+    cdef list grads        # the grads whose pointers the jobs hold (kept alive)
 
     def __cinit__(self, str kind, list params, list states, list groups):
         self.jobs = NULL
@@ -583,8 +592,9 @@ cdef class StepPlan:
             if lo < ne and <uintptr_t>ext[lo][0] < g1:
                 raise ValueError(f"step(): grads[{i}] shares memory with {ext[lo][2]}; "
                                  f"gradients must be separate arrays")
+        self.grads = list(grads)
         for i in range(self.njobs):
-            self.jobs[i].grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>grads[i])
+            self.jobs[i].grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>self.grads[i])
         return 0
 
     def grad_sumsq(self, list grads, num_threads=None):
@@ -606,7 +616,8 @@ cdef class StepPlan:
         adagrad (lr, lr_decay, weight_decay, eps, maximize, step);
         rmsprop (lr, alpha, eps, weight_decay, momentum, maximize, step);
         adadelta (lr, rho, eps, weight_decay, maximize, step)."""
-        if not grads_checked:
+        if not grads_checked or self.grads is None or len(grads) != len(self.grads) \
+                or any(a is not b for a, b in zip(grads, self.grads)):
             self._set_grads(grads)
         cdef int nt = lrcore_plan_threads(self.param_bytes, _threads("step", num_threads),
                                           MIN_BYTES_PER_THREAD)

@@ -12,6 +12,7 @@ import numpy as np
 __all__ = ["real", "nonneg", "unit_open", "step_number", "threads", "buffers"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+STEP_MAX = 2 ** 53   # as in _core.pyx
 
 
 def real(fn, name, x):
@@ -51,6 +52,8 @@ def step_number(fn, x):
     v = int(x)
     if v < 1:
         raise ValueError(f"{fn}(): step must be >= 1 (1 for the first step), got {v}")
+    if v > STEP_MAX:
+        raise ValueError(f"{fn}(): step must be <= 2**53, got {v}")
     return v
 
 
@@ -61,7 +64,7 @@ def threads(fn, x):
         raise TypeError(f"{fn}(): num_threads must be an integer or None, got {type(x).__name__}")
     if x < 1:
         raise ValueError(f"{fn}(): num_threads must be >= 1, got {x}")
-    return int(x)
+    return min(int(x), 4096)
 
 
 def required(fn, name, x):

@@ -152,11 +152,13 @@ class Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"{owner}: params[{i}] is read-only; it must be writeable")
 
-    def _validated(self, group, owner):
+    def _validated(self, group, owner, step=None):
+        """Check a group's values; a schedule is checked at `step` (default: the next step)."""
+        step = getattr(self, "_step", 0) if step is None else step
         out = {}
         for key, value in group.items():
             if key in self.numeric:
-                out[key] = _check_hyper(owner, key, value, getattr(self, "_step", 0))
+                out[key] = _check_hyper(owner, key, value, step)
             elif key in self.flags or key in self.fixed:
                 if not isinstance(value, (bool, np.bool_)):
                     raise TypeError(f"{owner}: {key} must be True or False, got {value!r}")
@@ -317,7 +319,8 @@ class Optimizer:
             if skip_nonfinite and not finite:
                 return False
             if clip_norm is not None:
-                scale = min(1.0, clip_norm / (norm + 1e-6)) if math.isfinite(norm) else math.nan
+                # an overflowed (inf) norm scales to 0 as in torch; NaN stays NaN (min() would drop it)
+                scale = math.nan if math.isnan(norm) else min(1.0, clip_norm / (norm + 1e-6))
         self._plan.run(grads, hps, scale, self.num_threads, checked)
         self._after_step()
         self._step += 1
@@ -361,77 +364,82 @@ class Optimizer:
 
         def bad(msg):
             return ValueError(f"{owner}.load_state_dict(): {msg}")
-        if not isinstance(d, dict) or d.get("format") != STATE_DICT_FORMAT:
-            raise bad("not an lrcore optimizer state dict (format key missing or wrong)")
-        if d.get("version") != STATE_DICT_VERSION:
-            raise bad(f"format version {d.get('version')!r} is not supported "
-                      f"(this lrcore reads version {STATE_DICT_VERSION})")
-        if d.get("optimizer") != owner:
-            raise bad(f"the state dict is for {d.get('optimizer')!r}, not {owner!r}")
-        step = d.get("step")
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise bad(f"step must be an integer >= 0, got {step!r}")
-        if len(d.get("groups", ())) != len(self._groups):
-            raise bad(f"it has {len(d.get('groups', ()))} parameter groups, this optimizer "
-                      f"has {len(self._groups)}")
-        if len(d.get("params", ())) != len(self._params):
-            raise bad(f"it has {len(d.get('params', ()))} parameters, this optimizer has "
-                      f"{len(self._params)}")
-        for i, (info, p) in enumerate(zip(d["params"], self._params)):
-            if tuple(info.get("shape", ())) != p.shape or info.get("dtype") != p.dtype.name:
-                raise bad(f"params[{i}] was {info.get('dtype')} {tuple(info.get('shape', ()))}, "
-                          f"is {p.dtype.name} {p.shape}")
-        for g, sg in enumerate(d["groups"]):
-            mine = [i for i, gi in enumerate(self._group_of) if gi == g]
-            if list(sg.get("params", ())) != mine:
-                raise bad(f"group {g} holds params {sg.get('params')}, this optimizer's holds "
-                          f"{mine}")
-        new_groups = []
-        for g, sg in enumerate(d["groups"]):
-            hyper = dict(sg.get("hyperparameters", {}))
-            if set(hyper) != set(self._groups[g]):
-                raise bad(f"group {g} has hyperparameters {sorted(hyper)}, expected "
-                          f"{sorted(self._groups[g])}")
-            for key, value in hyper.items():
-                if isinstance(value, dict):
-                    if value.get("schedule") is None:
-                        live = self._groups[g][key]
-                        if not isinstance(live, Schedule):
-                            raise bad(f"group {g} {key} was {value.get('repr')}, which cannot "
-                                      f"be restored from a file; set the same schedule on the "
-                                      f"optimizer before loading")
-                        hyper[key] = live
-                    else:
-                        try:
-                            sched = Schedule.from_config(value["schedule"])
-                            sched.load_state_dict(value.get("state", {}))
-                        except (TypeError, ValueError, KeyError) as exc:
-                            raise bad(f"group {g} {key}: bad schedule: {exc}") from None
-                        hyper[key] = sched
-            for key in self.fixed:
-                if hyper[key] != self._groups[g][key]:
-                    raise bad(f"group {g} has {key}={hyper[key]}, this optimizer has "
-                              f"{self._groups[g][key]}; {key} is fixed at construction")
-            try:
-                new_groups.append(self._validated(hyper, owner))
-            except (TypeError, ValueError) as exc:
-                raise bad(f"group {g}: {exc}") from None
-        states = d.get("state", ())
-        if len(states) != len(self._params):
-            raise bad(f"it has state for {len(states)} parameters, expected {len(self._params)}")
-        for i, (st, p) in enumerate(zip(states, self._params)):
-            needed = set(self._needs(new_groups[self._group_of[i]]))
-            unknown = set(st) - set(self.state_slots)
-            if unknown or not needed <= set(st):
-                raise bad(f"params[{i}] state has buffers {sorted(st)}, expected "
-                          f"{sorted(needed)}")
-            for name, arr in st.items():
-                if not isinstance(arr, np.ndarray) or arr.shape != p.shape or arr.dtype != p.dtype:
-                    desc = (f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray)
-                            else type(arr).__name__)
-                    raise bad(f"params[{i}] state {name!r} is {desc}, expected "
-                              f"{p.dtype} {p.shape}")
-        started = [bool(sg.get("momentum_started", False)) for sg in d["groups"]]
+        try:
+            if not isinstance(d, dict) or d.get("format") != STATE_DICT_FORMAT:
+                raise bad("not an lrcore optimizer state dict (format key missing or wrong)")
+            if d.get("version") != STATE_DICT_VERSION:
+                raise bad(f"format version {d.get('version')!r} is not supported "
+                          f"(this lrcore reads version {STATE_DICT_VERSION})")
+            if d.get("optimizer") != owner:
+                raise bad(f"the state dict is for {d.get('optimizer')!r}, not {owner!r}")
+            step = d.get("step")
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+                raise bad(f"step must be an integer >= 0, got {step!r}")
+            if len(d.get("groups", ())) != len(self._groups):
+                raise bad(f"it has {len(d.get('groups', ()))} parameter groups, this optimizer "
+                          f"has {len(self._groups)}")
+            if len(d.get("params", ())) != len(self._params):
+                raise bad(f"it has {len(d.get('params', ()))} parameters, this optimizer has "
+                          f"{len(self._params)}")
+            for i, (info, p) in enumerate(zip(d["params"], self._params)):
+                if tuple(info.get("shape", ())) != p.shape or info.get("dtype") != p.dtype.name:
+                    raise bad(f"params[{i}] was {info.get('dtype')} {tuple(info.get('shape', ()))}, "
+                              f"is {p.dtype.name} {p.shape}")
+            for g, sg in enumerate(d["groups"]):
+                mine = [i for i, gi in enumerate(self._group_of) if gi == g]
+                if list(sg.get("params", ())) != mine:
+                    raise bad(f"group {g} holds params {sg.get('params')}, this optimizer's holds "
+                              f"{mine}")
+            new_groups = []
+            for g, sg in enumerate(d["groups"]):
+                hyper = dict(sg.get("hyperparameters", {}))
+                if set(hyper) != set(self._groups[g]):
+                    raise bad(f"group {g} has hyperparameters {sorted(hyper)}, expected "
+                              f"{sorted(self._groups[g])}")
+                for key, value in hyper.items():
+                    if isinstance(value, dict):
+                        if value.get("schedule") is None:
+                            live = self._groups[g][key]
+                            if not isinstance(live, Schedule):
+                                raise bad(f"group {g} {key} was {value.get('repr')}, which cannot "
+                                          f"be restored from a file; set the same schedule on the "
+                                          f"optimizer before loading")
+                            hyper[key] = live
+                        else:
+                            try:
+                                sched = Schedule.from_config(value["schedule"])
+                                sched.load_state_dict(value.get("state", {}))
+                            except (TypeError, ValueError, KeyError) as exc:
+                                raise bad(f"group {g} {key}: bad schedule: {exc}") from None
+                            hyper[key] = sched
+                for key in self.fixed:
+                    if hyper[key] != self._groups[g][key]:
+                        raise bad(f"group {g} has {key}={hyper[key]}, this optimizer has "
+                                  f"{self._groups[g][key]}; {key} is fixed at construction")
+                try:
+                    new_groups.append(self._validated(hyper, owner, step=int(step)))
+                except (TypeError, ValueError) as exc:
+                    raise bad(f"group {g}: {exc}") from None
+            states = d.get("state", ())
+            if len(states) != len(self._params):
+                raise bad(f"it has state for {len(states)} parameters, expected {len(self._params)}")
+            for i, (st, p) in enumerate(zip(states, self._params)):
+                needed = set(self._needs(new_groups[self._group_of[i]]))
+                unknown = set(st) - set(self.state_slots)
+                if unknown or not needed <= set(st):
+                    raise bad(f"params[{i}] state has buffers {sorted(st)}, expected "
+                              f"{sorted(needed)}")
+                for name, arr in st.items():
+                    if not isinstance(arr, np.ndarray) or arr.shape != p.shape or arr.dtype != p.dtype:
+                        desc = (f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray)
+                                else type(arr).__name__)
+                        raise bad(f"params[{i}] state {name!r} is {desc}, expected "
+                                  f"{p.dtype} {p.shape}")
+            started = [bool(sg.get("momentum_started", False)) for sg in d["groups"]]
+        except ValueError:
+            raise
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+            raise bad(f"malformed state dict ({type(exc).__name__}: {exc})") from None
         # checked: apply. A live schedule equal to the saved one is kept (its state
         # loaded), so a caller's own reference (e.g. to a ReduceOnPlateau) stays in use.
         for g, group in enumerate(new_groups):

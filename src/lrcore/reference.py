@@ -13,6 +13,12 @@ from . import _validate as v
 __all__ = ["sgd", "adam", "adagrad", "rmsprop", "adadelta"]
 
 
+def _flat(a):
+    """A flat plain-ndarray view of a's memory (a subclass such as np.matrix would turn
+    `*` into a matrix product)."""
+    return a.view(np.ndarray).reshape(-1)
+
+
 def _lerp(start, end, weight, T):
     """torch.lerp with a scalar weight: start + w*(end - start) if |w| < 0.5,
     else end - (end - start)*(1 - w), evaluated in the buffers' dtype."""
@@ -52,8 +58,8 @@ def sgd(param, grad, momentum_buffer=None, *, lr, step, momentum=0.0, dampening=
     v.threads(fn, num_threads)
     v.buffers(fn, ["param", "grad", "momentum_buffer"], [param, grad, momentum_buffer],
               [True, False, True])
-    return _sgd(param.reshape(-1), grad.reshape(-1),
-                momentum_buffer.reshape(-1) if momentum > 0.0 else None,
+    return _sgd(_flat(param), _flat(grad),
+                _flat(momentum_buffer) if momentum > 0.0 else None,
                 lr, step, momentum, dampening, nesterov, weight_decay, maximize, 1.0)
 
 
@@ -102,8 +108,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, bet
     v.required(fn, "exp_avg_sq", exp_avg_sq)
     v.buffers(fn, ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
               [param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq], [True, False, True, True, True])
-    return _adam(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
-                 None if max_exp_avg_sq is None else max_exp_avg_sq.reshape(-1),
+    return _adam(_flat(param), _flat(grad), _flat(exp_avg), _flat(exp_avg_sq),
+                 None if max_exp_avg_sq is None else _flat(max_exp_avg_sq),
                  lr, step, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, 1.0)
 
 
@@ -150,7 +156,7 @@ def adagrad(param, grad, state_sum, *, lr, step, lr_decay=0.0, weight_decay=0.0,
     v.threads(fn, num_threads)
     v.required(fn, "state_sum", state_sum)
     v.buffers(fn, ["param", "grad", "state_sum"], [param, grad, state_sum], [True, False, True])
-    return _adagrad(param.reshape(-1), grad.reshape(-1), state_sum.reshape(-1),
+    return _adagrad(_flat(param), _flat(grad), _flat(state_sum),
                     lr, step, lr_decay, weight_decay, eps, maximize, 1.0)
 
 
@@ -198,9 +204,9 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
         raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
     v.buffers(fn, ["param", "grad", "square_avg", "momentum_buffer", "grad_avg"],
               [param, grad, square_avg, momentum_buffer, grad_avg], [True, False, True, True, True])
-    return _rmsprop(param.reshape(-1), grad.reshape(-1), square_avg.reshape(-1),
-                    momentum_buffer.reshape(-1) if momentum > 0.0 else None,
-                    None if grad_avg is None else grad_avg.reshape(-1),
+    return _rmsprop(_flat(param), _flat(grad), _flat(square_avg),
+                    _flat(momentum_buffer) if momentum > 0.0 else None,
+                    None if grad_avg is None else _flat(grad_avg),
                     lr, alpha, eps, weight_decay, momentum, maximize, 1.0)
 
 
@@ -245,8 +251,8 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6,
     v.required(fn, "acc_delta", acc_delta)
     v.buffers(fn, ["param", "grad", "square_avg", "acc_delta"],
               [param, grad, square_avg, acc_delta], [True, False, True, True])
-    return _adadelta(param.reshape(-1), grad.reshape(-1), square_avg.reshape(-1),
-                     acc_delta.reshape(-1), lr, rho, eps, weight_decay, maximize, 1.0)
+    return _adadelta(_flat(param), _flat(grad), _flat(square_avg),
+                     _flat(acc_delta), lr, rho, eps, weight_decay, maximize, 1.0)
 
 
 def _adadelta(p, grad, sq, acc, lr, rho, eps, weight_decay, maximize, grad_scale):
@@ -281,13 +287,13 @@ class StepPlan:
             v._array("step", f"params[{i}]", p, None, None, True)
             if len(states[i]) != 3:
                 raise ValueError("StepPlan: each states entry must have 3 slots")
-            self.params.append(p.reshape(-1))
+            self.params.append(_flat(p))
             st = []
             for a in states[i]:
                 if a is not None:
                     v._array("step", f"state of params[{i}]", a, p.dtype, p.size, True)
                     extents.append(v._extent(a) + (f"state of params[{i}]",))
-                st.append(None if a is None else a.reshape(-1))
+                st.append(None if a is None else _flat(a))
             self.states.append(st)
             extents.append(v._extent(p) + (f"params[{i}]",))
         extents = sorted(e for e in extents if e[1] > e[0])
@@ -312,15 +318,24 @@ class StepPlan:
                 if e0 < g1 and g0 < e1:
                     raise ValueError(f"step(): grads[{i}] shares memory with {name}; "
                                      f"gradients must be separate arrays")
-        return [g.reshape(-1) for g in grads]
+        return [_flat(g) for g in grads]
 
     def grad_sumsq(self, grads, num_threads=None):
-        """(sum of squares of all grads in double, every element finite)."""
+        """(sum of squares of all grads in double, every element finite), summed in the
+        compiled core's order (lrcore.h, lrcore_sum_squares): blocks of 2**14 elements per
+        buffer; in a block, 8 running sums over i mod 8, combined pairwise; blocks added in
+        order. So both backends clip by exactly the same scale."""
         grads = self._check_grads(grads)
         total = 0.0
         for g in grads:
-            x = g.astype(np.float64)
-            total += float(np.dot(x, x))
+            for start in range(0, g.size, _SUMSQ_BLOCK):
+                x = g[start:start + _SUMSQ_BLOCK].astype(np.float64)
+                sq = x * x
+                whole = sq.size - sq.size % 8
+                # reducing axis 0 of (rows, 8) adds row after row: sequential, as the C loop
+                acc = np.add.reduce(sq[:whole].reshape(-1, 8), axis=0) if whole else np.zeros(8)
+                acc[:sq.size - whole] += sq[whole:]
+                total += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
         finite = bool(np.isfinite(total)) or all(np.isfinite(g).all() for g in grads)
         return total, finite
 
@@ -349,3 +364,4 @@ class StepPlan:
 
 
 _KERNELS = ("sgd", "adam", "adagrad", "rmsprop", "adadelta")
+_SUMSQ_BLOCK = 1 << 14   # LRCORE_SUMSQ_BLOCK in csrc/runtime.c
