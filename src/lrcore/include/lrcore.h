@@ -54,13 +54,18 @@ extern "C" {
  * Software prefetch. The loops run LRCORE_BLOCK_LINES cache lines at a time and ask for the lines
  * LRCORE_PREFETCH_AHEAD bytes ahead in every stream, so the memory system stays busy
  * while the core is occupied by square roots and divisions (on one core this is worth
- * about 10% of the bandwidth for Adam on large buffers). A hint: no effect on results.
+ * about 10% of the bandwidth for Adam on large buffers). Calls over at most
+ * LRCORE_PREFETCH_MIN_BYTES per stream (data that caches hold) run as one plain loop.
+ * A hint only: no effect on results.
  */
 #ifndef LRCORE_CACHE_LINE
 #define LRCORE_CACHE_LINE 64
 #endif
 #ifndef LRCORE_BLOCK_LINES
 #define LRCORE_BLOCK_LINES 4
+#endif
+#ifndef LRCORE_PREFETCH_MIN_BYTES
+#define LRCORE_PREFETCH_MIN_BYTES (4 << 20)   /* per stream; smaller calls run one plain loop */
 #endif
 #ifndef LRCORE_PREFETCH_AHEAD
 #define LRCORE_PREFETCH_AHEAD 1024
@@ -159,10 +164,12 @@ LRCORE_INLINE void lrcore__sgd_body_##SUFFIX(                                   
 {                                                                                            \
     /* phase: 0 no momentum, 1 first step (buf = g), 2 later steps */                        \
     const size_t line = LRCORE_CACHE_LINE / sizeof(T);                                       \
-    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T), block = line * LRCORE_BLOCK_LINES;                                  \
-    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */               \
-        const size_t b1 = n - b0 > block ? b0 + block : n;                                     \
-        for (size_t l = b0; l < b1 && n - l > ahead; l += line) {                                                                \
+    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T);                                  \
+    const int pf = n * sizeof(T) > (size_t)LRCORE_PREFETCH_MIN_BYTES; /* else one block */   \
+    const size_t block = pf ? line * LRCORE_BLOCK_LINES : n;                                 \
+    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */     \
+        const size_t b1 = n - b0 > block ? b0 + block : n;                                   \
+        for (size_t l = b0; pf && l < b1 && n - l > ahead; l += line) {                      \
             LRCORE__PREFETCH_W(p + l + ahead);                                              \
             LRCORE__PREFETCH_R(gr + l + ahead);                                             \
             if (phase != 0) LRCORE__PREFETCH_W(buf + l + ahead);                            \
@@ -221,10 +228,12 @@ LRCORE_INLINE void lrcore__adam_body_##SUFFIX(                                  
     T neg_step_size, const int l2, const int lerp_small, const int amsgrad)                  \
 {                                                                                            \
     const size_t line = LRCORE_CACHE_LINE / sizeof(T);                                       \
-    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T), block = line * LRCORE_BLOCK_LINES;                                  \
-    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */               \
-        const size_t b1 = n - b0 > block ? b0 + block : n;                                     \
-        for (size_t l = b0; l < b1 && n - l > ahead; l += line) {                                                                \
+    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T);                                  \
+    const int pf = n * sizeof(T) > (size_t)LRCORE_PREFETCH_MIN_BYTES; /* else one block */   \
+    const size_t block = pf ? line * LRCORE_BLOCK_LINES : n;                                 \
+    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */     \
+        const size_t b1 = n - b0 > block ? b0 + block : n;                                   \
+        for (size_t l = b0; pf && l < b1 && n - l > ahead; l += line) {                      \
             LRCORE__PREFETCH_W(p + l + ahead);                                              \
             LRCORE__PREFETCH_R(gr + l + ahead);                                             \
             LRCORE__PREFETCH_W(m + l + ahead);                                              \
@@ -293,10 +302,12 @@ LRCORE_INLINE void lrcore__adagrad_body_##SUFFIX(                               
     T s, T wd, T eps, T neg_clr, const int has_wd)                                           \
 {                                                                                            \
     const size_t line = LRCORE_CACHE_LINE / sizeof(T);                                       \
-    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T), block = line * LRCORE_BLOCK_LINES;                                  \
-    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */               \
-        const size_t b1 = n - b0 > block ? b0 + block : n;                                     \
-        for (size_t l = b0; l < b1 && n - l > ahead; l += line) {                                                                \
+    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T);                                  \
+    const int pf = n * sizeof(T) > (size_t)LRCORE_PREFETCH_MIN_BYTES; /* else one block */   \
+    const size_t block = pf ? line * LRCORE_BLOCK_LINES : n;                                 \
+    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */     \
+        const size_t b1 = n - b0 > block ? b0 + block : n;                                   \
+        for (size_t l = b0; pf && l < b1 && n - l > ahead; l += line) {                      \
             LRCORE__PREFETCH_W(p + l + ahead);                                              \
             LRCORE__PREFETCH_R(gr + l + ahead);                                             \
             LRCORE__PREFETCH_W(ssum + l + ahead);                                           \
@@ -341,10 +352,12 @@ LRCORE_INLINE void lrcore__rmsprop_body_##SUFFIX(                               
     const int has_wd, const int centered, const int lerp_small, const int use_mom)           \
 {                                                                                            \
     const size_t line = LRCORE_CACHE_LINE / sizeof(T);                                       \
-    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T), block = line * LRCORE_BLOCK_LINES;                                  \
-    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */               \
-        const size_t b1 = n - b0 > block ? b0 + block : n;                                     \
-        for (size_t l = b0; l < b1 && n - l > ahead; l += line) {                                                                \
+    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T);                                  \
+    const int pf = n * sizeof(T) > (size_t)LRCORE_PREFETCH_MIN_BYTES; /* else one block */   \
+    const size_t block = pf ? line * LRCORE_BLOCK_LINES : n;                                 \
+    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */     \
+        const size_t b1 = n - b0 > block ? b0 + block : n;                                   \
+        for (size_t l = b0; pf && l < b1 && n - l > ahead; l += line) {                      \
             LRCORE__PREFETCH_W(p + l + ahead);                                              \
             LRCORE__PREFETCH_R(gr + l + ahead);                                             \
             LRCORE__PREFETCH_W(sq + l + ahead);                                             \
@@ -423,10 +436,12 @@ LRCORE_INLINE void lrcore__adadelta_body_##SUFFIX(                              
     const int has_wd)                                                                        \
 {                                                                                            \
     const size_t line = LRCORE_CACHE_LINE / sizeof(T);                                       \
-    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T), block = line * LRCORE_BLOCK_LINES;                                  \
-    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */               \
-        const size_t b1 = n - b0 > block ? b0 + block : n;                                     \
-        for (size_t l = b0; l < b1 && n - l > ahead; l += line) {                                                                \
+    const size_t ahead = LRCORE_PREFETCH_AHEAD / sizeof(T);                                  \
+    const int pf = n * sizeof(T) > (size_t)LRCORE_PREFETCH_MIN_BYTES; /* else one block */   \
+    const size_t block = pf ? line * LRCORE_BLOCK_LINES : n;                                 \
+    for (size_t b0 = 0; b0 < n; b0 += block) {  /* LRCORE_BLOCK_LINES lines per block */     \
+        const size_t b1 = n - b0 > block ? b0 + block : n;                                   \
+        for (size_t l = b0; pf && l < b1 && n - l > ahead; l += line) {                      \
             LRCORE__PREFETCH_W(p + l + ahead);                                              \
             LRCORE__PREFETCH_R(gr + l + ahead);                                             \
             LRCORE__PREFETCH_W(sq + l + ahead);                                             \
