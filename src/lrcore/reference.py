@@ -6,11 +6,22 @@ the buffers' dtype, as the C loops in include/lrcore.h do. It is also a real
 backend: LRCORE_BACKEND=python makes lrcore.kernels use it. Its docstrings are the
 kernels' docstrings.
 """
+import functools
+
 import numpy as np
 
 from . import _validate as v
 
 __all__ = ["sgd", "adam", "adagrad", "rmsprop", "adadelta"]
+
+
+def _quiet(fn):
+    """NaN and Inf propagate silently, as in the C kernels (not an input error)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _flat(a):
@@ -63,6 +74,7 @@ def sgd(param, grad, momentum_buffer=None, *, lr, step, momentum=0.0, dampening=
                 lr, step, momentum, dampening, nesterov, weight_decay, maximize, 1.0)
 
 
+@_quiet
 def _sgd(p, grad, buf, lr, step, momentum, dampening, nesterov, weight_decay, maximize,
          grad_scale):
     T = p.dtype.type
@@ -113,6 +125,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, bet
                  lr, step, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, 1.0)
 
 
+@_quiet
 def _adam(p, grad, m, vsq, vmax, lr, step, beta1, beta2, eps, weight_decay, decoupled, maximize,
           grad_scale):
     T = p.dtype.type
@@ -160,6 +173,7 @@ def adagrad(param, grad, state_sum, *, lr, step, lr_decay=0.0, weight_decay=0.0,
                     lr, step, lr_decay, weight_decay, eps, maximize, 1.0)
 
 
+@_quiet
 def _adagrad(p, grad, ssum, lr, step, lr_decay, weight_decay, eps, maximize, grad_scale):
     T = p.dtype.type
     clr = lr / (1.0 + (step - 1) * lr_decay)
@@ -210,6 +224,7 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
                     lr, alpha, eps, weight_decay, momentum, maximize, 1.0)
 
 
+@_quiet
 def _rmsprop(p, grad, sq, buf, ga, lr, alpha, eps, weight_decay, momentum, maximize, grad_scale):
     T = p.dtype.type
     g = grad * T(-grad_scale if maximize else grad_scale)
@@ -255,6 +270,7 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6,
                      _flat(acc_delta), lr, rho, eps, weight_decay, maximize, 1.0)
 
 
+@_quiet
 def _adadelta(p, grad, sq, acc, lr, rho, eps, weight_decay, maximize, grad_scale):
     T = p.dtype.type
     g = grad * T(-grad_scale if maximize else grad_scale)
@@ -320,6 +336,7 @@ class StepPlan:
                                      f"gradients must be separate arrays")
         return [_flat(g) for g in grads]
 
+    @_quiet
     def grad_sumsq(self, grads, num_threads=None):
         """(sum of squares of all grads in double, every element finite), summed in the
         compiled core's order (lrcore.h, lrcore_sum_squares): blocks of 2**14 elements per
