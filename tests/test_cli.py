@@ -236,3 +236,25 @@ def test_schedule_plot(capsys, tmp_path):
 def test_schedule_bad_input(capsys, argv, message):
     code, out, err = schedule(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_command_prints_a_table_and_writes_json(tmp_path):
+    """`lrcore bench` works end to end (a smoke test: no timing is asserted)."""
+    import json
+    import lrcore
+    if lrcore.backend() != "native":
+        pytest.skip("benchmarks need the compiled backend")
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "lrcore", "bench", "--quick", "--optimizer", "sgd",
+                        "--threads", "1", "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "of probe" in r.stdout and "sgd" in r.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["elements"] for row in rows] == [1 << 20, 1 << 22]
+    assert all(row["gbps"] > 0 and row["fraction"] > 0 for row in rows)
+
+
+def test_bench_command_rejects_bad_threads():
+    r = subprocess.run([sys.executable, "-m", "lrcore", "bench", "--threads", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
