@@ -70,3 +70,14 @@ def test_python_m_lrcore_reports_and_self_checks():
     assert f"lrcore {lrcore.__version__}" in r.stdout
     for word in ("backend:", "instruction set:", "threads:", "self-check passed"):
         assert word in r.stdout
+
+
+def test_a_missing_compiled_core_is_an_error_that_says_what_to_do():
+    code = ("import sys; sys.modules['lrcore._core'] = None\n"
+            "try:\n    import lrcore\nexcept ImportError as e:\n    print('ERR', e)\n")
+    r = _run(code, LRCORE_BACKEND="native")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERR") and "LRCORE_BACKEND=python" in r.stdout
+    assert "pip install" in r.stdout
+    r = _run(code, LRCORE_BACKEND="python")          # the explicit switch still works
+    assert "ERR" not in r.stdout
