@@ -3,7 +3,7 @@
 The kernels (src/lrcore/include/lrcore.h) are compiled once per instruction set
 from src/lrcore/csrc/kernels_isa.c, each object with its own flags, and linked
 into one extension; the runtime picks the best one at import. Portable flags
-only: never -march=native or -ffast-math. OpenMP is used when the compiler has it.
+only: no tuning for the build machine and no fast-math. OpenMP is used when the compiler has it.
 """
 import os
 import platform
