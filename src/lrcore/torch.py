@@ -22,6 +22,7 @@ import numbers
 import torch
 import torch.optim
 
+from . import optim as _optim
 from .optim import _check_number, _plan_class
 from .schedules import Schedule
 
@@ -415,14 +416,10 @@ class _LrcoreOptimizer:
 class SGD(_LrcoreOptimizer, torch.optim.SGD):
     """torch.optim.SGD computed by lrcore (same arguments, state and state_dict).
 
-    g = -grad if maximize else grad;  g = g + weight_decay * param
-    buf = g (first step with momentum), then buf = momentum * buf + (1 - dampening) * g
-    g = g + momentum * buf if nesterov else buf           (when momentum != 0)
-    param = param - lr * g
-
     foreach and fused are accepted and ignored (kept in param_groups for torch);
     differentiable=True raises NotImplementedError. num_threads (lrcore) caps the threads.
     Schedules are evaluated at group["lrcore_steps"], the group's count of steps taken.
+    The update rule is lrcore.optim.SGD's (its docstring is appended below).
     """
     _kind = "sgd"
     _slots = ("momentum_buffer",)
@@ -481,15 +478,9 @@ class _AdamRules:
 class Adam(_AdamRules, _LrcoreOptimizer, torch.optim.Adam):
     """torch.optim.Adam computed by lrcore (same arguments, state and state_dict).
 
-    g = -grad if maximize else grad
-    param = param * (1 - lr * weight_decay) if decoupled_weight_decay, else g += weight_decay*param
-    exp_avg = beta1 * exp_avg + (1 - beta1) * g
-    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
-    v = max(max_exp_avg_sq, exp_avg_sq) if amsgrad else exp_avg_sq
-    param = param - lr / (1 - beta1**t) * exp_avg / (sqrt(v) / sqrt(1 - beta2**t) + eps)
-
     foreach and fused are accepted and ignored (kept in param_groups for torch);
     capturable/differentiable=True raise NotImplementedError.
+    The update rule is lrcore.optim.Adam's (its docstring is appended below).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
@@ -507,7 +498,7 @@ class Adam(_AdamRules, _LrcoreOptimizer, torch.optim.Adam):
 class AdamW(_AdamRules, _LrcoreOptimizer, torch.optim.AdamW):
     """torch.optim.AdamW computed by lrcore: Adam with decoupled weight decay (default 1e-2).
 
-    param = param * (1 - lr * weight_decay), then the Adam update without L2 in g.
+    The update rule is lrcore.optim.AdamW's (its docstring is appended below).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
@@ -523,10 +514,7 @@ class AdamW(_AdamRules, _LrcoreOptimizer, torch.optim.AdamW):
 class Adagrad(_LrcoreOptimizer, torch.optim.Adagrad):
     """torch.optim.Adagrad computed by lrcore (same arguments, state and state_dict).
 
-    g = -grad if maximize else grad;  g = g + weight_decay * param
-    clr = lr / (1 + (t - 1) * lr_decay)
-    sum = sum + g * g      (starts at initial_accumulator_value)
-    param = param - clr * g / (sqrt(sum) + eps)
+    The update rule is lrcore.optim.Adagrad's (its docstring is appended below).
     """
     _kind = "adagrad"
     _slots = ("sum",)
@@ -553,12 +541,7 @@ class Adagrad(_LrcoreOptimizer, torch.optim.Adagrad):
 class RMSprop(_LrcoreOptimizer, torch.optim.RMSprop):
     """torch.optim.RMSprop computed by lrcore (same arguments, state and state_dict).
 
-    g = -grad if maximize else grad;  g = g + weight_decay * param
-    square_avg = alpha * square_avg + (1 - alpha) * g * g
-    avg = sqrt(square_avg - grad_avg**2) + eps, grad_avg = alpha*grad_avg + (1-alpha)*g  (centered)
-    avg = sqrt(square_avg) + eps                                                         (otherwise)
-    buf = momentum * buf + g / avg;  param = param - lr * buf      (momentum > 0)
-    param = param - lr * g / avg                                    (otherwise)
+    The update rule is lrcore.optim.RMSprop's (its docstring is appended below).
     """
     _kind = "rmsprop"
     _slots = ("square_avg", "momentum_buffer", "grad_avg")
@@ -591,11 +574,7 @@ class RMSprop(_LrcoreOptimizer, torch.optim.RMSprop):
 class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
     """torch.optim.Adadelta computed by lrcore (same arguments, state and state_dict).
 
-    g = -grad if maximize else grad;  g = g + weight_decay * param
-    square_avg = rho * square_avg + (1 - rho) * g * g
-    delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
-    acc_delta = rho * acc_delta + (1 - rho) * delta * delta
-    param = param - lr * delta
+    The update rule is lrcore.optim.Adadelta's (its docstring is appended below).
     """
     _kind = "adadelta"
     _slots = ("square_avg", "acc_delta")
@@ -611,3 +590,14 @@ class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
         return (self._num(group, "lr", step), self._num(group, "rho", step),
                 self._num(group, "eps", step), self._num(group, "weight_decay", step),
                 bool(group["maximize"]))
+
+
+def _with_rule(cls, rule):
+    """Append the update rule, written once in lrcore.optim, to a class docstring."""
+    math = rule.__doc__.split("\n", 1)[1] if rule.__doc__ else ""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + math
+
+
+for _name in __all__:
+    _with_rule(globals()[_name], getattr(_optim, _name))
+del _name
