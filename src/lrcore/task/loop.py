@@ -1,4 +1,4 @@
-"""Update tasks: a seeded, pausable, checkpointable training loop over numpy buffers.
+"""The update task's loop: a seeded, pausable, checkpointable training loop over numpy buffers.
 
 Modelled on Apple Core ML's ``MLUpdateTask``: training parameters are set by key
 (``MLParameterKey`` -> :class:`ParameterKey`), progress handlers are called on events
@@ -15,200 +15,19 @@ seed and the epoch, so pausing, resuming or reloading in a fresh process replays
 the batches, and therefore the bits, of a run that never stopped. ``resume()`` runs the
 loop in the calling thread and returns when the task pauses, is cancelled, fails or ends.
 """
-import dataclasses
-import enum
 import math
 import numbers
 import threading
-from typing import Any, Callable
 
 import numpy as np
 
-from . import checkpoint, optim
-from .schedules import Schedule
+from .. import optim
+from ..schedules import Schedule
+from . import persistence
+from .vocabulary import (Event, MetricKey, ParameterKey, ProgressHandlers, TaskState,
+                         UpdateContext)
 
-__all__ = ["UpdateTask", "ParameterKey", "Event", "ProgressHandlers", "UpdateContext",
-           "TaskState", "MetricKey"]
-
-FORMAT = "lrcore.update_task"
-FORMAT_VERSION = 1
-
-
-# ----------------------------------------------------------------------------------------
-# Keys, events, states.
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    name: str
-    kind: type                 # float, int or bool
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    hyperparameter: str = ""   # name in lrcore.optim ("" for the loop's own keys)
-
-    def describe(self):
-        if self.kind is bool:
-            return "True or False"
-        what = "a number" if self.kind is float else "an integer"
-        if self.high == math.inf:
-            bound = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
-        else:
-            bound = (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                     f"{')' if self.high_open else ']'}")
-        schedule = " or a lrcore Schedule" if self.kind is float else ""
-        return f"{what} {bound}{schedule}"
-
-
-class ParameterKey(enum.Enum):
-    """Training parameters of an :class:`UpdateTask`, each with its type and allowed range.
-
-    The real-valued keys (LEARNING_RATE, MOMENTUM, BETA1, BETA2, EPS, WEIGHT_DECAY) go to the
-    optimizer and also accept a :class:`lrcore.schedules.Schedule`, evaluated at the number of
-    optimizer steps already taken. MINI_BATCH_SIZE, EPOCHS, SHUFFLE and SEED drive the loop.
-    """
-    LEARNING_RATE = _Spec("learning_rate", float, 0.0, hyperparameter="lr")
-    MOMENTUM = _Spec("momentum", float, 0.0, 1.0, high_open=True, hyperparameter="momentum")
-    MINI_BATCH_SIZE = _Spec("mini_batch_size", int, 1)
-    BETA1 = _Spec("beta1", float, 0.0, 1.0, high_open=True, hyperparameter="beta1")
-    BETA2 = _Spec("beta2", float, 0.0, 1.0, high_open=True, hyperparameter="beta2")
-    EPS = _Spec("eps", float, 0.0, low_open=True, hyperparameter="eps")
-    EPOCHS = _Spec("epochs", int, 1)
-    SHUFFLE = _Spec("shuffle", bool)
-    SEED = _Spec("seed", int, 0, 2**63 - 1)
-    WEIGHT_DECAY = _Spec("weight_decay", float, 0.0, hyperparameter="weight_decay")
-
-    def __repr__(self):
-        return f"ParameterKey.{self.name}"
-
-    @property
-    def kind(self):
-        """The Python type of the key's values: float, int or bool."""
-        return self.value.kind
-
-    @property
-    def accepts_schedule(self):
-        """True for the real-valued keys, which may also be given a Schedule."""
-        return self.value.kind is float
-
-    @property
-    def expected(self):
-        """The allowed values, in words (as used in error messages)."""
-        return self.value.describe()
-
-    def validate(self, value, step=0):
-        """Return ``value`` checked against the key's type and range (a Schedule is checked at
-        ``step``); raise TypeError or ValueError naming the key, the value and the range."""
-        spec = self.value
-        where = f"ParameterKey.{self.name}"
-        if isinstance(value, Schedule):
-            if spec.kind is not float:
-                raise TypeError(f"{where} must be {spec.describe()}, got a schedule "
-                                f"({value!r}); only real-valued keys accept schedules")
-            self._check_range(value(step), f"{where} (schedule {value!r} at step {step})")
-            return value
-        if spec.kind is bool:
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{where} must be True or False, got {value!r}")
-            return bool(value)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{where} must be {spec.describe()}, got {value!r} "
-                            f"({type(value).__name__})")
-        if spec.kind is int:
-            if not isinstance(value, numbers.Integral):
-                raise TypeError(f"{where} must be {spec.describe()}, got {value!r} "
-                                f"({type(value).__name__})")
-            value = int(value)
-        else:
-            value = float(value)
-        return self._check_range(value, where)
-
-    def _check_range(self, value, where):
-        spec = self.value
-        v = float(value)
-        ok = (math.isfinite(v) and (v > spec.low if spec.low_open else v >= spec.low)
-              and (v < spec.high if spec.high_open else v <= spec.high))
-        if not ok:
-            raise ValueError(f"{where} must be {spec.describe()}, got {value!r}")
-        return value
-
-
-class Event(enum.Flag):
-    """Moments at which the progress handler is called; combine with ``|``."""
-    TRAINING_BEGIN = enum.auto()
-    EPOCH_END = enum.auto()
-    MINI_BATCH_END = enum.auto()
-
-
-class MetricKey(enum.Enum):
-    """Keys of ``UpdateContext.metrics``.
-
-    LOSS: the mini-batch loss (MINI_BATCH_END) or the epoch's mean loss per sample
-    (EPOCH_END); absent at TRAINING_BEGIN. EPOCH_INDEX: the epoch, from 0.
-    MINI_BATCH_INDEX: the mini-batch within its epoch, from 0 (at EPOCH_END, the last one).
-    In the completion context: LOSS of the last finished epoch, EPOCH_INDEX = epochs
-    completed, MINI_BATCH_INDEX = mini-batches done in the unfinished epoch.
-    """
-    LOSS = "loss"
-    EPOCH_INDEX = "epoch_index"
-    MINI_BATCH_INDEX = "mini_batch_index"
-
-    def __repr__(self):
-        return f"MetricKey.{self.name}"
-
-
-class TaskState(enum.Enum):
-    """SUSPENDED (new or paused), RUNNING, CANCELLING (cancel() was called; also the final
-    state of a cancelled task, as in Core ML), COMPLETED, FAILED (``task.error`` says why)."""
-    SUSPENDED = "suspended"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-@dataclasses.dataclass(frozen=True)
-class ProgressHandlers:
-    """``progress(ctx)`` is called on every event in ``events``; ``completion(ctx)`` once when
-    the task completes, fails or is cancelled (``ctx.event`` is then None)."""
-    events: Event = Event(0)
-    progress: Callable[["UpdateContext"], Any] | None = None
-    completion: Callable[["UpdateContext"], Any] | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.events, Event):
-            raise TypeError(f"ProgressHandlers: events must be an Event flag (e.g. "
-                            f"Event.EPOCH_END | Event.MINI_BATCH_END), got {self.events!r}")
-        for name in ("progress", "completion"):
-            fn = getattr(self, name)
-            if fn is not None and not callable(fn):
-                raise TypeError(f"ProgressHandlers: {name} must be callable or None, "
-                                f"got {fn!r}")
-        if self.events and self.progress is None:
-            raise ValueError(f"ProgressHandlers: events={self.events!r} but no progress "
-                             f"handler; give progress=<function of the context>")
-        if self.progress is not None and not self.events:
-            raise ValueError("ProgressHandlers: a progress handler was given but events is "
-                             "empty; choose e.g. events=Event.EPOCH_END")
-
-
-@dataclasses.dataclass(frozen=True)
-class UpdateContext:
-    """What a handler receives. ``parameters``: the values in force (schedules evaluated) for
-    the mini-batch just processed, or at TRAINING_BEGIN for the first one; ``params``: the
-    arrays being trained (live, not copies)."""
-    event: Event | None
-    task: "UpdateTask"
-    parameters: dict
-    metrics: dict
-    params: list
-
-
-# ----------------------------------------------------------------------------------------
-# Data and optimizers.
-# ----------------------------------------------------------------------------------------
+__all__ = ["UpdateTask", "OPTIMIZERS", "optimizer_keys", "check_params"]
 
 
 class _ArrayData:
@@ -252,12 +71,12 @@ _LOOP_DEFAULTS = {ParameterKey.MINI_BATCH_SIZE: 32, ParameterKey.EPOCHS: 1,
                   ParameterKey.SHUFFLE: True, ParameterKey.SEED: 0}
 
 
-def _optimizer_keys(opt):
+def optimizer_keys(opt):
     """The ParameterKeys that map to hyperparameters of this optimizer."""
     return [k for k in ParameterKey if k.value.hyperparameter in type(opt).numeric]
 
 
-def _check_params(params):
+def check_params(params):
     if isinstance(params, np.ndarray):
         params = [params]
     try:
@@ -272,11 +91,6 @@ def _check_params(params):
             raise TypeError(f"UpdateTask: params[{i}] must be a numpy.ndarray, got "
                             f"{type(p).__name__}")
     return params
-
-
-# ----------------------------------------------------------------------------------------
-# The task.
-# ----------------------------------------------------------------------------------------
 
 
 class UpdateTask:
@@ -295,10 +109,10 @@ class UpdateTask:
 
     def __init__(self, params, loss_and_grad, data, optimizer="sgd", parameters=None,
                  progress_handlers=None, *, num_threads=None):
-        self._params = _check_params(params)
+        self._params = check_params(params)
         self._init_common(loss_and_grad, data, progress_handlers)
         self._optimizer = self._make_optimizer(optimizer, num_threads)
-        self._keys = _optimizer_keys(self._optimizer)
+        self._keys = optimizer_keys(self._optimizer)
         self._loop = dict(_LOOP_DEFAULTS)
         self._apply(self._checked(parameters))
 
@@ -618,7 +432,7 @@ class UpdateTask:
                    UpdateContext(None, self, self._parameters_at(self._optimizer.step_count),
                                  metrics, self.params))
 
-    # -- checkpoints -----------------------------------------------------------------------
+    # -- checkpoints (lrcore.task.persistence) --------------------------------------------
 
     def save(self, path, meta=None):
         """Write the whole task (params, optimizer state and schedules, loop parameters, epoch
@@ -627,37 +441,12 @@ class UpdateTask:
         if self._state is TaskState.RUNNING and self._handler_thread != threading.get_ident():
             raise RuntimeError("UpdateTask.save(): the task is RUNNING; save from a progress "
                                "handler, or pause() it first")
-        sd = self._optimizer.state_dict()
-        arrays = {f"param/{i}": p for i, p in enumerate(self._params)}
-        state_names = []
-        for i, st in enumerate(sd.pop("state")):
-            state_names.append(list(st))
-            for name, arr in st.items():
-                arrays[f"state/{i}/{name}"] = arr
-        for g, group in enumerate(sd["groups"]):
-            for key, value in group["hyperparameters"].items():
-                if isinstance(value, dict) and value.get("schedule") is None:
-                    raise ValueError(f"UpdateTask.save(): {key} of group {g} is "
-                                     f"{value.get('repr')}, which cannot be stored in a file; "
-                                     f"use a named schedule (lrcore.schedules.names())")
-        if self._order is not None:
-            arrays["order"] = self._order
-        loop = {k.name: v for k, v in self._loop.items()}
-        meta_out = {
-            "format": FORMAT, "version": FORMAT_VERSION,
-            "optimizer": {"class": type(self._optimizer).__name__,
-                          "num_threads": self._optimizer.num_threads,
-                          "fixed": [{k: grp["hyperparameters"][k] for k in
-                                     type(self._optimizer).fixed} for grp in sd["groups"]],
-                          "state_dict": sd, "state_names": state_names},
-            "loop": loop, "samples": self._n,
-            "position": {"began": self._began, "epoch": self._epoch, "offset": self._offset,
-                         "mini_batch": self._batch, "loss_sum": self._loss_sum,
-                         "loss_count": self._loss_count,
-                         "last_epoch_loss": self._last_epoch_loss},
-            "state": self._state.name, "user": meta,
-        }
-        checkpoint.write(path, arrays, meta_out)
+        persistence.save(
+            path, optimizer=self._optimizer, params=self._params, loop=self._loop,
+            samples=self._n, order=self._order, state=self._state, meta=meta,
+            position={"began": self._began, "epoch": self._epoch, "offset": self._offset,
+                      "mini_batch": self._batch, "loss_sum": self._loss_sum,
+                      "loss_count": self._loss_count, "last_epoch_loss": self._last_epoch_loss})
 
     @classmethod
     def load(cls, path, loss_and_grad, data, progress_handlers=None, *, params=None):
@@ -665,67 +454,31 @@ class UpdateTask:
         exactly where the saved one was. ``params``: arrays to restore into (e.g. a model's
         own views); by default new arrays are made. The meta given to save() is in
         ``task.meta``. Raises lrcore.CheckpointError for a file that does not fit."""
-        arrays, meta = checkpoint.read(path)
-        where = f"checkpoint {str(path)!r}"
-
-        def bad(msg):
-            return checkpoint.CheckpointError(f"{where}: {msg}")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise bad("is not an UpdateTask checkpoint (written by UpdateTask.save)")
-        if meta.get("version") != FORMAT_VERSION:
-            raise bad(f"has format version {meta.get('version')!r}; this lrcore reads "
-                      f"version {FORMAT_VERSION}")
-        try:
-            saved = [arrays[f"param/{i}"] for i in range(len(meta["optimizer"]["state_names"]))]
-            opt_meta = meta["optimizer"]
-            opt_class = OPTIMIZERS[opt_meta["class"].lower()]
-            position, loop = meta["position"], meta["loop"]
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise bad(f"is incomplete or corrupt ({exc!r})") from None
-        if params is None:
-            params = [np.array(a, copy=True) for a in saved]
-        else:
-            params = _check_params(params)
-            if len(params) != len(saved):
-                raise bad(f"holds {len(saved)} params, {len(params)} were given")
-            for i, (p, a) in enumerate(zip(params, saved)):
-                if p.shape != a.shape or p.dtype != a.dtype:
-                    raise bad(f"params[{i}] is {a.dtype} {a.shape} in the file, the given "
-                              f"array is {p.dtype} {p.shape}")
-        sd = dict(opt_meta["state_dict"])
-        sd["state"] = [{name: arrays[f"state/{i}/{name}"] for name in names}
-                       for i, names in enumerate(opt_meta["state_names"])]
-        groups = []
-        for g, group in enumerate(sd["groups"]):
-            groups.append(dict(opt_meta["fixed"][g],
-                               params=[params[i] for i in group["params"]]))
+        saved = persistence.read(path, OPTIMIZERS, params, check_params)
         task = cls.__new__(cls)
-        task._params = params
+        task._params = saved.params
         task._init_common(loss_and_grad, data, progress_handlers)
-        if task._n != meta.get("samples"):
-            raise bad(f"was saved with {meta.get('samples')} samples of data, the data given "
-                      f"has {task._n}")
+        if task._n != saved.samples:
+            raise saved.error(f"was saved with {saved.samples} samples of data, the data "
+                              f"given has {task._n}")
+        position = saved.position
         try:
-            opt = opt_class(groups, num_threads=opt_meta["num_threads"])
-            opt.load_state_dict(sd)
-            task._loop = {ParameterKey[name]: ParameterKey[name].validate(value)
-                          for name, value in loop.items()}
-        except (TypeError, ValueError, KeyError) as exc:
-            raise bad(str(exc)) from None
-        task._optimizer = opt
-        task._keys = _optimizer_keys(opt)
-        task._began = bool(position["began"])
-        task._epoch = int(position["epoch"])
-        task._offset = int(position["offset"])
-        task._batch = int(position["mini_batch"])
-        task._loss_sum = float(position["loss_sum"])
-        task._loss_count = int(position["loss_count"])
-        task._last_epoch_loss = position.get("last_epoch_loss")
-        task._order = arrays.get("order")
-        if task._order is not None and task._order.shape != (task._n,):
-            raise bad(f"holds a sample order of shape {task._order.shape}, expected "
-                      f"({task._n},)")
-        for p, a in zip(params, saved):
-            np.copyto(p, a)
-        task.meta = meta.get("user")
+            began, epoch = bool(position["began"]), int(position["epoch"])
+            offset, batch = int(position["offset"]), int(position["mini_batch"])
+            loss_sum, loss_count = float(position["loss_sum"]), int(position["loss_count"])
+            last_epoch_loss = position.get("last_epoch_loss")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise saved.error(f"is incomplete or corrupt ({exc!r})") from None
+        if saved.order is not None and saved.order.shape != (task._n,):
+            raise saved.error(f"holds a sample order of shape {saved.order.shape}, expected "
+                              f"({task._n},)")
+        task._optimizer = saved.optimizer
+        task._keys = optimizer_keys(saved.optimizer)
+        task._loop = saved.loop
+        task._began, task._epoch, task._offset, task._batch = began, epoch, offset, batch
+        task._loss_sum, task._loss_count = loss_sum, loss_count
+        task._last_epoch_loss = last_epoch_loss
+        task._order = saved.order
+        saved.restore_params()
+        task.meta = saved.user
         return task
