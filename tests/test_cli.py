@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from lrcore import checkpoint, models
+from lrcore import checkpoint
+from lrcore.demo import models
 from lrcore.cli import main
 
 

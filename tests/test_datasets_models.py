@@ -1,4 +1,4 @@
-"""Tests for lrcore.datasets (built-in digits, user CSV/NPZ tables, splits) and lrcore.models.
+"""Tests for lrcore.demo.datasets (built-in digits, user CSV/NPZ tables, splits) and lrcore.demo.models.
 
 Models are checked against central finite differences in float64 and by training the MLP on
 digits with plain numpy gradient descent.
@@ -13,9 +13,9 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from lrcore import datasets, models
-from lrcore.datasets import load_digits, load_table, standardize, train_val_split
-from lrcore.models import MLP, SoftmaxRegression, log_softmax
+from lrcore.demo import datasets, models
+from lrcore.demo.datasets import load_digits, load_table, standardize, train_val_split
+from lrcore.demo.models import MLP, SoftmaxRegression, log_softmax
 
 # ---------------------------------------------------------------- built-in digits
 
@@ -30,7 +30,7 @@ def test_digits_shape_dtype_and_range():
 
 
 def test_digits_raw_file_holds_pixel_counts_0_to_16():
-    data_file = resources.files("lrcore") / "data" / "digits.npz"
+    data_file = resources.files("lrcore.demo") / "data" / "digits.npz"
     with data_file.open("rb") as stream, np.load(stream) as archive:
         assert sorted(archive.files) == ["X", "y"]
         pixels, labels = archive["X"], archive["y"]
@@ -53,7 +53,7 @@ DIGITS_CONTENT_SHA256 = "87ff0c9e40dc7e2c0e34e7257799c2e3f3aec1a016363bb11cad869
 
 
 def test_digits_licence_file_ships_beside_data():
-    licence = (resources.files("lrcore") / "data" / "LICENSE-digits.txt").read_text(encoding="utf-8")
+    licence = (resources.files("lrcore.demo") / "data" / "LICENSE-digits.txt").read_text(encoding="utf-8")
     assert "CC BY 4.0" in licence and "Alpaydin" in licence and "BSD" in licence
 
 

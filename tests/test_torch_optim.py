@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 import lrcore  # noqa: E402
 import lrcore.torch as lt  # noqa: E402
 from lrcore import schedules  # noqa: E402
-from lrcore.datasets import load_digits, standardize  # noqa: E402
+from lrcore.demo.datasets import load_digits, standardize  # noqa: E402
 
 DTYPES = (torch.float32, torch.float64)
 STEPS = 100

@@ -24,22 +24,22 @@ def _parser():
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("info", help="versions, backend, instruction set, threads; kernel self-check")
     for name, module in _COMMANDS.items():
-        mod = importlib.import_module(f"lrcore.{module}")
+        mod = importlib.import_module(f"lrcore.cli.{module}")
         mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
     return parser
 
 
-# command -> module in lrcore providing HELP, add_arguments(parser) and run(args) -> exit code
-_COMMANDS = {"train": "train_cli", "schedule": "schedule_cli", "bench": "bench_cli"}
+# command -> module in lrcore.cli providing HELP, add_arguments(parser) and run(args) -> exit code
+_COMMANDS = {"train": "train", "schedule": "schedule", "bench": "bench"}
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         if args.command in (None, "info"):
-            from .selfcheck import main as info
+            from .info import main as info
             return info()
-        mod = importlib.import_module(f"lrcore.{_COMMANDS[args.command]}")
+        mod = importlib.import_module(f"lrcore.cli.{_COMMANDS[args.command]}")
         return mod.run(args) or 0
     except CLIError as exc:
         print(f"lrcore {args.command}: error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`lrcore train`: train a small numpy classifier end to end with an lrcore UpdateTask.
 
-Defaults need no arguments: the built-in 8x8 digits (lrcore/data/LICENSE-digits.txt), an
+Defaults need no arguments: the built-in 8x8 digits (lrcore/demo/data/LICENSE-digits.txt), an
 80/20 train/validation split, standardized features, a one-hidden-layer MLP and Adam. Prints
 a progress bar (tqdm, if installed), one line per epoch and a summary; optionally writes a
 checkpoint (--save, continued with --resume) and a plot of loss, accuracy and lr (--plot).
@@ -12,10 +12,11 @@ import time
 
 import numpy as np
 
-from . import checkpoint, datasets, models
-from .cli import CLIError
-from .schedule_cli import build as build_schedule
-from .task import OPTIMIZERS, Event, MetricKey, ParameterKey, ProgressHandlers, UpdateTask
+from .. import checkpoint
+from ..demo import datasets, models
+from . import CLIError
+from .schedule import build as build_schedule
+from ..task import OPTIMIZERS, Event, MetricKey, ParameterKey, ProgressHandlers, UpdateTask
 
 HELP = "train a classifier with an update task (default: built-in digits, MLP, Adam)"
 

@@ -1,7 +1,7 @@
 """Data for `lrcore train` and the tests: the built-in 8x8 digits set and users' CSV/NPZ tables.
 
 Every loader returns ``(X, y)``: X 2-D float64 (samples x features), y 1-D int64 class labels,
-ready for :mod:`lrcore.models`. Pure numpy (no pandas, no scikit-learn).
+ready for :mod:`lrcore.demo.models`. Pure numpy (no pandas, no scikit-learn).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """Return the built-in 8x8 handwritten digits: X (1797, 64) float64 in [0, 1], y (1797,) int64 0..9.
 
     Pixels are stored as counts 0..16 and divided by 16 here. Source and licence:
-    ``lrcore/data/LICENSE-digits.txt``.
+    ``lrcore/demo/data/LICENSE-digits.txt``.
     """
-    with (resources.files("lrcore") / "data" / "digits.npz").open("rb") as stream:
+    with (resources.files("lrcore.demo") / "data" / "digits.npz").open("rb") as stream:
         with np.load(stream, allow_pickle=False) as archive:
             pixel_counts = archive["X"]
             labels = archive["y"]

@@ -6,7 +6,7 @@ the speed-up over the numpy implementation and over PyTorch (when installed).
 """
 import sys
 
-from .cli import CLIError
+from . import CLIError
 
 HELP = "benchmark every update rule against the memory bandwidth probe, numpy and torch"
 
@@ -24,7 +24,7 @@ def add_arguments(parser):
 
 def run(args):
     import lrcore
-    from . import bench
+    from .. import bench
     if lrcore.backend() != "native":
         raise CLIError("benchmarks need the compiled backend; unset LRCORE_BACKEND")
     try:

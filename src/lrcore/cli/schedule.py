@@ -9,8 +9,8 @@ import inspect
 import math
 import sys
 
-from . import schedules
-from .cli import CLIError
+from .. import schedules
+from . import CLIError
 
 HELP = "print or draw a learning-rate schedule's values, step by step"
 

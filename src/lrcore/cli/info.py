@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 
-from . import kernels, reference
-from .registry import KERNEL_SPECS, call, make_state
+from .. import kernels, reference
+from ..registry import KERNEL_SPECS, call, make_state
 
 
 def check_kernels(sizes=(1, 17, 1003), steps=3):
@@ -43,14 +43,14 @@ def main(out=sys.stdout):
     total = sum(len(k.cases) for k in KERNEL_SPECS) * 2
     for name in isas:
         if lrcore.backend() == "native":
-            from . import _core
+            from .. import _core
             _core.set_isa(name)
         failures = check_kernels()
         bad += [f"[{name}] {f}" for f in failures]
         print(f"  self-check [{name}]: {total - len({f.rsplit(' n=', 1)[0] for f in failures})}"
               f"/{total} kernel cases agree with the reference", file=out)
     if lrcore.backend() == "native":
-        from . import _core
+        from .. import _core
         _core.set_isa(None)
     if bad:
         print("SELF-CHECK FAILED:\n  " + "\n  ".join(bad), file=out)
