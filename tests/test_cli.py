@@ -590,3 +590,9 @@ def test_an_environment_error_at_import_is_one_line():
     r = subprocess.run([sys.executable, "-m", "_lrcore_launcher", "--version"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout == f"lrcore {lrcore.__version__}\n"
+
+
+def test_bench_checks_its_json_path_first(tmp_path):
+    r = lrcore_cmd("bench", "--json", str(tmp_path / "no" / "b.json"))
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "does not exist" in r.stderr or "compiled backend" in r.stderr
