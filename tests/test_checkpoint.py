@@ -1080,3 +1080,177 @@ def test_fuzz_crafted_headers_with_valid_checksums(data):
         at = data.draw(st.integers(0, len(body) - 1))
         body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1:]
     _try_load(_craft(header, body), original=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Update-task files (lrcore.task.persistence): the same guarantees through UpdateTask.load
+# --------------------------------------------------------------------------------------------
+
+
+def _task_problem(n=20):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(n, 3)), rng.normal(size=n)
+
+    def loss_and_grad(batch, params, grads):
+        xb, yb = batch
+        r = xb @ params[0] + params[1][0] - yb
+        grads[0][...] = xb.T @ r / len(yb)
+        grads[1][0] = r.mean()
+        return float(np.mean(r * r))
+    return loss_and_grad, (X, y)
+
+
+def _saved_task(path, mid_epoch=True):
+    """Save an Adam task with a schedule, mid-epoch (a sample order in the file)."""
+    from lrcore.task import Event, ParameterKey, ProgressHandlers, UpdateTask
+    fn, data = _task_problem()
+
+    def stop(ctx):
+        if ctx.task.step_count == 7:
+            ctx.task.pause()
+    task = UpdateTask([np.zeros(3), np.zeros(1)], fn, data, optimizer="adam",
+                      parameters={ParameterKey.EPOCHS: 3, ParameterKey.MINI_BATCH_SIZE: 3,
+                                  ParameterKey.LEARNING_RATE: S.Cosine(0.1, 30)},
+                      progress_handlers=ProgressHandlers(Event.MINI_BATCH_END, stop))
+    task.resume()
+    assert task.mini_batch == 0 or mid_epoch
+    task.save(path, meta={"run": 1})
+    return task
+
+
+def _load_task(path, params):
+    from lrcore.task import UpdateTask
+    fn, data = _task_problem()
+    return UpdateTask.load(path, fn, data, params=params)
+
+
+def _meta_of(h):
+    return h["meta"]
+
+
+TASK_HOSTILE = {
+    # used to be KeyError / IndexError / TypeError / AttributeError from UpdateTask.load
+    "group param index out of range": (
+        lambda h: _meta_of(h)["optimizer"]["state_dict"]["groups"][0]["params"].append(7),
+        "parameter groups hold params"),
+    "group params not ints": (
+        lambda h: _meta_of(h)["optimizer"]["state_dict"]["groups"][0].update(params=[0, True]),
+        "parameter groups hold params"),
+    "more state names than params": (
+        lambda h: _meta_of(h)["optimizer"]["state_names"].append([]), "params"),
+    "state names not a list": (
+        lambda h: _meta_of(h)["optimizer"].update(state_names=3), "no parameters"),
+    "position missing a key": (lambda h: _meta_of(h)["position"].pop("epoch"), "position"),
+    "position not a dict": (lambda h: _meta_of(h).update(position=[1]), "position"),
+    "position offset string": (lambda h: _meta_of(h)["position"].update(offset="3"), "offset"),
+    "position offset past the data": (lambda h: _meta_of(h)["position"].update(offset=21),
+                                      "past the 20 samples"),
+    "position epoch 2**70": (lambda h: _meta_of(h)["position"].update(epoch=2 ** 70), "epoch"),
+    "position loss huge int": (lambda h: _meta_of(h)["position"].update(loss_sum=10 ** 400),
+                               "too large"),
+    "position began not bool": (lambda h: _meta_of(h)["position"].update(began=1), "began"),
+    "loop unknown key": (lambda h: _meta_of(h)["loop"].update(LEARNING_RATE=0.1), "loop"),
+    "loop missing key": (lambda h: _meta_of(h)["loop"].pop("SEED"), "loop"),
+    "loop bad value": (lambda h: _meta_of(h)["loop"].update(EPOCHS=0), "EPOCHS"),
+    "loop key not a name": (lambda h: _meta_of(h).update(loop=[["EPOCHS", 1]]), "loop"),
+    "optimizer class unknown": (lambda h: _meta_of(h)["optimizer"].update(**{"class": "Nope"}),
+                                "names optimizer 'Nope'"),
+    "optimizer class not a string": (lambda h: _meta_of(h)["optimizer"].update(**{"class": 1}),
+                                     "names optimizer 1"),
+    "optimizer record missing": (lambda h: _meta_of(h).pop("optimizer"), "optimizer record"),
+    "fixed flags missing": (lambda h: _meta_of(h)["optimizer"]["fixed"][0].pop("amsgrad"),
+                            "fixed options"),
+    "fixed flags not bool": (lambda h: _meta_of(h)["optimizer"]["fixed"][0].update(amsgrad=2),
+                             "fixed options"),
+    "num_threads string": (lambda h: _meta_of(h)["optimizer"].update(num_threads="2"),
+                           "num_threads"),
+    "num_threads 2**70": (lambda h: _meta_of(h)["optimizer"].update(num_threads=2 ** 70),
+                          "num_threads"),
+    "samples zero": (lambda h: _meta_of(h).update(samples=0), "samples"),
+    "step 2**70": (lambda h: _meta_of(h)["optimizer"]["state_dict"].update(step=2 ** 70),
+                   "step"),
+    "order of another length": (lambda h: _entry(h, "order").update(shape=[19], nbytes=152),
+                                "sample order"),
+    "order of floats": (lambda h: _entry(h, "order").update(dtype="<f8"), "sample order"),
+    "param missing": (lambda h: h["arrays"].remove(_entry(h, "param/1")),
+                      r"params\[1\] is missing"),
+    "param shape": (lambda h: _entry(h, "param/0").update(shape=[1, 3]), r"params\[0\]"),
+    "state shape": (lambda h: _entry(h, "state/0/exp_avg").update(shape=[1, 3]), "exp_avg"),
+    "hyperparameter huge int": (
+        lambda h: _meta_of(h)["optimizer"]["state_dict"]["groups"][0]["hyperparameters"]
+        .update(eps=10 ** 400), "load_state_dict"),
+    "not a task file": (lambda h: _meta_of(h).update(format="lrcore.checkpoint"),
+                        "not an UpdateTask checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TASK_HOSTILE), ids=sorted(TASK_HOSTILE))
+def test_hostile_task_file_is_a_checkpoint_error_and_changes_nothing(tmp_path, case):
+    path = tmp_path / "task.lrc"
+    _saved_task(path)
+    mutate, words = TASK_HOSTILE[case]
+    _recraft(path, mutate)
+    target = [np.full(3, 7.0), np.full(1, 7.0)]
+    with pytest.raises(checkpoint.CheckpointError, match=words):
+        _load_task(path, target)
+    assert target[0].tolist() == [7.0] * 3 and target[1].tolist() == [7.0]
+
+
+def test_task_order_must_be_a_permutation(tmp_path):
+    path = tmp_path / "task.lrc"
+    _saved_task(path)
+    header, data = _good_header(path)
+    e = _entry(header, "order")
+    start = e["offset"]
+    order = np.frombuffer(data[start:start + e["nbytes"]], "<i8").copy()
+    order[1] = order[0]
+    path.write_bytes(_craft(header, data[:start] + order.tobytes() + data[start + e["nbytes"]:]))
+    target = [np.full(3, 7.0), np.full(1, 7.0)]
+    with pytest.raises(checkpoint.CheckpointError, match="not a permutation"):
+        _load_task(path, target)
+    assert target[0].tolist() == [7.0] * 3
+
+
+def test_task_load_reads_params_last_and_into_the_given_arrays(tmp_path):
+    path = tmp_path / "task.lrc"
+    task = _saved_task(path)
+    target = [np.full(3, 7.0), np.full(1, 7.0)]
+    ro = [np.full(3, 7.0), np.full(1, 7.0)]
+    ro[1].flags.writeable = False
+    with pytest.raises((checkpoint.CheckpointError, ValueError), match="read-only"):
+        _load_task(path, ro)
+    assert ro[0].tolist() == [7.0] * 3
+    loaded = _load_task(path, target)
+    assert loaded.params[0] is target[0] and same_bytes(target, task.params)
+    assert loaded.meta == {"run": 1} and loaded.step_count == 7
+    assert loaded.resume().name == "COMPLETED"
+    task.resume()
+    assert same_bytes(loaded.params, task.params)
+
+
+@_FUZZ_SETTINGS
+@given(data=st.data())
+def test_fuzz_task_files(data):
+    """UpdateTask.load over damaged and re-checksummed task files: CheckpointError or a
+    load, never KeyError/IndexError/TypeError..., the given arrays untouched when refused."""
+    if "task" not in _FUZZ:
+        src = _fuzz_source()
+        _saved_task(src["dir"] / "task-src.lrc")
+        _FUZZ["task"] = (src["dir"] / "task-src.lrc").read_bytes()
+    path = _FUZZ["dir"] / "task-fuzz.lrc"
+    path.write_bytes(_FUZZ["task"])
+    if data.draw(st.booleans()):
+        header, body = _good_header(path)
+        for _ in range(data.draw(st.integers(1, 3))):
+            _mutate_header(data, header)
+        path.write_bytes(_craft(header, body))
+    else:
+        blob = bytearray(_FUZZ["task"])
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] ^= 1 << data.draw(st.integers(0, 7))
+        path.write_bytes(bytes(blob[:data.draw(st.integers(0, len(blob)))]))
+    target = [np.full(3, 7.0), np.full(1, 7.0)]
+    try:
+        _load_task(path, target)
+    except checkpoint.CheckpointError:
+        assert target[0].tolist() == [7.0] * 3 and target[1].tolist() == [7.0]
