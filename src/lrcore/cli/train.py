@@ -118,8 +118,7 @@ def add_arguments(parser):
                           "`lrcore schedule --help` for the names)")
     for option, hyper, _ in _hyper_keys():
         opt.add_argument(option, type=float, dest=hyper, metavar="X", help=_hyper_help(hyper))
-    opt.add_argument("--threads", type=int, metavar="N",
-                     help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
+    add_runtime_arguments(opt)
     loop = parser.add_argument_group("loop")
     loop.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']} (with "
                                                   f"--resume: the total, counting those done)")
@@ -203,6 +202,20 @@ def optimizer_parameters(args, optimizer):
     if args.no_shuffle:
         out[ParameterKey.SHUFFLE] = False
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# The hook for options that change how the optimizer runs (threads, distribution, element
+# and state types): declared in add_runtime_arguments, applied in make_optimizer.
+# ----------------------------------------------------------------------------------------
+
+
+def add_runtime_arguments(group):
+    """Options that change how the optimizer runs rather than what it computes; each is
+    applied in make_optimizer. --distributed (issue 14), --precision (issue 12) and
+    --state-dtype (issue 13) belong here."""
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
 
 
 def make_optimizer(args, name, params, loaded=None):
@@ -405,8 +418,9 @@ def _fit_schedule(args, task, parameters, spec, total_steps):
     if spec is not None and not spec["fitted"]:
         end = _explicit_length(spec)
         if end is not None and end < total_steps and task.step_count < total_steps:
-            schedule = parameters.get(ParameterKey.LEARNING_RATE) or task.parameters[
-                ParameterKey.LEARNING_RATE]
+            schedule = parameters.get(ParameterKey.LEARNING_RATE)
+            if schedule is None:
+                schedule = task.parameters[ParameterKey.LEARNING_RATE]
             note = (f"warning: the {spec['name']} schedule ends at step {end}, before the "
                     f"run's {total_steps}; after it the lr stays {schedule(end):g}")
     return spec, note
