@@ -385,8 +385,8 @@ class ShardedOptimizer:
                                    bool(skip_nonfinite), self.step_count]
         seen = agree(self.comm, error, self.timeout, "step", payload=args)
         if any(a != seen[0] for a in seen):
-            raise DistributedError(f"ShardedOptimizer.step(): the ranks disagree on (clip_norm, "
-                                   f"skip_nonfinite, step_count): "
+            raise DistributedError("ShardedOptimizer.step(): the ranks disagree on (clip_norm, "
+                                   "skip_nonfinite, step_count): "
                                    + ", ".join(f"rank {r}: {tuple(a)}" for r, a in enumerate(seen)))
         return self._step(flat, clip_norm, bool(skip_nonfinite))
 
@@ -546,7 +546,6 @@ class ShardedOptimizer:
         keys, values and arrays); None on the other ranks. Collective. Gathered bucket by
         bucket and buffer by buffer: no rank but root ever holds more than its own shard
         plus one bucket's buffer."""
-        MPI = import_mpi()
         if isinstance(root, bool) or not isinstance(root, numbers.Integral) \
                 or not 0 <= root < self.world_size:
             raise ValueError(f"ShardedOptimizer.consolidated_state_dict(): root must be a rank "
@@ -691,7 +690,6 @@ class ShardedOptimizer:
 
     def gather_params(self):
         """Make every rank's params equal to the owners' pieces (after a load). Collective."""
-        MPI = import_mpi()
         for b, bucket in enumerate(self._layout.buckets):
             pieces = bucket.pieces[self.rank]
             send = np.concatenate([self._flat[p.index][p.start:p.stop] for p in pieces]) \
