@@ -1254,3 +1254,33 @@ def test_fuzz_task_files(data):
         _load_task(path, target)
     except checkpoint.CheckpointError:
         assert target[0].tolist() == [7.0] * 3 and target[1].tolist() == [7.0]
+
+
+# A file written by lrcore before issue 11 (commit 1ed583a): SGD(momentum=0.9) over a (2, 3)
+# float32 and a 0-d float64 param after one step, an extra boolean array, meta {"epoch": 1}.
+_OLD_FILE = (
+    "eNqdUsFu00AQdcWpJy58QLTnqontEKUINZEAcUFCKscoVBtnNrYSe1frdalJjRAfwAVxACS4I3HhSqV+QNMf6JUL"
+    "x16QQMqB2SFQOxRoO5Il+83b997O+N7Wrftbd5yV91ccqimLwXB2ozZl4ygZ4gub6EBqWA9CCMZKRolhazUmlYni"
+    "6DFoogqpY25K5NM2cndAp5FMsO0unWQP7t62jNSAWrRHWmYqxY/elIW5Aq245pgJNchqYs811i01ljEkJosJ2EBg"
+    "yGMFSZSMCGkg8giiUWi2hxDw/DeYAPppuYOA4JMUrBTfpVC/oAIxMqYkeMjtlwy3U8O1ATsdozMo+hX2lKUhV1aq"
+    "563VfNscmpwAJiaSG99jqF+i/UlpNRmpopEhSu/UfJAJgdPD9hlg3yaHXaPtDrHP07FlsixdrAqUDEI768IyudY8"
+    "X6ROcMw2AHnWG/Vl7XLIm6JJe1u+qBQiBfsj0JwHuQEr7jXpvlUD9z8G7YpBRbzVLKu3K+K0h3rjYmldr/2PvD8l"
+    "3fPncze8vwek5dRpMWXBvYFbzVhR9K63KgGLfuEs6unm2c9F6uTAuWQdzWb7r1/lnaPZvCPEZleIJ13ff9c973mf"
+    "6nPnsv4rTnv12sv8xaerbvbxa/Dl8MOb59/m84M9bo5Pnj38nr/9AbnwSF0=")
+
+
+def test_files_written_before_the_hardening_still_load(tmp_path):
+    """The container format is unchanged (version 1): a file from the old writer loads."""
+    import base64
+    import zlib
+    path = tmp_path / "old.lrc"
+    path.write_bytes(zlib.decompress(base64.b64decode(_OLD_FILE)))
+    p = [np.zeros((2, 3), np.float32), np.array(0.0)]
+    opt = lrcore.SGD(p, lr=0.1, momentum=0.9)
+    mask = np.zeros(2, bool)
+    assert lrcore.load(path, opt, params={"mask": mask}) == {"epoch": 1}
+    assert p[0].tobytes().hex() == "cdccccbc9a99793fcdccfc3f66663e4066667e4033339f40"
+    assert p[1].tobytes().hex() == "333333333333e33f" and mask.tolist() == [True, False]
+    assert opt.step_count == 1
+    opt.step([np.zeros((2, 3), np.float32), np.array(0.0)])     # momentum carried on:
+    assert abs(p[1] - (0.6 + 0.1 * 0.9)) < 1e-15                # 0.6 - lr * (0.9 * -1)
