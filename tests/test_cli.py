@@ -508,7 +508,7 @@ def test_make_optimizer_is_the_one_hook(capsys, tmp_path, monkeypatch):
     path = tmp_path / "c.lrc"
     assert train(capsys, "--epochs", "1", "--threads", "2", "--save", str(path))[0] == 0
     assert train(capsys, "--resume", str(path), "--epochs", "2", "--threads", "1")[0] == 0
-    assert seen == [("adam", False, 2), (None, True, 1)]
+    assert seen == [("adam", False, 2), ("adam", True, 1)]
 
 
 def test_readme_documents_the_train_options():
