@@ -30,7 +30,7 @@ PLANS = ("default", "reference")            # the backend's StepPlan, and the nu
 def plan(request, monkeypatch):
     """Run the optimizer on the backend's StepPlan, then on lrcore.reference.StepPlan."""
     if request.param == "reference":
-        monkeypatch.setattr(optim, "_plan_class", lambda: reference.StepPlan)
+        monkeypatch.setattr(optim.base, "plan_class", lambda: reference.StepPlan)
     return request.param
 
 
@@ -219,13 +219,13 @@ def test_native_plan_matches_numpy_twin(name, kw, dtype):
     start = [_rand(rng, s, dtype) for s in SHAPES]
     grads = [[_rand(rng, s, dtype) for s in SHAPES] for _ in range(5)]
     results = []
-    for plan_class in (optim._plan_class(), reference.StepPlan):
+    for plan_class in (optim.plan_class(), reference.StepPlan):
         params = [p.copy() for p in start]
-        saved, optim._plan_class = optim._plan_class, (lambda c=plan_class: c)
+        saved, optim.base.plan_class = optim.base.plan_class, (lambda c=plan_class: c)
         try:
             opt = CLASSES[name](params, **kw)
         finally:
-            optim._plan_class = saved
+            optim.base.plan_class = saved
         assert type(opt._plan) is plan_class
         for g in grads:
             opt.step(g)
