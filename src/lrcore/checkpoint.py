@@ -25,6 +25,7 @@ C-contiguous. Every malformed file raises `CheckpointError`.
 optimizer's `state_dict()` plus its parameters (and optionally more arrays); the update
 task's files (`lrcore.task.persistence`) reuse `pack_optimizer`/`OptimizerLoad`.
 """
+import contextlib
 import errno
 import hashlib
 import json
@@ -489,6 +490,7 @@ class CheckpointFile:
         """Copy arrays from the file into destinations: `pairs` of (name, ndarray), each
         already accepted by check_destination. Reads straight into C-contiguous native
         destinations; others go through one temporary array."""
+        self.check_unchanged()
         for name, dest in sorted(pairs, key=lambda nd: self.entries[nd[0]].start):
             e = self.entries[name]
             if not e.nbytes:
@@ -555,10 +557,36 @@ _STATE_DICT_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, Attri
                       RecursionError)
 
 
+def _state_dict_checker():
+    """lrcore.optim's validate-only entry point `check(optimizer, sd) -> Checked` (whose
+    `apply()` installs a checked state dict and cannot fail), or None in an lrcore without
+    it (then load_state_dict is used, which checks before it applies)."""
+    try:
+        from .optim.state_dict import check
+    except ImportError:
+        return None
+    return check
+
+
+def lock_of(optimizer):
+    """The optimizer's own lock (its steps hold it), or a no-op context."""
+    return getattr(optimizer, "_lock", None) or contextlib.nullcontext()
+
+
+def _refused(f, opt, exc):
+    if isinstance(exc, ValueError):
+        return CheckpointError(f"{f.where}: {exc}")
+    return CheckpointError(f"{f.where}: the saved optimizer state was refused by "
+                           f"{type(opt).__name__}.load_state_dict() "
+                           f"({type(exc).__name__}: {exc})")
+
+
 class OptimizerLoad:
-    """Loading an optimizer's state from an open CheckpointFile in two phases: `prepare`
-    checks everything (file entries against the optimizer's parameters, the state dict
-    against the optimizer) and changes nothing; `commit` writes.
+    """Loading an optimizer's state from an open CheckpointFile in two phases: the
+    constructor checks everything (the file's entries against the optimizer's parameters,
+    writeable parameters, the state dict against the optimizer) and changes nothing;
+    `load_state` / `commit` read and write. Hold `lock_of(optimizer)` across both phases
+    when other threads may step the optimizer.
 
     `sd` is the saved state dict without "state"; `state_names` the buffer names per param."""
 
@@ -590,12 +618,41 @@ class OptimizerLoad:
                                           f"{p.shape}")
                 self.state.append((e.name, i, n))
         self.sd, self.state_names = sd, state_names
+        self.checked = None
+        check = _state_dict_checker()
+        if check is not None:
+            # every buffer as a stand-in of the right shape and dtype, without memory: the
+            # check looks at shapes and dtypes only; the data is read after it passed
+            stand_in = [{n: np.broadcast_to(np.zeros((), p.dtype), p.shape) for n in ns}
+                        for p, ns in zip(params, state_names)]
+            try:
+                self.checked = check(optimizer, dict(sd, state=stand_in))
+            except _STATE_DICT_ERRORS as exc:
+                raise _refused(f, optimizer, exc) from None
+
+    def _state_destinations(self):
+        """(entry name, array) for every saved buffer: the optimizer's own buffer, or a new
+        one where it has none yet (all allocated before anything is read)."""
+        opt, states = self.optimizer, self.checked.states
+        live = getattr(opt, "_states", None)
+        for name, i, n in self.state:
+            own = live[i].get(n) if live is not None else None
+            if own is None or not own.flags.c_contiguous or not own.flags.writeable:
+                own = np.empty_like(opt.params[i])
+            states[i][n] = own
+        return [(name, states[i][n]) for name, i, n in self.state]
 
     def load_state(self):
         """Load the optimizer's state dict (hyperparameters, schedules, step, buffers).
-        The buffers are read into new arrays (at most the state's share of the file) and
-        handed to load_state_dict, which checks everything against the optimizer before it
-        changes anything."""
+
+        With optim's two-phase interface, each buffer is read from the file straight into
+        the optimizer's own buffer and the checked state dict is applied. Otherwise the
+        buffers are read into new arrays (at most the state's share of the file) and handed
+        to load_state_dict."""
+        if self.checked is not None:
+            self.f.read_into(self._state_destinations())
+            self.checked.apply()
+            return
         opt, f = self.optimizer, self.f
         state = [dict() for _ in self.state_names]
         for name, i, n in self.state:
@@ -603,18 +660,19 @@ class OptimizerLoad:
         try:
             opt.load_state_dict(dict(self.sd, state=state))
         except _STATE_DICT_ERRORS as exc:   # load_state_dict checks before it changes anything
-            if isinstance(exc, ValueError):
-                raise CheckpointError(f"{f.where}: {exc}") from None
-            raise CheckpointError(f"{f.where}: the saved optimizer state was refused by "
-                                  f"{type(opt).__name__}.load_state_dict() "
-                                  f"({type(exc).__name__}: {exc})") from None
+            raise _refused(f, opt, exc) from None
 
     def commit(self, more=()):
-        """load_state(), then read the parameters and `more` (pairs of (entry name, array)
-        already accepted by check_destination) from the file straight into place."""
-        self.load_state()
-        self.f.read_into([(f"param/{i}", p) for i, p in enumerate(self.optimizer.params)]
-                         + list(more))
+        """Load the state and read the parameters and `more` (pairs of (entry name, array)
+        already accepted by check_destination) from the file straight into place: one pass
+        over the file in the order of its data, then the checked state dict is applied."""
+        params = [(f"param/{i}", p) for i, p in enumerate(self.optimizer.params)] + list(more)
+        if self.checked is not None:
+            self.f.read_into(self._state_destinations() + params)
+            self.checked.apply()
+        else:
+            self.load_state()
+            self.f.read_into(params)
 
 
 def _as_named(params):
@@ -667,6 +725,6 @@ def load(path, optimizer, params=None):
         for name, p in extra.items():
             f.check_destination(f"extra/{name}", p, f"extra array {name!r}")
             more.append((f"extra/{name}", p))
-        job = OptimizerLoad(f, optimizer, sd, names)
-        job.commit(more)
+        with lock_of(optimizer):              # no step of another thread in between
+            OptimizerLoad(f, optimizer, sd, names).commit(more)
         return meta.get("user")
