@@ -156,6 +156,7 @@ class _LrcoreOptimizer:
         self._lrcore_lock = threading.RLock()
         self._lrcore_cache = None
         self._lrcore_schedules = {}
+        self._check_group(dict(args, **flags))   # the table's ranges and messages first
         args, schedules = _stand_ins(args)
         self._lrcore_schedules = schedules
         torch_cls.__init__(self, params, **args, **flags)
