@@ -153,7 +153,7 @@ def test_plot_is_written(capsys, tmp_path):
 def test_plot_without_matplotlib_is_a_clear_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = train(capsys, "--plot", str(tmp_path / "x.png"))
-    assert code == 2 and "pip install 'lrcore[plot]'" in err and len(err.splitlines()) == 1
+    assert code == 2 and PLOT_HINT in err and len(err.splitlines()) == 1
 
 
 def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
@@ -164,7 +164,7 @@ def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
     code, out, err = train(capsys, "--epochs", "1")          # plain output without tqdm
     assert code == 0 and err == "" and "epoch 1/1" in out
     code, _, err = train(capsys, "--progress")
-    assert code == 2 and "pip install 'lrcore[cli]'" in err
+    assert code == 2 and "pip install tqdm" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -524,6 +524,13 @@ def test_readme_documents_the_train_options():
 
 
 def test_one_install_hint_for_plotting(capsys, monkeypatch):
+    """The CLI, lrcore.schedules.plot and the README say the same thing, which works
+    however lrcore was installed."""
+    assert PLOT_HINT == "pip install matplotlib"
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+                  encoding="utf-8").read()
+    hints = re.findall(r"pip install [^`]*", readme)
+    assert [h for h in hints if "matplotlib" in h] == [PLOT_HINT] * 2
     assert PLOT_HINT in " ".join(lrcore_cmd("train", "--help").stdout.split())
     assert PLOT_HINT in " ".join(lrcore_cmd("schedule", "--help").stdout.split())
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -533,6 +540,8 @@ def test_one_install_hint_for_plotting(capsys, monkeypatch):
         code, _, err = run()
         assert code == 2 and err.strip().endswith(f"needs matplotlib, an optional dependency: "
                                                   f"{PLOT_HINT}")
+    with pytest.raises(ImportError, match=PLOT_HINT):
+        lrcore.schedules.plot(lrcore.schedules.Constant(0.1), 3)
 
 
 # -------------------------------------------------------------------- the report figure
