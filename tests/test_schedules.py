@@ -655,7 +655,7 @@ def test_plot_writes_png(tmp_path):
 
 def test_plot_without_matplotlib_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    with pytest.raises(ImportError, match=r"pip install .lrcore\[plot\]."):
+    with pytest.raises(ImportError, match="pip install matplotlib"):
         S.plot(Constant(0.1), 10)
 
 

@@ -24,7 +24,7 @@ def plot(schedule: Schedule, steps: int, path: str | None = None) -> Any:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ImportError("plot() needs matplotlib, an optional dependency of lrcore: "
-                          "pip install 'lrcore[plot]'") from exc
+                          "pip install matplotlib") from exc
     if path is None:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
