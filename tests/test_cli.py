@@ -484,7 +484,8 @@ def test_options_come_from_the_table_and_all_have_help():
         assert f"{name} {PRESETS[name].cli_lr:g}" in actions["lr"].help
         assert train_cmd.default_lr(name) == PRESETS[name].cli_lr
     assert all(a.help for a in parser._actions if a.dest != "help")
-    assert "decoupled in adamw" in actions["weight_decay"].help
+    assert re.search(r"decoupled \(param = param \* \(1 - lr \* weight_decay\)\) in (\w+, )*"
+                     r"adamw", actions["weight_decay"].help)
     assert "adamw 0.01" in actions["weight_decay"].help
 
 

@@ -77,15 +77,17 @@ def _hyper_help(hyper):
         if hyper not in hyperparameter_names(name):
             continue
         h = rule.hyper(hyper)
-        if h.doc and h.doc not in docs:
-            docs.append(h.doc)
         value = preset.defaults.get(hyper, h.default)
         defaults.append(f"{name} {value:g}")
-        if hyper == "weight_decay" and preset.fixed.get("decoupled_weight_decay"):
+        if hyper == "weight_decay" and (preset.fixed.get("decoupled_weight_decay")
+                                        or h.doc.startswith("decoupled")):
             decoupled.append(name)
-    text = docs[0] if docs else hyper.replace("_", " ")
+        elif h.doc and h.doc not in docs:
+            docs.append(h.doc)
+    text = "; ".join(docs) if docs else hyper.replace("_", " ")
     if decoupled:
-        text += f" (decoupled in {', '.join(decoupled)}: param *= 1 - lr * weight_decay)"
+        text += (f"; decoupled (param = param * (1 - lr * weight_decay)) in "
+                 f"{', '.join(decoupled)}")
     return f"{text}; default: {', '.join(defaults)}"
 
 
