@@ -1,7 +1,8 @@
 """What the ShardedOptimizer's step costs over a local step, on 2 ranks, and how much of the
 communication the buckets hide.
 
-Run: python -m pytest bench/test_bench_distributed.py -s   (launches mpiexec -n 2 on this file)
+Run: python -m pytest bench/test_bench_distributed.py -s   (launches mpiexec -n 2 on this file;
+     LRCORE_BENCH_ASYNC_PROGRESS=0,1 adds a run with MPICH's own progress thread)
   or mpiexec -n 2 python -m mpi4py bench/test_bench_distributed.py [--json out.json]
 Model: Adam, float32, 8M elements in 200 arrays of mixed sizes (as bench/test_bench_optim.py).
 Timed, median of rounds each started by a barrier, on rank 0:
@@ -10,7 +11,9 @@ Timed, median of rounds each started by a barrier, on rank 0:
   comm       - the step's collectives alone, blocking: all-to-all of the grads, the ordered
                sum and division, all-gather of the params (the communication the step adds)
   step/1     - ShardedOptimizer.step with one bucket (nothing can overlap)
-  step/B     - ShardedOptimizer.step with B buckets (gathers and reductions overlap kernels)
+  step/B     - ShardedOptimizer.step with B buckets, overlap=False: collectives in flight
+               move only while the rank waits (MPICH makes progress inside MPI calls)
+  step/B/thread - the same with overlap=True: a helper thread tests them during each kernel
 hidden = (shard + comm - step) / comm: the fraction of the communication the step did not pay.
 """
 import json
@@ -67,12 +70,11 @@ def measure():
 
     one = ShardedOptimizer([p.copy() for p in params], lrcore.Adam, lr=1e-3, num_threads=1,
                            bucket_elements=TOTAL)
-    # the kernel's share: the same pieces one bucket gives this rank, stepped locally
-    flat = np.concatenate([p.reshape(-1) for p in params])
-    mine = one.shard_elements()[0][2]
-    shard_p = [flat[:mine].copy()]
+    # the kernel's share: the pieces one bucket gives this rank, stepped by one process
+    pieces = one._layout.buckets[0].pieces[rank]
+    shard_p = [params[p.index].reshape(-1)[p.start:p.stop].copy() for p in pieces]
+    shard_g = [grads[p.index].reshape(-1)[p.start:p.stop].copy() for p in pieces]
     shard = lrcore.Adam(shard_p, lr=1e-3, num_threads=1)
-    shard_g = [np.ones(mine, np.float32)]
     out["shard_ms"] = 1e3 * _median(comm, lambda: shard.step(shard_g))
 
     # the communication alone: the same collectives on buffers of the step's sizes
@@ -95,9 +97,12 @@ def measure():
 
     out["step_1_bucket_ms"] = 1e3 * _median(comm, lambda: one.step(grads))
     for buckets in (4, 16):
-        opt = ShardedOptimizer([p.copy() for p in params], lrcore.Adam, lr=1e-3, num_threads=1,
-                               bucket_elements=TOTAL // buckets)
-        out[f"step_{buckets}_buckets_ms"] = 1e3 * _median(comm, lambda: opt.step(grads))
+        for overlap in (False, True):
+            opt = ShardedOptimizer([p.copy() for p in params], lrcore.Adam, lr=1e-3,
+                                   num_threads=1, bucket_elements=TOTAL // buckets,
+                                   overlap=overlap)
+            key = f"step_{buckets}_buckets{'_thread' if overlap else ''}_ms"
+            out[key] = 1e3 * _median(comm, lambda: opt.step(grads))
     out["step_1_bucket_clip_ms"] = 1e3 * _median(comm, lambda: one.step(grads, clip_norm=1.0))
     for key in [k for k in out if k.startswith("step_")]:
         t = out[key]
@@ -121,7 +126,7 @@ def test_distributed_step_overhead():
     if exe is None:
         pytest.skip("no mpiexec")
     results = []
-    for progress in ("0", "1"):
+    for progress in os.environ.get("LRCORE_BENCH_ASYNC_PROGRESS", "0").split(","):
         env = dict(os.environ, OMP_NUM_THREADS="1", MPIR_CVAR_ASYNC_PROGRESS=progress)
         proc = subprocess.run([exe, "-n", "2", sys.executable, "-m", "mpi4py", __file__],
                               capture_output=True, text=True, timeout=600, env=env)
@@ -139,7 +144,8 @@ def _table(r):
     lines = [f"2 ranks, Adam float32, {r['elements']:,} elements in {r['arrays']} arrays, "
              f"1 thread per rank, MPICH async progress {r['mpich_async_progress']}"]
     for key in ("local_ms", "shard_ms", "comm_ms", "step_1_bucket_ms", "step_4_buckets_ms",
-                "step_16_buckets_ms", "step_1_bucket_clip_ms"):
+                "step_4_buckets_thread_ms", "step_16_buckets_ms", "step_16_buckets_thread_ms",
+                "step_1_bucket_clip_ms"):
         hidden = r.get(key.replace("_ms", "_hidden"))
         lines.append(f"  {key[:-3]:<22} {r[key]:8.2f} ms"
                      + (f"   hidden {100 * hidden:5.1f}% of comm" if hidden is not None else ""))
