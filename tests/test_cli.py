@@ -608,3 +608,28 @@ def test_bench_checks_its_json_path_first(tmp_path):
     r = lrcore_cmd("bench", "--json", str(tmp_path / "no" / "b.json"))
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert "does not exist" in r.stderr or "compiled backend" in r.stderr
+
+
+# -------------------------------------------------------------------- lrcore info
+
+
+def test_info_self_check_is_bitwise_and_reports_a_difference(capsys, monkeypatch):
+    from lrcore import backend
+    from lrcore.cli import info
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"lrcore {lrcore.__version__}\n") and "self-check passed" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for isa in backend.available_isas():
+        assert f"self-check [{isa}]: " in out and "equal the numpy twin bit for bit" in out
+    adam = backend.kernels.adam
+
+    def off_by_one_ulp(param, grad, *states, **kw):   # a kernel that drifts by one ulp
+        adam(param, grad, *states, **kw)
+        param[-1:] = np.nextafter(param[-1:], np.inf)
+
+    monkeypatch.setattr(backend.kernels, "adam", off_by_one_ulp)
+    assert info.run(out=sys.stdout) == 1
+    out = capsys.readouterr().out
+    assert "SELF-CHECK FAILED" in out and "adam/" in out and "float32" in out
+    assert "sgd/" not in out.split("SELF-CHECK FAILED")[1]
