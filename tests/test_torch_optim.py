@@ -200,6 +200,39 @@ def test_state_dict_interchange(digits, tmp_path, name, kw, direction):
         both.step()
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_continuation_is_bitwise(digits, tmp_path, name):
+    """The README's claim: an lrcore.torch run saved with state_dict() (through torch.save and
+    torch.load) and loaded into a fresh lrcore.torch optimizer continues bit for bit as the run
+    that was never interrupted (each on its own backward passes)."""
+    dtype = torch.float32
+    kw = DEFAULT_KW[name]
+    data = batches(digits, dtype, steps=20)
+    straight = mlp(dtype)
+    first = copy.deepcopy(straight)
+    opt = getattr(lt, name)(straight.parameters(), **kw)
+    for x, y in data:
+        backward(straight, opt, x, y)
+        opt.step()
+    opt1 = getattr(lt, name)(first.parameters(), **kw)
+    for x, y in data[:10]:
+        backward(first, opt1, x, y)
+        opt1.step()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=False)
+    resumed = mlp(dtype, seed=1)
+    resumed.load_state_dict(saved["model"])
+    opt2 = getattr(lt, name)(resumed.parameters(), **kw)
+    opt2.load_state_dict(saved["opt"])
+    for x, y in data[10:]:
+        backward(resumed, opt2, x, y)
+        opt2.step()
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert p.detach().numpy().tobytes() == q.detach().numpy().tobytes()
+        for k, v in opt.state[p].items():
+            assert v.detach().numpy().tobytes() == opt2.state[q][k].detach().numpy().tobytes(), k
+
+
 def test_state_format_is_torchs():
     p = torch.nn.Parameter(torch.ones(5))
     p.grad = torch.full((5,), 0.5)
