@@ -295,14 +295,16 @@ class CheckpointFile:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.where = f"checkpoint {self.path!r}"
+        mode = os.stat(self.path).st_mode    # (a socket cannot even be opened)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise self._not_regular()
         fd = os.open(self.path, os.O_RDONLY | _O_BINARY | _O_CLOEXEC | _O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
             if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(f"{self.where} is not a regular file (a FIFO, device or "
-                                      f"socket); checkpoints are read from regular files only")
+                raise self._not_regular()
             self._file = os.fdopen(fd, "rb", buffering=0)
         except BaseException:
             os.close(fd)
@@ -313,6 +315,10 @@ class CheckpointFile:
         except BaseException:
             self.close()
             raise
+
+    def _not_regular(self):
+        return CheckpointError(f"{self.where} is not a regular file (a FIFO, device or "
+                               f"socket); checkpoints are read from regular files only")
 
     # -- context manager ------------------------------------------------------------------
 
