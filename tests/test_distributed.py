@@ -156,3 +156,17 @@ def test_train_distributed_error_on_one_rank_ends_every_rank(mode, world):
         pytest.skip("lrcore train has no --distributed hook")
     out = run(world, TRAIN, mode)
     assert f"RESULT {mode} one message" in out, out
+
+
+def test_readme_distributed_example_runs(tmp_path, monkeypatch):
+    """The README's Distributed example, as one rank (plain python is an MPI singleton)."""
+    import re
+    readme = open(os.path.join(HERE, "..", "README.md"), encoding="utf-8").read()
+    match = re.search(r"## Distributed.*?```python\n(.*?)```", readme, re.S)
+    if match is None:
+        pytest.skip("README has no Distributed section yet")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(match.group(1), "README Distributed", "exec"), scope)
+    assert scope["opt"].step_count == 1
+    assert sorted(os.listdir(tmp_path))[0] == "ckpt.lrc" and len(os.listdir(tmp_path)) == 2
