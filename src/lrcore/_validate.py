@@ -31,14 +31,15 @@ def _derived_init_buffer(hp):
 
 
 def nadam_mu_product(beta1, momentum_decay, step):
-    """mu_1 * ... * mu_step in double, multiplied in torch's order (O(step); optimizers keep
-    the running product instead). Stops early once the product is 0."""
-    prod = 1.0
+    """mu_1 * ... * mu_step as torch.optim.NAdam keeps it: a float32 running product (a
+    scalar tensor of torch's default dtype), mu_t formed in double then rounded. O(step):
+    optimizers keep the running product instead. Stops once the product is 0."""
+    prod = np.float32(1.0)
     for t in range(1, step + 1):
-        prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        prod = prod * np.float32(beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay)))
         if prod == 0.0:
             break
-    return prod
+    return float(prod)
 
 
 def _derived_mu_product(hp):
