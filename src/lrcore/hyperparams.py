@@ -7,7 +7,8 @@ nowhere else, against the range the table of update rules (:mod:`lrcore.rules`) 
 Design (optax's ``inject_hyperparams``): callers keep their own containers (an
 optimizer's groups, torch's ``param_groups``, the task's parameters) and ask this module to
 ``check`` a value when it is set, ``resolve`` it at a step, ``kernel_values`` for a whole
-group (by name, in the rule's C-struct order, with SGD's ``init_buffer`` flag explicit),
+group (by name, in the rule's C-struct order, with SGD's ``init_buffer`` flag explicit: the
+dict StepPlan.run takes),
 ``report`` a metric to ReduceOnPlateau schedules, and turn schedules into plain data and
 back (``to_data`` / ``from_data``) for state dicts and files. Every message has one form:
 ``"<owner>: <name> must be <range>, got <value>"``.
@@ -18,7 +19,7 @@ from . import rules
 from .schedules import ReduceOnPlateau, Schedule
 
 __all__ = ["range_of", "is_scalar_tensor", "check", "resolve", "kernel_values", "report",
-           "schedules_in", "to_data", "from_data", "is_data", "adopt", "pack"]
+           "schedules_in", "to_data", "from_data", "is_data", "adopt"]
 
 
 def range_of(rule, name):
@@ -102,30 +103,6 @@ def kernel_values(rule, where, group, step, *, init_buffer=None):
         elif h.name in group:
             out[h.name] = resolve(where, h.name, group[h.name], step, h.range)
     return out
-
-
-# -- the call into StepPlan --------------------------------------------------------------
-# StepPlan.run takes each group's hyperparameters by name (a dict); until every backend
-# has the by-name packer, the positional order below is the one place that spells them out.
-_TUPLE_ORDER = {
-    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "step"),
-    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
-             "maximize", "step"),
-    "adagrad": ("lr", "lr_decay", "weight_decay", "eps", "maximize", "step"),
-    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "maximize", "step"),
-    "adadelta": ("lr", "rho", "eps", "weight_decay", "maximize", "step"),
-}
-
-
-def pack(kind, values, by_name=False):
-    """What StepPlan.run takes for one group: the dict itself (by name), or the legacy
-    positional tuple (SGD's first momentum step then travels as step 1)."""
-    if by_name:
-        return values
-    if kind == "sgd":
-        values = dict(values, step=1 if values.get("init_buffer") else
-                      max(2, values["step"]))
-    return tuple(values[name] for name in _TUPLE_ORDER[kind])
 
 
 # -- metrics and serialisation ------------------------------------------------------------
