@@ -1134,3 +1134,9 @@ def test_a_failed_load_state_dict_changes_nothing():
     assert _snapshot(opt) == before
     opt.load_state_dict(good)
     assert _snapshot(opt) == before
+
+
+def test_every_optimizer_of_the_table_is_exported():
+    assert set(optim.CLASSES) == set(rules.PRESETS)
+    for cls in optim.CLASSES.values():
+        assert getattr(lrcore, cls.__name__) is cls and cls.__name__ in lrcore.__all__
