@@ -212,6 +212,8 @@ def _replay_and_compare(backend, case, meta, arrays, label, capability, record=T
     assert expected_param.dtype == dtype
     expected_state = {name: arrays[f"{case['name']}__state__{name}"]
                       for name, buffer in buffers if buffer is not None}
+    scalar_states = {name: arrays[f"{case['name']}__scalar__{name}"]
+                     for name in case.get("scalar_state_names", ())}
     torch_param = param.copy()
     torch_state = {name: buffer.copy() for name, buffer in buffers if buffer is not None}
     for step in range(1, n_steps + 1):
@@ -225,6 +227,9 @@ def _replay_and_compare(backend, case, meta, arrays, label, capability, record=T
         if rule == "SGD" and step == 1:            # no buffer yet: the first step copies g in
             mine_before[0].pop("momentum_buffer", None)
             torch_state.pop("momentum_buffer", None)
+        for name, trajectory in scalar_states.items():   # NAdam's mu_product: torch's float32
+            held = np.float32(1.0 if step == 1 else trajectory[step - 2])   # product, which
+            torch_state[name] = mine_before[0][name] = held           # lrcore forms alike
         allowed = step_budget(twin_step(rule, torch_param, grad, torch_state, hp, step, dtype),
                               twin_step(rule, mine_before[1], grad, mine_before[0], hp, step, dtype))
         mismatch = compare(rule, dtype, "param", param, expected_param[step - 1], allowed["param"],
