@@ -44,8 +44,11 @@ element by element, for the param and every state buffer. (A running bound carri
 to step without the values would treat correlated errors as independent -- exp_avg and
 exp_avg_sq of a param pushed only by weight decay scale together -- and grow exponentially.)
 A wrong formula, a missing or extra operation, or a skipped element exceeds one step's r at
-the step it happens. Reported alongside: the difference in ulps of torch's value
-(``|diff| / spacing(|torch|)``), the budget there, and the fraction of the budget used.
+the step it happens. Reported per rule, dtype and torch capability (LRCORE_ULP_REPORT=path
+appends them as JSON at exit), in ulps of the magnitude involved, eps * max(|torch's value
+after the step|, |before it|): the largest difference, the largest new difference of one
+step beyond the carried one, the largest one-step rounding budget, and the largest fraction
+of that budget a step used.
 """
 from __future__ import annotations
 
