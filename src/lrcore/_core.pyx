@@ -555,8 +555,8 @@ cdef class StepPlan:
     def run(self, list grads, list group_hps, double grad_scale=1.0, num_threads=None,
             bint grads_checked=False):
         """Apply one step. group_hps[g] is a dict of group g's hyperparameters by name (the
-        fields of the rule in lrcore.rules, derived ones optional; legacy positional
-        tuples are still read until every caller passes dicts)."""
+        fields of the rule in lrcore.rules; derived ones and those at their default may be
+        left out)."""
         if not grads_checked or self.grads is None or len(grads) != len(self.grads) \
                 or any(a is not b for a, b in zip(grads, self.grads)):
             self._set_grads(grads)

@@ -162,31 +162,15 @@ def make_kernel(rule, run, doc=None):
 # StepPlan hyperparameters: a dict per group, by name
 # ---------------------------------------------------------------------------
 
-# The positional tuples StepPlan.run accepted before the table (kept until lrcore.optim,
-# lrcore.torch and the task pass dicts).
-_LEGACY_ORDER = {
-    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "step"),
-    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
-             "maximize", "step"),
-    "adagrad": ("lr", "lr_decay", "weight_decay", "eps", "maximize", "step"),
-    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "maximize", "step"),
-    "adadelta": ("lr", "rho", "eps", "weight_decay", "maximize", "step"),
-}
-
-
 def plan_hypers(rule, group_hps):
     """Each group's hyperparameters as a complete dict of the rule's public fields (derived
-    ones filled in); a group given as a legacy tuple is read in its old order."""
+    ones filled in, defaults from the table for the others)."""
     out = []
     for g, hp in enumerate(group_hps):
         if not isinstance(hp, dict):
-            order = _LEGACY_ORDER.get(rule.name)
-            if order is None or len(hp) != len(order):
-                raise TypeError(f"step(): hyperparameters of group {g} must be a dict by name, "
-                                f"got {type(hp).__name__}")
-            hp = dict(zip(order, hp))
-        else:
-            hp = dict(hp)
+            raise TypeError(f"step(): hyperparameters of group {g} must be a dict by name, "
+                            f"got {type(hp).__name__}")
+        hp = dict(hp)
         for h in rule.hypers:
             if not h.public:
                 continue
