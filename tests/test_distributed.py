@@ -205,3 +205,19 @@ def test_bad_input_names_the_argument_and_changes_nothing():
     assert opt.step_count == 0
     with pytest.raises(ValueError, match="root"):
         opt.consolidated_state_dict(root=1)
+
+
+def test_train_distributed_without_mpi4py_is_one_line(monkeypatch):
+    import argparse
+    import builtins
+    from lrcore.cli import CLIError
+    from lrcore.distributed import train as dtrain
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("mpi4py"):
+            raise ImportError("No module named 'mpi4py'")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(CLIError, match=r'--distributed: .*pip install "lrcore\[mpi\]"'):
+        dtrain.run(argparse.Namespace())

@@ -106,7 +106,10 @@ def run(args):
     from ..cli.train import DEFAULTS, default_lr, hyperparameter_names
     from ..demo import datasets, models
     from ..task import OPTIMIZERS
-    MPI = import_mpi()
+    try:
+        MPI = import_mpi()
+    except ImportError as exc:
+        raise CLIError(f"--distributed: {exc}") from None
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     stdout = sys.stdout
