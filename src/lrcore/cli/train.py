@@ -216,6 +216,9 @@ def add_runtime_arguments(group):
     --state-dtype (issue 13) belong here."""
     group.add_argument("--threads", type=int, metavar="N",
                        help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
+    group.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI ranks: mpiexec -n N python -m mpi4py -m "
+                            "lrcore train --distributed (lrcore.distributed.train)")
 
 
 def make_optimizer(args, name, params, loaded=None):
@@ -599,6 +602,9 @@ def _finish(args, run, plot, reporter, elapsed):
 
 
 def run(args):
+    if args.distributed:   # issue 14: the data-parallel loop lives in lrcore.distributed
+        from ..distributed.train import run as run_distributed
+        return run_distributed(args)
     plot = _check_options(args)
     job = _set_up(args)
     _measure(job)
