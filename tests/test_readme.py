@@ -46,8 +46,10 @@ def _blocks():
 
 
 def _heading(line):
-    heads = [h for h in re.finditer(r"^#+ (.*)$", README, re.M)
-             if README.count("\n", 0, h.start()) + 1 < line]
+    """The README heading above `line` (comment lines inside code blocks are not headings)."""
+    prose = _FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), README)
+    heads = [h for h in re.finditer(r"^#+ (.*)$", prose, re.M)
+             if prose.count("\n", 0, h.start()) + 1 < line]
     return heads[-1].group(1) if heads else "top"
 
 

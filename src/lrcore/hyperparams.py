@@ -85,23 +85,45 @@ def resolve(where, name, value, step, rng):
     return _number(where, name, value, rng)
 
 
-def kernel_values(rule, where, group, step, *, init_buffer=None):
+_FIELDS = {}
+
+
+def _fields(rule):
+    """(name, what, range) per field of the rule's struct, cached: what is "step",
+    "init_buffer", "flag" or "real"; non-public fields other than init_buffer are left out."""
+    out = _FIELDS.get(rule.name)
+    if out is None:
+        out = []
+        for h in rule.hypers:
+            if h.name in ("step", "init_buffer"):
+                out.append((h.name, h.name, None))
+            elif h.public:
+                out.append((h.name, "flag" if h.ctype == "int" else "real", h.range))
+        out = _FIELDS[rule.name] = tuple(out)
+    return out
+
+
+def kernel_values(rule, where, group, step, *, init_buffer=None, checked_floats=False):
     """Every public hyperparameter of ``rule`` for the step numbered ``step + 1``, resolved
     from ``group`` (a dict of stored values) and checked, by name in C-struct order, with
     ``step`` set to ``step + 1`` (the kernels' convention) and SGD's ``init_buffer``
-    passed explicitly. Flags (int fields) are read as bools."""
+    passed explicitly. Flags (int fields) are read as bools. ``checked_floats``: the
+    caller's plain floats were checked when they were set (lrcore.optim), so only schedules
+    and tensors are resolved and checked here; otherwise (torch's hand-editable
+    param_groups) every value is checked at every step."""
     out = {}
-    for h in rule.hypers:
-        if h.name == "step":
+    for name, what, rng in _fields(rule):
+        if what == "real":
+            if name in group:
+                v = group[name]
+                out[name] = v if checked_floats and type(v) is float else \
+                    resolve(where, name, v, step, rng)
+        elif what == "flag":
+            out[name] = bool(group.get(name, False))
+        elif what == "step":
             out["step"] = step + 1
-        elif h.name == "init_buffer":
+        else:
             out["init_buffer"] = bool(init_buffer)
-        elif not h.public:
-            continue
-        elif h.ctype == "int":
-            out[h.name] = bool(group.get(h.name, h.default))
-        elif h.name in group:
-            out[h.name] = resolve(where, h.name, group[h.name], step, h.range)
     return out
 
 

@@ -40,18 +40,27 @@ def rules():
 
 
 def variants(cls):
-    """Default options, and the options that select another loop or more state."""
+    """Default options, and the options that select other loops or more state: from the
+    table (lrcore.rules: each rule's hyperparameters and options with `variants`), the
+    non-default value of each that the class's constructor takes."""
     sig = inspect.signature(cls.__init__).parameters
+    rule = getattr(cls, "rule", None)
     extra = {}
-    if "momentum" in sig:
-        extra["momentum"] = 0.9
-    if "amsgrad" in sig:
-        extra["amsgrad"] = True
-    if "centered" in sig:
-        extra["centered"] = True
-    if "nesterov" in sig and "momentum" in extra:
-        extra["nesterov"] = True
-    return [{}, extra] if extra else [{}]
+    fields = list(getattr(rule, "hypers", ())) + list(getattr(rule, "options", ()))
+    for f in fields:
+        values = [v for v in getattr(f, "variants", ()) if v != f.default]
+        if f.name in sig and f.name not in ("lr", "betas") and values:
+            extra[f.name] = values[-1]
+    if not fields:   # no table: the options known to change the loops
+        extra = {k: v for k, v in (("momentum", 0.9), ("amsgrad", True), ("centered", True))
+                 if k in sig}
+    out = [{}]
+    if extra.get("nesterov") and extra.get("dampening", 0) != 0:   # torch forbids the pair
+        out.append({k: v for k, v in extra.items() if k != "nesterov"})
+        extra = {k: v for k, v in extra.items() if k != "dampening"}
+    if extra:
+        out.append(extra)
+    return out
 
 
 def make_params(dtype, seed=0, mixed=False):
@@ -138,9 +147,11 @@ def run_rule(cls, dtype, options, mixed=False):
     r0, r1 = [p.copy() for p in g0], [p.copy() for p in g1]
     lr = schedules.Cosine(0.01, STEPS)
     spec = [{"params": g0}, {"params": g1, "lr": 0.005}]
-    # float64 runs also drive the collectives from a helper thread during the kernels
-    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=BLOCK + 3000,
-                           overlap=np.dtype(dtype) == np.float64, **options)
+    # float32: several buckets per group; float64: one bucket per group, the collectives
+    # in flight driven from a helper thread during the kernels
+    f64 = np.dtype(dtype) == np.float64
+    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=1 << 22 if f64 else BLOCK + 3000,
+                           overlap=f64, **options)
     ref = cls([{"params": r0}, {"params": r1, "lr": 0.005}], lr=lr, **options)
     params, refs = g0 + g1, r0 + r1
     name = f"{cls.__name__} {np.dtype(dtype).name}{' mixed' if mixed else ''} {options}"

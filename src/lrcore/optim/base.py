@@ -278,7 +278,8 @@ class Optimizer:
         where = f"{owner}.step()"
         out = []
         for g, group in enumerate(self._groups):
-            values = hyperparams.kernel_values(self.rule, where, group, self._step)
+            values = hyperparams.kernel_values(self.rule, where, group, self._step,
+                                               checked_floats=True)
             if "init_buffer" in values:
                 values["init_buffer"] = self._init_buffer(g, values)
             values.update(self._next_scalars(g, values))
