@@ -251,3 +251,82 @@ def test_adam8_bad_input_changes_nothing(fn):
         unchanged()
     with pytest.raises(ValueError, match="absmax must have"):
         q.QuantizedState(np.zeros(300, np.uint8), np.zeros(1, np.float32), True)
+
+
+# ---------------------------------------------------------------------------
+# Adam8: the optimizer over 8-bit state
+# ---------------------------------------------------------------------------
+
+def _adam8_run(opt_kw, sizes, steps, seed=5, resume_at=None):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(steps)]
+    opt = q.Adam8(params, **opt_kw)
+    for t in range(steps):
+        if resume_at == t:
+            sd = opt.state_dict()
+            params = [p.copy() for p in params]
+            opt = q.Adam8(params, **opt_kw)
+            opt.load_state_dict(sd)
+        opt.step(grads[t])
+    return params, opt
+
+
+@pytest.mark.parametrize("kw", [dict(lr=1e-2), dict(lr=1e-2, weight_decay=0.1,
+                                                    decoupled_weight_decay=True, amsgrad=True)])
+def test_adam8_optimizer_state_and_resume(kw):
+    sizes = [100, 4096, 5000]              # the first keeps float32 state
+    params, opt = _adam8_run(kw, sizes, 5)
+    assert isinstance(opt.state[0][0], np.ndarray) and opt.state[0][0].dtype == np.float32
+    assert isinstance(opt.state[1][0], q.QuantizedState)
+    k = 3 if kw.get("amsgrad") else 2
+    assert opt.state_nbytes() == k * (400 + 4096 + 16 * 4 + 5000 + 20 * 4)
+    # one step with the same buffers through the kernels directly
+    rng = np.random.default_rng(9)
+    g = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    p2 = [p.copy() for p in params]
+    st2 = [[s.copy() for s in st] for st in opt.state]
+    opt.step(g)
+    hp = {k2: v for k2, v in kw.items() if k2 != "amsgrad"}
+    for p, gi, st in zip(p2, g, st2):
+        vm = st[2] if kw.get("amsgrad") else None
+        fn = q.adam8_reference if isinstance(st[0], q.QuantizedState) else lrcore.reference.adam
+        fn(p, gi, st[0], st[1], vm, step=6, **hp)
+    for a, b in zip(params, p2):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    # resume from a state dict: bitwise the uninterrupted run
+    full, _ = _adam8_run(kw, sizes, 6)
+    resumed, _ = _adam8_run(kw, sizes, 6, resume_at=3)
+    for a, b in zip(full, resumed):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_adam8_optimizer_bad_state_dict_changes_nothing():
+    params, opt = _adam8_run(dict(lr=1e-2), [100, 5000], 2)
+    before = opt.state_dict()
+    bad = []
+    sd = opt.state_dict()
+    sd["state"][1]["exp_avg"]["codes"] = sd["state"][1]["exp_avg"]["codes"][:-1]
+    bad.append((sd, "codes'\\] must be 5000 uint8"))
+    sd = opt.state_dict()
+    sd["state"][1]["exp_avg_sq"]["absmax"] = np.zeros(19, np.float32)
+    bad.append((sd, "absmax'\\] must be 20 float32"))
+    sd = opt.state_dict()
+    sd["state"][0]["exp_avg"] = np.zeros(100, np.float64)
+    bad.append((sd, "must be 100 float32"))
+    sd = opt.state_dict()
+    sd["state"][1]["exp_avg"] = np.zeros(5000, np.float32)
+    bad.append((sd, "8-bit state"))
+    for sd, match in bad:
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        now = opt.state_dict()
+        assert now["step"] == before["step"] == 2
+        for a, b in zip(now["state"], before["state"]):
+            for name in a:
+                x, y = a[name], b[name]
+                if isinstance(x, dict):
+                    assert np.array_equal(x["codes"], y["codes"])
+                    assert np.array_equal(x["absmax"], y["absmax"])
+                else:
+                    assert np.array_equal(x, y)

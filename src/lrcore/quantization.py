@@ -18,7 +18,7 @@ from . import _validate
 from .rules import RULES
 
 __all__ = ["BLOCK", "MIN_ELEMENTS", "dynamic_map", "QuantizedState", "quantize", "dequantize",
-           "encode", "adam8", "adam8_reference", "state_nbytes"]
+           "encode", "adam8", "adam8_reference", "state_nbytes", "Adam8"]
 
 #: Elements per block (one float32 absmax each), as bitsandbytes and torchao.
 BLOCK = 256
@@ -427,3 +427,134 @@ _LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2}
 def _isa_level():
     from . import backend
     return _LEVELS[backend.isa()]
+
+
+# ---------------------------------------------------------------------------
+# An optimizer over 8-bit state
+# ---------------------------------------------------------------------------
+
+class Adam8:
+    """Adam / AdamW / AMSGrad over numpy float32 params with 8-bit moments.
+
+    Params of `min_elements` (default MIN_ELEMENTS) elements or more keep exp_avg (signed map), exp_avg_sq and
+    max_exp_avg_sq (unsigned map) as QuantizedState and are stepped by `adam8`; smaller
+    params keep float32 moments and are stepped by lrcore.kernels.adam, as bitsandbytes and
+    torchao do. Hyperparameters are numbers (one group). `state_dict()` holds codes and absmax
+    (copies); `load_state_dict` checks every buffer's dtype and size before changing anything.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, amsgrad=False, maximize=False,
+                 num_threads=None, min_elements=MIN_ELEMENTS):
+        params = [params] if isinstance(params, np.ndarray) else list(params)
+        if not params:
+            raise ValueError("Adam8: params is empty")
+        for i, p in enumerate(params):
+            if not isinstance(p, np.ndarray) or p.dtype != np.float32:
+                raise TypeError(f"Adam8: params[{i}] must be a numpy.ndarray of float32, got "
+                                f"{_describe(p)}")
+            if not p.flags.c_contiguous or not p.flags.writeable:
+                raise ValueError(f"Adam8: params[{i}] must be C-contiguous and writeable")
+        self.hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps,
+                   "weight_decay": weight_decay,
+                   "decoupled_weight_decay": bool(decoupled_weight_decay),
+                   "maximize": bool(maximize)}
+        _validate.check_hypers(_ADAM, dict(self.hp, step=1), fn="Adam8")
+        self.amsgrad = bool(amsgrad)
+        self.num_threads = num_threads
+        self.min_elements = int(min_elements)
+        self.params = params
+        self.step_count = 0
+        self.state = [self._zeros(p.size) for p in params]
+
+    def _zeros(self, n):
+        k = 3 if self.amsgrad else 2
+        if n < self.min_elements:
+            return [np.zeros(n, np.float32) for _ in range(k)]
+        return [QuantizedState.zeros(n, True)] + [QuantizedState.zeros(n, False)
+                                                   for _ in range(k - 1)]
+
+    def state_nbytes(self):
+        """Bytes of every state buffer (codes + absmax, or float32)."""
+        return sum(s.nbytes for st in self.state for s in st)
+
+    def step(self, grads):
+        """One step; grads: float32 arrays, one per param, of the same sizes."""
+        grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
+        if len(grads) != len(self.params):
+            raise ValueError(f"Adam8.step(): {len(grads)} grads for {len(self.params)} params")
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            _check_buffer("Adam8.step", f"grads[{i}]", g, p.size, False)
+        t = self.step_count + 1
+        for p, g, st in zip(self.params, grads, self.state):
+            vm = st[2] if self.amsgrad else None
+            if isinstance(st[0], QuantizedState):
+                adam8(p.reshape(-1), g.reshape(-1), st[0], st[1], vm, step=t,
+                      num_threads=self.num_threads, **self.hp)
+            else:
+                from . import kernels
+                kernels.adam(p.reshape(-1), g.reshape(-1), st[0], st[1], vm, step=t,
+                             num_threads=self.num_threads, **self.hp)
+        self.step_count = t
+
+    _NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def state_dict(self):
+        """{'step': int, 'amsgrad': bool, 'state': [{name: array or {'codes', 'absmax'}}]}."""
+        out = []
+        for st in self.state:
+            d = {}
+            for name, s in zip(self._NAMES, st):
+                d[name] = ({"codes": s.codes.copy(), "absmax": s.absmax.copy()}
+                           if isinstance(s, QuantizedState) else s.copy())
+            out.append(d)
+        return {"step": self.step_count, "amsgrad": self.amsgrad, "state": out}
+
+    def load_state_dict(self, sd):
+        """Restore bit for bit; every buffer is checked first, nothing changes on an error."""
+        if not isinstance(sd, dict) or set(sd) != {"step", "amsgrad", "state"}:
+            raise ValueError("Adam8.load_state_dict(): expected a dict with keys 'step', "
+                             "'amsgrad', 'state'")
+        if bool(sd["amsgrad"]) != self.amsgrad:
+            raise ValueError(f"Adam8.load_state_dict(): amsgrad={sd['amsgrad']} in the state "
+                             f"dict, {self.amsgrad} here")
+        step = sd["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"Adam8.load_state_dict(): step must be an integer >= 0, got "
+                             f"{step!r}")
+        if len(sd["state"]) != len(self.params):
+            raise ValueError(f"Adam8.load_state_dict(): {len(sd['state'])} states for "
+                             f"{len(self.params)} params")
+        new = []
+        for i, (d, st) in enumerate(zip(sd["state"], self.state)):
+            names = self._NAMES[:len(st)]
+            if set(d) != set(names):
+                raise ValueError(f"Adam8.load_state_dict(): state[{i}] must have keys "
+                                 f"{list(names)}, got {sorted(d)}")
+            row = []
+            for name, cur in zip(names, st):
+                x, where = d[name], f"state[{i}][{name!r}]"
+                if isinstance(cur, QuantizedState):
+                    if not isinstance(x, dict) or set(x) != {"codes", "absmax"}:
+                        raise ValueError(f"Adam8.load_state_dict(): {where} must be a dict "
+                                         f"of 'codes' and 'absmax' (8-bit state)")
+                    c, a = np.asarray(x["codes"]), np.asarray(x["absmax"])
+                    if c.dtype != np.uint8 or c.size != cur.codes.size:
+                        raise ValueError(f"Adam8.load_state_dict(): {where}['codes'] must be "
+                                         f"{cur.codes.size} uint8 values, got {c.size} "
+                                         f"{c.dtype}")
+                    if a.dtype != np.float32 or a.size != cur.absmax.size:
+                        raise ValueError(f"Adam8.load_state_dict(): {where}['absmax'] must be "
+                                         f"{cur.absmax.size} float32 values, got {a.size} "
+                                         f"{a.dtype}")
+                    row.append(QuantizedState(c.reshape(-1).copy(), a.reshape(-1).copy(),
+                                              cur.signed))
+                else:
+                    x = np.asarray(x)
+                    if x.dtype != np.float32 or x.size != cur.size:
+                        raise ValueError(f"Adam8.load_state_dict(): {where} must be "
+                                         f"{cur.size} float32 values, got {x.size} {x.dtype}")
+                    row.append(x.reshape(-1).copy())
+            new.append(row)
+        self.state = new
+        self.step_count = int(step)

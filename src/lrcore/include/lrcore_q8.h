@@ -101,6 +101,9 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
         const __m512i khi = _mm512_set1_epi32(LRCORE_Q8_NKEYS - 1);
         const __m512i nk = _mm512_set1_epi32(LRCORE_Q8_NKEYS);
         const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,
+                                               24, 26, 28, 30);
+        const __m512i odd = _mm512_add_epi32(even, one);
         for (; i + 16 <= n; i += 16) {
             __m512 x = _mm512_div_ps(_mm512_loadu_ps(v + i), vam);
             x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), x);
@@ -110,8 +113,13 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
             k = _mm512_min_epi32(_mm512_max_epi32(k, zero), khi);
             k = _mm512_add_epi32(k, _mm512_and_si512(_mm512_srai_epi32(u, 31), nk));
             __m512i b = _mm512_i32gather_epi32(k, (const void *)c->base, 4);
-            const __m512 t0 = _mm512_i32gather_ps(b, (const void *)c->thr, 4);
-            const __m512 t1 = _mm512_i32gather_ps(b, (const void *)(c->thr + 1), 4);
+            /* (thr[b], thr[b + 1]) as one 64-bit load per lane, then split */
+            const __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(b),
+                                                      (const void *)c->thr, 4);
+            const __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(b, 1),
+                                                      (const void *)c->thr, 4);
+            const __m512 t0 = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, even, hi));
+            const __m512 t1 = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, odd, hi));
             b = _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(x, t0, _CMP_GE_OQ), b, one);
             b = _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(x, t1, _CMP_GE_OQ), b, one);
             _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(b));
