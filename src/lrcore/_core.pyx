@@ -15,7 +15,7 @@ cimport numpy as cnp
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from libc.math cimport isfinite
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -28,6 +28,12 @@ cnp.import_array()
 
 from lrcore.clrcore cimport (lrcore_adadelta_hp, lrcore_adagrad_hp, lrcore_adam_hp,
                               lrcore_rmsprop_hp, lrcore_sgd_hp)
+
+cdef extern from "lrcore_lowp.h" nogil:
+    ctypedef struct lrcore_lowp:
+        int param, grad, state, rounding
+        uint64_t seed, step, index_offset
+
 
 cdef extern from "runtime.h" nogil:
     enum:
@@ -47,6 +53,7 @@ cdef extern from "runtime.h" nogil:
         const char *grad
         char *state[3]
         lrcore_hp hp
+        lrcore_lowp lowp
     int lrcore_isa_supported()
     int lrcore_isa_active()
     int lrcore_set_isa(int level)
@@ -662,3 +669,71 @@ cdef class StepPlan:
         free(hps)
         with nogil:
             lrcore_run_jobs(self.jobs, self.njobs, nt)
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 / float16 buffers (issue 12): lrcore.lowp validates, this runs
+# ---------------------------------------------------------------------------
+
+cdef int _pack_hp_by_name(int kind, dict d, lrcore_hp *hp) except -1:
+    """Hyperparameters (already validated by lrcore.lowp) into the kind's C struct."""
+    memset(hp, 0, sizeof(lrcore_hp))
+    if kind == LRCORE_SGD:
+        hp.sgd.lr, hp.sgd.momentum, hp.sgd.dampening = d["lr"], d["momentum"], d["dampening"]
+        hp.sgd.weight_decay, hp.sgd.nesterov = d["weight_decay"], d["nesterov"]
+        hp.sgd.maximize, hp.sgd.step, hp.sgd.grad_scale = d["maximize"], d["step"], 1.0
+    elif kind == LRCORE_ADAM:
+        hp.adam.lr, hp.adam.beta1, hp.adam.beta2, hp.adam.eps = d["lr"], d["beta1"], d["beta2"], d["eps"]
+        hp.adam.weight_decay = d["weight_decay"]
+        hp.adam.decoupled_weight_decay = d["decoupled_weight_decay"]
+        hp.adam.maximize, hp.adam.step, hp.adam.grad_scale = d["maximize"], d["step"], 1.0
+    elif kind == LRCORE_ADAGRAD:
+        hp.adagrad.lr, hp.adagrad.lr_decay = d["lr"], d["lr_decay"]
+        hp.adagrad.weight_decay, hp.adagrad.eps = d["weight_decay"], d["eps"]
+        hp.adagrad.maximize, hp.adagrad.step, hp.adagrad.grad_scale = d["maximize"], d["step"], 1.0
+    elif kind == LRCORE_RMSPROP:
+        hp.rmsprop.lr, hp.rmsprop.alpha, hp.rmsprop.eps = d["lr"], d["alpha"], d["eps"]
+        hp.rmsprop.weight_decay, hp.rmsprop.momentum = d["weight_decay"], d["momentum"]
+        hp.rmsprop.maximize, hp.rmsprop.step, hp.rmsprop.grad_scale = d["maximize"], d["step"], 1.0
+    elif kind == LRCORE_ADADELTA:
+        hp.adadelta.lr, hp.adadelta.rho, hp.adadelta.eps = d["lr"], d["rho"], d["eps"]
+        hp.adadelta.weight_decay = d["weight_decay"]
+        hp.adadelta.maximize, hp.adadelta.step, hp.adadelta.grad_scale = d["maximize"], d["step"], 1.0
+    else:
+        raise ValueError(f"lowp_run: no low-precision kernel for kind {kind}")
+    return 0
+
+
+def lowp_run(str kind, list arrays, list element_types, dict hp, int rounding, seed,
+             index_offset, num_threads=None):
+    """One kernel call over bfloat16/float16 buffers (lrcore.lowp.kernel checks everything
+    first). arrays: [param, grad, state0, state1, state2] (None where absent), C-contiguous;
+    element_types: (param, grad, state) as LRCORE_ET_* codes; hp: the rule's hyperparameters
+    by name, including step."""
+    if kind not in _KINDS:
+        raise ValueError(f"lowp_run: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = _KINDS[kind]
+    job.dtype = 2   # LRCORE_LOWP
+    _pack_hp_by_name(job.kind, hp, &job.hp)
+    job.lowp.param, job.lowp.grad, job.lowp.state = element_types
+    job.lowp.rounding = rounding
+    job.lowp.seed = <uint64_t>seed
+    job.lowp.step = <uint64_t>hp["step"]
+    job.lowp.index_offset = <uint64_t>index_offset
+    cdef cnp.ndarray a
+    a = <cnp.ndarray>arrays[0]
+    job.n = <size_t>cnp.PyArray_SIZE(a)
+    job.param = <char *>cnp.PyArray_DATA(a)
+    job.grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[1])
+    cdef int k
+    for k in range(3):
+        if arrays[2 + k] is not None:
+            job.state[k] = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[2 + k])
+    cdef int nt = lrcore_plan_threads(job.n * cnp.PyArray_ITEMSIZE(a), _threads(kind, num_threads),
+                                      MIN_BYTES_PER_THREAD)
+    if job.n == 0:
+        return
+    with nogil:
+        lrcore_run_jobs(&job, 1, nt)

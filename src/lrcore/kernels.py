@@ -6,7 +6,7 @@ error that says how to fix it, never a silent switch to the slow backend.
 """
 import os
 
-from . import reference
+from . import lowp, reference
 
 __all__ = ["sgd", "adam", "adagrad", "rmsprop", "adadelta", "backend", "KERNELS"]
 
@@ -35,11 +35,13 @@ if _BACKEND == "native":
 else:
     _impl = reference
 
-sgd = _impl.sgd
-adam = _impl.adam
-adagrad = _impl.adagrad
-rmsprop = _impl.rmsprop
-adadelta = _impl.adadelta
+# every kernel also takes bfloat16/float16 buffers (lrcore.lowp: layouts and rounding)
+_lowp_run = _core.lowp_run if _BACKEND == "native" else None
+sgd = lowp.kernel("sgd", _impl.sgd, _lowp_run)
+adam = lowp.kernel("adam", _impl.adam, _lowp_run)
+adagrad = lowp.kernel("adagrad", _impl.adagrad, _lowp_run)
+rmsprop = lowp.kernel("rmsprop", _impl.rmsprop, _lowp_run)
+adadelta = lowp.kernel("adadelta", _impl.adadelta, _lowp_run)
 
 
 def backend():
