@@ -3,12 +3,15 @@
 The kernels (src/lrcore/include/lrcore.h) are compiled once per instruction set
 from src/lrcore/csrc/kernels_isa.c, each object with its own flags, and linked
 into one extension; the runtime picks the best one at import. Portable flags
-only: no tuning for the build machine and no fast-math. OpenMP is used when the compiler has it.
+only: no tuning for the build machine and no fast-math. Threads come from lrcore's own
+pool (src/lrcore/csrc/pool.c, POSIX threads), so every build is threaded and no OpenMP
+runtime is needed. Compilers: GCC or Clang (Linux, macOS, MinGW-style POSIX toolchains);
+MSVC is refused with a message, since the pool and the ISA flags are POSIX/GCC-style.
+CFLAGS/LDFLAGS from the environment (sanitizers, coverage) reach every object and the
+link, and there is no build probe that could fail on them and drop a feature.
 """
 import os
 import platform
-import sys
-import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -18,38 +21,25 @@ from setuptools.command.build_ext import build_ext
 NATIVE = os.path.join("src", "lrcore", "csrc")
 INCLUDE = os.path.join("src", "lrcore", "include")
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
-IS_MSVC_LIKE = sys.platform == "win32"
 
 # -ffp-contract=off: a*b+c is never fused, so every instruction-set build and the
 # numpy reference round identically (FMA would change results per CPU).
-COMMON = [] if IS_MSVC_LIKE else ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+COMMON = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 ISA_FLAGS = {"baseline": []}
-if IS_X86_64 and not IS_MSVC_LIKE:
+if IS_X86_64:
     ISA_FLAGS["avx2"] = ["-mavx2", "-mfma"]
     ISA_FLAGS["avx512"] = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
                            "-mavx2", "-mfma", "-mprefer-vector-width=512"]
-
-
-def _compiler_accepts(compiler, flag):
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 0; }\n")
-        try:
-            objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
-            compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=[flag])
-        except Exception:
-            return False
-    return True
 
 
 class BuildExt(build_ext):
     """Compile kernels_isa.c once per instruction set, then the extension."""
 
     def build_extensions(self):
-        openmp = not IS_MSVC_LIKE and _compiler_accepts(self.compiler, "-fopenmp")
-        if not openmp:
-            print("lrcore: compiler has no OpenMP; building single-threaded")
+        if self.compiler.compiler_type == "msvc":
+            raise SystemExit("lrcore: MSVC is not supported (the thread pool needs POSIX threads "
+                             "and the instruction-set builds GCC/Clang flags); build with GCC or "
+                             "Clang, e.g. under WSL or MSYS2")
         for ext in self.extensions:
             if ext.name != "lrcore._core":
                 continue
@@ -64,19 +54,18 @@ class BuildExt(build_ext):
                     debug=self.debug,
                 )
             ext.extra_objects = objects
-            if openmp:
-                ext.extra_compile_args = ext.extra_compile_args + ["-fopenmp"]
-                ext.extra_link_args = ext.extra_link_args + ["-fopenmp"]
         super().build_extensions()
 
 
 extensions = [
     Extension(
         "lrcore._core",
-        sources=["src/lrcore/_core.pyx", os.path.join(NATIVE, "runtime.c")],
+        sources=["src/lrcore/_core.pyx", os.path.join(NATIVE, "runtime.c"),
+                 os.path.join(NATIVE, "pool.c")],
         include_dirs=[NATIVE, INCLUDE, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=COMMON,
+        extra_compile_args=COMMON + ["-pthread"],
+        extra_link_args=["-pthread"],
     ),
 ]
 

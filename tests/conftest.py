@@ -1,8 +1,31 @@
-"""Shared fixtures: every compiled instruction-set path the machine has, and tolerances."""
+"""Shared fixtures: every compiled instruction-set path the machine has, and tolerances.
+
+Tests that use torch run it on one thread: torch's OpenMP workers spinning against other
+work on a small shared machine turned a 6 s test into 7 minutes (issue 9, item 3).
+"""
+import sys
+
 import numpy as np
 import pytest
 
 import lrcore
+
+
+def pin_torch_threads():
+    """torch (if imported) on one intra-op thread; a no-op without torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session):
+    pin_torch_threads()          # torch modules are imported while collecting
+
+
+@pytest.fixture(autouse=True)
+def _torch_on_one_thread():
+    pin_torch_threads()          # also for a test that imported torch in an earlier test
+    yield
 
 
 def _isas():

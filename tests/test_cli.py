@@ -1,5 +1,8 @@
-"""End-to-end tests of `lrcore train` and `lrcore schedule`: the default run, a user's CSV and
-NPZ, checkpoints (bitwise resume, also after Ctrl-C), plots, progress bars, bad input."""
+"""End-to-end tests of the `lrcore` commands: the default run, a user's CSV and NPZ,
+checkpoints (bitwise resume, also after Ctrl-C; schedules re-fit when a run is extended),
+divergence, the report figure, progress bars, closed pipes, bad input (one line, checked
+before any work)."""
+import os
 import re
 import subprocess
 import sys
@@ -7,9 +10,20 @@ import sys
 import numpy as np
 import pytest
 
+import lrcore
 from lrcore import checkpoint
+from lrcore.cli import main, train as train_cmd
+from lrcore.cli.paths import PLOT_HINT
+from lrcore.cli.report import History
 from lrcore.demo import models
-from lrcore.cli import main
+from lrcore.rules import PRESETS
+from lrcore.task import OPTIMIZERS
+
+
+def lrcore_cmd(*argv, **kwargs):
+    """`python -m lrcore ARGV` in a subprocess (as the console script runs it)."""
+    return subprocess.run([sys.executable, "-m", "lrcore", *argv], capture_output=True,
+                          text=True, timeout=300, **kwargs)
 
 
 def train(capsys, *argv):
@@ -49,13 +63,16 @@ def test_default_run_as_a_console_command():
     proc = subprocess.run([sys.executable, "-m", "lrcore", "train"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr == ""            # no bar (stderr is no terminal), no warnings
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("MLP 64-64-10 on digits (built-in): 1438 train / 359 val")
+    assert lines[0] == "MLP 64-64-10 on digits (built-in): 1438 train / 359 val samples"
+    assert lines[1] == "Adam lr 0.001; 10 epochs of 45 mini-batches of 32"
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert len(epochs) == 10 and all(" val_acc " in e and " lr 0.001 " in e for e in epochs)
-    assert re.search(r"completed: 450 steps, 14,380 samples in .* samples/s\)", proc.stdout)
+    assert re.search(r"^completed: 450 steps, 14,380 samples in .* samples/s\)$", proc.stdout,
+                     re.M)
     assert final_accuracy(proc.stdout) > 0.9
+    assert max(len(line) for line in lines) <= 80
 
 
 def test_user_csv_end_to_end(capsys, user_csv, tmp_path):
@@ -64,7 +81,7 @@ def test_user_csv_end_to_end(capsys, user_csv, tmp_path):
                            "--momentum", "0.9",
                            "--lr", "0.05")
     assert code == 0, err
-    assert "MLP 4-64-3 on user.csv: 192 train / 48 val samples; SGD lr 0.05" in out
+    assert "MLP 4-64-3 on user.csv: 192 train / 48 val samples\nSGD lr 0.05;" in out
     assert final_accuracy(out) > 0.85
 
 
@@ -121,8 +138,8 @@ def test_a_failing_step_is_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(models.MLP, "loss_and_grad", broken)
     code, _, err = train(capsys, "--epochs", "1")
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "training failed at epoch 1, mini-batch 1: FloatingPointError: overflow in exp" in err
+    assert code == 1 and len(err.splitlines()) == 1     # 1: a run that failed, 2: bad input
+    assert "training failed in epoch 1, mini-batch 1: FloatingPointError: overflow in exp" in err
 
 
 def test_plot_is_written(capsys, tmp_path):
@@ -167,19 +184,33 @@ def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
     (["--resume", "{bad_csv}"], "not an lrcore checkpoint"),
     (["--resume", "/no/such.lrc"], "file does not exist"),
     (["--save", "/no/such/dir/x.lrc"], "does not exist"),
-    (["--bogus-option"], "unrecognized arguments: --bogus-option"),
+    (["--bogus-option"], "lrcore train: error: unrecognized arguments: --bogus-option"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--weight-decay=-inf"], "--weight-decay must be a finite number, got -inf"),
+    (["--resume", "{tmp_path}"], "is a directory; expected a checkpoint file"),
+    (["--data", "{text_npz}"], "is not a numpy .npz archive (a zip file written by numpy"),
+    (["--plot", "{tmp_path}"], "is a directory; expected a file name"),
+    (["--plot", "{tmp_path}/curves"], "has no extension to choose the image format by"),
+    (["--plot", "{tmp_path}/curves.txt"], "unsupported image format 'txt'"),
+    (["--plot", "{tmp_path}/nodir/curves.png"], "nodir' does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, message):
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,2\n3,x\n")
     good_csv = tmp_path / "good.csv"
     good_csv.write_text("a,b\n1,0\n2,1\n3,0\n4,1\n5,0\n")
-    argv = [a.format(bad_csv=bad_csv, good_csv=good_csv) for a in argv]
+    text_npz = tmp_path / "g.npz"
+    text_npz.write_text("a,b\n1,2\n")
+    if "--plot" in argv:
+        pytest.importorskip("matplotlib")
+    argv = [a.format(bad_csv=bad_csv, good_csv=good_csv, tmp_path=tmp_path, text_npz=text_npz)
+            for a in argv]
     code, out, err = train(capsys, *argv)
-    assert code == 2 and out == ""
+    assert code == 2 and out == ""          # found before any work: no header, no epochs
     assert message in err and "Traceback" not in err
-    if "unrecognized" not in message:   # that one comes from the top-level parser
-        assert len(err.strip().splitlines()) == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "curves.png").exists()     # nothing appended to a plot's name
 
 
 def test_resume_conflicts(capsys, tmp_path):
@@ -226,6 +257,14 @@ def test_schedule_plot(capsys, tmp_path):
     assert code == 0 and png.read_bytes()[:4] == b"\x89PNG" and str(png) in out
 
 
+def test_schedule_plot_writes_exactly_the_path_given(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    svg = tmp_path / "s.SVG"            # the extension picks the format, in any case
+    code, out, _ = schedule(capsys, "cosine", "initial=1", "--steps", "9", "--plot", str(svg))
+    assert code == 0 and out.rstrip().endswith(f"drawn to {svg}")
+    assert os.listdir(tmp_path) == ["s.SVG"] and b"<svg" in svg.read_bytes()[:400]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["nope", "--steps", "3"], "unknown schedule 'nope'; expected one of constant, cosine"),
     (["cosine", "--steps", "3"], "missing required argument(s) ['initial']"),
@@ -233,10 +272,26 @@ def test_schedule_plot(capsys, tmp_path):
     (["cosine", "initial", "--steps", "3"], "'initial' is not key=value"),
     (["cosine", "initial=0.1"], "the following arguments are required: --steps"),
     (["cosine", "initial=0.1", "--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["cosine", "initial=0.1", "--steps", "5", "--plot", "{tmp_path}"], "is a directory"),
+    (["cosine", "initial=0.1", "--steps", "5", "--plot", "{tmp_path}/snoext"],
+     "'{tmp_path}/snoext' has no extension to choose the image format by; e.g. "
+     "{tmp_path}/snoext.png"),
+    (["cosine", "initial=0.1", "--steps", "5", "--plot", "{tmp_path}/s.txt"],
+     "unsupported image format 'txt'"),
+    (["cosine", "initial=0.1", "--steps", "5", "--plot", "{tmp_path}/nodir/s.png"],
+     "--plot '{tmp_path}/nodir/s.png': directory '{tmp_path}/nodir' does not exist"),
+    (["cosine", "--steps", "5", "--plot", "{tmp_path}/s.txt"],   # the path comes first
+     "unsupported image format 'txt'"),
+    (["cosine", "--steps", "5", "--bogus"], "lrcore schedule: error: unrecognized arguments"),
 ])
-def test_schedule_bad_input(capsys, argv, message):
+def test_schedule_bad_input(capsys, tmp_path, argv, message):
+    if "--plot" in argv:
+        pytest.importorskip("matplotlib")
+    argv = [a.format(tmp_path=tmp_path) for a in argv]
     code, out, err = schedule(capsys, *argv)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert message.format(tmp_path=tmp_path) in err
+    assert sorted(os.listdir(tmp_path)) == []          # nothing written, nothing appended
 
 
 def test_bench_command_prints_a_table_and_writes_json(tmp_path):
@@ -259,3 +314,258 @@ def test_bench_command_rejects_bad_threads():
     r = subprocess.run([sys.executable, "-m", "lrcore", "bench", "--threads", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+# -------------------------------------------------------------------- the whole command line
+
+
+def test_version():
+    r = lrcore_cmd("--version")
+    assert r.returncode == 0 and r.stdout == f"lrcore {lrcore.__version__}\n" and r.stderr == ""
+
+
+def test_unknown_options_name_the_command_that_was_given():
+    for argv, prog in [(["train", "--foo"], "lrcore train"),
+                       (["schedule", "cosine", "--steps", "3", "--foo"], "lrcore schedule"),
+                       (["bench", "--foo"], "lrcore bench"), (["--foo"], "lrcore")]:
+        r = lrcore_cmd(*argv)
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr == f"{prog}: error: unrecognized arguments: --foo (see {prog} --help)\n"
+
+
+def _closed_stdout(*argv):
+    """Run `lrcore ARGV` with stdout a pipe whose reader has already gone away."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "lrcore", *argv], stdout=write,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["schedule", "cosine", "initial=1", "--steps", "100000"],
+    ["train", "--no-progress", "--epochs", "2"], ["train", "--progress", "--epochs", "2"]])
+def test_a_closed_pipe_ends_quietly_like_a_unix_tool(argv):
+    """`lrcore ... | head -1`: no traceback, no "training failed"; the exit code is 141
+    (128 + SIGPIPE), what a shell reports for a tool that SIGPIPE ended."""
+    if "--progress" in argv:
+        pytest.importorskip("tqdm")
+    code, err = _closed_stdout(*argv)
+    assert code == 141
+    assert "Traceback" not in err and "Error" not in err and "failed" not in err, err
+
+
+def test_piping_into_head_shows_the_first_lines():
+    for argv, n, first in [([], 1, f"lrcore {lrcore.__version__}"),
+                           (["schedule", "cosine", "initial=1", "--steps", "100000"], 2,
+                            "Cosine(initial=1.0, steps=100000)"),
+                           (["train", "--no-progress"], 1, "MLP 64-64-10 on digits")]:
+        cmd = " ".join([sys.executable, "-m", "lrcore", *argv]) + f" | head -{n}"
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True,
+                           text=True, timeout=300)
+        assert r.stdout.splitlines()[0].startswith(first)
+        assert len(r.stdout.splitlines()) == n
+        assert r.stderr == "" and r.returncode in (0, 141)   # 0 if it finished first
+
+
+# -------------------------------------------------------------------- divergence
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
+    ckpt = tmp_path / "run.lrc"
+    r = lrcore_cmd("train", "--optimizer", "sgd", "--lr", "50", "--epochs", "3",
+                   "--save", str(ckpt))
+    assert r.returncode == 1
+    assert len(r.stderr.splitlines()) == 1 and "Warning" not in r.stderr, r.stderr
+    assert re.fullmatch(r"lrcore train: error: diverged at step \d+ \(epoch \d, mini-batch "
+                        r"\d+/45, lr 50\): the (loss|gradient) is .*; stopped before that "
+                        r"step; try a smaller --lr \(e\.g\. 5\)\n", r.stderr), r.stderr
+    assert not re.search(r"loss nan|loss inf", r.stdout)
+    assert "completed" not in r.stdout
+    arrays, _ = checkpoint.read(ckpt)          # the last epoch saved is finite
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_divergence_detected_on_the_gradient_too(capsys, monkeypatch):
+    original = models.MLP.loss_and_grad
+
+    def inf_gradient(self, X, y, grads):
+        loss = original(self, X, y, grads)
+        if self.calls == 3:
+            grads[0].flat[7] = np.inf
+        self.calls += 1
+        return loss
+
+    monkeypatch.setattr(models.MLP, "calls", 0, raising=False)
+    monkeypatch.setattr(models.MLP, "loss_and_grad", inf_gradient)
+    code, out, err = train(capsys, "--epochs", "1", "--schedule", "cosine")
+    assert code == 1 and "diverged at step 4 (epoch 1, mini-batch 4/45, lr 0.0009891)" in err
+    assert "the gradient is not finite" in err and "try a schedule with smaller values" in err
+    assert "(e.g. --lr 9.9e-05)" in err and len(err.splitlines()) == 1
+
+
+# -------------------------------------------------------------------- extending a run
+
+
+def test_resume_with_more_epochs_refits_a_schedule_fit_to_the_run(capsys, tmp_path):
+    path = tmp_path / "c.lrc"
+    code, out, err = train(capsys, "--schedule", "cosine", "--epochs", "5", "--save", str(path))
+    assert code == 0 and "Cosine(initial=0.001, steps=225)" in out and err == ""
+    code, out, err = train(capsys, "--resume", str(path), "--epochs", "8", "--save", str(path))
+    assert code == 0
+    assert "Cosine(initial=0.001, steps=360)" in out and "resuming at epoch 6" in out
+    assert ("note: the cosine schedule was fit to the run's length, 225 steps; re-fit to "
+            "360 steps") in " ".join(err.split())
+    lrs = [float(m) for m in re.findall(r"lr ([0-9.e+-]+)  ", out)]
+    assert len(lrs) == 3 and all(lr > 1e-9 for lr in lrs[:2])   # no longer stuck at 0
+    # the same length again (a plain continuation) changes nothing and says nothing
+    code, out, err = train(capsys, "--resume", str(path), "--epochs", "9")
+    assert code == 0 and "steps=405" in out and "re-fit" in err
+    _, meta = checkpoint.read(path)
+    assert meta["user"]["lrcore train"]["schedule"]["length"] == 360
+
+
+def test_a_schedule_of_explicit_length_is_kept_and_its_end_is_warned_about(capsys, tmp_path):
+    path = tmp_path / "c.lrc"
+    code, out, err = train(capsys, "--schedule", "linear", "start=0.001", "end=0.0001",
+                           "steps=90", "--epochs", "2", "--save", str(path))
+    assert code == 0 and err == ""
+    code, out, err = train(capsys, "--resume", str(path), "--epochs", "3")
+    assert code == 0 and "steps=90" in out
+    assert ("warning: the linear schedule ends at step 90, before the run's 135; after it "
+            "the lr stays 0.0001") in " ".join(err.split())
+
+
+def test_resumed_plot_and_history_cover_the_whole_run(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path, png = tmp_path / "c.lrc", tmp_path / "c.png"
+    assert train(capsys, "--epochs", "2", "--save", str(path))[0] == 0
+    code, out, _ = train(capsys, "--resume", str(path), "--epochs", "3", "--save", str(path),
+                         "--plot", str(png))
+    assert code == 0 and f"wrote checkpoint {path}\nwrote plot {png}\n" in out
+    _, meta = checkpoint.read(path)
+    history = History(meta["user"]["lrcore train history"])
+    assert len(history.x) == 135 and history.epoch == [1.0, 2.0, 3.0]
+    assert history.x[0] == 0.5 / 45 and history.x[-1] == 2 + 44.5 / 45
+    assert history.resumed_at == [2.0] and len(history.val_acc) == 3
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# -------------------------------------------------------------------- output
+
+
+def test_header_and_summary_fit_80_columns(capsys, tmp_path):
+    code, out, _ = train(capsys, "--epochs", "1", "--schedule", "warmup_cosine",
+                         "warmup_steps=5", "floor=0.00001", "--save", str(tmp_path / "c.lrc"))
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith("wrote checkpoint ")   # paths are not wrapped
+    assert max(len(line) for line in lines[:-1]) <= 80
+    assert "Warmup(schedule=Cosine(" in out and len(lines[1]) > 60   # wrapped, not cut
+
+
+def test_the_progress_bar_shows_the_epoch(capsys):
+    pytest.importorskip("tqdm")
+    code, _, err = train(capsys, "--epochs", "2", "--progress")
+    assert code == 0 and "epoch 1/2" in err and "epoch 2/2" in err
+
+
+def test_options_come_from_the_table_and_all_have_help():
+    parser = __import__("argparse").ArgumentParser()
+    train_cmd.add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert list(actions["optimizer"].choices) == sorted(OPTIMIZERS)
+    for name in OPTIMIZERS:
+        assert f"{name} {PRESETS[name].cli_lr:g}" in actions["lr"].help
+        assert train_cmd.default_lr(name) == PRESETS[name].cli_lr
+    assert all(a.help for a in parser._actions if a.dest != "help")
+    assert "decoupled in adamw" in actions["weight_decay"].help
+    assert "adamw 0.01" in actions["weight_decay"].help
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_each_optimizer_trains_with_its_default_lr(capsys, optimizer):
+    code, out, err = train(capsys, "--optimizer", optimizer, "--epochs", "2")
+    assert code == 0, err
+    assert f" lr {PRESETS[optimizer].cli_lr:g};" in out
+
+
+def test_make_optimizer_is_the_one_hook(capsys, tmp_path, monkeypatch):
+    """Options that change how the optimizer runs (--threads; later --distributed,
+    --precision, --state-dtype) pass through make_optimizer, for new and resumed runs."""
+    seen = []
+    original = train_cmd.make_optimizer
+
+    def spy(args, name, params, loaded=None):
+        opt = original(args, name, params, loaded)
+        seen.append((name, loaded is not None, opt.num_threads))
+        return opt
+
+    monkeypatch.setattr(train_cmd, "make_optimizer", spy)
+    path = tmp_path / "c.lrc"
+    assert train(capsys, "--epochs", "1", "--threads", "2", "--save", str(path))[0] == 0
+    assert train(capsys, "--resume", str(path), "--epochs", "2", "--threads", "1")[0] == 0
+    assert seen == [("adam", False, 2), (None, True, 1)]
+
+
+def test_readme_documents_the_train_options():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+                  encoding="utf-8").read()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    for option in ("--val-fraction", "--model", "--hidden", "--weight-decay", "--plot",
+                   "--resume", "--schedule", "standardis"):
+        assert option in section, option
+    assert section.count("pip install") == 1 and PLOT_HINT in section
+
+
+def test_one_install_hint_for_plotting(capsys, monkeypatch):
+    assert PLOT_HINT in " ".join(lrcore_cmd("train", "--help").stdout.split())
+    assert PLOT_HINT in " ".join(lrcore_cmd("schedule", "--help").stdout.split())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for run in (lambda: train(capsys, "--plot", "x.png"),
+                lambda: schedule(capsys, "cosine", "initial=1", "--steps", "3", "--plot",
+                                 "x.png")):
+        code, _, err = run()
+        assert code == 2 and err.strip().endswith(f"needs matplotlib, an optional dependency: "
+                                                  f"{PLOT_HINT}")
+
+
+# -------------------------------------------------------------------- the report figure
+
+
+def _history(lrs):
+    n = len(lrs)
+    per = 10
+    return History({"x": [(i + 0.5) / per for i in range(n)],
+                    "loss": [2.0 * 0.97 ** i for i in range(n)], "lr": lrs,
+                    "epoch": [float(e + 1) for e in range(n // per)],
+                    "epoch_loss": [1.0 / (e + 1) for e in range(n // per)],
+                    "val_acc": [min(1.0, 0.5 + 0.1 * e) for e in range(n // per)],
+                    "resumed_at": []})
+
+
+def test_figure_is_a_report_figure():
+    pytest.importorskip("matplotlib")
+    from lrcore.cli import figure
+    fig = figure.build(_history([0.1] * 50), title="MLP on digits (built-in), Adam, batch 32",
+                       lr_text="0.1", epochs=5, steps_per_epoch=10)
+    main_axes = [ax for ax in fig.axes if ax.get_ylabel()]
+    assert [ax.get_ylabel() for ax in main_axes] == ["training loss", "validation accuracy"]
+    loss_ax, acc_ax = main_axes
+    assert loss_ax.get_yscale() == "log"
+    assert acc_ax.get_ylim() == (0.0, 1.0)
+    assert loss_ax.get_xlabel() == "" and acc_ax.get_xlabel() == "epoch"
+    means = [line for line in loss_ax.lines if line.get_label() == "epoch mean"][0]
+    assert list(means.get_xdata()) == [0.5, 1.5, 2.5, 3.5, 4.5]     # the epochs' centres
+    title = fig._suptitle.get_text()
+    assert "digits" in title and "Adam" in title and "lr 0.1 (constant)" in title
+
+    fig = figure.build(_history([0.1 * (1 - i / 50) for i in range(50)]), title="t",
+                       lr_text="Cosine(initial=0.1, steps=50)", epochs=5)
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["training loss", "validation accuracy", "learning rate"]
+    assert "lr Cosine(initial=0.1, steps=50)" in fig._suptitle.get_text()
+    assert "constant" not in fig._suptitle.get_text()

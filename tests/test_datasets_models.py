@@ -190,12 +190,19 @@ def test_npz_errors_name_file_and_array(tmp_path, arrays, target, message):
 def test_npz_corrupt_or_empty_file(tmp_path):
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty.npz.*could not be read"):
+    with pytest.raises(ValueError, match=r"empty.npz' is empty; expected a numpy .npz archive"):
         load_table(empty)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"this is not a zip archive at all")
-    with pytest.raises(ValueError, match=r"garbage.npz.*could not be read"):
+    # a text file is called what it is (np.load alone would call it "pickled data")
+    with pytest.raises(ValueError, match=r"garbage.npz' is not a numpy .npz archive \(a zip "
+                                         r"file written by numpy.savez\); it starts with "
+                                         r"b'this i'"):
         load_table(garbage)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 but then nothing of a zip archive")
+    with pytest.raises(ValueError, match=r"broken.npz.*could not be read"):
+        load_table(broken)
 
 
 def test_npz_object_array_is_refused(tmp_path):

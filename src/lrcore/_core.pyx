@@ -55,12 +55,18 @@ cdef extern from "runtime.h" nogil:
         lrcore_hp hp
         lrcore_lowp lowp
     int lrcore_isa_supported()
+    int lrcore_isa_available(int level)
     int lrcore_isa_active()
     int lrcore_set_isa(int level)
     int lrcore_has_threads()
+    int lrcore_max_threads()
     int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_thread)
     void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
     double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int *all_finite)
+
+cdef extern from "pool.h" nogil:
+    int lrcore_pool_workers()
+    unsigned long long lrcore_pool_worker_tasks()
 
 
 ISA_NAMES = ("baseline", "avx2", "avx512")
@@ -73,19 +79,39 @@ ISA_NAMES = ("baseline", "avx2", "avx512")
 cdef size_t MIN_BYTES_PER_THREAD = 48 * 1024
 
 
+# Most threads a call may use: 4 per online CPU, at least 8 (csrc/pool.h). More can never
+# help a memory-bound loop; the bound keeps a typo from starting a million OS threads.
+MAX_THREADS = lrcore_max_threads()
+_MAX_TEXT = f"{MAX_THREADS} (4 per CPU of this machine, at least 8)"
+
+
 def _default_threads():
+    """LRCORE_NUM_THREADS (checked: an error names it), else OMP_NUM_THREADS (another
+    library's variable: clamped to [1, MAX_THREADS], ignored if not a number), else the CPUs
+    this process may run on."""
+    raw = os.environ.get("LRCORE_NUM_THREADS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"LRCORE_NUM_THREADS must be an integer from 1 to {_MAX_TEXT}, "
+                             f"got {raw!r}")
+        return n
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env:
         try:
             n = int(env)
-            if n >= 1:
-                return n
         except ValueError:
-            pass
+            n = 0
+        if n >= 1:
+            return min(n, MAX_THREADS)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_THREADS))
 
 
 cdef int DEFAULT_THREADS = _default_threads()
@@ -97,13 +123,8 @@ def isa():
 
 
 def available_isas():
-    """Instruction-set builds this CPU can run, lowest first."""
-    cdef int best = lrcore_isa_supported()
-    names = []
-    for level in range(best + 1):
-        if lrcore_set_isa(level) == level:
-            names.append(ISA_NAMES[level])
-    return tuple(names)
+    """Instruction-set builds this CPU can run, lowest first (changes nothing)."""
+    return tuple(ISA_NAMES[level] for level in range(len(ISA_NAMES)) if lrcore_isa_available(level))
 
 
 def set_isa(name):
@@ -113,31 +134,34 @@ def set_isa(name):
     if name not in ISA_NAMES:
         raise ValueError(f"LRCORE_ISA must be one of {', '.join(ISA_NAMES)}, got {name!r}")
     cdef int want = ISA_NAMES.index(name)
-    cdef int got = lrcore_set_isa(want)
-    if got != want:
-        lrcore_set_isa(-1)  # keep the best rather than a surprise lower level
-        available = available_isas()
+    if not lrcore_isa_available(want):
         raise ValueError(f"LRCORE_ISA={name!r} is not supported on this CPU; available: "
-                         f"{', '.join(available)}")
-    return ISA_NAMES[got]
+                         f"{', '.join(available_isas())}")
+    return ISA_NAMES[lrcore_set_isa(want)]
 
 
 def has_threads():
-    """Whether the extension was built with OpenMP."""
+    """Always True: lrcore's thread pool (POSIX threads) is part of every build."""
     return bool(lrcore_has_threads())
 
 
+def max_threads():
+    """Most threads a call may use: 4 per CPU of this machine, at least 8."""
+    return MAX_THREADS
+
+
 def default_threads():
-    """Threads used when num_threads=None (OMP_NUM_THREADS, else the usable CPUs)."""
+    """Threads used when num_threads=None (LRCORE_NUM_THREADS, else OMP_NUM_THREADS, else
+    the usable CPUs)."""
     return DEFAULT_THREADS
 
 
-def set_default_threads(int n):
+def set_default_threads(n):
     """Change the num_threads=None default for this process."""
     global DEFAULT_THREADS
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
-    DEFAULT_THREADS = n
+    if n is None:
+        raise TypeError("set_default_threads(): num_threads must be an integer, got NoneType")
+    DEFAULT_THREADS = _threads("set_default_threads", n)
 
 
 def set_min_bytes_per_thread(size_t nbytes):
@@ -152,8 +176,19 @@ def min_bytes_per_thread():
 
 def planned_threads(size_t param_bytes, num_threads=None):
     """Threads a call over param_bytes of param would use."""
-    cdef int req = DEFAULT_THREADS if num_threads is None else num_threads
-    return lrcore_plan_threads(param_bytes, req, MIN_BYTES_PER_THREAD)
+    return lrcore_plan_threads(param_bytes, _threads("planned_threads", num_threads),
+                               MIN_BYTES_PER_THREAD)
+
+
+def pool_workers():
+    """Worker threads alive in lrcore's pool (0 in a forked child until its first threaded call)."""
+    return lrcore_pool_workers()
+
+
+def pool_worker_tasks():
+    """Tasks run by pool workers (not by callers) so far in this process; tests use it to check
+    that a worker really took part in a call."""
+    return lrcore_pool_worker_tasks()
 
 
 # ---------------------------------------------------------------------------
@@ -216,7 +251,9 @@ cdef int _threads(str fn, object x) except -1:
         raise TypeError(f"{fn}(): num_threads must be an integer or None, got {_tname(x)}")
     if x < 1:
         raise ValueError(f"{fn}(): num_threads must be >= 1, got {x}")
-    return min(int(x), 4096)
+    if x > MAX_THREADS:
+        raise ValueError(f"{fn}(): num_threads must be at most {_MAX_TEXT}, got {x}")
+    return int(x)
 
 
 cdef int _dtype_code(str fn, str name, cnp.ndarray a) except -1:

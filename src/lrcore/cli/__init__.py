@@ -1,13 +1,30 @@
 """The `lrcore` command line: `lrcore` (or `lrcore info`) reports the installation and
 self-checks the kernels; `lrcore train`, `lrcore schedule` and `lrcore bench` are the
-trainer, the schedule viewer and the benchmark table."""
+trainer, the schedule viewer and the benchmark table (modules of this package).
+
+Design: each command module provides HELP, add_arguments(parser) and run(args) -> exit
+code. This module owns what is common to all of them: one-line errors naming the command
+(CLIError, bad options), --version, Ctrl-C, and a closed stdout (`lrcore ... | head -1`).
+Exit codes: 0 done, 1 training failed or diverged, 2 bad input, 130 interrupted,
+141 (128 + SIGPIPE, like a Unix tool killed by it) stdout closed early.
+"""
 import argparse
 import importlib
+import os
 import sys
+
+# command -> module of this package providing HELP, add_arguments(parser) and run(args)
+_COMMANDS = {"info": "info", "train": "train", "schedule": "schedule", "bench": "bench"}
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 
 
 class CLIError(Exception):
-    """A user error: printed as one line, exit code 2, never a traceback."""
+    """A user error: printed as one line, exit code 2 (or `exit_code`), never a traceback."""
+
+    def __init__(self, message, exit_code=EXIT_USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -15,35 +32,64 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+
+
+def _version():
+    from .. import __version__
+    return f"lrcore {__version__}"
 
 
 def _parser():
     parser = _Parser(
-        prog="lrcore", description="In-place optimizer updates under learning-rate schedules.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    sub.add_parser("info", help="versions, backend, instruction set, threads; kernel self-check")
+        prog="lrcore", description="In-place optimizer updates under learning-rate schedules. "
+                                   "Without a command: `lrcore info`.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    parsers = {}
     for name, module in _COMMANDS.items():
-        mod = importlib.import_module(f"lrcore.cli.{module}")
-        mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
-    return parser
+        mod = importlib.import_module(f"{__name__}.{module}")
+        parsers[name] = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(parsers[name])
+    return parser, parsers
 
 
-# command -> module in lrcore.cli providing HELP, add_arguments(parser) and run(args) -> exit code
-_COMMANDS = {"train": "train", "schedule": "schedule", "bench": "bench"}
+def _parse(argv):
+    """Parse argv; an option the command does not know is reported by that command's
+    parser (`lrcore train: error: unrecognized arguments: --foo`)."""
+    parser, parsers = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        (parsers.get(args.command) or parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _stdout_closed():
+    """stdout's reader went away (`| head`): stop quietly, as a Unix tool does. Later
+    writes (the interpreter's final flush) go to /dev/null instead of raising again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    """Run one command; return its exit code (the console script exits with it)."""
     try:
-        if args.command in (None, "info"):
-            from .info import main as info
-            return info()
-        mod = importlib.import_module(f"lrcore.cli.{_COMMANDS[args.command]}")
-        return mod.run(args) or 0
-    except CLIError as exc:
-        print(f"lrcore {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args = _parse(argv)
+        command = args.command or "info"
+        try:
+            code = importlib.import_module(f"{__name__}.{_COMMANDS[command]}").run(args) or 0
+            sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
+            return code
+        except CLIError as exc:
+            print(f"lrcore {command}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

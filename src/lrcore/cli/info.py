@@ -1,5 +1,6 @@
-"""`python -m lrcore`: what is installed and in use, then a short self-check of every
-compiled kernel against the numpy reference on every instruction-set path."""
+"""`lrcore info` (also plain `lrcore` or `python -m lrcore`): what is installed and in use,
+then a short self-check of every compiled kernel against the numpy reference on every
+instruction-set path."""
 import sys
 
 import numpy as np
@@ -29,7 +30,16 @@ def check_kernels(sizes=(1, 17, 1003), steps=3):
     return failures
 
 
-def main(out=sys.stdout):
+HELP = "versions, backend, instruction set, threads; kernel self-check (the default command)"
+
+
+def add_arguments(parser):
+    """`lrcore info` takes no options."""
+
+
+def run(args=None, out=None):
+    """Print the report and the self-check; exit code 1 if a kernel disagrees."""
+    out = sys.stdout if out is None else out
     import lrcore
     print(f"lrcore {lrcore.__version__}", file=out)
     print(f"  backend:          {lrcore.backend()}", file=out)

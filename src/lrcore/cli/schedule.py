@@ -11,6 +11,7 @@ import sys
 
 from .. import schedules
 from . import CLIError
+from .paths import PLOT_HINT, plot_file
 
 HELP = "print or draw a learning-rate schedule's values, step by step"
 
@@ -20,8 +21,7 @@ FILLABLE = ("initial", "max_value", "steps", "total_steps")
 
 def _signature(name):
     """The parameters of schedule `name` (its class or factory), for help and defaults."""
-    factory = schedules._REGISTRY[name]   # noqa: SLF001 - no public accessor yet
-    return inspect.signature(factory).parameters
+    return inspect.signature(schedules.factory(name)).parameters
 
 
 def describe(name):
@@ -33,6 +33,21 @@ def describe(name):
         parts.append(f"{key}: {ann}" + ("" if p.default is inspect.Parameter.empty
                                          else f" = {p.default!r}"))
     return f"{name}({', '.join(parts)})"
+
+
+def _given(pairs):
+    """The argument names among `key=value` strings (as build() reads them)."""
+    return {pair.partition("=")[0].strip().lstrip("-").replace("-", "_") for pair in pairs}
+
+
+def fillable_missing(name, pairs):
+    """The FILLABLE arguments schedule `name` requires that `pairs` leave out (those
+    build() takes from `fill`): e.g. ['steps'] for `cosine initial=0.1`."""
+    if name not in schedules.names():
+        return []
+    given = _given(pairs)
+    return [key for key, p in _signature(name).items() if key in FILLABLE and key not in given
+            and p.default is inspect.Parameter.empty]
 
 
 def build(name, pairs, fill=None):
@@ -75,8 +90,9 @@ def add_arguments(parser):
     parser.add_argument("--rows", type=int, default=None, metavar="R",
                         help="print only R evenly spaced rows (default: all if N <= 50, else 21)")
     parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw the schedule to this image instead of printing a table "
-                             "(needs matplotlib: pip install 'lrcore[plot]')")
+                        help="draw the schedule to this image instead of printing a table; "
+                             "the extension picks the format: .png, .pdf, .svg, ... (needs "
+                             f"matplotlib: {PLOT_HINT})")
 
 
 def _rows(steps, rows):
@@ -92,18 +108,15 @@ def run(args):
         raise CLIError(f"--steps must be an integer >= 1, got {args.steps}")
     if args.rows is not None and args.rows < 1:
         raise CLIError(f"--rows must be an integer >= 1, got {args.rows}")
+    plot = plot_file("--plot", args.plot) if args.plot is not None else None
     schedule = build(args.name, args.arguments, {"steps": args.steps, "total_steps": args.steps})
-    if args.plot:
+    if plot:
+        path, _ = plot   # a checked extension: savefig writes exactly `path`
         try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise CLIError("--plot needs matplotlib, an optional dependency: "
-                           "pip install 'lrcore[plot]'") from None
-        try:
-            schedules.plot(schedule, args.steps, args.plot)
+            schedules.plot(schedule, args.steps, path)
         except (OSError, ValueError) as exc:
-            raise CLIError(f"--plot {args.plot!r}: cannot write the image: {exc}") from None
-        print(f"{schedule!r}: {args.steps} steps drawn to {args.plot}")
+            raise CLIError(f"--plot {path!r}: cannot write the image: {exc}") from None
+        print(f"{schedule!r}: {args.steps} steps drawn to {path}")
         return 0
     print(f"{schedule!r}")
     print(f"{'step':>8}  value")

@@ -1,9 +1,17 @@
 """`lrcore train`: train a small numpy classifier end to end with an lrcore UpdateTask.
 
 Defaults need no arguments: the built-in 8x8 digits (lrcore/demo/data/LICENSE-digits.txt), an
-80/20 train/validation split, standardized features, a one-hidden-layer MLP and Adam. Prints
-a progress bar (tqdm, if installed), one line per epoch and a summary; optionally writes a
-checkpoint (--save, continued with --resume) and a plot of loss, accuracy and lr (--plot).
+80/20 train/validation split, features standardised with the training split's mean and
+standard deviation, a one-hidden-layer MLP and Adam. Prints a progress bar (tqdm, if
+installed), one line per epoch and a summary; optionally writes a checkpoint (--save,
+continued with --resume) and a report figure (--plot).
+
+Design: `run` reads as the steps of a run, each a function with one job: check the options
+and files, the configuration (new, or from the checkpoint), data, model, the optimizer's
+parameters from the options (`optimizer_parameters`) and the optimizer itself
+(`make_optimizer`, the hook for options that change how it runs), the task, the schedule's
+fit to the run's length, the loop, then the outputs. Optimizer choices, default learning
+rates and the hyperparameter options come from the table of update rules (lrcore.rules).
 """
 import math
 import os
@@ -14,27 +22,70 @@ import numpy as np
 
 from .. import checkpoint
 from ..demo import datasets, models
-from . import CLIError
+from ..rules import PRESETS, RULES
+from ..schedules import Schedule
+from ..task import OPTIMIZERS, Event, ParameterKey, ProgressHandlers, UpdateTask
+from . import EXIT_FAILED, EXIT_INTERRUPTED, CLIError, figure
+from .paths import PLOT_HINT, TQDM_HINT, input_file, output_file, plot_file
+from .report import META_KEY, History, Reporter, header, summary, wrap
 from .schedule import build as build_schedule
-from ..task import OPTIMIZERS, Event, MetricKey, ParameterKey, ProgressHandlers, UpdateTask
+from .schedule import fillable_missing
 
 HELP = "train a classifier with an update task (default: built-in digits, MLP, Adam)"
+META_CONFIG = "lrcore train"
 
-# learning rates that train the default model well in 10 epochs
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "adagrad": 1e-2, "rmsprop": 1e-3,
-              "adadelta": 1.0}
-DEFAULTS = {"optimizer": "adam", "epochs": 10, "batch_size": 32, "seed": 0}
+DEFAULTS = {"optimizer": "adam", "epochs": 10, "batch_size": 32, "seed": 0, "hidden": 64}
 
-# command-line option -> task parameter (and the attribute argparse stores it under)
-_OPTION_KEYS = [("--lr", "lr", ParameterKey.LEARNING_RATE),
-                ("--momentum", "momentum", ParameterKey.MOMENTUM),
-                ("--beta1", "beta1", ParameterKey.BETA1),
-                ("--beta2", "beta2", ParameterKey.BETA2),
-                ("--eps", "eps", ParameterKey.EPS),
-                ("--weight-decay", "weight_decay", ParameterKey.WEIGHT_DECAY),
-                ("--epochs", "epochs", ParameterKey.EPOCHS),
-                ("--batch-size", "batch_size", ParameterKey.MINI_BATCH_SIZE),
-                ("--seed", "seed", ParameterKey.SEED)]
+# ----------------------------------------------------------------------------------------
+# Options, derived from the table of update rules and the task's parameter keys.
+# ----------------------------------------------------------------------------------------
+
+
+def _rule_of(name):
+    preset = PRESETS.get(name)
+    return (preset, RULES[preset.rule]) if preset is not None else (None, None)
+
+
+def default_lr(name):
+    """`lrcore train`'s default --lr for optimizer `name` (the table's cli_lr)."""
+    preset, rule = _rule_of(name)
+    if preset is not None and preset.cli_lr is not None:
+        return preset.cli_lr
+    return rule.cli_lr if rule is not None else 1e-3
+
+
+def hyperparameter_names(name):
+    """The hyperparameters optimizer `name` takes from the command line (table order)."""
+    preset, rule = _rule_of(name)
+    if rule is None:
+        return ()
+    return tuple(h.name for h in rule.public_hypers if h.name not in preset.fixed)
+
+
+def _hyper_keys():
+    """(option, hyperparameter, ParameterKey) for every real-valued task key but the lr."""
+    return [(f"--{k.value.hyperparameter.replace('_', '-')}", k.value.hyperparameter, k)
+            for k in ParameterKey if k.value.hyperparameter and k.value.hyperparameter != "lr"]
+
+
+def _hyper_help(hyper):
+    """Help for one hyperparameter option: what it is and its default per optimizer."""
+    docs, defaults, decoupled = [], [], []
+    for name in sorted(OPTIMIZERS):
+        preset, rule = _rule_of(name)
+        if hyper not in hyperparameter_names(name):
+            continue
+        h = rule.hyper(hyper)
+        if h.doc and h.doc not in docs:
+            docs.append(h.doc)
+        value = preset.defaults.get(hyper, h.default)
+        defaults.append(f"{name} {value:g}")
+        if hyper == "weight_decay" and preset.fixed.get("decoupled_weight_decay"):
+            decoupled.append(name)
+    text = docs[0] if docs else hyper.replace("_", " ")
+    if decoupled:
+        text += f" (decoupled in {', '.join(decoupled)}: param *= 1 - lr * weight_decay)"
+    return f"{text}; default: {', '.join(defaults)}"
 
 
 def add_arguments(parser):
@@ -46,32 +97,34 @@ def add_arguments(parser):
                       help="label column (CSV header name) or label array (NPZ); default: the "
                            "last CSV column, or the NPZ array y")
     data.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
-                      help="fraction of samples held out for validation (default 0.2)")
+                      help="fraction of samples held out for validation (default 0.2); "
+                           "features are standardised with the training part's mean and "
+                           "standard deviation")
     data.add_argument("--model", choices=("mlp", "softmax"), default=None,
                       help="one-hidden-layer MLP (default) or softmax regression")
     data.add_argument("--hidden", type=int, default=None, metavar="H",
-                      help="hidden units of the MLP (default 64)")
+                      help=f"hidden units of the MLP (default {DEFAULTS['hidden']})")
     opt = parser.add_argument_group("optimizer")
     opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None,
-                     help="default adam")
+                     help=f"update rule (default {DEFAULTS['optimizer']})")
     opt.add_argument("--lr", type=float, metavar="LR",
                      help="learning rate (default: " + ", ".join(
-                         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+                         f"{k} {default_lr(k):g}" for k in sorted(OPTIMIZERS)) + ")")
     opt.add_argument("--schedule", nargs="+", metavar=("NAME", "key=value"),
                      help="learning-rate schedule by name with key=value arguments, e.g. "
                           "--schedule cosine floor=1e-5; a required `initial` or `max_value` left "
                           "out is --lr, a required `steps`/`total_steps` the run's total "
-                          "mini-batch steps (see `lrcore schedule --help` for the names)")
-    opt.add_argument("--momentum", type=float, help="sgd, rmsprop")
-    opt.add_argument("--beta1", type=float, help="adam, adamw")
-    opt.add_argument("--beta2", type=float, help="adam, adamw")
-    opt.add_argument("--eps", type=float, help="adam, adamw, adagrad, rmsprop, adadelta")
-    opt.add_argument("--weight-decay", type=float, dest="weight_decay")
+                          "mini-batch steps (re-fit when --resume extends the run; see "
+                          "`lrcore schedule --help` for the names)")
+    for option, hyper, _ in _hyper_keys():
+        opt.add_argument(option, type=float, dest=hyper, metavar="X", help=_hyper_help(hyper))
     opt.add_argument("--threads", type=int, metavar="N",
                      help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
     loop = parser.add_argument_group("loop")
-    loop.add_argument("--epochs", type=int, help="default 10 (with --resume: the total)")
-    loop.add_argument("--batch-size", type=int, dest="batch_size", help="default 32")
+    loop.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']} (with "
+                                                  f"--resume: the total, counting those done)")
+    loop.add_argument("--batch-size", type=int, dest="batch_size",
+                      help=f"default {DEFAULTS['batch_size']}")
     loop.add_argument("--seed", type=int,
                       help="seeds the split, the initial weights and the shuffling (default 0)")
     loop.add_argument("--no-shuffle", action="store_true",
@@ -83,22 +136,134 @@ def add_arguments(parser):
                      help="continue from a --save checkpoint (model, data and optimizer come "
                           "from it; options given here override its values)")
     out.add_argument("--plot", metavar="FILE.png",
-                     help="draw loss, validation accuracy and learning rate against steps "
-                          "(needs matplotlib: pip install 'lrcore[plot]')")
+                     help="draw a report figure (loss on a log scale, validation accuracy, the "
+                          "learning rate if it changes, against epochs; a resumed run's covers "
+                          "the whole run); the extension picks the format: .png, .pdf, .svg, "
+                          f"... (needs matplotlib: {PLOT_HINT})")
     bar = out.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None,
-                     help="always show the progress bar (needs tqdm: pip install 'lrcore[cli]')")
+                     help=f"always show the progress bar (needs tqdm: {TQDM_HINT})")
     bar.add_argument("--no-progress", action="store_false", dest="progress",
                      help="never show the progress bar (default: shown when tqdm is installed "
                           "and stderr is a terminal)")
 
 
 # ----------------------------------------------------------------------------------------
-# Setup: data, model, parameters.
+# Checking the options and files, before any work.
 # ----------------------------------------------------------------------------------------
 
 
+def _check_options(args):
+    """Every check that needs no data: numbers, optional packages, files. Returns the
+    checked plot (path, format) or None."""
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be an integer >= 1, got {args.threads}")
+    if args.hidden is not None and args.hidden < 1:
+        raise CLIError(f"--hidden must be an integer >= 1, got {args.hidden}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise CLIError(f"--val-fraction must be a number strictly between 0 and 1, got "
+                       f"{args.val_fraction!r}")
+    if args.progress:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            raise CLIError(f"--progress needs tqdm, an optional dependency: {TQDM_HINT}") \
+                from None
+    if args.resume is not None:
+        input_file("--resume", args.resume, "a checkpoint file written by --save")
+    if args.save is not None:
+        output_file("--save", args.save)
+    return plot_file("--plot", args.plot) if args.plot is not None else None
+
+
+def optimizer_parameters(args, optimizer):
+    """{ParameterKey: value} for the optimizer and loop options given, checked, with the
+    option's name in any error."""
+    usable = set(hyperparameter_names(optimizer))
+    out = {}
+    options = [("--lr", "lr", ParameterKey.LEARNING_RATE)] + _hyper_keys() + [
+        ("--epochs", "epochs", ParameterKey.EPOCHS),
+        ("--batch-size", "batch_size", ParameterKey.MINI_BATCH_SIZE),
+        ("--seed", "seed", ParameterKey.SEED)]
+    for option, attr, key in options:
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        hyper = key.value.hyperparameter
+        if hyper and hyper not in usable:
+            raise CLIError(f"{option} does not apply to --optimizer {optimizer} (it takes "
+                           f"{', '.join('--' + h.replace('_', '-') for h in sorted(usable))})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CLIError(f"{option} must be a finite number, got {value!r}")
+        try:
+            out[key] = key.validate(value)
+        except (TypeError, ValueError):
+            raise CLIError(f"{option} must be {key.expected.replace(' or a lrcore Schedule', '')}"
+                           f", got {value!r}") from None
+    if args.no_shuffle:
+        out[ParameterKey.SHUFFLE] = False
+    return out
+
+
+def make_optimizer(args, name, params, loaded=None):
+    """The optimizer the task steps with: a new `name` over `params`, or the one a
+    checkpoint restored (`loaded`), with the options that change how it runs applied.
+
+    The hook for such options: --threads today; --distributed (issue 14), --precision
+    (issue 12) and --state-dtype (issue 13) belong here. Hyperparameters are not set here
+    (optimizer_parameters gives them to the task)."""
+    if loaded is not None:
+        if args.threads is not None:
+            loaded.num_threads = args.threads
+        return loaded
+    try:
+        return OPTIMIZERS[name](params, num_threads=args.threads)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration, data, model.
+# ----------------------------------------------------------------------------------------
+
+
+def _config_from_args(args):
+    seed = DEFAULTS["seed"] if args.seed is None else args.seed
+    if not 0 <= seed < 2**63:
+        raise CLIError(f"--seed must be an integer in [0, 2**63), got {seed}")
+    return {"data": os.path.abspath(args.data) if args.data else None, "target": args.target,
+            "val_fraction": args.val_fraction, "split_seed": seed,
+            "model": args.model or "mlp", "hidden": args.hidden or DEFAULTS["hidden"]}
+
+
+def _read_checkpoint(args):
+    """(config, optimizer name, history) from a --resume file written by lrcore train."""
+    try:
+        _, meta = checkpoint.read(args.resume)
+    except FileNotFoundError:
+        raise CLIError(f"--resume {args.resume!r}: file does not exist") from None
+    except (OSError, checkpoint.CheckpointError) as exc:
+        raise CLIError(f"--resume: {exc}") from None
+    user = (meta.get("user") or {}) if isinstance(meta, dict) else {}
+    config = user.get(META_CONFIG)
+    if not isinstance(config, dict):
+        raise CLIError(f"--resume {args.resume!r} was not written by `lrcore train --save`")
+    for option, attr in (("--model", "model"), ("--hidden", "hidden")):
+        given = getattr(args, attr)
+        if given is not None and given != config[attr]:
+            raise CLIError(f"{option} {given} conflicts with the checkpoint's {config[attr]}")
+    if args.data:
+        config = dict(config, data=os.path.abspath(args.data),
+                      target=args.target if args.target is not None else config["target"])
+    optimizer = meta["optimizer"]["class"].lower()
+    if args.optimizer is not None and args.optimizer != optimizer:
+        raise CLIError(f"--optimizer {args.optimizer} conflicts with the checkpoint, which "
+                       f"was trained with {optimizer}")
+    return config, optimizer, History(user.get(META_KEY))
+
+
 def _load_data(config):
+    """(X_train, y_train, X_val, y_val, n_classes), features standardised."""
     try:
         if config["data"] is None:
             if config["target"] is not None:
@@ -130,290 +295,126 @@ def _make_model(config):
                                     seed=config["split_seed"])
 
 
-def _option_parameters(args, optimizer):
-    """{ParameterKey: value} for the options given, checked, with option names in errors."""
-    usable = {k.value.hyperparameter for k in ParameterKey} & set(
-        OPTIMIZERS[optimizer].numeric)
-    out = {}
-    for option, attr, key in _OPTION_KEYS:
-        value = getattr(args, attr)
-        if value is None:
-            continue
-        if key.value.hyperparameter and key.value.hyperparameter not in usable:
-            raise CLIError(f"{option} does not apply to --optimizer {optimizer}")
-        try:
-            out[key] = key.validate(value)
-        except (TypeError, ValueError):
-            raise CLIError(f"{option} must be {key.expected.replace(' or a lrcore Schedule', '')}"
-                           f", got {value!r}") from None
-    if args.no_shuffle:
-        out[ParameterKey.SHUFFLE] = False
-    return out
+def _model_name(config):
+    if config["model"] == "mlp":
+        return f"MLP {config['n_features']}-{config['hidden']}-{config['n_classes']}"
+    return f"softmax regression {config['n_features']}-{config['n_classes']}"
 
 
-def _check_options(args):
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be an integer >= 1, got {args.threads}")
-    if args.hidden is not None and args.hidden < 1:
-        raise CLIError(f"--hidden must be an integer >= 1, got {args.hidden}")
-    if not 0.0 < args.val_fraction < 1.0:
-        raise CLIError(f"--val-fraction must be a number strictly between 0 and 1, got "
-                       f"{args.val_fraction!r}")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise CLIError("--plot needs matplotlib, an optional dependency: "
-                           "pip install 'lrcore[plot]'") from None
-    if args.progress:
-        try:
-            import tqdm  # noqa: F401
-        except ImportError:
-            raise CLIError("--progress needs tqdm, an optional dependency: "
-                           "pip install 'lrcore[cli]'") from None
-    for flag in ("save", "plot"):
-        path = getattr(args, flag)
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise CLIError(f"--{flag} {path!r}: directory "
-                           f"{os.path.dirname(os.path.abspath(path))!r} does not exist")
-
-
-def _steps_per_epoch(n, batch_size):
-    return -(-n // batch_size)
+def _data_name(config):
+    return "digits (built-in)" if config["data"] is None else os.path.basename(config["data"])
 
 
 # ----------------------------------------------------------------------------------------
-# Reporting.
+# Divergence: the first non-finite loss or gradient stops the run before its step.
 # ----------------------------------------------------------------------------------------
 
 
-class _Reporter:
-    """Progress handler: progress bar, per-epoch lines, and the curves for --plot."""
+class Diverged(Exception):
+    """A mini-batch's loss or gradient is not finite; its step was not applied."""
 
-    def __init__(self, model, X_val, y_val, n_train, total_steps, use_bar, epochs):
-        self.model, self.X_val, self.y_val = model, X_val, y_val
-        self.n_train = n_train
-        self.epochs = epochs
-        self.steps, self.losses, self.lrs = [], [], []
-        self.epoch_steps, self.val_accuracy, self.epoch_losses = [], [], []
-        self.samples = 0
-        self.bar = None
-        self.t_epoch = time.perf_counter()
-        if use_bar:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, leave=False,
-                            dynamic_ncols=True)
-
-    def write(self, line):
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stdout)
-        else:
-            print(line, flush=True)
-
-    def __call__(self, ctx):
-        if ctx.event is Event.MINI_BATCH_END:
-            step = ctx.task.step_count
-            loss = ctx.metrics[MetricKey.LOSS]
-            self.steps.append(step)
-            self.losses.append(loss)
-            self.lrs.append(ctx.parameters[ParameterKey.LEARNING_RATE])
-            size = ctx.parameters[ParameterKey.MINI_BATCH_SIZE]
-            self.samples += max(1, min(size, self.n_train - size *
-                                       ctx.metrics[MetricKey.MINI_BATCH_INDEX]))
-            if self.bar is not None:
-                self.bar.update(1)
-                if step % 10 == 0:
-                    self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-        elif ctx.event is Event.EPOCH_END:
-            accuracy = self.model.accuracy(self.X_val, self.y_val)
-            epoch = ctx.metrics[MetricKey.EPOCH_INDEX] + 1
-            now = time.perf_counter()
-            self.epoch_steps.append(ctx.task.step_count)
-            self.val_accuracy.append(accuracy)
-            self.epoch_losses.append(ctx.metrics[MetricKey.LOSS])
-            width = len(str(self.epochs))
-            self.write(f"epoch {epoch:>{width}}/{self.epochs}  loss "
-                       f"{_number(ctx.metrics[MetricKey.LOSS])}  val_acc {accuracy:.4f}  lr "
-                       f"{ctx.parameters[ParameterKey.LEARNING_RATE]:.4g}  "
-                       f"{now - self.t_epoch:.2f} s")
-            self.t_epoch = now
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    def __init__(self, what, value):
+        super().__init__(f"{what} is {value}")
+        self.what, self.value = what, value
 
 
-def _plot(path, reporter, title):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 7))
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc, ax_lr = fig.subplots(3, 1, sharex=True)
-    ax_loss.plot(reporter.steps, reporter.losses, lw=0.8, alpha=0.5, label="mini-batch")
-    ax_loss.plot(reporter.epoch_steps, reporter.epoch_losses, "o-", lw=1.5, label="epoch mean")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.legend(fontsize=8)
-    ax_acc.plot(reporter.epoch_steps, reporter.val_accuracy, "o-", color="tab:green")
-    ax_acc.set_ylabel("validation accuracy")
-    ax_lr.plot(reporter.steps, reporter.lrs, color="tab:red")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("optimizer step")
-    for ax in (ax_loss, ax_acc, ax_lr):
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"--plot {path!r}: cannot write the image: {exc}") from None
+def _guarded_loss_and_grad(model):
+    def loss_and_grad(batch, params, grads):
+        loss = model.loss_and_grad(batch[0], batch[1], grads)
+        if not math.isfinite(loss):
+            raise Diverged("the loss", loss)
+        for g in grads:
+            if not np.isfinite(g).all():
+                raise Diverged("the gradient", "not finite (loss " f"{loss:.4g})")
+        return loss
+    return loss_and_grad
+
+
+def _diverged_message(task, exc, per_epoch):
+    lr = task.parameters[ParameterKey.LEARNING_RATE]
+    scheduled = isinstance(lr, Schedule)
+    value = lr(task.step_count) if scheduled else lr
+    hint = (f"try a smaller --lr (e.g. {value / 10:.2g})" if not scheduled else
+            f"try a schedule with smaller values (e.g. --lr {value / 10:.2g})")
+    return (f"diverged at step {task.step_count + 1} (epoch {task.epoch + 1}, mini-batch "
+            f"{task.mini_batch + 1}/{per_epoch}, lr {value:.4g}): {exc.what} is {exc.value}; "
+            f"stopped before that step; {hint}")
+
+
+# ----------------------------------------------------------------------------------------
+# The schedule and the run's length.
+# ----------------------------------------------------------------------------------------
+
+
+def _schedule_spec(args, lr, total_steps):
+    """The --schedule given, as plain data for the checkpoint: name, arguments, the
+    values filled in, and whether its length was taken from the run's."""
+    name, pairs = args.schedule[0], list(args.schedule[1:])
+    fill = {"initial": lr, "max_value": lr, "steps": total_steps, "total_steps": total_steps}
+    missing = fillable_missing(name, pairs)
+    return {"name": name, "arguments": pairs,
+            "fill": {k: v for k, v in fill.items() if k in missing},
+            "fitted": any(k in ("steps", "total_steps") for k in missing),
+            "length": total_steps}
+
+
+def _build(spec, total_steps):
+    fill = dict(spec["fill"])
+    for key in ("steps", "total_steps"):
+        if key in fill:
+            fill[key] = total_steps
+    return build_schedule(spec["name"], spec["arguments"], fill)
+
+
+def _explicit_length(spec):
+    for pair in spec["arguments"]:
+        key, _, value = pair.partition("=")
+        if key.strip().lstrip("-").replace("-", "_") in ("steps", "total_steps"):
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _fit_schedule(args, task, parameters, spec, total_steps):
+    """Set the learning-rate schedule for a run of `total_steps` steps in all; returns the
+    schedule's spec (to save) and a note for the user or None.
+
+    A new --schedule is built for the whole run. Without one, a resumed run keeps the
+    checkpoint's schedule, except that one whose length came from the run's (`steps` left
+    out) is re-fit to the new length when --epochs changed it: what `--epochs` means. A
+    schedule given an explicit length shorter than the run holds its final value after
+    it; the note says so."""
+    note = None
+    if args.schedule:
+        lr = parameters.get(ParameterKey.LEARNING_RATE, task.parameters[
+            ParameterKey.LEARNING_RATE])
+        lr = lr(task.step_count) if isinstance(lr, Schedule) else lr
+        spec = _schedule_spec(args, lr, total_steps)
+        parameters[ParameterKey.LEARNING_RATE] = _build(spec, total_steps)
+    elif spec is not None and ParameterKey.LEARNING_RATE not in parameters:
+        if spec["fitted"] and spec["length"] != total_steps:
+            schedule = _build(spec, total_steps)
+            note = (f"note: the {spec['name']} schedule was fit to the run's length, "
+                    f"{spec['length']} steps; re-fit to {total_steps} steps: {schedule!r}")
+            spec = dict(spec, length=total_steps)
+            parameters[ParameterKey.LEARNING_RATE] = schedule
+    elif ParameterKey.LEARNING_RATE in parameters:
+        spec = None           # --lr replaces a saved schedule by a constant
+    if spec is not None and not spec["fitted"]:
+        end = _explicit_length(spec)
+        if end is not None and end < total_steps and task.step_count < total_steps:
+            schedule = parameters.get(ParameterKey.LEARNING_RATE) or task.parameters[
+                ParameterKey.LEARNING_RATE]
+            note = (f"warning: the {spec['name']} schedule ends at step {end}, before the "
+                    f"run's {total_steps}; after it the lr stays {schedule(end):g}")
+    return spec, note
 
 
 # ----------------------------------------------------------------------------------------
 # The command.
 # ----------------------------------------------------------------------------------------
-
-
-def _config_from_args(args):
-    seed = DEFAULTS["seed"] if args.seed is None else args.seed
-    if not 0 <= seed < 2**63:
-        raise CLIError(f"--seed must be an integer in [0, 2**63), got {seed}")
-    return {"data": os.path.abspath(args.data) if args.data else None, "target": args.target,
-            "val_fraction": args.val_fraction, "split_seed": seed,
-            "model": args.model or "mlp", "hidden": args.hidden or 64}
-
-
-def _config_from_checkpoint(args):
-    try:
-        _, meta = checkpoint.read(args.resume)
-    except FileNotFoundError:
-        raise CLIError(f"--resume {args.resume!r}: file does not exist") from None
-    except (OSError, checkpoint.CheckpointError) as exc:
-        raise CLIError(f"--resume: {exc}") from None
-    config = (meta.get("user") or {}).get("lrcore train") if isinstance(meta, dict) else None
-    if not isinstance(config, dict):
-        raise CLIError(f"--resume {args.resume!r} was not written by `lrcore train --save`")
-    for option, attr in (("--model", "model"), ("--hidden", "hidden")):
-        given = getattr(args, attr)
-        if given is not None and given != config[attr]:
-            raise CLIError(f"{option} {given} conflicts with the checkpoint's {config[attr]}")
-    if args.data:
-        config = dict(config, data=os.path.abspath(args.data),
-                      target=args.target if args.target is not None else config["target"])
-    optimizer = meta["optimizer"]["class"].lower()
-    if args.optimizer is not None and args.optimizer != optimizer:
-        raise CLIError(f"--optimizer {args.optimizer} conflicts with the checkpoint, which "
-                       f"was trained with {optimizer}")
-    return config, optimizer
-
-
-def run(args):
-    _check_options(args)
-    if args.resume:
-        config, optimizer = _config_from_checkpoint(args)
-    else:
-        config, optimizer = _config_from_args(args), args.optimizer or DEFAULTS["optimizer"]
-    X_train, y_train, X_val, y_val, n_classes = _load_data(config)
-    if args.resume and (X_train.shape[1] != config["n_features"]
-                        or n_classes != config["n_classes"]):
-        raise CLIError(f"the data has {X_train.shape[1]} features and {n_classes} classes; "
-                       f"the checkpoint's model has {config['n_features']} and "
-                       f"{config['n_classes']}")
-    config.update(n_features=int(X_train.shape[1]), n_classes=n_classes)
-    parameters = _option_parameters(args, optimizer)
-    model = _make_model(config)
-
-    def loss_and_grad(batch, params, grads):
-        return model.loss_and_grad(batch[0], batch[1], grads)
-
-    data = (X_train, y_train)
-    if args.resume:
-        try:
-            task = UpdateTask.load(args.resume, loss_and_grad, data, params=model.params)
-        except (OSError, ValueError) as exc:
-            raise CLIError(f"--resume: {exc}") from None
-    else:
-        parameters.setdefault(ParameterKey.LEARNING_RATE, DEFAULT_LR[optimizer])
-        parameters.setdefault(ParameterKey.EPOCHS, DEFAULTS["epochs"])
-        parameters.setdefault(ParameterKey.MINI_BATCH_SIZE, DEFAULTS["batch_size"])
-        parameters.setdefault(ParameterKey.SEED, config["split_seed"])
-        try:
-            task = UpdateTask(model.params, loss_and_grad, data, optimizer=optimizer,
-                              num_threads=args.threads)
-        except (TypeError, ValueError) as exc:
-            raise CLIError(str(exc)) from None
-    current = task.parameters
-    epochs = parameters.get(ParameterKey.EPOCHS, current[ParameterKey.EPOCHS])
-    batch_size = parameters.get(ParameterKey.MINI_BATCH_SIZE,
-                                current[ParameterKey.MINI_BATCH_SIZE])
-    per_epoch = _steps_per_epoch(len(y_train), batch_size)
-    if args.schedule:
-        lr = parameters.get(ParameterKey.LEARNING_RATE, current[ParameterKey.LEARNING_RATE])
-        lr = lr(task.step_count) if callable(lr) else lr
-        parameters[ParameterKey.LEARNING_RATE] = build_schedule(
-            args.schedule[0], args.schedule[1:],
-            {"initial": lr, "max_value": lr, "steps": epochs * per_epoch,
-             "total_steps": epochs * per_epoch})
-    if args.threads is not None:
-        task.optimizer.num_threads = args.threads
-    if task.epoch >= epochs:
-        print(f"nothing to do: the checkpoint has completed {task.epoch} of {epochs} epochs; "
-              f"pass --epochs N with N > {task.epoch} to train further")
-        return 0
-    remaining = (epochs - task.epoch) * per_epoch - task.mini_batch
-    use_bar = args.progress if args.progress is not None else (
-        _has_tqdm() and sys.stderr.isatty())
-    _print_header(config, task, parameters, len(y_train), len(y_val), epochs, per_epoch,
-                  args.resume)
-    reporter = _Reporter(model, X_val, y_val, len(y_train), remaining, use_bar, epochs)
-    written = []
-
-    def on_progress(ctx):
-        reporter(ctx)
-        if ctx.event is Event.EPOCH_END and args.save:
-            ctx.task.save(args.save, meta={"lrcore train": config})
-
-    task.progress_handlers = ProgressHandlers(Event.MINI_BATCH_END | Event.EPOCH_END, on_progress)
-    start = time.perf_counter()
-    try:
-        state = task.resume(parameters)
-    except (TypeError, ValueError) as exc:
-        reporter.close()
-        raise CLIError(str(exc).replace("UpdateTask: ", "")) from None
-    except KeyboardInterrupt:
-        reporter.close()
-        where = f"epoch {task.epoch + 1} after {task.mini_batch} of {per_epoch} mini-batches"
-        if args.save:
-            task.save(args.save, meta={"lrcore train": config})
-            print(f"interrupted in {where}; checkpoint written to {args.save} "
-                  f"(continue with --resume {args.save})", file=sys.stderr)
-        else:
-            print(f"interrupted in {where}", file=sys.stderr)
-        return 130
-    elapsed = time.perf_counter() - start
-    reporter.close()
-    if task.error is not None:
-        raise CLIError(f"training failed at epoch {task.epoch + 1}, mini-batch "
-                       f"{task.mini_batch + 1}: {type(task.error).__name__}: {task.error}")
-    if args.save:
-        task.save(args.save, meta={"lrcore train": config})
-        written.append(f"checkpoint {args.save}")
-    if args.plot:
-        _plot(args.plot, reporter, f"{_model_name(config)}, {type(task.optimizer).__name__}")
-        written.append(f"plot {args.plot}")
-    rate = reporter.samples / elapsed if elapsed > 0 else math.inf
-    accuracy = reporter.val_accuracy[-1] if reporter.val_accuracy else model.accuracy(X_val, y_val)
-    print(f"{state.name.lower()}: {len(reporter.steps)} steps, {reporter.samples:,} samples in "
-          f"{elapsed:.2f} s ({rate:,.0f} samples/s); final val_acc {accuracy:.4f}")
-    if reporter.losses and not math.isfinite(reporter.losses[-1]):
-        print("warning: the loss is not finite; try a smaller --lr", file=sys.stderr)
-    if written:
-        print("wrote " + ", ".join(written))
-    return 0
-
-
-def _number(x):
-    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.3e}"
 
 
 def _has_tqdm():
@@ -424,17 +425,139 @@ def _has_tqdm():
     return True
 
 
-def _model_name(config):
-    if config["model"] == "mlp":
-        return f"MLP {config['n_features']}-{config['hidden']}-{config['n_classes']}"
-    return f"softmax regression {config['n_features']}-{config['n_classes']}"
+def _new_task(args, config, model, loss_and_grad, data, optimizer):
+    try:
+        return UpdateTask(model.params, loss_and_grad, data,
+                          optimizer=make_optimizer(args, optimizer, model.params))
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
 
 
-def _print_header(config, task, parameters, n_train, n_val, epochs, per_epoch, resuming):
-    source = "digits (built-in)" if config["data"] is None else os.path.basename(config["data"])
-    lr = parameters.get(ParameterKey.LEARNING_RATE, task.parameters[ParameterKey.LEARNING_RATE])
-    lr = f"{lr:g}" if isinstance(lr, float) else repr(lr)
-    start = f", resuming at epoch {task.epoch + 1}" if resuming else ""
-    print(f"{_model_name(config)} on {source}: {n_train} train / {n_val} val samples; "
-          f"{type(task.optimizer).__name__} lr {lr}; {epochs} epoch{'s' * (epochs != 1)} of "
-          f"{per_epoch} mini-batches{start}")
+def _resumed_task(args, model, loss_and_grad, data):
+    try:
+        task = UpdateTask.load(args.resume, loss_and_grad, data, params=model.params)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--resume: {exc}") from None
+    make_optimizer(args, None, model.params, loaded=task.optimizer)
+    return task
+
+
+def _loop(task, parameters, reporter):
+    """Run the task to its end (or Ctrl-C, which propagates); return the seconds taken."""
+    start = time.perf_counter()
+    try:
+        task.resume(parameters)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc).replace("UpdateTask: ", "")) from None
+    finally:
+        reporter.close()
+    return time.perf_counter() - start
+
+
+def run(args):
+    plot = _check_options(args)
+    if args.resume:
+        config, optimizer, history = _read_checkpoint(args)
+    else:
+        config, optimizer, history = (_config_from_args(args),
+                                      args.optimizer or DEFAULTS["optimizer"], History())
+    X_train, y_train, X_val, y_val, n_classes = _load_data(config)
+    if args.resume and (X_train.shape[1] != config["n_features"]
+                        or n_classes != config["n_classes"]):
+        raise CLIError(f"the data has {X_train.shape[1]} features and {n_classes} classes; "
+                       f"the checkpoint's model has {config['n_features']} and "
+                       f"{config['n_classes']}")
+    config.update(n_features=int(X_train.shape[1]), n_classes=n_classes)
+    parameters = optimizer_parameters(args, optimizer)
+    model = _make_model(config)
+    loss_and_grad = _guarded_loss_and_grad(model)
+    data = (X_train, y_train)
+    if args.resume:
+        task = _resumed_task(args, model, loss_and_grad, data)
+    else:
+        parameters.setdefault(ParameterKey.LEARNING_RATE, default_lr(optimizer))
+        parameters.setdefault(ParameterKey.EPOCHS, DEFAULTS["epochs"])
+        parameters.setdefault(ParameterKey.MINI_BATCH_SIZE, DEFAULTS["batch_size"])
+        parameters.setdefault(ParameterKey.SEED, config["split_seed"])
+        task = _new_task(args, config, model, loss_and_grad, data, optimizer)
+
+    current = task.parameters
+    epochs = parameters.get(ParameterKey.EPOCHS, current[ParameterKey.EPOCHS])
+    batch_size = parameters.get(ParameterKey.MINI_BATCH_SIZE,
+                                current[ParameterKey.MINI_BATCH_SIZE])
+    per_epoch = -(-len(y_train) // batch_size)
+    if task.epoch >= epochs:
+        print(f"nothing to do: the checkpoint has completed {task.epoch} of {epochs} epochs; "
+              f"pass --epochs N with N > {task.epoch} to train further")
+        return 0
+    remaining = (epochs - task.epoch) * per_epoch - task.mini_batch
+    total_steps = task.step_count + remaining
+    spec, note = _fit_schedule(args, task, parameters, config.get("schedule"), total_steps)
+    config["schedule"] = spec
+    lr = parameters.get(ParameterKey.LEARNING_RATE, current[ParameterKey.LEARNING_RATE])
+
+    print(header(_model_name(config), _data_name(config), len(y_train), len(y_val),
+                 type(task.optimizer).__name__, lr, epochs, per_epoch, batch_size,
+                 task.epoch + 1 if args.resume else None), flush=True)
+    if note:
+        print(wrap(f"lrcore train: {note}"), file=sys.stderr, flush=True)
+    if args.resume and task.step_count:
+        history.cut(task.epoch + task.mini_batch / per_epoch)
+        history.resumed_at.append(task.epoch + task.mini_batch / per_epoch)
+
+    use_bar = args.progress if args.progress is not None else (
+        _has_tqdm() and sys.stderr.isatty())
+    reporter = Reporter(model, X_val, y_val, len(y_train), history, per_epoch, epochs,
+                        remaining, use_bar, task.epoch)
+
+    def save():
+        task.save(args.save, meta={META_CONFIG: config, META_KEY: history.to_meta()})
+
+    def on_progress(ctx):
+        if ctx.event is Event.EPOCH_END and args.save:
+            save()                      # before the report: a closed stdout loses nothing
+        reporter(ctx)
+
+    task.progress_handlers = ProgressHandlers(Event.MINI_BATCH_END | Event.EPOCH_END, on_progress)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            elapsed = _loop(task, parameters, reporter)
+    except KeyboardInterrupt:
+        where = f"epoch {task.epoch + 1} after {task.mini_batch} of {per_epoch} mini-batches"
+        if args.save:
+            save()
+            print(f"interrupted in {where}; checkpoint written to {args.save} "
+                  f"(continue with --resume {args.save})", file=sys.stderr)
+        else:
+            print(f"interrupted in {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _check_outcome(task, per_epoch)
+
+    written = []
+    if args.save:
+        save()
+        written.append(f"checkpoint {args.save}")
+    if plot:
+        figure.draw(history, *plot, epochs=epochs, steps_per_epoch=per_epoch,
+                    title=f"{_model_name(config)} on {_data_name(config)}, "
+                          f"{type(task.optimizer).__name__}, batch {batch_size}",
+                    lr_text=f"{lr:g}" if isinstance(lr, float) else repr(lr))
+        written.append(f"plot {plot[0]}")
+    accuracy = history.val_acc[-1] if history.val_acc else model.accuracy(X_val, y_val)
+    print(summary(task.state.name.lower(), reporter.steps, reporter.samples, elapsed,
+                  accuracy, written))
+    return 0
+
+
+def _check_outcome(task, per_epoch):
+    """A failed task as one line: a closed stdout is re-raised (quiet exit), divergence and
+    any other failure are exit code 1."""
+    error = task.error
+    if error is None:
+        return
+    if isinstance(error, BrokenPipeError):
+        raise error
+    if isinstance(error, Diverged):
+        raise CLIError(_diverged_message(task, error, per_epoch), EXIT_FAILED)
+    raise CLIError(f"training failed in epoch {task.epoch + 1}, mini-batch "
+                   f"{task.mini_batch + 1}: {type(error).__name__}: {error}", EXIT_FAILED)

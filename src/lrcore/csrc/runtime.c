@@ -1,12 +1,12 @@
 /*
  * runtime.c -- instruction-set dispatch and the threaded job runner.
- * See runtime.h for the design.
+ * See runtime.h for the design; the threads come from pool.c.
  */
 #include "runtime.h"
+#include "pool.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -21,23 +21,11 @@ const lrcore_sumsq_fn lrcore_sumsq_avx512 = 0;
 
 #define LRCORE_ALIGN 64   /* bytes: one cache line, one AVX-512 vector */
 
-int lrcore_isa_supported(void)
-{
-#if defined(LRCORE_X86) && (defined(__GNUC__) || defined(__clang__))
-    /* libgcc checks both CPUID and the OS-enabled register state (XGETBV). */
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return LRCORE_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return LRCORE_ISA_AVX2;
-#endif
-    return LRCORE_ISA_BASELINE;
-}
+/* --- instruction set: detected once (pthread_once), the active level an atomic ---------- */
 
-static int active_level = -1;
-static lrcore_range_fn active_fn = 0;
-static lrcore_sumsq_fn active_sumsq = 0;
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+static int isa_best;                 /* written once, inside isa_once */
+static atomic_int isa_level;         /* the level in use */
 
 static lrcore_sumsq_fn sumsq_for(int level)
 {
@@ -53,35 +41,71 @@ static lrcore_range_fn fn_for(int level)
     return lrcore_range_baseline;
 }
 
+static int cpu_level(void)
+{
+#if defined(LRCORE_X86) && (defined(__GNUC__) || defined(__clang__))
+    /* libgcc checks both CPUID and the OS-enabled register state (XGETBV). */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return LRCORE_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return LRCORE_ISA_AVX2;
+#endif
+    return LRCORE_ISA_BASELINE;
+}
+
+static void isa_init(void)
+{
+    int level = cpu_level();
+    while (level > 0 && fn_for(level) == 0) level--;   /* built for this architecture */
+    isa_best = level;
+    atomic_store(&isa_level, level);
+}
+
+int lrcore_isa_supported(void)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_best;
+}
+
+int lrcore_isa_available(int level)
+{
+    return level >= 0 && level <= lrcore_isa_supported() && fn_for(level) != 0;
+}
+
 int lrcore_set_isa(int level)
 {
     int best = lrcore_isa_supported();
     if (level < 0 || level > best) level = best;
     while (level > 0 && fn_for(level) == 0) level--;
-    active_level = level;
-    active_fn = fn_for(level);
-    active_sumsq = sumsq_for(level);
+    atomic_store(&isa_level, level);
     return level;
 }
 
 int lrcore_isa_active(void)
 {
-    if (active_level < 0) lrcore_set_isa(-1);
-    return active_level;
+    pthread_once(&isa_once, isa_init);
+    return atomic_load(&isa_level);
 }
+
+/* --- threads ---------------------------------------------------------------------------- */
 
 int lrcore_has_threads(void)
 {
-#ifdef _OPENMP
     return 1;
-#else
-    return 0;
-#endif
+}
+
+int lrcore_max_threads(void)
+{
+    return lrcore_pool_max_threads();
 }
 
 int lrcore_plan_threads(size_t param_bytes, int requested, size_t min_bytes_per_thread)
 {
-    if (requested <= 1 || !lrcore_has_threads()) return 1;
+    if (requested <= 1) return 1;
+    int maxt = lrcore_pool_max_threads();
+    if (requested > maxt) requested = maxt;
     if (min_bytes_per_thread == 0) return requested;
     size_t by_size = param_bytes / min_bytes_per_thread;
     if (by_size < 1) return 1;
@@ -132,16 +156,30 @@ static void run_between(lrcore_range_fn fn, const lrcore_job *jobs, cut_t a, cut
     }
 }
 
+typedef struct {
+    lrcore_range_fn fn;
+    const lrcore_job *jobs;
+    const cut_t *cuts;
+} run_task_t;
+
+static void run_task(void *arg, size_t t)
+{
+    const run_task_t *rt = (const run_task_t *)arg;
+    run_between(rt->fn, rt->jobs, rt->cuts[t], rt->cuts[t + 1]);
+}
+
 void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
 {
     if (njobs == 0) return;
-    lrcore_isa_active();
-    lrcore_range_fn fn = active_fn;
-    if (nthreads <= 1 || !lrcore_has_threads()) {
+    lrcore_range_fn fn = fn_for(lrcore_isa_active());
+    int maxt = lrcore_pool_max_threads();
+    if (nthreads > maxt) nthreads = maxt;
+    if (nthreads <= 1) {
         for (size_t j = 0; j < njobs; j++) run_aligned(fn, &jobs[j], 0, jobs[j].n);
         return;
     }
-    /* Split the bytes of param evenly; cut k falls at byte k*total/nthreads. */
+    /* Split the bytes of param evenly; cut k falls at byte k*total/nthreads, rounded up to
+     * an aligned param address. Task k runs [cut k, cut k+1): any thread may run any task. */
     size_t total = 0;
     for (size_t j = 0; j < njobs; j++) total += jobs[j].n * elem_size(&jobs[j]);
     cut_t stack_cuts[65];
@@ -163,14 +201,8 @@ void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
         if (cuts[k].job == cuts[k - 1].job && cuts[k].off < cuts[k - 1].off) cuts[k].off = cuts[k - 1].off;
     }
     cuts[nthreads].job = njobs - 1; cuts[nthreads].off = jobs[njobs - 1].n;
-#ifdef _OPENMP
-    #pragma omp parallel num_threads(nthreads)
-    {
-        int nt = omp_get_num_threads();
-        for (int t = omp_get_thread_num(); t < nthreads; t += nt)
-            run_between(fn, jobs, cuts[t], cuts[t + 1]);
-    }
-#endif
+    run_task_t rt = { fn, jobs, cuts };
+    lrcore_pool_run(nthreads, (size_t)nthreads, run_task, &rt);
     if (cuts != stack_cuts) free(cuts);
 }
 
@@ -195,10 +227,30 @@ static int all_finite_job(const lrcore_job *job)
     return 1;
 }
 
+typedef struct {
+    lrcore_sumsq_fn fn;
+    const lrcore_job *jobs;
+    const size_t *job_of, *start_of;
+    double *part;
+    size_t nblocks, ntasks;
+} sumsq_task_t;
+
+/* Task t computes blocks [t*nblocks/ntasks, (t+1)*nblocks/ntasks). */
+static void sumsq_task(void *arg, size_t t)
+{
+    const sumsq_task_t *st = (const sumsq_task_t *)arg;
+    size_t lo = t * st->nblocks / st->ntasks, hi = (t + 1) * st->nblocks / st->ntasks;
+    for (size_t k = lo; k < hi; k++) {
+        const lrcore_job *job = &st->jobs[st->job_of[k]];
+        size_t s = st->start_of[k];
+        size_t c = job->n - s < LRCORE_SUMSQ_BLOCK ? job->n - s : LRCORE_SUMSQ_BLOCK;
+        st->part[k] = st->fn(job, s, c);
+    }
+}
+
 double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int *all_finite)
 {
-    lrcore_isa_active();
-    lrcore_sumsq_fn fn = active_sumsq;
+    lrcore_sumsq_fn fn = sumsq_for(lrcore_isa_active());
     size_t nblocks = 0;
     for (size_t j = 0; j < njobs; j++) nblocks += (jobs[j].n + LRCORE_SUMSQ_BLOCK - 1) / LRCORE_SUMSQ_BLOCK;
     double total = 0.0;
@@ -213,16 +265,11 @@ double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int
             size_t b = 0;
             for (size_t j = 0; j < njobs; j++)
                 for (size_t s = 0; s < jobs[j].n; s += LRCORE_SUMSQ_BLOCK) { job_of[b] = j; start_of[b] = s; b++; }
-            long long nb = (long long)nblocks;
-#ifdef _OPENMP
-            #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-#endif
-            for (long long k = 0; k < nb; k++) {
-                const lrcore_job *job = &jobs[job_of[k]];
-                size_t s = start_of[k];
-                size_t c = job->n - s < LRCORE_SUMSQ_BLOCK ? job->n - s : LRCORE_SUMSQ_BLOCK;
-                part[k] = fn(job, s, c);
-            }
+            size_t ntasks = nthreads < 1 ? 1 : (size_t)nthreads;
+            if (ntasks > nblocks) ntasks = nblocks;
+            sumsq_task_t st = { fn, jobs, job_of, start_of, part, nblocks, ntasks };
+            lrcore_pool_run(nthreads, ntasks, sumsq_task, &st);
+            /* fixed blocks summed in a fixed order: the same total for every thread count */
             for (size_t k = 0; k < nblocks; k++) total += part[k];
             free(part); free(job_of); free(start_of);
         }

@@ -140,6 +140,14 @@ def _parse_number(cell: str, path: str, line_number: int, column_name: str) -> f
 
 
 def _read_npz_table(path: str, target: str | int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    with open(path, "rb") as stream:
+        head = stream.read(6)
+    if not head:
+        raise ValueError(f"NPZ file {path!r} is empty; expected a numpy .npz archive")
+    if head[:4] != b"PK\x03\x04" and head != b"\x93NUMPY":
+        # np.load would guess from the first bytes and call a text file "pickled data"
+        raise ValueError(f"NPZ file {path!r} is not a numpy .npz archive (a zip file written "
+                         f"by numpy.savez); it starts with {head!r}")
     try:
         archive = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:

@@ -10,4 +10,4 @@ from .vocabulary import (Event, MetricKey, ParameterKey, ProgressHandlers, TaskS
                          UpdateContext)
 
 __all__ = ["UpdateTask", "ParameterKey", "Event", "ProgressHandlers", "UpdateContext",
-           "TaskState", "MetricKey", "OPTIMIZERS"]
+           "TaskState", "MetricKey", "OPTIMIZERS", "FORMAT", "FORMAT_VERSION"]

@@ -8,11 +8,14 @@ import dataclasses
 import enum
 import math
 import numbers
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ..schedules import Schedule
+
+if TYPE_CHECKING:
+    from .loop import UpdateTask
 
 __all__ = ["ParameterKey", "Event", "MetricKey", "TaskState", "ProgressHandlers",
            "UpdateContext"]
