@@ -221,3 +221,16 @@ def test_float32_calls_are_unchanged():
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="seed must be"):
         kernels.adam(*a, lr=1e-3, step=1, seed=-5)
+
+
+@pytest.mark.slow
+def test_large_call_with_prefetch_equals_twin(force_threads):
+    """Past 4 MiB per stream the driver asks for lines ahead (a hint: no effect on bits)."""
+    spec, case = registry.spec("adam"), registry.spec("adam").cases[0]
+    rng = np.random.default_rng(12)
+    bufs = _make(rng, spec, case, ("bfloat16",) * 3, (1 << 21) + 1000)
+    want, got = _copy(bufs), _copy(bufs)
+    kw = dict(rounding="stochastic", seed=77, index_offset=0)
+    _twin(spec)(want[0], want[1], **want[2], lr=0.01, step=2, **kw)
+    kernels.adam(got[0], got[1], **got[2], lr=0.01, step=2, num_threads=2, **kw)
+    _assert_same(got, want)

@@ -47,6 +47,10 @@ typedef struct {
 #define LRCORE_LOWP_TILE 1024   /* elements per float32 tile; 5 tiles stay in L1 */
 #endif
 
+#ifndef LRCORE_LOWP_AHEAD
+#define LRCORE_LOWP_AHEAD 4096  /* bytes prefetched ahead per stream, on calls past LRCORE_PREFETCH_MIN_BYTES */
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define LRCORE__ALIGN64 __attribute__((aligned(64)))
 #else
@@ -211,9 +215,20 @@ typedef void (*lrcore_f32_step_fn)(void *ctx, size_t n, float *param, const floa
 
 LRCORE_INLINE size_t lrcore__et_size(int et) { return et == LRCORE_ET_F32 ? 4 : (et == LRCORE_ET_F64 ? 8 : 2); }
 
-/* Widen (or point at) `m` elements of buffer `b` starting at element t0. */
-LRCORE_INLINE float *lrcore__tile_in(int et, void *buf, size_t t0, size_t m, float *tile)
+/* Widen (or point at) `m` elements of buffer `b` starting at element t0. With `pf`, a line
+ * LRCORE_LOWP_AHEAD bytes ahead is requested for every line widened (n: the call's size, so
+ * no request goes past the end); float32 buffers used in place get the same requests. */
+LRCORE_INLINE float *lrcore__tile_in(int et, void *buf, size_t t0, size_t m, float *tile,
+                                     int pf, size_t n, int write)
 {
+    const size_t es = lrcore__et_size(et), line = LRCORE_CACHE_LINE / es;
+    const size_t ahead = LRCORE_LOWP_AHEAD / es;
+    if (pf) {
+        for (size_t l = t0; l < t0 + m && n - l > ahead; l += line) {
+            if (write) LRCORE__PREFETCH_W((char *)buf + (l + ahead) * es);
+            else LRCORE__PREFETCH_R((char *)buf + (l + ahead) * es);
+        }
+    }
     if (et == LRCORE_ET_F32) return (float *)buf + t0;
     if (et == LRCORE_ET_BF16) lrcore_widen_bf16(m, (const uint16_t *)buf + t0, tile);
     else lrcore_widen_f16(m, (const uint16_t *)buf + t0, tile);
@@ -230,13 +245,15 @@ static inline void lrcore_lowp_run(size_t n, void *param, const void *grad, void
 {
     float tp[LRCORE_LOWP_TILE] LRCORE__ALIGN64, tg[LRCORE_LOWP_TILE] LRCORE__ALIGN64;
     float ts[3][LRCORE_LOWP_TILE] LRCORE__ALIGN64;
+    const int pf = n * lrcore__et_size(lp->param) > (size_t)LRCORE_PREFETCH_MIN_BYTES;
     for (size_t t0 = 0; t0 < n; t0 += LRCORE_LOWP_TILE) {
         size_t m = n - t0 < LRCORE_LOWP_TILE ? n - t0 : LRCORE_LOWP_TILE;
-        float *p = lrcore__tile_in(lp->param, param, t0, m, tp);
-        float *g = lrcore__tile_in(lp->grad, (void *)grad, t0, m, tg);
+        float *p = lrcore__tile_in(lp->param, param, t0, m, tp, pf, n, 1);
+        float *g = lrcore__tile_in(lp->grad, (void *)grad, t0, m, tg, pf, n, 0);
         float *s[3];
         for (int k = 0; k < 3; k++)
-            s[k] = state[k] ? lrcore__tile_in(lp->state, state[k], t0, m, ts[k]) : (float *)0;
+            s[k] = state[k] ? lrcore__tile_in(lp->state, state[k], t0, m, ts[k], pf, n, 1)
+                            : (float *)0;
         step_f32(ctx, m, p, g, s);
         uint64_t index = lp->index_offset + t0;
         if (lp->param != LRCORE_ET_F32)
