@@ -508,7 +508,7 @@ def test_make_optimizer_is_the_one_hook(capsys, tmp_path, monkeypatch):
     path = tmp_path / "c.lrc"
     assert train(capsys, "--epochs", "1", "--threads", "2", "--save", str(path))[0] == 0
     assert train(capsys, "--resume", str(path), "--epochs", "2", "--threads", "1")[0] == 0
-    assert seen == [("adam", False, 2), (None, True, 1)]
+    assert seen == [("adam", False, 2), ("adam", True, 1)]
 
 
 def test_readme_documents_the_train_options():
@@ -569,3 +569,30 @@ def test_figure_is_a_report_figure():
     assert labels == ["training loss", "validation accuracy", "learning rate"]
     assert "lr Cosine(initial=0.1, steps=50)" in fig._suptitle.get_text()
     assert "constant" not in fig._suptitle.get_text()
+
+
+def test_an_environment_error_at_import_is_one_line():
+    """`LRCORE_ISA=bogus lrcore train`: lrcore refuses to import, and the console script
+    (a launcher outside the package) says so in one line."""
+    import tomllib
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts == {"lrcore": "_lrcore_launcher:main"}
+    if lrcore.backend() != "native":
+        pytest.skip("LRCORE_ISA applies to the compiled backend only")
+    env = dict(os.environ, LRCORE_ISA="bogus", LRCORE_BACKEND="native")
+    r = subprocess.run([sys.executable, "-m", "_lrcore_launcher", "train"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("lrcore: error: LRCORE_ISA must be one of ") and "'bogus'" in r.stderr
+    env["LRCORE_ISA"] = ""
+    r = subprocess.run([sys.executable, "-m", "_lrcore_launcher", "--version"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == f"lrcore {lrcore.__version__}\n"
+
+
+def test_bench_checks_its_json_path_first(tmp_path):
+    r = lrcore_cmd("bench", "--json", str(tmp_path / "no" / "b.json"))
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "does not exist" in r.stderr or "compiled backend" in r.stderr

@@ -7,7 +7,9 @@ per-array functions of lrcore.kernels (compiled, or the numpy twin on LRCORE_BAC
 with the values the optimizer should have used: the optimizer's single native call over all
 arrays must give bitwise the same result.
 """
+import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -30,7 +32,7 @@ PLANS = ("default", "reference")            # the backend's StepPlan, and the nu
 def plan(request, monkeypatch):
     """Run the optimizer on the backend's StepPlan, then on lrcore.reference.StepPlan."""
     if request.param == "reference":
-        monkeypatch.setattr(optim, "_plan_class", lambda: reference.StepPlan)
+        monkeypatch.setattr(optim.base, "plan_class", lambda: reference.StepPlan)
     return request.param
 
 
@@ -219,13 +221,13 @@ def test_native_plan_matches_numpy_twin(name, kw, dtype):
     start = [_rand(rng, s, dtype) for s in SHAPES]
     grads = [[_rand(rng, s, dtype) for s in SHAPES] for _ in range(5)]
     results = []
-    for plan_class in (optim._plan_class(), reference.StepPlan):
+    for plan_class in (optim.plan_class(), reference.StepPlan):
         params = [p.copy() for p in start]
-        saved, optim._plan_class = optim._plan_class, (lambda c=plan_class: c)
+        saved, optim.base.plan_class = optim.base.plan_class, (lambda c=plan_class: c)
         try:
             opt = CLASSES[name](params, **kw)
         finally:
-            optim._plan_class = saved
+            optim.base.plan_class = saved
         assert type(opt._plan) is plan_class
         for g in grads:
             opt.step(g)
@@ -850,3 +852,280 @@ def test_malformed_state_dict_is_a_clear_error_and_changes_nothing():
     assert after["step"] == before["step"]
     for k in before["state"][0]:
         np.testing.assert_array_equal(after["state"][0][k], before["state"][0][k])
+
+
+# --------------------------------------------------------------------------------------------
+# The table (lrcore.rules) as the source of the classes, and one vocabulary for the ranges
+# --------------------------------------------------------------------------------------------
+
+import inspect  # noqa: E402
+import threading  # noqa: E402
+
+from lrcore import hyperparams, rules  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_classes_are_derived_from_the_table(name):
+    cls = CLASSES[name]
+    rule = cls.rule
+    assert cls.kernel == rule.name
+    assert cls.state_slots == tuple(s.name for s in rule.states)
+    assert set(cls.numeric) == {h.name for h in rule.hypers if h.public and h.ctype == "double"
+                                and h.name not in rule.scalar_states}
+    preset = rules.PRESETS[name.lower()]
+    sig = inspect.signature(cls.__init__).parameters
+    table = {h.name: h.default for h in rule.hypers if h.public and h.default is not None}
+    table.update({o.name: o.default for o in rule.options})
+    table.update(preset.defaults)
+    table.update(preset.fixed)
+    given = {k: p.default for k, p in sig.items() if p.default is not inspect.Parameter.empty}
+    if "betas" in given:
+        given["beta1"], given["beta2"] = given.pop("betas")
+    for key, value in given.items():
+        if key in table and key not in preset.fixed:
+            assert value == table[key], f"{name}.{key}: {value!r} in the signature, " \
+                                        f"{table[key]!r} in the table"
+
+
+def _torch_or_skip():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    import lrcore.torch as lt
+    return torch, lt
+
+
+VOCABULARY = [   # (class, hyperparameter, value, accepted) at the edges of the table's ranges
+    ("Adam", "eps", 0.0, True), ("Adam", "eps", -1e-12, False),
+    ("SGD", "momentum", 1.5, True), ("SGD", "momentum", -0.1, False),
+    ("Adam", "beta1", 0.0, True), ("Adam", "beta1", 1.0, False),
+    ("Adam", "beta2", 1.0 - 2 ** -53, True), ("Adam", "beta2", 1.0, False),
+    ("SGD", "lr", 0.0, True), ("SGD", "lr", math.inf, False),
+    ("Adam", "weight_decay", -1e-300, False), ("RMSprop", "momentum", 2.0, True),
+]
+TASK_KEYS = {"lr": "LEARNING_RATE", "momentum": "MOMENTUM", "beta1": "BETA1", "beta2": "BETA2",
+             "eps": "EPS", "weight_decay": "WEIGHT_DECAY"}
+
+
+@pytest.mark.parametrize("name,key,value,accepted", VOCABULARY)
+def test_one_vocabulary_for_optimizer_task_and_torch(name, key, value, accepted):
+    """The optimizer, the update task and lrcore.torch accept and refuse the same values,
+    with the table's message ("... must be <range>, got <value>")."""
+    cls = CLASSES[name]
+    rng = hyperparams.range_of(cls.rule, key)
+    assert rng.contains(value) == accepted
+    text = re.escape(f"{key} must be {rng.text}, got {value!r}")
+    kw = {key: value}
+    if key in ("beta1", "beta2"):
+        kw = {"betas": (value, 0.999) if key == "beta1" else (0.9, value)}
+    attempts = [lambda: cls(np.ones(3), **kw),
+                lambda: cls(np.ones(3)).set(**{key: value})]
+    from lrcore.task import ParameterKey, UpdateTask
+    task_key = ParameterKey[TASK_KEYS[key]]
+
+    def task():
+        UpdateTask([np.ones(3)], lambda b, p, g: 0.0, (np.ones((4, 1)),), name.lower(),
+                   {task_key: value})
+    attempts.append(task)
+    for attempt in attempts:
+        if accepted:
+            attempt()
+        else:
+            task_text = re.escape(f"ParameterKey.{TASK_KEYS[key]} must be {rng.text}, "
+                                  f"got {value!r}")
+            with pytest.raises(ValueError, match=task_text if attempt is task else text):
+                attempt()
+    torch, lt = _torch_or_skip()
+    make = lambda: getattr(lt, name)([torch.nn.Parameter(torch.ones(3))], **kw)  # noqa: E731
+    if accepted:
+        make()
+    else:
+        with pytest.raises(ValueError, match=text):
+            make()
+
+
+def test_momentum_above_one_is_allowed_and_a_schedule_leaving_its_range_is_refused():
+    s = S.Linear(0.5, 1.5, 10)          # momentum passes 1: allowed (>= 0, as in torch)
+    opt = lrcore.SGD(np.ones(3), lr=0.1, momentum=s)
+    for _ in range(12):
+        opt.step(np.ones(3))
+    assert opt.hyperparameters()["momentum"] == 1.5
+    bad = S.Linear(0.9, 1.0, 3)         # beta1 reaches 1 at step 3: refused then, not before
+    opt = lrcore.Adam(np.ones(3), lr=0.1, betas=(bad, 0.999))
+    for _ in range(3):
+        opt.step(np.ones(3))
+    before = _snapshot(opt, evaluate=False)
+    with pytest.raises(ValueError, match=r"beta1 schedule at step 3\): beta1 must be "
+                                         r"in \[0, 1\), got 1.0"):
+        opt.step(np.ones(3))
+    assert _snapshot(opt, evaluate=False) == before
+
+
+def test_injector_resolves_numbers_arrays_and_schedules():
+    rng = rules.NONNEG
+    assert hyperparams.resolve("X", "lr", 0.5, 3, rng) == 0.5
+    assert hyperparams.resolve("X", "lr", np.array(0.25), 3, rng) == 0.25
+    assert hyperparams.resolve("X", "lr", S.Linear(1.0, 0.0, 4), 3, rng) == 0.25
+    with pytest.raises(ValueError, match=r"X: lr as a tensor must have one element, got shape "
+                                         r"\(2,\)"):
+        hyperparams.resolve("X", "lr", np.ones(2), 0, rng)
+    with pytest.raises(ValueError, match=r"X \(beta1 schedule at step 5\): beta1 must be in "
+                                         r"\[0, 1\), got 1.5"):
+        hyperparams.resolve("X", "beta1", S.Linear(1.0, 2.0, 10), 5, rules.UNIT_OPEN)
+    with pytest.raises(ValueError, match=r"X: lr must be a finite number >= 0, got "):
+        hyperparams.check("X", "lr", -10 ** 400, rng)
+
+
+def test_sgd_first_momentum_step_is_an_explicit_flag():
+    rule = rules.RULES["sgd"]
+    group = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+                 maximize=False)
+    first = hyperparams.kernel_values(rule, "SGD", group, 0, init_buffer=True)
+    later = hyperparams.kernel_values(rule, "SGD", group, 7, init_buffer=False)
+    assert first["init_buffer"] is True and first["step"] == 1
+    assert later["init_buffer"] is False and later["step"] == 8
+    assert list(first) == [h.name for h in rule.hypers if h.public or h.name in
+                           ("step", "init_buffer")]
+    # momentum switched on at step 5: the buffer starts as g then (torch), whatever the step
+    p, q = np.ones(4), np.ones(4)
+    opt = lrcore.SGD(p, lr=0.1)
+    for _ in range(5):
+        opt.step(np.full(4, 0.5))
+    opt.set(momentum=0.9)
+    opt.step(np.full(4, 0.5))
+    assert np.array_equal(opt.state_dict()["state"][0]["momentum_buffer"], np.full(4, 0.5))
+    buf = np.zeros(4)
+    for _ in range(5):
+        kernels.sgd(q, np.full(4, 0.5), lr=0.1, step=6)
+    kernels.sgd(q, np.full(4, 0.5), buf, lr=0.1, momentum=0.9, step=1)
+    assert np.array_equal(p, q)
+
+
+def test_plateau_reports_reach_each_schedule_once():
+    plateau = S.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    opt = lrcore.SGD([{"params": [np.ones(2)]}, {"params": [np.ones(2)]}], lr=plateau,
+                     momentum=plateau)
+    opt.report(1.0)
+    opt.report(2.0)                  # worse: one cut, not one per group or per key
+    assert plateau.num_reports == 2 and opt.lr == 0.05
+    with pytest.raises(TypeError, match="metric must be a real number"):
+        opt.report("1.0")
+
+
+def test_schedules_round_trip_as_plain_data():
+    for s in (S.Cosine(0.1, 100), S.warmup_cosine(0.1, 10, 5),
+              S.ReduceOnPlateau(0.1, patience=1)):
+        if isinstance(s, S.ReduceOnPlateau):
+            s.report(1.0)
+            s.report(2.0)
+            s.report(3.0)
+        data = hyperparams.to_data(s)
+        assert json.loads(json.dumps(data)) == data
+        back = hyperparams.from_data("X", "lr", data)
+        assert back == s and back is not s and back(7) == s(7)
+    lam = S.Lambda(lambda k: 0.1)
+    data = hyperparams.to_data(lam)
+    assert data["schedule"] is None
+    with pytest.raises(ValueError, match=r"X: lr was Lambda.*cannot be restored"):
+        hyperparams.from_data("X", "lr", data)
+    assert hyperparams.from_data("X", "lr", data, live=lam) is lam
+
+
+# --------------------------------------------------------------------------------------------
+# Threads (issue 11 item 5) and writeability at the step (item 6)
+# --------------------------------------------------------------------------------------------
+
+N_THREAD_STEPS = 25
+
+
+def _threaded(opt, grads, n_threads):
+    errors = []
+    barrier = threading.Barrier(n_threads)
+
+    def work():
+        try:
+            barrier.wait()
+            for g in grads:
+                opt.step(g)
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("name,kw", [("Adam", dict(lr=1e-2, amsgrad=True)),
+                                     ("SGD", dict(lr=0.1, momentum=0.9)),
+                                     ("RMSprop", dict(lr=1e-2, centered=True))])
+def test_one_optimizer_stepped_from_two_threads_is_serialised(name, kw):
+    """Two threads step the same optimizer with the same grads: whatever the interleaving,
+    whole steps apply one after another, so the result is bitwise 2N sequential steps."""
+    rng = np.random.default_rng(5)
+    start = [_rand(rng, (1 << 17) + 3, np.float32), _rand(rng, (257,), np.float32)]
+    grads = [[_rand(rng, p.shape, np.float32) for p in start]] * N_THREAD_STEPS
+    shared = [p.copy() for p in start]
+    opt = CLASSES[name](shared, num_threads=2, **kw)
+    _threaded(opt, grads, 2)
+    alone = [p.copy() for p in start]
+    ref = CLASSES[name](alone, num_threads=2, **kw)
+    for g in grads + grads:
+        ref.step(g)
+    assert opt.step_count == ref.step_count == 2 * N_THREAD_STEPS
+    for a, b in zip(shared, alone):
+        assert a.tobytes() == b.tobytes()
+    for sa, sb in zip(opt.state_dict()["state"], ref.state_dict()["state"]):
+        assert {k: v.tobytes() for k, v in sa.items()} == {k: v.tobytes() for k, v in sb.items()}
+
+
+def test_two_optimizers_in_two_threads_equal_sequential():
+    rng = np.random.default_rng(6)
+    starts = [_rand(rng, (1 << 17) + 5, np.float64) for _ in range(2)]
+    grads = [[_rand(rng, s.shape, np.float64)] for s in starts for _ in range(N_THREAD_STEPS)]
+    grads = [grads[:N_THREAD_STEPS], grads[N_THREAD_STEPS:]]
+    mine = [s.copy() for s in starts]
+    opts = [lrcore.Adam(p, lr=1e-2, num_threads=2) for p in mine]
+    threads = [threading.Thread(target=lambda o=o, gs=gs: [o.step(g) for g in gs])
+               for o, gs in zip(opts, grads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s, p, gs in zip(starts, mine, grads):
+        q = s.copy()
+        ref = lrcore.Adam(q, lr=1e-2, num_threads=2)
+        for g in gs:
+            ref.step(g)
+        assert p.tobytes() == q.tobytes()
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_a_param_made_read_only_after_construction_is_refused_at_the_step(plan, name):
+    p, q = np.ones(5), np.ones(3)
+    opt = CLASSES[name]([p, q], lr=0.1)
+    opt.step([np.full(5, 0.5), np.full(3, 0.5)])
+    q.flags.writeable = False
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"params\[1\] is read-only"):
+        opt.step([np.full(5, 0.5), np.full(3, 0.5)], clip_norm=1.0)
+    assert _snapshot(opt) == before
+    q.flags.writeable = True
+    assert opt.step([np.full(5, 0.5), np.full(3, 0.5)])
+
+
+def test_a_failed_load_state_dict_changes_nothing():
+    opt = lrcore.Adam([np.ones(3), np.ones(2)], lr=S.Cosine(0.1, 50))
+    opt.step([np.ones(3), np.ones(2)])
+    good = opt.state_dict()
+    other = lrcore.Adam([np.ones(3), np.ones(2)], lr=S.Cosine(0.1, 50))
+    for _ in range(3):
+        other.step([np.full(3, 2.0), np.full(2, 2.0)])
+    sd = other.state_dict()
+    sd["state"][1]["exp_avg"] = np.zeros(3)          # wrong shape, after a valid params[0]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"params\[1\] state 'exp_avg' is float64 \(3,\)"):
+        opt.load_state_dict(sd)
+    assert _snapshot(opt) == before
+    opt.load_state_dict(good)
+    assert _snapshot(opt) == before

@@ -25,6 +25,7 @@ C-contiguous. Every malformed file raises `CheckpointError`.
 optimizer's `state_dict()` plus its parameters (and optionally more arrays); the update
 task's files (`lrcore.task.persistence`) reuse `pack_optimizer`/`OptimizerLoad`.
 """
+import contextlib
 import errno
 import hashlib
 import json
@@ -35,6 +36,7 @@ import re
 import socket
 import stat
 import struct
+import sys
 import time
 
 import numpy as np
@@ -49,6 +51,7 @@ _ALIGN = 64
 _CHUNK = 1 << 20                  # bytes hashed per read
 _MAX_NDIM = 64
 _DTYPES = {"<f4", "<f8", "<i8", "<u8", "<i4", "<u4", "|u1", "|i1", "|b1", "<f2", "<i2", "<u2"}
+_NAMED_DTYPES = ("bfloat16",)     # extension dtypes (ml_dtypes), stored by name
 STEP_MAX = 2 ** 53                # the kernels' largest step number (lrcore._validate.STEP_MAX)
 
 # A save's temporary file: ".lrcore-<host tag>-<pid>-<random>.tmp". Before lrcore 0.1.1 it
@@ -68,6 +71,23 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 class CheckpointError(ValueError):
     """A checkpoint file is truncated, corrupt, or does not fit what it is loaded into."""
+
+
+def _dtype_code(dt):
+    """The header's name for a dtype, or None if it cannot be stored."""
+    if dt.str in _DTYPES:
+        return dt.str
+    if dt.name in _NAMED_DTYPES and dt.kind == "V" and sys.byteorder == "little":
+        return dt.name
+    return None
+
+
+def _dtype_of(code):
+    """numpy dtype for a header code (already checked to be storable)."""
+    if code in _NAMED_DTYPES:
+        import ml_dtypes
+        return np.dtype(getattr(ml_dtypes, code))
+    return np.dtype(code)
 
 
 def _pad(n):
@@ -156,11 +176,12 @@ def _prepare(arrays):
         a = np.asarray(arr, order="C")   # (not ascontiguousarray: it makes 0-d arrays 1-d)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        if a.dtype.str not in _DTYPES:
+        code = _dtype_code(a.dtype)
+        if code is None:
             raise TypeError(f"checkpoint: array {name!r} has dtype {a.dtype}, which cannot be "
-                            f"stored (numbers and booleans only)")
+                            f"stored (numbers, bfloat16 and booleans only)")
         offset += _pad(offset)
-        entries.append({"name": str(name), "dtype": a.dtype.str, "shape": list(a.shape),
+        entries.append({"name": str(name), "dtype": code, "shape": list(a.shape),
                         "offset": offset, "nbytes": int(a.nbytes)})
         prepared.append((offset, a))
         offset += a.nbytes
@@ -203,7 +224,7 @@ def write(path, arrays, meta):
             pos = 0
             for off, a in prepared:
                 emit(b"\0" * (off - pos))
-                emit(memoryview(a).cast("B") if a.nbytes else b"")
+                emit(_bytes_of(a) if a.nbytes else b"")
                 pos = off + a.nbytes
             f.write(digest.digest())
             f.flush()
@@ -245,13 +266,19 @@ def _no_duplicate_keys(pairs):
     out = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_brief(key)}")
         out[key] = value
     return out
 
 
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _brief(x, limit=80):
+    """repr of a value read from a file, cut short for an error message."""
+    r = repr(x)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 class CheckpointFile:
@@ -367,14 +394,15 @@ class CheckpointFile:
         for k, e in enumerate(parsed["arrays"]):
             entry = self._entry(k, e, data, body)
             if entry.name in entries:
-                raise CheckpointError(f"{where}: array name {entry.name!r} appears twice")
+                raise CheckpointError(f"{where}: array name {_brief(entry.name)} appears "
+                                      f"twice")
             entries[entry.name] = entry
         spans = sorted((e.start, e.start + e.nbytes, e.name) for e in entries.values()
                        if e.nbytes)
         for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
             if s1 < e0:
-                raise CheckpointError(f"{where}: arrays {n0!r} and {n1!r} overlap in the file "
-                                      f"(bytes {s0}..{e0} and {s1}..{e1})")
+                raise CheckpointError(f"{where}: arrays {_brief(n0)} and {_brief(n1)} overlap "
+                                      f"in the file (bytes {s0}..{e0} and {s1}..{e1})")
         self.entries = entries
 
     def _entry(self, k, e, data, body):
@@ -385,28 +413,37 @@ class CheckpointFile:
         name, dtype, shape, off, nbytes = (e["name"], e["dtype"], e["shape"], e["offset"],
                                            e["nbytes"])
         if not isinstance(name, str):
-            raise CheckpointError(f"{where} has a corrupt array entry #{k}: name {name!r} is "
-                                  f"not a string")
-        if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise CheckpointError(f"{where}: array {name!r} has unsupported dtype {dtype!r}")
+            raise CheckpointError(f"{where} has a corrupt array entry #{k}: name "
+                                  f"{_brief(name)} is not a string")
+        label = _brief(name)
+        if not isinstance(dtype, str) or (dtype not in _DTYPES and dtype not in _NAMED_DTYPES):
+            raise CheckpointError(f"{where}: array {label} has unsupported dtype "
+                                  f"{_brief(dtype)}")
+        try:
+            dt = _dtype_of(dtype)
+        except ImportError:
+            raise CheckpointError(f"{where}: array {label} has dtype {dtype}, which needs the "
+                                  f"ml_dtypes package") from None
         if not isinstance(shape, list) or not all(_is_int(s) for s in shape) \
                 or len(shape) > _MAX_NDIM:
-            raise CheckpointError(f"{where} has a corrupt array entry for {name!r}: shape "
-                                  f"{shape!r} is not a list of at most {_MAX_NDIM} integers")
+            raise CheckpointError(f"{where} has a corrupt array entry for {label}: shape "
+                                  f"{_brief(shape)} is not a list of at most {_MAX_NDIM} "
+                                  f"integers")
         if any(s < 0 for s in shape):
-            raise CheckpointError(f"{where}: array {name!r} has a negative dimension {shape}")
+            raise CheckpointError(f"{where}: array {label} has a negative dimension "
+                                  f"{_brief(shape)}")
         if not _is_int(off) or not _is_int(nbytes) or off < 0 or nbytes < 0:
-            raise CheckpointError(f"{where} has a corrupt array entry for {name!r}: offset "
-                                  f"{off!r} and nbytes {nbytes!r} must be integers >= 0")
-        dt = np.dtype(dtype)
+            raise CheckpointError(f"{where} has a corrupt array entry for {label}: offset "
+                                  f"{_brief(off)} and nbytes {_brief(nbytes)} must be "
+                                  f"integers >= 0")
         if math.prod(shape) * dt.itemsize != nbytes:
-            raise CheckpointError(f"{where}: array {name!r} of shape {shape} and dtype {dtype} "
-                                  f"does not fit its {nbytes} bytes")
+            raise CheckpointError(f"{where}: array {label} of shape {_brief(shape)} and dtype "
+                                  f"{dtype} does not fit its {nbytes} bytes")
         if off % _ALIGN:
-            raise CheckpointError(f"{where}: array {name!r} is at offset {off}, not a multiple "
+            raise CheckpointError(f"{where}: array {label} is at offset {off}, not a multiple "
                                   f"of {_ALIGN}")
         if data + off + nbytes > body:
-            raise CheckpointError(f"{where}: array {name!r} ({nbytes} bytes at offset {off}) "
+            raise CheckpointError(f"{where}: array {label} ({nbytes} bytes at offset {off}) "
                                   f"does not fit the file")
         return _Entry(name, dt, tuple(shape), data + off, nbytes)
 
@@ -453,6 +490,7 @@ class CheckpointFile:
         """Copy arrays from the file into destinations: `pairs` of (name, ndarray), each
         already accepted by check_destination. Reads straight into C-contiguous native
         destinations; others go through one temporary array."""
+        self.check_unchanged()
         for name, dest in sorted(pairs, key=lambda nd: self.entries[nd[0]].start):
             e = self.entries[name]
             if not e.nbytes:
@@ -513,10 +551,42 @@ def pack_optimizer(optimizer):
     return sd, names, arrays
 
 
+# What a state dict decoded from a file may make load_state_dict (or a schedule's from_config)
+# raise before it changes anything: reported as CheckpointError.
+_STATE_DICT_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError,
+                      RecursionError)
+
+
+def _state_dict_checker():
+    """lrcore.optim's validate-only entry point `check(optimizer, sd) -> Checked` (whose
+    `apply()` installs a checked state dict and cannot fail), or None in an lrcore without
+    it (then load_state_dict is used, which checks before it applies)."""
+    try:
+        from .optim.state_dict import check
+    except ImportError:
+        return None
+    return check
+
+
+def lock_of(optimizer):
+    """The optimizer's own lock (its steps hold it), or a no-op context."""
+    return getattr(optimizer, "_lock", None) or contextlib.nullcontext()
+
+
+def _refused(f, opt, exc):
+    if isinstance(exc, ValueError):
+        return CheckpointError(f"{f.where}: {exc}")
+    return CheckpointError(f"{f.where}: the saved optimizer state was refused by "
+                           f"{type(opt).__name__}.load_state_dict() "
+                           f"({type(exc).__name__}: {exc})")
+
+
 class OptimizerLoad:
-    """Loading an optimizer's state from an open CheckpointFile in two phases: `prepare`
-    checks everything (file entries against the optimizer's parameters, the state dict
-    against the optimizer) and changes nothing; `commit` writes.
+    """Loading an optimizer's state from an open CheckpointFile in two phases: the
+    constructor checks everything (the file's entries against the optimizer's parameters,
+    writeable parameters, the state dict against the optimizer) and changes nothing;
+    `load_state` / `commit` read and write. Hold `lock_of(optimizer)` across both phases
+    when other threads may step the optimizer.
 
     `sd` is the saved state dict without "state"; `state_names` the buffer names per param."""
 
@@ -528,7 +598,7 @@ class OptimizerLoad:
         step = sd.get("step")
         if not _is_int(step) or not 0 <= step < STEP_MAX:
             raise CheckpointError(f"{where}: step must be an integer in [0, 2**53), got "
-                                  f"{step!r}")
+                                  f"{_brief(step)}")
         params = optimizer.params
         if not isinstance(state_names, list) or len(state_names) != len(params) or not all(
                 isinstance(ns, list) and all(isinstance(n, str) for n in ns)
@@ -548,27 +618,61 @@ class OptimizerLoad:
                                           f"{p.shape}")
                 self.state.append((e.name, i, n))
         self.sd, self.state_names = sd, state_names
+        self.checked = None
+        check = _state_dict_checker()
+        if check is not None:
+            # every buffer as a stand-in of the right shape and dtype, without memory: the
+            # check looks at shapes and dtypes only; the data is read after it passed
+            stand_in = [{n: np.broadcast_to(np.zeros((), p.dtype), p.shape) for n in ns}
+                        for p, ns in zip(params, state_names)]
+            try:
+                self.checked = check(optimizer, dict(sd, state=stand_in))
+            except _STATE_DICT_ERRORS as exc:
+                raise _refused(f, optimizer, exc) from None
+
+    def _state_destinations(self):
+        """(entry name, array) for every saved buffer: the optimizer's own buffer, or a new
+        one where it has none yet (all allocated before anything is read)."""
+        opt, states = self.optimizer, self.checked.states
+        live = getattr(opt, "_states", None)
+        for name, i, n in self.state:
+            own = live[i].get(n) if live is not None else None
+            if own is None or not own.flags.c_contiguous or not own.flags.writeable:
+                own = np.empty_like(opt.params[i])
+            states[i][n] = own
+        return [(name, states[i][n]) for name, i, n in self.state]
 
     def load_state(self):
         """Load the optimizer's state dict (hyperparameters, schedules, step, buffers).
-        The buffers are read into new arrays (at most the state's share of the file) and
-        handed to load_state_dict, which checks everything against the optimizer before it
-        changes anything."""
+
+        With optim's two-phase interface, each buffer is read from the file straight into
+        the optimizer's own buffer and the checked state dict is applied. Otherwise the
+        buffers are read into new arrays (at most the state's share of the file) and handed
+        to load_state_dict."""
+        if self.checked is not None:
+            self.f.read_into(self._state_destinations())
+            self.checked.apply()
+            return
         opt, f = self.optimizer, self.f
         state = [dict() for _ in self.state_names]
         for name, i, n in self.state:
             state[i][n] = f.read_array(name)
         try:
             opt.load_state_dict(dict(self.sd, state=state))
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(f"{f.where}: {exc}") from None
+        except _STATE_DICT_ERRORS as exc:   # load_state_dict checks before it changes anything
+            raise _refused(f, opt, exc) from None
 
     def commit(self, more=()):
-        """load_state(), then read the parameters and `more` (pairs of (entry name, array)
-        already accepted by check_destination) from the file straight into place."""
-        self.load_state()
-        self.f.read_into([(f"param/{i}", p) for i, p in enumerate(self.optimizer.params)]
-                         + list(more))
+        """Load the state and read the parameters and `more` (pairs of (entry name, array)
+        already accepted by check_destination) from the file straight into place: one pass
+        over the file in the order of its data, then the checked state dict is applied."""
+        params = [(f"param/{i}", p) for i, p in enumerate(self.optimizer.params)] + list(more)
+        if self.checked is not None:
+            self.f.read_into(self._state_destinations() + params)
+            self.checked.apply()
+        else:
+            self.load_state()
+            self.f.read_into(params)
 
 
 def _as_named(params):
@@ -621,6 +725,6 @@ def load(path, optimizer, params=None):
         for name, p in extra.items():
             f.check_destination(f"extra/{name}", p, f"extra array {name!r}")
             more.append((f"extra/{name}", p))
-        job = OptimizerLoad(f, optimizer, sd, names)
-        job.commit(more)
+        with lock_of(optimizer):              # no step of another thread in between
+            OptimizerLoad(f, optimizer, sd, names).commit(more)
         return meta.get("user")

@@ -18,12 +18,13 @@ Importing this module imports torch; `import lrcore` does not.
 """
 import math
 import numbers
+import threading
 
 import torch
 import torch.optim
 
-from . import optim as _optim
-from .optim import _check_number, _plan_class
+from . import hyperparams, rules
+from . import optim as lrcore_optim
 from .schedules import Schedule
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
@@ -72,17 +73,42 @@ def _restore_schedules(mapping, schedules):
             mapping[key] = sched
 
 
-def _value(owner, name, value, step):
-    """A hyperparameter's number for a step: schedules evaluated, tensors read, validated."""
-    if isinstance(value, Schedule):
-        value = value(step)
-        owner = f"{owner} ({name} schedule at step {step})"
-    elif isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{owner}: {name} as a tensor must have one element, got shape "
-                             f"{tuple(value.shape)}")
-        value = value.item()
-    return _check_number(owner, name, value)
+class _Group(dict):
+    """A param group. A torch LR scheduler starts by ``group.setdefault("initial_lr",
+    group["lr"])`` and would then multiply the lr; when the lr is a lrcore schedule that
+    is refused here, at the scheduler's construction, with a message saying what to do."""
+
+    def setdefault(self, key, default=None):
+        if key == "initial_lr" and key not in self and isinstance(self.get("lr"), Schedule):
+            raise TypeError(
+                f"lrcore.torch: this param group's lr is the lrcore schedule "
+                f"{self['lr']!r}; a torch.optim.lr_scheduler cannot also drive it (it "
+                f"would scale the schedule object). Give lr as a number to use a torch "
+                f"scheduler, or let the lrcore schedule set the learning rate alone")
+        return super().setdefault(key, default)
+
+
+def _to_data(group):
+    """A state-dict group with lrcore schedules as plain data (torch.load weights_only)."""
+    return {k: hyperparams.to_data(v) for k, v in group.items()}
+
+
+def _from_data(owner, g, group, live):
+    """The inverse of _to_data, checked: schedules rebuilt (live ones with the same config
+    kept); raises ValueError naming the group and key."""
+    out = dict(group)
+    for key, value in group.items():
+        where = f"{owner}.load_state_dict(): param_groups[{g}]"
+        old = live.get(key) if live is not None else None
+        if hyperparams.is_data(value):
+            out[key] = hyperparams.adopt(hyperparams.from_data(where, key, value, old), old)
+        elif key == "betas" and isinstance(value, (list, tuple)) and \
+                any(hyperparams.is_data(v) for v in value):
+            olds = old if isinstance(old, (list, tuple)) else (None,) * len(value)
+            out[key] = tuple(hyperparams.adopt(hyperparams.from_data(where, f"betas[{i}]", v, o),
+                                               o) if hyperparams.is_data(v) else v
+                             for i, (v, o) in enumerate(zip(value, olds)))
+    return out
 
 
 def _describe(p):
@@ -98,13 +124,19 @@ class _Cache:
 class _LrcoreOptimizer:
     """Shared step() of the lrcore.torch optimizers (a mixin placed before torch's class).
 
-    Subclasses define `_kind` (lrcore kernel), `_slots` (state names in kernel order),
-    `_has_step` (torch keeps state["step"]), `_needs(group)`, `_new_state(name, p)` and
-    `_hyper(group, step_taken, first)` returning the kernel's hyperparameter tuple.
+    Subclasses name their row of the table (`_rule`, lrcore.rules.RULES) and whether torch
+    keeps state["step"] (`_has_step`); the kernel, the state names (torch's) and their
+    conditions, the ranges and the hyperparameters come from the row, through the shared
+    injector (lrcore.hyperparams). Steps from several threads are serialised by a lock.
     """
-    _kind = None
-    _slots = ()
+    _rule = None
     _has_step = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls._rule is not None:
+            cls._kind = cls._rule.name
+            cls._slots = tuple(s.torch_name for s in cls._rule.states)
 
     # -- construction ------------------------------------------------------------------
 
@@ -121,8 +153,10 @@ class _LrcoreOptimizer:
             raise ValueError(f"{owner}: num_threads must be an integer >= 1 or None, got "
                              f"{num_threads!r}")
         self.num_threads = num_threads
+        self._lrcore_lock = threading.RLock()
         self._lrcore_cache = None
         self._lrcore_schedules = {}
+        self._check_group(dict(args, **flags))   # the table's ranges and messages first
         args, schedules = _stand_ins(args)
         self._lrcore_schedules = schedules
         torch_cls.__init__(self, params, **args, **flags)
@@ -137,6 +171,8 @@ class _LrcoreOptimizer:
         """torch's add_param_group, then lrcore's checks (CPU, float32/float64, contiguous,
         valid hyperparameters); a rejected group is not added."""
         n = len(self.param_groups)
+        if isinstance(param_group, dict) and not isinstance(param_group, _Group):
+            param_group = _Group(param_group)
         super().add_param_group(param_group)
         try:
             group = self.param_groups[-1]
@@ -180,11 +216,34 @@ class _LrcoreOptimizer:
                 raise NotImplementedError(f"{owner}: param group has {name}=True, which "
                                           f"lrcore.torch does not support; set it to False")
 
-    def _num(self, group, name, step):
-        return _value(type(self).__name__, name, group[name], step)
+    def _stored(self, group):
+        """The group's values under the table's names (torch's betas split in two)."""
+        values = dict(group)
+        betas = values.pop("betas", None)
+        if betas is not None:
+            try:
+                values["beta1"], values["beta2"] = betas
+            except (TypeError, ValueError):
+                raise TypeError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), "
+                                f"got {betas!r}") from None
+        return values
+
+    def _hyper(self, group, step, first):
+        """The kernel's hyperparameters for the step after `step` taken, by name."""
+        return hyperparams.kernel_values(self._rule, type(self).__name__, self._stored(group),
+                                         step, init_buffer=first)
 
     def _needs(self, group):
-        return self._slots
+        """torch names of the state buffers this group needs (the table's conditions; a
+        schedule or tensor counts by its current value's sign, a schedule as > 0)."""
+        values = {}
+        for k, v in self._stored(group).items():
+            if isinstance(v, Schedule):
+                v = 1.0
+            elif isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            values[k] = v
+        return tuple(s.torch_name for s in self._rule.present_states(values))
 
     def _new_state(self, name, p, group):
         return torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -202,7 +261,7 @@ class _LrcoreOptimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with torch.no_grad():
+        with torch.no_grad(), self._lrcore_lock:
             self._lrcore_step()
         return loss
 
@@ -306,7 +365,7 @@ class _LrcoreOptimizer:
             group = groups[gidx[r]]
             if self._has_step:
                 taken = int(steps[r])
-                hps.append(self._hyper(group, taken, False) + (taken + 1,))
+                hps.append(self._hyper(group, taken, False))
             else:
                 first = "momentum_buffer" in needs[gidx[r]] and (
                     state.get(params[r]) is None or
@@ -317,6 +376,8 @@ class _LrcoreOptimizer:
         if rebuild:
             cache = self._rebuild(params, gidx, needs, group_of, representative)
             cache.signature = self._signature(params, gidx, needs)
+        by_name = getattr(cache.plan, "by_name", False)
+        hps = [hyperparams.pack(self._kind, v, by_name) for v in hps]
         cache.plan.run(grad_arrays, hps, 1.0, self.num_threads, False)
         # -- bookkeeping: torch's step counts ----------------------------------------------
         if self._has_step:
@@ -373,7 +434,7 @@ class _LrcoreOptimizer:
                          for name in self._slots]
                 s_arrays.append(tuple(slots) + (None,) * (3 - len(slots)))
                 tensors.append((p, [st.get(name) for name in needs[gi]]))
-            cache.plan = _plan_class()(self._kind, p_arrays, s_arrays, list(group_of))
+            cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays, list(group_of))
         except Exception:
             for st, name in created:
                 st.pop(name, None)
@@ -393,16 +454,40 @@ class _LrcoreOptimizer:
         cache.expected_steps = None
         return cache
 
+    def state_dict(self):
+        """torch's state_dict, with lrcore schedules stored as plain data (a dict of their
+        config, state and repr), so that `torch.load(path)` reads it under torch's default
+        weights_only=True."""
+        sd = super().state_dict()
+        sd["param_groups"] = [_to_data(g) for g in sd["param_groups"]]
+        return sd
+
     def load_state_dict(self, state_dict):
         """torch's load_state_dict; lrcore schedules stored in the groups come back as they
-        were saved. The cached plan is rebuilt at the next step."""
-        super().load_state_dict(state_dict)
-        self._lrcore_cache = None
+        were saved (checked before anything changes). The cached plan is rebuilt at the
+        next step."""
+        owner = type(self).__name__
+        with self._lrcore_lock:
+            try:
+                saved = state_dict["param_groups"]
+                groups = [_from_data(owner, g, group,
+                                     self.param_groups[g] if g < len(self.param_groups)
+                                     else None)
+                          for g, group in enumerate(saved)]
+            except (KeyError, TypeError, AttributeError):
+                groups = None   # torch's own checks report it
+            if groups is not None:
+                state_dict = dict(state_dict, param_groups=groups)
+            super().load_state_dict(state_dict)
+            self._lrcore_cache = None
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("num_threads", None)
         self.__dict__.setdefault("_lrcore_schedules", {})
+        self.__dict__["_lrcore_lock"] = threading.RLock()
+        self.param_groups[:] = [g if isinstance(g, _Group) else _Group(g)
+                                for g in self.param_groups]
         self._lrcore_cache = None
 
     def __repr__(self):
@@ -421,8 +506,7 @@ class SGD(_LrcoreOptimizer, torch.optim.SGD):
     Schedules are evaluated at group["lrcore_steps"], the group's count of steps taken.
     The update rule is lrcore.optim.SGD's (its docstring is appended below).
     """
-    _kind = "sgd"
-    _slots = ("momentum_buffer",)
+    _rule = rules.RULES["sgd"]
     _has_step = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
@@ -434,54 +518,23 @@ class SGD(_LrcoreOptimizer, torch.optim.SGD):
                           dict(nesterov=nesterov, maximize=maximize, foreach=foreach,
                                differentiable=differentiable, fused=fused), num_threads)
 
-    def _needs(self, group):
-        m = group["momentum"]
-        if isinstance(m, Schedule) or (isinstance(m, torch.Tensor) and m.item() != 0) or \
-                (not isinstance(m, torch.Tensor) and m != 0):
-            return self._slots
-        return ()
-
     def _hyper(self, group, step, first):
-        owner = type(self).__name__
-        lr = self._num(group, "lr", step)
-        momentum = self._num(group, "momentum", step)
-        dampening = self._num(group, "dampening", step)
-        weight_decay = self._num(group, "weight_decay", step)
-        nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError(f"{owner}: nesterov requires momentum > 0 and dampening = 0, got "
-                             f"momentum={momentum!r}, dampening={dampening!r}")
-        return (lr, momentum, dampening, weight_decay, nesterov, maximize, 1 if first else 2)
+        values = super()._hyper(group, step, first)
+        if values["nesterov"] and (values["momentum"] <= 0 or values["dampening"] != 0):
+            raise ValueError(f"{type(self).__name__}: nesterov requires momentum > 0 and "
+                             f"dampening = 0, got momentum={values['momentum']!r}, "
+                             f"dampening={values['dampening']!r}")
+        return values
 
 
-class _AdamRules:
-    _kind = "adam"
-    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def _needs(self, group):
-        return self._slots if group["amsgrad"] else self._slots[:2]
-
-    def _hyper(self, group, step, first):
-        owner = type(self).__name__
-        betas = group["betas"]
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError):
-            raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got "
-                            f"{betas!r}") from None
-        return (self._num(group, "lr", step), _value(owner, "beta1", beta1, step),
-                _value(owner, "beta2", beta2, step), self._num(group, "eps", step),
-                self._num(group, "weight_decay", step),
-                bool(group.get("decoupled_weight_decay", False)), bool(group["maximize"]))
-
-
-class Adam(_AdamRules, _LrcoreOptimizer, torch.optim.Adam):
+class Adam(_LrcoreOptimizer, torch.optim.Adam):
     """torch.optim.Adam computed by lrcore (same arguments, state and state_dict).
 
     foreach and fused are accepted and ignored (kept in param_groups for torch);
     capturable/differentiable=True raise NotImplementedError.
     The update rule is lrcore.optim.Adam's (its docstring is appended below).
     """
+    _rule = rules.RULES["adam"]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
@@ -495,11 +548,12 @@ class Adam(_AdamRules, _LrcoreOptimizer, torch.optim.Adam):
                           num_threads)
 
 
-class AdamW(_AdamRules, _LrcoreOptimizer, torch.optim.AdamW):
+class AdamW(_LrcoreOptimizer, torch.optim.AdamW):
     """torch.optim.AdamW computed by lrcore: Adam with decoupled weight decay (default 1e-2).
 
     The update rule is lrcore.optim.AdamW's (its docstring is appended below).
     """
+    _rule = rules.RULES["adam"]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
@@ -516,8 +570,7 @@ class Adagrad(_LrcoreOptimizer, torch.optim.Adagrad):
 
     The update rule is lrcore.optim.Adagrad's (its docstring is appended below).
     """
-    _kind = "adagrad"
-    _slots = ("sum",)
+    _rule = rules.RULES["adagrad"]
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
@@ -532,19 +585,13 @@ class Adagrad(_LrcoreOptimizer, torch.optim.Adagrad):
         return torch.full_like(p, self.defaults["initial_accumulator_value"],
                                memory_format=torch.preserve_format)
 
-    def _hyper(self, group, step, first):
-        return (self._num(group, "lr", step), self._num(group, "lr_decay", step),
-                self._num(group, "weight_decay", step), self._num(group, "eps", step),
-                bool(group["maximize"]))
-
 
 class RMSprop(_LrcoreOptimizer, torch.optim.RMSprop):
     """torch.optim.RMSprop computed by lrcore (same arguments, state and state_dict).
 
     The update rule is lrcore.optim.RMSprop's (its docstring is appended below).
     """
-    _kind = "rmsprop"
-    _slots = ("square_avg", "momentum_buffer", "grad_avg")
+    _rule = rules.RULES["rmsprop"]
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
@@ -556,28 +603,13 @@ class RMSprop(_LrcoreOptimizer, torch.optim.RMSprop):
                                maximize=maximize, differentiable=differentiable),
                           num_threads)
 
-    def _needs(self, group):
-        m = group["momentum"]
-        need = ["square_avg"]
-        if isinstance(m, Schedule) or (m.item() if isinstance(m, torch.Tensor) else m) > 0:
-            need.append("momentum_buffer")
-        if group["centered"]:
-            need.append("grad_avg")
-        return tuple(need)
-
-    def _hyper(self, group, step, first):
-        return (self._num(group, "lr", step), self._num(group, "alpha", step),
-                self._num(group, "eps", step), self._num(group, "weight_decay", step),
-                self._num(group, "momentum", step), bool(group["maximize"]))
-
 
 class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
     """torch.optim.Adadelta computed by lrcore (same arguments, state and state_dict).
 
     The update rule is lrcore.optim.Adadelta's (its docstring is appended below).
     """
-    _kind = "adadelta"
-    _slots = ("square_avg", "acc_delta")
+    _rule = rules.RULES["adadelta"]
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
                  capturable=False, maximize=False, differentiable=False, num_threads=None):
@@ -585,11 +617,6 @@ class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
                           dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay),
                           dict(foreach=foreach, capturable=capturable, maximize=maximize,
                                differentiable=differentiable), num_threads)
-
-    def _hyper(self, group, step, first):
-        return (self._num(group, "lr", step), self._num(group, "rho", step),
-                self._num(group, "eps", step), self._num(group, "weight_decay", step),
-                bool(group["maximize"]))
 
 
 def _with_rule(cls, rule):
@@ -599,5 +626,5 @@ def _with_rule(cls, rule):
 
 
 for _name in __all__:
-    _with_rule(globals()[_name], getattr(_optim, _name))
+    _with_rule(globals()[_name], getattr(lrcore_optim, _name))
 del _name

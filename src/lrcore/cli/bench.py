@@ -6,7 +6,9 @@ the speed-up over the numpy implementation and over PyTorch (when installed).
 """
 import sys
 
+from .. import bench
 from . import CLIError
+from .paths import output_file
 
 HELP = "benchmark every update rule against the memory bandwidth probe, numpy and torch"
 
@@ -18,13 +20,12 @@ def add_arguments(parser):
     parser.add_argument("--threads", default="1,2",
                         help="comma-separated thread counts to run (default: 1,2)")
     parser.add_argument("--optimizer", action="append", metavar="NAME",
-                        help="only this optimizer (repeatable): sgd, adam, adamw, adagrad, "
-                             "rmsprop, adadelta")
+                        help="only this optimizer (repeatable): " + ", ".join(
+                            label for label, _, _ in bench.BENCH_CASES))
 
 
 def run(args):
     import lrcore
-    from .. import bench
     if lrcore.backend() != "native":
         raise CLIError("benchmarks need the compiled backend; unset LRCORE_BACKEND")
     try:
@@ -34,6 +35,8 @@ def run(args):
             from None
     if any(t < 1 for t in threads):
         raise CLIError(f"--threads must be >= 1, got {args.threads!r}")
+    if args.json is not None:
+        output_file("--json", args.json)       # before minutes of measuring
     known = [label for label, _, _ in bench.BENCH_CASES]
     for name in args.optimizer or ():
         if name not in known:

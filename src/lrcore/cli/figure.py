@@ -61,17 +61,17 @@ def build(history, *, title, lr_text, epochs, steps_per_epoch=None):
     ax_loss.set_ylabel("training loss")
     ax_loss.legend(fontsize=8, loc="upper right")
 
-    ax_acc.plot(epoch, val_acc, "o-", ms=4, lw=1.6, color="tab:green",
-                label="after each epoch")
+    ax_acc.plot(epoch, val_acc, "o-", ms=4, lw=1.6, color="tab:green")
     ax_acc.set_ylim(0.0, 1.0)
     ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax_acc.set_ylabel("validation accuracy")
     if val_acc.size:
         best = int(np.argmax(val_acc))
-        ax_acc.annotate(f"final {val_acc[-1]:.1%}, best {val_acc[best]:.1%} "
-                        f"(epoch {int(epoch[best])})", xy=(0.99, 0.05),
-                        xycoords="axes fraction", ha="right", va="bottom", fontsize=8)
-    ax_acc.legend(fontsize=8, loc="upper left")
+        low = val_acc[-1] < 0.35          # keep the text off the curve
+        ax_acc.annotate(f"after each epoch; final {val_acc[-1]:.1%}, best {val_acc[best]:.1%} "
+                        f"(epoch {int(epoch[best])})", xy=(0.99, 0.93 if low else 0.05),
+                        xycoords="axes fraction", ha="right", va="top" if low else "bottom",
+                        fontsize=8)
 
     if panels == 3:
         ax_lr = axes[2]

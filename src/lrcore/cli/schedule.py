@@ -7,7 +7,6 @@ shares, including the defaults it fills in (`steps` from --steps; in train also
 """
 import inspect
 import math
-import sys
 
 from .. import schedules
 from . import CLIError

@@ -13,6 +13,7 @@ parameters from the options (`optimizer_parameters`) and the optimizer itself
 fit to the run's length, the loop, then the outputs. Optimizer choices, default learning
 rates and the hyperparameter options come from the table of update rules (lrcore.rules).
 """
+import dataclasses
 import math
 import os
 import sys
@@ -118,8 +119,7 @@ def add_arguments(parser):
                           "`lrcore schedule --help` for the names)")
     for option, hyper, _ in _hyper_keys():
         opt.add_argument(option, type=float, dest=hyper, metavar="X", help=_hyper_help(hyper))
-    opt.add_argument("--threads", type=int, metavar="N",
-                     help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
+    add_runtime_arguments(opt)
     loop = parser.add_argument_group("loop")
     loop.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']} (with "
                                                   f"--resume: the total, counting those done)")
@@ -203,6 +203,20 @@ def optimizer_parameters(args, optimizer):
     if args.no_shuffle:
         out[ParameterKey.SHUFFLE] = False
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# The hook for options that change how the optimizer runs (threads, distribution, element
+# and state types): declared in add_runtime_arguments, applied in make_optimizer.
+# ----------------------------------------------------------------------------------------
+
+
+def add_runtime_arguments(group):
+    """Options that change how the optimizer runs rather than what it computes; each is
+    applied in make_optimizer. --distributed (issue 14), --precision (issue 12) and
+    --state-dtype (issue 13) belong here."""
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
 
 
 def make_optimizer(args, name, params, loaded=None):
@@ -405,57 +419,42 @@ def _fit_schedule(args, task, parameters, spec, total_steps):
     if spec is not None and not spec["fitted"]:
         end = _explicit_length(spec)
         if end is not None and end < total_steps and task.step_count < total_steps:
-            schedule = parameters.get(ParameterKey.LEARNING_RATE) or task.parameters[
-                ParameterKey.LEARNING_RATE]
+            schedule = parameters.get(ParameterKey.LEARNING_RATE)
+            if schedule is None:
+                schedule = task.parameters[ParameterKey.LEARNING_RATE]
             note = (f"warning: the {spec['name']} schedule ends at step {end}, before the "
                     f"run's {total_steps}; after it the lr stays {schedule(end):g}")
     return spec, note
 
 
 # ----------------------------------------------------------------------------------------
-# The command.
+# The command: set up, plan, announce, train, finish.
 # ----------------------------------------------------------------------------------------
 
 
-def _has_tqdm():
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one `lrcore train` share."""
+    config: dict
+    model: object
+    X_val: np.ndarray
+    y_val: np.ndarray
+    n_train: int
+    task: UpdateTask
+    parameters: dict            # {ParameterKey: value} given to task.resume
+    history: History
+    epochs: int = 0
+    batch_size: int = 0
+    per_epoch: int = 0
+    remaining: int = 0          # steps this process will take
+    lr: object = None           # the lr or schedule in force
+
+    def save(self, path):
+        self.task.save(path, meta={META_CONFIG: self.config, META_KEY: self.history.to_meta()})
 
 
-def _new_task(args, config, model, loss_and_grad, data, optimizer):
-    try:
-        return UpdateTask(model.params, loss_and_grad, data,
-                          optimizer=make_optimizer(args, optimizer, model.params))
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-
-
-def _resumed_task(args, model, loss_and_grad, data):
-    try:
-        task = UpdateTask.load(args.resume, loss_and_grad, data, params=model.params)
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"--resume: {exc}") from None
-    make_optimizer(args, None, model.params, loaded=task.optimizer)
-    return task
-
-
-def _loop(task, parameters, reporter):
-    """Run the task to its end (or Ctrl-C, which propagates); return the seconds taken."""
-    start = time.perf_counter()
-    try:
-        task.resume(parameters)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc).replace("UpdateTask: ", "")) from None
-    finally:
-        reporter.close()
-    return time.perf_counter() - start
-
-
-def run(args):
-    plot = _check_options(args)
+def _set_up(args):
+    """Configuration, data, model and task, new or from --resume."""
     if args.resume:
         config, optimizer, history = _read_checkpoint(args)
     else:
@@ -472,92 +471,147 @@ def run(args):
     model = _make_model(config)
     loss_and_grad = _guarded_loss_and_grad(model)
     data = (X_train, y_train)
-    if args.resume:
-        task = _resumed_task(args, model, loss_and_grad, data)
-    else:
-        parameters.setdefault(ParameterKey.LEARNING_RATE, default_lr(optimizer))
-        parameters.setdefault(ParameterKey.EPOCHS, DEFAULTS["epochs"])
-        parameters.setdefault(ParameterKey.MINI_BATCH_SIZE, DEFAULTS["batch_size"])
-        parameters.setdefault(ParameterKey.SEED, config["split_seed"])
-        task = _new_task(args, config, model, loss_and_grad, data, optimizer)
+    try:
+        if args.resume:
+            task = UpdateTask.load(args.resume, loss_and_grad, data, params=model.params)
+            make_optimizer(args, optimizer, model.params, loaded=task.optimizer)
+        else:
+            parameters.setdefault(ParameterKey.LEARNING_RATE, default_lr(optimizer))
+            parameters.setdefault(ParameterKey.EPOCHS, DEFAULTS["epochs"])
+            parameters.setdefault(ParameterKey.MINI_BATCH_SIZE, DEFAULTS["batch_size"])
+            parameters.setdefault(ParameterKey.SEED, config["split_seed"])
+            task = UpdateTask(model.params, loss_and_grad, data,
+                              optimizer=make_optimizer(args, optimizer, model.params))
+    except (OSError, TypeError, ValueError) as exc:
+        raise CLIError(f"--resume: {exc}" if args.resume else str(exc)) from None
+    return _Run(config, model, X_val, y_val, len(y_train), task, parameters, history)
 
-    current = task.parameters
-    epochs = parameters.get(ParameterKey.EPOCHS, current[ParameterKey.EPOCHS])
-    batch_size = parameters.get(ParameterKey.MINI_BATCH_SIZE,
-                                current[ParameterKey.MINI_BATCH_SIZE])
-    per_epoch = -(-len(y_train) // batch_size)
-    if task.epoch >= epochs:
-        print(f"nothing to do: the checkpoint has completed {task.epoch} of {epochs} epochs; "
-              f"pass --epochs N with N > {task.epoch} to train further")
-        return 0
-    remaining = (epochs - task.epoch) * per_epoch - task.mini_batch
-    total_steps = task.step_count + remaining
-    spec, note = _fit_schedule(args, task, parameters, config.get("schedule"), total_steps)
-    config["schedule"] = spec
-    lr = parameters.get(ParameterKey.LEARNING_RATE, current[ParameterKey.LEARNING_RATE])
 
-    print(header(_model_name(config), _data_name(config), len(y_train), len(y_val),
-                 type(task.optimizer).__name__, lr, epochs, per_epoch, batch_size,
-                 task.epoch + 1 if args.resume else None), flush=True)
+def _measure(run):
+    """The run's length: epochs in all, mini-batches per epoch, steps still to take."""
+    task, current = run.task, run.task.parameters
+    run.epochs = run.parameters.get(ParameterKey.EPOCHS, current[ParameterKey.EPOCHS])
+    run.batch_size = run.parameters.get(ParameterKey.MINI_BATCH_SIZE,
+                                        current[ParameterKey.MINI_BATCH_SIZE])
+    run.per_epoch = -(-run.n_train // run.batch_size)
+    run.remaining = max(0, (run.epochs - task.epoch) * run.per_epoch - task.mini_batch)
+
+
+def _plan(args, run):
+    """The schedule for the run's length and the history's resume mark; returns a note for
+    the user, or None."""
+    task, current = run.task, run.task.parameters
+    spec, note = _fit_schedule(args, task, run.parameters, run.config.get("schedule"),
+                               task.step_count + run.remaining)
+    run.config["schedule"] = spec
+    run.lr = run.parameters.get(ParameterKey.LEARNING_RATE, current[ParameterKey.LEARNING_RATE])
+    if args.resume and task.step_count:
+        position = task.epoch + task.mini_batch / run.per_epoch
+        run.history.cut(position)
+        run.history.resumed_at.append(position)
+    return note
+
+
+def _announce(args, run, note):
+    print(header(_model_name(run.config), _data_name(run.config), run.n_train, len(run.y_val),
+                 type(run.task.optimizer).__name__, run.lr, run.epochs, run.per_epoch,
+                 run.batch_size, run.task.epoch + 1 if args.resume else None), flush=True)
     if note:
         print(wrap(f"lrcore train: {note}"), file=sys.stderr, flush=True)
-    if args.resume and task.step_count:
-        history.cut(task.epoch + task.mini_batch / per_epoch)
-        history.resumed_at.append(task.epoch + task.mini_batch / per_epoch)
 
+
+def _has_tqdm():
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _train(args, run):
+    """Run the task with the reporter (and a checkpoint after every epoch); returns
+    (reporter, seconds). Ctrl-C propagates after the reporter is closed."""
     use_bar = args.progress if args.progress is not None else (
         _has_tqdm() and sys.stderr.isatty())
-    reporter = Reporter(model, X_val, y_val, len(y_train), history, per_epoch, epochs,
-                        remaining, use_bar, task.epoch)
-
-    def save():
-        task.save(args.save, meta={META_CONFIG: config, META_KEY: history.to_meta()})
+    reporter = Reporter(run.model, run.X_val, run.y_val, run.n_train, run.history,
+                        run.per_epoch, run.epochs, run.remaining, use_bar, run.task.epoch)
 
     def on_progress(ctx):
         if ctx.event is Event.EPOCH_END and args.save:
-            save()                      # before the report: a closed stdout loses nothing
+            run.save(args.save)          # before the report: a closed stdout loses nothing
         reporter(ctx)
 
-    task.progress_handlers = ProgressHandlers(Event.MINI_BATCH_END | Event.EPOCH_END, on_progress)
+    run.task.progress_handlers = ProgressHandlers(Event.MINI_BATCH_END | Event.EPOCH_END,
+                                                  on_progress)
+    start = time.perf_counter()
     try:
+        # non-finite values are caught by _guarded_loss_and_grad, not printed by numpy
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            elapsed = _loop(task, parameters, reporter)
-    except KeyboardInterrupt:
-        where = f"epoch {task.epoch + 1} after {task.mini_batch} of {per_epoch} mini-batches"
-        if args.save:
-            save()
-            print(f"interrupted in {where}; checkpoint written to {args.save} "
-                  f"(continue with --resume {args.save})", file=sys.stderr)
-        else:
-            print(f"interrupted in {where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    _check_outcome(task, per_epoch)
+            run.task.resume(run.parameters)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc).replace("UpdateTask: ", "")) from None
+    finally:
+        reporter.close()
+    return reporter, time.perf_counter() - start
 
-    written = []
+
+def _interrupted(args, run):
+    task = run.task
+    where = f"epoch {task.epoch + 1} after {task.mini_batch} of {run.per_epoch} mini-batches"
     if args.save:
-        save()
-        written.append(f"checkpoint {args.save}")
-    if plot:
-        figure.draw(history, *plot, epochs=epochs, steps_per_epoch=per_epoch,
-                    title=f"{_model_name(config)} on {_data_name(config)}, "
-                          f"{type(task.optimizer).__name__}, batch {batch_size}",
-                    lr_text=f"{lr:g}" if isinstance(lr, float) else repr(lr))
-        written.append(f"plot {plot[0]}")
-    accuracy = history.val_acc[-1] if history.val_acc else model.accuracy(X_val, y_val)
-    print(summary(task.state.name.lower(), reporter.steps, reporter.samples, elapsed,
-                  accuracy, written))
-    return 0
+        run.save(args.save)
+        print(f"interrupted in {where}; checkpoint written to {args.save} "
+              f"(continue with --resume {args.save})", file=sys.stderr)
+    else:
+        print(f"interrupted in {where}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
-def _check_outcome(task, per_epoch):
+def _check_outcome(run):
     """A failed task as one line: a closed stdout is re-raised (quiet exit), divergence and
     any other failure are exit code 1."""
-    error = task.error
+    task, error = run.task, run.task.error
     if error is None:
         return
     if isinstance(error, BrokenPipeError):
         raise error
     if isinstance(error, Diverged):
-        raise CLIError(_diverged_message(task, error, per_epoch), EXIT_FAILED)
+        raise CLIError(_diverged_message(task, error, run.per_epoch), EXIT_FAILED)
     raise CLIError(f"training failed in epoch {task.epoch + 1}, mini-batch "
                    f"{task.mini_batch + 1}: {type(error).__name__}: {error}", EXIT_FAILED)
+
+
+def _finish(args, run, plot, reporter, elapsed):
+    """The final checkpoint, the figure and the summary."""
+    written = []
+    if args.save:
+        run.save(args.save)
+        written.append(f"checkpoint {args.save}")
+    if plot:
+        figure.draw(run.history, *plot, epochs=run.epochs, steps_per_epoch=run.per_epoch,
+                    title=f"{_model_name(run.config)} on {_data_name(run.config)}, "
+                          f"{type(run.task.optimizer).__name__}, batch {run.batch_size}",
+                    lr_text=f"{run.lr:g}" if isinstance(run.lr, float) else repr(run.lr))
+        written.append(f"plot {plot[0]}")
+    accuracy = (run.history.val_acc[-1] if run.history.val_acc
+                else run.model.accuracy(run.X_val, run.y_val))
+    print(summary(run.task.state.name.lower(), reporter.steps, reporter.samples, elapsed,
+                  accuracy, written))
+
+
+def run(args):
+    plot = _check_options(args)
+    job = _set_up(args)
+    _measure(job)
+    if job.task.epoch >= job.epochs:
+        print(f"nothing to do: the checkpoint has completed {job.task.epoch} of {job.epochs} "
+              f"epochs; pass --epochs N with N > {job.task.epoch} to train further")
+        return 0
+    _announce(args, job, _plan(args, job))
+    try:
+        reporter, elapsed = _train(args, job)
+    except KeyboardInterrupt:
+        return _interrupted(args, job)
+    _check_outcome(job)
+    _finish(args, job, plot, reporter, elapsed)
+    return 0

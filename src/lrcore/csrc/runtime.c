@@ -168,6 +168,27 @@ static void run_task(void *arg, size_t t)
     run_between(rt->fn, rt->jobs, rt->cuts[t], rt->cuts[t + 1]);
 }
 
+/* Tasks per call: LRCORE_TASKS_PER_THREAD per thread, so that when one thread is slow to
+ * start or is preempted (another runtime's threads, another process), the others take its
+ * share instead of waiting for it; any thread may run any task. A task holds at least
+ * LRCORE_TASK_MIN_BYTES of param, and when a thread's share would exceed the kernels'
+ * prefetch threshold (4 MiB per stream), at least LRCORE_TASK_MIN_PREFETCH_BYTES, so
+ * splitting never turns prefetching off. At least one task per thread. */
+#define LRCORE_TASKS_PER_THREAD 4
+#define LRCORE_TASK_MIN_BYTES ((size_t)32 << 10)
+#define LRCORE_TASK_MIN_PREFETCH_BYTES ((size_t)8 << 20)
+
+static size_t tasks_for(size_t total_bytes, int nthreads)
+{
+    size_t nt = (size_t)nthreads;
+    size_t min_bytes = total_bytes / nt > ((size_t)4 << 20) ? LRCORE_TASK_MIN_PREFETCH_BYTES
+                                                             : LRCORE_TASK_MIN_BYTES;
+    size_t by_size = total_bytes / min_bytes;
+    size_t most = nt * LRCORE_TASKS_PER_THREAD;
+    size_t n = by_size < most ? by_size : most;
+    return n > nt ? n : nt;
+}
+
 void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
 {
     if (njobs == 0) return;
@@ -178,17 +199,18 @@ void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
         for (size_t j = 0; j < njobs; j++) run_aligned(fn, &jobs[j], 0, jobs[j].n);
         return;
     }
-    /* Split the bytes of param evenly; cut k falls at byte k*total/nthreads, rounded up to
-     * an aligned param address. Task k runs [cut k, cut k+1): any thread may run any task. */
     size_t total = 0;
     for (size_t j = 0; j < njobs; j++) total += jobs[j].n * elem_size(&jobs[j]);
+    size_t ntasks = tasks_for(total, nthreads);
+    /* Split the bytes of param evenly; cut k falls at byte k*total/ntasks, rounded up to an
+     * aligned param address. Task k runs [cut k, cut k+1): any thread may run any task. */
     cut_t stack_cuts[65];
-    cut_t *cuts = nthreads < 65 ? stack_cuts : (cut_t *)malloc(sizeof(cut_t) * (size_t)(nthreads + 1));
+    cut_t *cuts = ntasks < 65 ? stack_cuts : (cut_t *)malloc(sizeof(cut_t) * (ntasks + 1));
     if (!cuts) { for (size_t j = 0; j < njobs; j++) run_aligned(fn, &jobs[j], 0, jobs[j].n); return; }
     size_t j = 0, before = 0;   /* bytes in jobs[0..j) */
     cuts[0].job = 0; cuts[0].off = 0;
-    for (int k = 1; k < nthreads; k++) {
-        size_t target = (size_t)((double)total * k / nthreads);
+    for (size_t k = 1; k < ntasks; k++) {
+        size_t target = (size_t)((double)total * (double)k / (double)ntasks);
         while (j + 1 < njobs && before + jobs[j].n * elem_size(&jobs[j]) <= target) {
             before += jobs[j].n * elem_size(&jobs[j]);
             j++;
@@ -200,9 +222,9 @@ void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
         /* keep cuts monotone */
         if (cuts[k].job == cuts[k - 1].job && cuts[k].off < cuts[k - 1].off) cuts[k].off = cuts[k - 1].off;
     }
-    cuts[nthreads].job = njobs - 1; cuts[nthreads].off = jobs[njobs - 1].n;
+    cuts[ntasks].job = njobs - 1; cuts[ntasks].off = jobs[njobs - 1].n;
     run_task_t rt = { fn, jobs, cuts };
-    lrcore_pool_run(nthreads, (size_t)nthreads, run_task, &rt);
+    lrcore_pool_run(nthreads, ntasks, run_task, &rt);
     if (cuts != stack_cuts) free(cuts);
 }
 
@@ -265,7 +287,7 @@ double lrcore_grad_sumsq(const lrcore_job *jobs, size_t njobs, int nthreads, int
             size_t b = 0;
             for (size_t j = 0; j < njobs; j++)
                 for (size_t s = 0; s < jobs[j].n; s += LRCORE_SUMSQ_BLOCK) { job_of[b] = j; start_of[b] = s; b++; }
-            size_t ntasks = nthreads < 1 ? 1 : (size_t)nthreads;
+            size_t ntasks = nthreads < 1 ? 1 : (size_t)nthreads * LRCORE_TASKS_PER_THREAD;
             if (ntasks > nblocks) ntasks = nblocks;
             sumsq_task_t st = { fn, jobs, job_of, start_of, part, nblocks, ntasks };
             lrcore_pool_run(nthreads, ntasks, sumsq_task, &st);

@@ -181,7 +181,8 @@ class UpdateTask:
                 raise ValueError(f"UpdateTask: ParameterKey.{key.name} does not apply to "
                                  f"{type(self._optimizer).__name__}; it takes "
                                  f"{[k.name for k in usable] + [k.name for k in _LOOP_DEFAULTS]}")
-            out[key] = key.validate(value, self._optimizer.step_count)
+            out[key] = key.validate(value, self._optimizer.step_count,
+                                    getattr(type(self._optimizer), "rule", None))
         return out
 
     def _apply(self, checked):

@@ -6,12 +6,12 @@ Modelled on Apple Core ML's ``MLParameterKey``, ``MLUpdateProgressEvent`` and
 """
 import dataclasses
 import enum
-import math
 import numbers
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from .. import hyperparams, rules
 from ..schedules import Schedule
 
 if TYPE_CHECKING:
@@ -20,46 +20,61 @@ if TYPE_CHECKING:
 __all__ = ["ParameterKey", "Event", "MetricKey", "TaskState", "ProgressHandlers",
            "UpdateContext"]
 
+
 @dataclasses.dataclass(frozen=True)
 class _Spec:
+    """A key: the loop's own (int or bool, with its bounds) or an optimizer hyperparameter
+    (float), whose range is the table's (lrcore.rules) for the optimizer in use."""
     name: str
     kind: type                 # float, int or bool
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    hyperparameter: str = ""   # name in lrcore.optim ("" for the loop's own keys)
+    low: int = 0               # int keys: inclusive bounds
+    high: int = None
+    hyperparameter: str = ""   # the table's name ("" for the loop's own keys)
 
-    def describe(self):
+    def range(self, rule=None):
+        """The table's Range of a real key: ``rule``'s, else that of the first rule having
+        the hyperparameter (LEARNING_RATE, MOMENTUM, WEIGHT_DECAY: sgd; BETA1, BETA2,
+        EPS: adam)."""
+        if rule is not None:
+            try:
+                return hyperparams.range_of(rule, self.hyperparameter)
+            except KeyError:
+                pass
+        for r in rules.RULES.values():
+            try:
+                return hyperparams.range_of(r, self.hyperparameter)
+            except KeyError:
+                continue
+        raise KeyError(self.hyperparameter)
+
+    def describe(self, rule=None):
         if self.kind is bool:
             return "True or False"
-        what = "a number" if self.kind is float else "an integer"
-        if self.high == math.inf:
-            bound = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
-        else:
-            bound = (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                     f"{')' if self.high_open else ']'}")
-        schedule = " or a lrcore Schedule" if self.kind is float else ""
-        return f"{what} {bound}{schedule}"
+        if self.kind is float:
+            return f"{self.range(rule).text} or a lrcore Schedule"
+        if self.high is None:
+            return f"an integer >= {self.low}"
+        return f"an integer in [{self.low}, {self.high}]"
 
 
 class ParameterKey(enum.Enum):
     """Training parameters of an :class:`UpdateTask`, each with its type and allowed range.
 
     The real-valued keys (LEARNING_RATE, MOMENTUM, BETA1, BETA2, EPS, WEIGHT_DECAY) go to the
-    optimizer and also accept a :class:`lrcore.schedules.Schedule`, evaluated at the number of
-    optimizer steps already taken. MINI_BATCH_SIZE, EPOCHS, SHUFFLE and SEED drive the loop.
+    optimizer, with the ranges of the table of update rules (:mod:`lrcore.rules`), and also
+    accept a :class:`lrcore.schedules.Schedule`, evaluated at the number of optimizer steps
+    already taken. MINI_BATCH_SIZE, EPOCHS, SHUFFLE and SEED drive the loop.
     """
-    LEARNING_RATE = _Spec("learning_rate", float, 0.0, hyperparameter="lr")
-    MOMENTUM = _Spec("momentum", float, 0.0, 1.0, high_open=True, hyperparameter="momentum")
+    LEARNING_RATE = _Spec("learning_rate", float, hyperparameter="lr")
+    MOMENTUM = _Spec("momentum", float, hyperparameter="momentum")
     MINI_BATCH_SIZE = _Spec("mini_batch_size", int, 1)
-    BETA1 = _Spec("beta1", float, 0.0, 1.0, high_open=True, hyperparameter="beta1")
-    BETA2 = _Spec("beta2", float, 0.0, 1.0, high_open=True, hyperparameter="beta2")
-    EPS = _Spec("eps", float, 0.0, low_open=True, hyperparameter="eps")
+    BETA1 = _Spec("beta1", float, hyperparameter="beta1")
+    BETA2 = _Spec("beta2", float, hyperparameter="beta2")
+    EPS = _Spec("eps", float, hyperparameter="eps")
     EPOCHS = _Spec("epochs", int, 1)
     SHUFFLE = _Spec("shuffle", bool)
     SEED = _Spec("seed", int, 0, 2**63 - 1)
-    WEIGHT_DECAY = _Spec("weight_decay", float, 0.0, hyperparameter="weight_decay")
+    WEIGHT_DECAY = _Spec("weight_decay", float, hyperparameter="weight_decay")
 
     def __repr__(self):
         return f"ParameterKey.{self.name}"
@@ -79,40 +94,28 @@ class ParameterKey(enum.Enum):
         """The allowed values, in words (as used in error messages)."""
         return self.value.describe()
 
-    def validate(self, value, step=0):
-        """Return ``value`` checked against the key's type and range (a Schedule is checked at
-        ``step``); raise TypeError or ValueError naming the key, the value and the range."""
+    def validate(self, value, step=0, rule=None):
+        """Return ``value`` checked against the key's type and range (a real key against
+        ``rule``'s range in the table, a Schedule at ``step``); raise TypeError or
+        ValueError in the table's message style: "UpdateTask: ParameterKey.<KEY> must be
+        <range>, got <value>"."""
         spec = self.value
-        where = f"ParameterKey.{self.name}"
+        where, name = "UpdateTask", f"ParameterKey.{self.name}"
+        if spec.kind is float:
+            return hyperparams.check(where, name, value, spec.range(rule), step)
         if isinstance(value, Schedule):
-            if spec.kind is not float:
-                raise TypeError(f"{where} must be {spec.describe()}, got a schedule "
-                                f"({value!r}); only real-valued keys accept schedules")
-            self._check_range(value(step), f"{where} (schedule {value!r} at step {step})")
-            return value
+            raise TypeError(f"{where}: {name} must be {spec.describe()}, got a schedule "
+                            f"({value!r}); only real-valued keys accept schedules")
         if spec.kind is bool:
             if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{where} must be True or False, got {value!r}")
+                raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
             return bool(value)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{where} must be {spec.describe()}, got {value!r} "
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{where}: {name} must be {spec.describe()}, got {value!r} "
                             f"({type(value).__name__})")
-        if spec.kind is int:
-            if not isinstance(value, numbers.Integral):
-                raise TypeError(f"{where} must be {spec.describe()}, got {value!r} "
-                                f"({type(value).__name__})")
-            value = int(value)
-        else:
-            value = float(value)
-        return self._check_range(value, where)
-
-    def _check_range(self, value, where):
-        spec = self.value
-        v = float(value)
-        ok = (math.isfinite(v) and (v > spec.low if spec.low_open else v >= spec.low)
-              and (v < spec.high if spec.high_open else v <= spec.high))
-        if not ok:
-            raise ValueError(f"{where} must be {spec.describe()}, got {value!r}")
+        value = int(value)
+        if value < spec.low or (spec.high is not None and value > spec.high):
+            raise ValueError(f"{where}: {name} must be {spec.describe()}, got {value!r}")
         return value
 
 

@@ -1,0 +1,223 @@
+"""Checkpoints of a ShardedOptimizer: one file per rank plus an index, without pickle.
+
+Layout: `path` is the index, written by rank 0 with lrcore.checkpoint.write (atomic,
+checksummed JSON header, no arrays): the optimizer's state dict without its arrays (step,
+hyperparameters and schedules, the names of each param's state buffers), the params' shapes,
+and for every saving rank the pieces (param, start, stop) of each bucket it held. Next to it,
+`<path>.<token>.rank<r>of<W>` holds rank r's shard: per bucket, each state buffer and the
+params over that rank's pieces, concatenated. A save writes the rank files under a fresh token,
+then the index (the commit point), then deletes the files of the index it replaced: a crash
+at any moment leaves the previous checkpoint loadable. `load` reads the index and, on each
+rank of any world size, only the files that overlap its new pieces.
+"""
+import os
+import secrets
+
+import numpy as np
+
+from .. import checkpoint
+from ..checkpoint import CheckpointError
+from ._comm import agree
+from .sharded import ShardedOptimizer
+
+__all__ = ["save", "load", "read_state_dict"]
+
+INDEX_KIND = "lrcore.distributed.index"
+SHARD_KIND = "lrcore.distributed.shard"
+
+
+def _shard_name(path, token, rank, world):
+    return f"{os.path.basename(path)}.{token}.rank{rank}of{world}"
+
+
+def save(path, optimizer, meta=None):
+    """Write `optimizer`'s params and state (a ShardedOptimizer) to `path` plus one file per
+    rank. Collective: call it on every rank with the same path (on a file system every rank
+    sees). `meta`: JSON-able data kept in the index, returned by `load`."""
+    if not isinstance(optimizer, ShardedOptimizer):
+        raise TypeError(f"lrcore.distributed.save(): optimizer must be a ShardedOptimizer, got "
+                        f"{type(optimizer).__name__} (use lrcore.save for one process)")
+    opt = optimizer
+    comm, rank, world = opt.comm, opt.rank, opt.world_size
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    token = agree(comm, None, opt.timeout, "save", secrets.token_hex(8) if rank == 0 else None)[0]
+    inner_sds = [inner.state_dict() for inner in opt._inner]
+    error = None
+    try:
+        arrays = {}
+        for b, bucket in enumerate(opt._layout.buckets):
+            st = inner_sds[b]["state"]
+            for name in st[0]:
+                arrays[f"{b}/{name}"] = np.concatenate([s[name].reshape(-1) for s in st])
+            arrays[f"{b}/param"] = np.concatenate(opt._views(bucket, opt._flat))
+        checkpoint.write(os.path.join(directory, _shard_name(path, token, rank, world)), arrays,
+                         {"kind": SHARD_KIND, "token": token, "rank": rank, "world": world})
+    except (OSError, TypeError, ValueError) as exc:
+        error = exc
+    agree(comm, error, opt.timeout, "save (rank files)")
+    error = None
+    if rank == 0:
+        try:
+            sd = {k: v for k, v in inner_sds[0].items() if k not in ("groups", "params", "state")}
+            sd["groups"] = []
+            for g in range(len(opt._specs)):
+                group = dict(inner_sds[opt._group_inner[g]]["groups"][0])
+                group["params"] = [i for i, gi in enumerate(opt._group_of) if gi == g]
+                sd["groups"].append(group)
+            sd["params"] = [{"shape": list(p.shape), "dtype": p.dtype.name} for p in opt._params]
+            names = [None] * len(opt._params)
+            for b, bucket in enumerate(opt._layout.buckets):
+                for i in range(len(opt._params)):
+                    if opt._group_of[i] == bucket.group and opt._params[i].dtype == bucket.dtype:
+                        names[i] = list(inner_sds[b]["state"][0])
+            sd["state"] = names
+            layout = [[[[p.index, p.start, p.stop] for p in bucket.pieces[r]]
+                       for bucket in opt._layout.buckets] for r in range(world)]
+            files = [_shard_name(path, token, r, world) for r in range(world)]
+            old = []
+            if os.path.exists(path):
+                try:
+                    _, old_meta = checkpoint.read(path)
+                    if isinstance(old_meta, dict) and old_meta.get("kind") == INDEX_KIND:
+                        old = [f for f in old_meta.get("files", []) if f not in files]
+                except (OSError, CheckpointError):
+                    pass
+            checkpoint.write(path, {}, {"kind": INDEX_KIND, "world": world, "token": token,
+                                        "files": files, "optimizer": sd, "layout": layout,
+                                        "user": meta})
+            for f in old:   # the replaced checkpoint's rank files (only names of that form)
+                if f.startswith(os.path.basename(path) + "."):
+                    try:
+                        os.unlink(os.path.join(directory, f))
+                    except OSError:
+                        pass
+        except (OSError, TypeError, ValueError) as exc:
+            error = exc
+    agree(comm, error, opt.timeout, "save (index)")
+
+
+class _Source:
+    """Reads pieces of params and state from a saved checkpoint, file by file on demand."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.fspath(path))
+        self.where = f"checkpoint {os.fspath(path)!r}"
+        _, meta = checkpoint.read(self.path)
+        if not isinstance(meta, dict) or meta.get("kind") != INDEX_KIND:
+            raise CheckpointError(f"{self.where} is not an lrcore.distributed checkpoint index "
+                                  f"(use lrcore.load for a single-process checkpoint)")
+        try:
+            self.sd = meta["optimizer"]
+            self.files = list(meta["files"])
+            self.user = meta.get("user")
+            self.held = {}       # param -> [(start, stop, rank, bucket, offset)]
+            for r, buckets in enumerate(meta["layout"]):
+                for b, pieces in enumerate(buckets):
+                    at = 0
+                    for i, s, e in pieces:
+                        self.held.setdefault(int(i), []).append((int(s), int(e), r, b, at))
+                        at += int(e) - int(s)
+            if len(self.files) != len(meta["layout"]):
+                raise ValueError("files and layout differ in length")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self.where} has a malformed index ({exc})") from None
+        self.cache = {}
+
+    def _file(self, r):
+        if r not in self.cache:
+            name = os.path.join(os.path.dirname(self.path), self.files[r])
+            try:
+                arrays, meta = checkpoint.read(name)
+            except FileNotFoundError:
+                raise CheckpointError(f"{self.where}: rank file {self.files[r]!r} is "
+                                      f"missing") from None
+            if meta.get("kind") != SHARD_KIND or meta.get("rank") != r:
+                raise CheckpointError(f"{self.where}: {self.files[r]!r} is not rank {r}'s file")
+            self.cache[r] = arrays
+        return self.cache[r]
+
+    def piece(self, i, name, start, stop, dtype):
+        """Elements [start, stop) of param i's buffer `name` ('param' for the param)."""
+        out = np.empty(stop - start, dtype=dtype)
+        filled = 0
+        for s, e, r, b, at in self.held.get(i, ()):
+            lo, hi = max(s, start), min(e, stop)
+            if hi <= lo:
+                continue
+            src = self._file(r).get(f"{b}/{name}")
+            if src is None or src.dtype != out.dtype or at + (e - s) > src.size:
+                raise CheckpointError(f"{self.where}: rank {r}'s file lacks {name!r} for "
+                                      f"param {i}")
+            out[lo - start:hi - start] = src[at + lo - s:at + hi - s]
+            filled += hi - lo
+        if filled != stop - start:
+            raise CheckpointError(f"{self.where}: param {i} elements [{start}, {stop}) of "
+                                  f"{name!r} are not all in the checkpoint")
+        return out
+
+
+def load(path, optimizer):
+    """Restore a checkpoint written by `save` (with any number of ranks) into `optimizer`:
+    a ShardedOptimizer on any number of ranks (collective), or a single-process lrcore
+    optimizer. Everything is checked on every rank before anything changes. Returns the
+    `meta` given to save."""
+    if not isinstance(optimizer, ShardedOptimizer):
+        sd, params = read_state_dict(path)
+        own = optimizer.params
+        if len(own) != len(params) or any(p.shape != q.shape or p.dtype != q.dtype
+                                          for p, q in zip(own, params)):
+            raise CheckpointError(f"checkpoint {os.fspath(path)!r}: its params "
+                                  f"{[(q.dtype.name, q.shape) for q in params]} do not match "
+                                  f"the optimizer's")
+        try:
+            optimizer.load_state_dict(sd)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {os.fspath(path)!r}: {exc}") from None
+        for p, q in zip(own, params):
+            np.copyto(p, q)
+        return _Source(path).user
+    opt = optimizer
+    error, sds, params, src = None, None, None, None
+    try:
+        src = _Source(path)
+        opt._check_full(src.sd)
+        sds = opt.inner_state_dicts(
+            src.sd, lambda i, name, a, b: src.piece(i, name, a, b, opt._params[i].dtype))
+        params = [[src.piece(p.index, "param", p.start, p.stop, bucket.dtype)
+                   for p in bucket.pieces[opt.rank]] for bucket in opt._layout.buckets]
+        src.cache.clear()
+    except (OSError, CheckpointError, ValueError, TypeError, KeyError) as exc:
+        error = exc if not isinstance(exc, KeyError) else CheckpointError(
+            f"checkpoint {os.fspath(path)!r} is malformed ({exc})")
+    agree(opt.comm, error, opt.timeout, "load")
+    opt._load_inner(sds, "load")
+    for bucket, chunks in zip(opt._layout.buckets, params):
+        for p, chunk in zip(bucket.pieces[opt.rank], chunks):
+            opt._flat[p.index][p.start:p.stop] = chunk
+    opt.gather_params()
+    return src.user
+
+
+def read_state_dict(path):
+    """(state dict of the single-process optimizer, [params]) from a checkpoint written by
+    `save`, read in one process (every rank file)."""
+    src = _Source(path)
+    sd = dict(src.sd)
+    try:
+        infos = sd["params"]
+        shapes = [(tuple(int(s) for s in info["shape"]), np.dtype(info["dtype"]))
+                  for info in infos]
+        state = []
+        for i, names in enumerate(sd["state"]):
+            n = int(np.prod(shapes[i][0], dtype=np.int64))
+            state.append({name: src.piece(i, name, 0, n, shapes[i][1]).reshape(shapes[i][0])
+                          for name in names})
+        params = [src.piece(i, "param", 0, int(np.prod(s, dtype=np.int64)), dt).reshape(s)
+                  for i, (s, dt) in enumerate(shapes)]
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{src.where} is malformed ({exc})") from None
+    sd["state"] = state
+    return sd, params

@@ -1,0 +1,357 @@
+"""The Optimizer base class: parameter groups, hyperparameters, state buffers and the step.
+
+Design: an optimizer owns its state buffers and one `StepPlan` (compiled, or the numpy
+reference's twin) that applies a step to every parameter in one native call. What a
+subclass is (kernel, hyperparameters and their ranges, state buffers and when they exist,
+their initial values) comes from its row of the table, :data:`lrcore.rules.RULES`.
+Hyperparameters are stored as given (numbers or schedules) and resolved once per step by
+:mod:`lrcore.hyperparams`, the injector shared with lrcore.torch and the update task;
+the update arithmetic lives only in the kernels. State-dict I/O is
+:mod:`lrcore.optim.state_dict`. A step holds the optimizer's lock, so one optimizer
+stepped from several threads applies whole steps one after another.
+"""
+import math
+import numbers
+import threading
+
+import numpy as np
+
+from .. import hyperparams, kernels
+from ..schedules import Schedule
+from . import state_dict as _io
+
+__all__ = ["Optimizer", "plan_class"]
+
+
+def plan_class():
+    """The StepPlan of the selected backend (the compiled core, or the numpy twin)."""
+    if kernels.backend() == "native":
+        from .._core import StepPlan
+    else:
+        from ..reference import StepPlan
+    return StepPlan
+
+
+def _owner_range(rule, name):
+    return hyperparams.range_of(rule, name)
+
+
+class Optimizer:
+    """Base class. A subclass names its row of the table (``rule``) and the options fixed
+    at construction (``fixed``); the rest is derived from the row when the class is made:
+
+    - ``kernel``: the rule's name (the StepPlan kind);
+    - ``numeric``: real hyperparameters a caller sets (numbers or schedules);
+    - ``flags``: boolean hyperparameters changeable with set();
+    - ``state_slots``: state buffer names in kernel order.
+    """
+
+    rule = None            # a lrcore.rules.Rule
+    fixed = ()             # boolean options/flags fixed at construction (state layout)
+    kernel = None
+    numeric = ()
+    flags = ()
+    state_slots = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        rule = cls.rule
+        if rule is None:
+            return
+        cls.kernel = rule.name
+        cls.numeric = tuple(h.name for h in rule.hypers if h.public and h.ctype == "double"
+                            and h.name not in rule.scalar_states)
+        cls.flags = tuple(h.name for h in rule.hypers
+                          if h.public and h.ctype == "int" and h.name not in cls.fixed)
+        cls.state_slots = tuple(s.name for s in rule.states)
+
+    def __init__(self, params, defaults, num_threads=None):
+        owner = type(self).__name__
+        if num_threads is not None and (isinstance(num_threads, bool)
+                                        or not isinstance(num_threads, numbers.Integral)
+                                        or num_threads < 1):
+            raise ValueError(f"{owner}: num_threads must be an integer >= 1 or None, "
+                             f"got {num_threads!r}")
+        self.num_threads = num_threads
+        self._lock = threading.RLock()
+        self._step = 0
+        self._groups = []
+        self._params = []
+        self._group_of = []
+        for g, spec in enumerate(self._normalise(params, owner)):
+            group = dict(defaults)
+            for key, value in spec.items():
+                if key == "params":
+                    continue
+                if key not in defaults:
+                    raise TypeError(f"{owner}: unknown hyperparameter {key!r} in parameter "
+                                    f"group {g}; expected one of {sorted(defaults)}")
+                group[key] = value
+            self._groups.append(self._validated(group, owner))
+            for p in spec["params"]:
+                self._params.append(p)
+                self._group_of.append(g)
+        self._check_params(owner)
+        self._states = [dict() for _ in self._params]
+        self._momentum_started = [False] * len(self._groups)
+        self._plan = None
+        self._ensure_state()
+        self.last_grad_norm = None
+
+    # -- construction ------------------------------------------------------------------
+
+    @staticmethod
+    def _normalise(params, owner):
+        if isinstance(params, np.ndarray):
+            return [{"params": [params]}]
+        if isinstance(params, dict):
+            raise TypeError(f"{owner}: params must be an array, a list of arrays or a list of "
+                            f"dicts (parameter groups), got a dict; wrap it in a list")
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError(f"{owner}: params must be an array, a list of arrays or a list of "
+                            f"dicts, got {type(params).__name__}") from None
+        if not items:
+            raise ValueError(f"{owner}: params is empty; give at least one array")
+        if all(isinstance(x, dict) for x in items):
+            groups = []
+            for g, d in enumerate(items):
+                if "params" not in d:
+                    raise ValueError(f"{owner}: parameter group {g} has no 'params' key")
+                ps = d["params"]
+                ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+                groups.append(dict(d, params=ps))
+            return groups
+        if any(isinstance(x, dict) for x in items):
+            raise TypeError(f"{owner}: params mixes arrays and dicts; use one or the other")
+        return [{"params": items}]
+
+    def _check_params(self, owner):
+        for i, p in enumerate(self._params):
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"{owner}: params[{i}] must be a numpy.ndarray, got "
+                                f"{type(p).__name__}")
+            if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
+                raise TypeError(f"{owner}: params[{i}] must have dtype float32 or float64 "
+                                f"(native byte order), got {p.dtype}")
+            if not p.flags.c_contiguous:
+                raise ValueError(f"{owner}: params[{i}] must be C-contiguous (it is updated "
+                                 f"in place)")
+        self._check_writeable(owner)
+
+    def _check_writeable(self, owner):
+        """Every param still writeable (a flag read per array: cheap enough for each step)."""
+        for i, p in enumerate(self._params):
+            if not p.flags.writeable:
+                raise ValueError(f"{owner}: params[{i}] is read-only; it must be writeable "
+                                 f"(it is updated in place)")
+
+    def _validated(self, group, owner, step=None):
+        """Check a group's values; a schedule is checked at `step` (default: the next step)."""
+        step = getattr(self, "_step", 0) if step is None else step
+        out = {}
+        for key, value in group.items():
+            if key in self.numeric:
+                out[key] = hyperparams.check(owner, key, value, _owner_range(self.rule, key),
+                                             step)
+            elif key in self.flags or key in self.fixed:
+                if not isinstance(value, (bool, np.bool_)):
+                    raise TypeError(f"{owner}: {key} must be True or False, got {value!r}")
+                out[key] = bool(value)
+            else:
+                out[key] = value
+        self._check_group(out, owner)
+        return out
+
+    def _check_group(self, group, owner):
+        """Cross-field rules (subclasses)."""
+
+    def _needs(self, group):
+        """State buffers this group needs now: the rule's `when` conditions, a schedule
+        counting as > 0 (a momentum schedule keeps its buffer)."""
+        values = {k: (1.0 if isinstance(v, Schedule) else v) for k, v in group.items()}
+        return tuple(s.name for s in self.rule.present_states(values))
+
+    def _options(self):
+        """The construction-time options that set initial state values (subclasses)."""
+        return {}
+
+    def _initial_state(self, name, p):
+        state = next(s for s in self.rule.states if s.name == name)
+        return np.full_like(p, self.rule.initial_value(state, self._options()))
+
+    def _ensure_state(self):
+        """Allocate missing state buffers and (re)build the native plan if anything changed."""
+        changed = self._plan is None
+        for i, p in enumerate(self._params):
+            for name in self._needs(self._groups[self._group_of[i]]):
+                if name not in self._states[i]:
+                    self._states[i][name] = self._initial_state(name, p)
+                    changed = True
+        if changed:
+            states = [tuple(st.get(name) for name in self.state_slots) + (None,) *
+                      (3 - len(self.state_slots)) for st in self._states]
+            self._plan = plan_class()(self.kernel, list(self._params), states,
+                                      list(self._group_of))
+
+    # -- hyperparameters -----------------------------------------------------------------
+
+    @property
+    def step_count(self):
+        """Number of steps applied so far (the next step is number step_count + 1)."""
+        return self._step
+
+    @property
+    def params(self):
+        """The arrays being optimised, in order (the caller's own arrays)."""
+        return list(self._params)
+
+    @property
+    def param_groups(self):
+        """The parameter groups: dicts of 'params' and hyperparameters (numbers or schedules)."""
+        return [dict(g, params=[p for p, gi in zip(self._params, self._group_of) if gi == k])
+                for k, g in enumerate(self._groups)]
+
+    def _value(self, value):
+        return value(self._step) if isinstance(value, Schedule) else value
+
+    def hyperparameters(self, group=0):
+        """Values in force for the next step (schedules evaluated), as a dict."""
+        self._check_group_index(group)
+        return {k: self._value(v) for k, v in self._groups[group].items()}
+
+    @property
+    def lr(self):
+        """Learning rate in force for the next step (group 0)."""
+        return self._value(self._groups[0]["lr"])
+
+    def _check_group_index(self, group):
+        if isinstance(group, bool) or not isinstance(group, numbers.Integral) \
+                or not 0 <= group < len(self._groups):
+            raise ValueError(f"{type(self).__name__}: group must be an index in "
+                             f"[0, {len(self._groups)}), got {group!r}")
+
+    def set(self, group=None, **hyperparameters):
+        """Change hyperparameters (numbers or schedules) from the next step on, in one group
+        or (group=None) in every group. Validated like the constructor; nothing changes if
+        any value is rejected."""
+        owner = type(self).__name__
+        with self._lock:
+            targets = range(len(self._groups)) if group is None else [group]
+            if group is not None:
+                self._check_group_index(group)
+            for key in hyperparameters:
+                if key in self.fixed:
+                    raise ValueError(f"{owner}: {key} changes the optimizer's state layout "
+                                     f"and is fixed at construction")
+                if key not in self._groups[0]:
+                    raise TypeError(f"{owner}: unknown hyperparameter {key!r}; expected one "
+                                    f"of {sorted(k for k in self._groups[0] if k not in self.fixed)}")
+            new = {g: self._validated(dict(self._groups[g], **hyperparameters), owner)
+                   for g in targets}
+            for g, group_values in new.items():
+                self._groups[g] = group_values
+            self._ensure_state()
+
+    def report(self, metric):
+        """Feed a metric (e.g. validation loss) to every ReduceOnPlateau hyperparameter,
+        once per schedule object (groups share the constructor's default schedule)."""
+        with self._lock:
+            hyperparams.report(self._groups, metric)
+
+    # -- the step ------------------------------------------------------------------------
+
+    def _init_buffer(self, g, values):
+        """SGD's first momentum step (subclasses): None elsewhere."""
+        return None
+
+    def _step_values(self, owner):
+        """Every group's hyperparameters for this step, by name, validated (a schedule may
+        leave its range at a later step)."""
+        where = f"{owner}.step()"
+        out = []
+        for g, group in enumerate(self._groups):
+            values = hyperparams.kernel_values(self.rule, where, group, self._step)
+            if "init_buffer" in values:
+                values["init_buffer"] = self._init_buffer(g, values)
+            out.append(values)
+        return out
+
+    def step(self, grads, *, clip_norm=None, skip_nonfinite=False):
+        """Apply one step with `grads` (one array, or a list in the order of the params).
+
+        clip_norm: scale all grads by min(1, clip_norm / (total_norm + 1e-6)), total_norm the
+        L2 norm over every grad (torch.nn.utils.clip_grad_norm_), inside the update: grads are
+        not written. skip_nonfinite: if any grad holds NaN or Inf, change nothing and return
+        False. Returns True when the step was applied.
+
+        Every argument, hyperparameter and param (still writeable) is checked before
+        anything changes. Steps from several threads on one optimizer are serialised.
+        """
+        owner = type(self).__name__
+        if isinstance(grads, np.ndarray):
+            grads = [grads]
+        elif not isinstance(grads, list):
+            try:
+                grads = list(grads)
+            except TypeError:
+                raise TypeError(f"{owner}.step(): grads must be an array or a list of arrays, "
+                                f"got {type(grads).__name__}") from None
+        if len(grads) == len(self._params):
+            for i, (g, p) in enumerate(zip(grads, self._params)):
+                if isinstance(g, np.ndarray) and g.shape != p.shape and g.size == p.size:
+                    raise ValueError(f"{owner}.step(): grads[{i}] has shape {g.shape} but "
+                                     f"params[{i}] has shape {p.shape}; pass one grad per "
+                                     f"param, of the same shape")
+        if clip_norm is not None:
+            if isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real) \
+                    or not (math.isfinite(clip_norm) and clip_norm > 0):
+                raise ValueError(f"{owner}.step(): clip_norm must be a finite number > 0 or "
+                                 f"None, got {clip_norm!r}")
+        with self._lock:
+            self._check_writeable(f"{owner}.step()")
+            values = self._step_values(owner)
+            by_name = getattr(self._plan, "by_name", False)
+            hps = [hyperparams.pack(self.kernel, v, by_name) for v in values]
+            scale = 1.0
+            checked = False
+            if clip_norm is not None or skip_nonfinite:
+                sumsq, finite = self._plan.grad_sumsq(grads, self.num_threads)
+                checked = True
+                norm = math.sqrt(sumsq)
+                self.last_grad_norm = norm
+                if skip_nonfinite and not finite:
+                    return False
+                if clip_norm is not None:
+                    # an overflowed (inf) norm scales to 0 as in torch; NaN stays NaN
+                    scale = math.nan if math.isnan(norm) else min(1.0, clip_norm / (norm + 1e-6))
+            self._plan.run(grads, hps, scale, self.num_threads, checked)
+            self._after_step(values)
+            self._step += 1
+            return True
+
+    def _after_step(self, values):
+        """Bookkeeping after a step landed (subclasses)."""
+
+    # -- checkpoints (lrcore.optim.state_dict) -------------------------------------------
+
+    def state_dict(self):
+        """A copy of everything needed to resume: step, hyperparameters (schedules as plain
+        data with their state), flags, and copies (never views) of the state buffers."""
+        with self._lock:
+            return _io.build(self)
+
+    def load_state_dict(self, state_dict):
+        """Restore from state_dict(). Everything is checked first; a state dict that does
+        not fit raises ValueError and changes nothing."""
+        with self._lock:
+            _io.check(self, state_dict).apply()
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}(step={self._step}, params={len(self._params)}, "
+                 f"backend={kernels.backend()}"]
+        for g, group in enumerate(self._groups):
+            items = ", ".join(f"{k}={v!r}" for k, v in group.items())
+            lines.append(f"  group {g}: {items}")
+        return "\n".join(lines) + ")"

@@ -1,0 +1,155 @@
+"""An optimizer's state dict: building it, and loading it as validate-then-apply.
+
+:func:`check` reads a state dict against an optimizer and returns a :class:`Checked` that
+holds everything the load will change (groups, step, state values, the SGD momentum
+flags); only :meth:`Checked.apply` writes, and it cannot fail on the data, so a state
+dict that does not fit raises ValueError and leaves the optimizer as it was.
+Schedules travel as plain data (:func:`lrcore.hyperparams.to_data`).
+"""
+import numbers
+
+import numpy as np
+
+from .. import hyperparams
+
+__all__ = ["FORMAT", "VERSION", "build", "check", "Checked"]
+
+FORMAT = "lrcore.optimizer"
+VERSION = 1
+
+
+def build(opt):
+    """state_dict() of ``opt``: plain data plus copies of the state buffers."""
+    groups = []
+    for g, group in enumerate(opt._groups):
+        hyper = {key: hyperparams.to_data(value) for key, value in group.items()}
+        groups.append({"hyperparameters": hyper,
+                       "params": [i for i, gi in enumerate(opt._group_of) if gi == g],
+                       "momentum_started": opt._momentum_started[g]})
+    return {
+        "format": FORMAT, "version": VERSION,
+        "optimizer": type(opt).__name__, "step": opt._step, "groups": groups,
+        "params": [{"shape": list(p.shape), "dtype": p.dtype.name} for p in opt._params],
+        "state": [{k: v.copy() for k, v in st.items()} for st in opt._states],
+    }
+
+
+class Checked:
+    """A state dict that fits ``opt``: :meth:`apply` installs it."""
+
+    def __init__(self, opt, step, groups, states, started):
+        self.opt, self.step, self.groups = opt, step, groups
+        self.states, self.started = states, started
+
+    def apply(self):
+        opt = self.opt
+        # a live schedule equal to the saved one is kept (its state loaded), so a caller's
+        # own reference (e.g. to a ReduceOnPlateau) stays in use
+        for g, group in enumerate(self.groups):
+            for key, value in group.items():
+                group[key] = hyperparams.adopt(value, opt._groups[g][key])
+        opt._groups = self.groups
+        for i, st in enumerate(self.states):
+            live = opt._states[i]
+            for name, arr in st.items():
+                if name in live:
+                    np.copyto(live[name], arr)
+                else:
+                    live[name] = np.array(arr, copy=True, order="C")
+                    opt._plan = None
+            for name, buf in live.items():
+                if name not in st:   # not in the state dict: back to its initial value
+                    np.copyto(buf, opt._initial_state(name, buf))
+        opt._step = self.step
+        opt._momentum_started = self.started
+        opt._ensure_state()
+
+
+def check(opt, d):
+    """Validate state dict ``d`` against ``opt`` (format, step, groups, hyperparameters,
+    schedules, state buffers, writeable destinations); return a :class:`Checked`."""
+    owner = type(opt).__name__
+
+    def bad(msg):
+        return ValueError(f"{owner}.load_state_dict(): {msg}")
+    try:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise bad("not an lrcore optimizer state dict (format key missing or wrong)")
+        if d.get("version") != VERSION:
+            raise bad(f"format version {d.get('version')!r} is not supported "
+                      f"(this lrcore reads version {VERSION})")
+        if d.get("optimizer") != owner:
+            raise bad(f"the state dict is for {d.get('optimizer')!r}, not {owner!r}")
+        step = d.get("step")
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0 \
+                or step >= 2 ** 53:
+            raise bad(f"step must be an integer in [0, 2**53), got {step!r}")
+        step = int(step)
+        if len(d.get("groups", ())) != len(opt._groups):
+            raise bad(f"it has {len(d.get('groups', ()))} parameter groups, this optimizer "
+                      f"has {len(opt._groups)}")
+        if len(d.get("params", ())) != len(opt._params):
+            raise bad(f"it has {len(d.get('params', ()))} parameters, this optimizer has "
+                      f"{len(opt._params)}")
+        for i, (info, p) in enumerate(zip(d["params"], opt._params)):
+            if tuple(info.get("shape", ())) != p.shape or info.get("dtype") != p.dtype.name:
+                raise bad(f"params[{i}] was {info.get('dtype')} "
+                          f"{tuple(info.get('shape', ()))}, is {p.dtype.name} {p.shape}")
+        for g, sg in enumerate(d["groups"]):
+            mine = [i for i, gi in enumerate(opt._group_of) if gi == g]
+            if list(sg.get("params", ())) != mine:
+                raise bad(f"group {g} holds params {sg.get('params')}, this optimizer's "
+                          f"holds {mine}")
+        new_groups = []
+        for g, sg in enumerate(d["groups"]):
+            hyper = dict(sg.get("hyperparameters", {}))
+            if set(hyper) != set(opt._groups[g]):
+                raise bad(f"group {g} has hyperparameters {sorted(hyper)}, expected "
+                          f"{sorted(opt._groups[g])}")
+            for key, value in hyper.items():
+                if hyperparams.is_data(value):
+                    try:
+                        hyper[key] = hyperparams.from_data(f"group {g}", key, value,
+                                                           live=opt._groups[g][key])
+                    except ValueError as exc:
+                        raise bad(str(exc)) from None
+            for key in opt.fixed:
+                if hyper[key] != opt._groups[g][key]:
+                    raise bad(f"group {g} has {key}={hyper[key]}, this optimizer has "
+                              f"{opt._groups[g][key]}; {key} is fixed at construction")
+            try:
+                new_groups.append(opt._validated(hyper, owner, step=step))
+            except (TypeError, ValueError) as exc:
+                raise bad(f"group {g}: {exc}") from None
+        states = d.get("state", ())
+        if len(states) != len(opt._params):
+            raise bad(f"it has state for {len(states)} parameters, expected "
+                      f"{len(opt._params)}")
+        for i, (st, p) in enumerate(zip(states, opt._params)):
+            needed = set(opt._needs(new_groups[opt._group_of[i]]))
+            unknown = set(st) - set(opt.state_slots)
+            if unknown or not needed <= set(st):
+                raise bad(f"params[{i}] state has buffers {sorted(st)}, expected "
+                          f"{sorted(needed)}")
+            for name, arr in st.items():
+                if not isinstance(arr, np.ndarray) or arr.shape != p.shape \
+                        or arr.dtype != p.dtype:
+                    desc = (f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray)
+                            else type(arr).__name__)
+                    raise bad(f"params[{i}] state {name!r} is {desc}, expected "
+                              f"{p.dtype} {p.shape}")
+        started = []
+        for g, sg in enumerate(d["groups"]):
+            flag = sg.get("momentum_started", False)
+            if not isinstance(flag, (bool, np.bool_)):
+                raise bad(f"group {g} momentum_started must be True or False, got {flag!r}")
+            started.append(bool(flag))
+        for i, live in enumerate(opt._states):
+            for name, buf in live.items():
+                if not buf.flags.writeable:
+                    raise bad(f"params[{i}] state {name!r} is read-only")
+    except ValueError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise bad(f"malformed state dict ({type(exc).__name__}: {exc})") from None
+    return Checked(opt, step, new_groups, [dict(st) for st in states], started)

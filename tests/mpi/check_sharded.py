@@ -1,0 +1,310 @@
+"""Run under mpiexec by tests/test_distributed.py: ShardedOptimizer against one process.
+
+Usage: mpiexec -n W python -m mpi4py tests/mpi/check_sharded.py MODE DIR
+MODE: rules (every optimizer class x float32/float64 x options, 20 steps, clipping, skipping,
+a schedule: params bitwise equal to a single-process optimizer on the averaged grads, state
+dicts equal, memory per rank), save (10 steps with average=False, then save to DIR),
+load (load DIR's checkpoint on this world size, continue to step 20, compare with an
+uninterrupted single-process run), faults, mismatch. Prints one line per check from rank 0;
+exits non-zero (MPI_Abort through mpi4py) on the first mismatch.
+"""
+import inspect
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import lrcore
+import lrcore.optim
+from lrcore import schedules
+from lrcore.distributed import DistributedError, ShardedOptimizer, load, save
+
+comm = MPI.COMM_WORLD
+RANK, W = comm.Get_rank(), comm.Get_size()
+STEPS = 20
+BLOCK = 1 << 14
+
+
+def say(*a):
+    if RANK == 0:
+        print(*a, flush=True)
+
+
+def rules():
+    """Every optimizer class lrcore.optim exports."""
+    return [getattr(lrcore.optim, n) for n in lrcore.optim.__all__
+            if isinstance(getattr(lrcore.optim, n), type)
+            and issubclass(getattr(lrcore.optim, n), lrcore.optim.Optimizer)
+            and getattr(lrcore.optim, n) is not lrcore.optim.Optimizer]
+
+
+def variants(cls):
+    """Default options, and the options that select another loop or more state."""
+    sig = inspect.signature(cls.__init__).parameters
+    extra = {}
+    if "momentum" in sig:
+        extra["momentum"] = 0.9
+    if "amsgrad" in sig:
+        extra["amsgrad"] = True
+    if "centered" in sig:
+        extra["centered"] = True
+    if "nesterov" in sig and "momentum" in extra:
+        extra["nesterov"] = True
+    return [{}, extra] if extra else [{}]
+
+
+def make_params(dtype, seed=0, mixed=False):
+    """Two groups, sizes around the 2**14 block grid and SIMD widths."""
+    rng = np.random.default_rng(seed)
+    other = np.float64 if mixed else dtype
+    g0 = [rng.standard_normal(s).astype(dt) for s, dt in
+          (((2 * BLOCK + 5,), dtype), ((3,), dtype), ((BLOCK,), other), ((17, 1), dtype))]
+    g1 = [rng.standard_normal(s).astype(dtype) for s in ((BLOCK + 1, 1), (8,))]
+    return g0, g1
+
+
+def grads_for(params, step, rank):
+    rng = np.random.default_rng(1000 * step + rank + 7)
+    out = [(0.3 * rng.standard_normal(p.shape)).astype(p.dtype) for p in params]
+    if step == 7 and rank == W - 1:
+        out[0].reshape(-1)[5] = np.nan
+    return out
+
+
+def averaged(params, step):
+    per_rank = [grads_for(params, step, r) for r in range(W)]
+    out = []
+    for i, p in enumerate(params):
+        acc = per_rank[0][i].copy()
+        for r in range(1, W):
+            acc = acc + per_rank[r][i]
+        out.append(acc / p.dtype.type(W))
+    return out
+
+
+def step_args(t):
+    clip = {0: 1.0, 1: 1e4, 2: None}[t % 3]
+    return dict(clip_norm=clip, skip_nonfinite=(t % 2 == 1) or t == 7)
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAIL rank {RANK}/{W}: {what}", flush=True)
+        comm.Abort(1)
+
+
+def same_state_dict(a, b, where):
+    check(type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}")
+    if isinstance(a, dict):
+        check(set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}")
+        for k in a:
+            same_state_dict(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        check(len(a) == len(b), f"{where}: lengths {len(a)} != {len(b)}")
+        for k, (x, y) in enumerate(zip(a, b)):
+            same_state_dict(x, y, f"{where}[{k}]")
+    elif isinstance(a, np.ndarray):
+        check(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(bits(a), bits(b)),
+              f"{where}: arrays differ")
+    else:
+        check(a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}")
+
+
+def run_rule(cls, dtype, options, mixed=False):
+    g0, g1 = make_params(dtype, mixed=mixed)
+    r0, r1 = [p.copy() for p in g0], [p.copy() for p in g1]
+    lr = schedules.Cosine(0.01, STEPS)
+    spec = [{"params": g0}, {"params": g1, "lr": 0.005}]
+    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=BLOCK + 3000, **options)
+    ref = cls([{"params": r0}, {"params": r1, "lr": 0.005}], lr=lr, **options)
+    params, refs = g0 + g1, r0 + r1
+    name = f"{cls.__name__} {np.dtype(dtype).name}{' mixed' if mixed else ''} {options}"
+    for t in range(STEPS):
+        applied = opt.step(grads_for(params, t, RANK), **step_args(t))
+        want = ref.step(averaged(refs, t), **step_args(t))
+        check(applied == want, f"{name} step {t}: applied {applied}, single process {want}")
+        check((opt.last_grad_norm == ref.last_grad_norm)
+              or (opt.last_grad_norm != opt.last_grad_norm and ref.last_grad_norm != ref.last_grad_norm),
+              f"{name} step {t}: grad norm {opt.last_grad_norm!r} != {ref.last_grad_norm!r}")
+        for i, (p, q) in enumerate(zip(params, refs)):
+            check(np.array_equal(bits(p), bits(q)), f"{name} step {t}: params[{i}] differ "
+                  f"(max |diff| {np.nanmax(np.abs(p.astype(float) - q)):.3g})")
+    check(opt.step_count == ref.step_count, f"{name}: step count")
+    sd = opt.consolidated_state_dict(root=0)
+    if RANK == 0:
+        same_state_dict(sd, ref.state_dict(), f"{name} state_dict")
+    else:
+        check(sd is None, "consolidated_state_dict off the root must be None")
+    # memory: 1/W of the single-process state plus at most one block per (group, dtype) range
+    single = sum(a.nbytes for st in ref.state_dict()["state"] for a in st.values())
+    mine = opt.state_nbytes()
+    nbuf = max((len(st) for st in ref.state_dict()["state"]), default=0)
+    ranges = len(opt.shard_elements())
+    bound = single / W + ranges * nbuf * BLOCK * np.dtype(dtype).itemsize
+    check(mine <= bound, f"{name}: {mine} bytes of state on rank {RANK}, bound {bound:.0f}")
+    totals = comm.allreduce(mine)
+    check(totals == single, f"{name}: the ranks hold {totals} bytes of state, one process {single}")
+    return mine, single
+
+
+def mode_rules():
+    count = 0
+    for cls in rules():
+        for dtype in (np.float32, np.float64):
+            for options in variants(cls):
+                mine, single = run_rule(cls, dtype, options)
+                count += 1
+                say(f"ok {cls.__name__} {np.dtype(dtype).name} {options}: {STEPS} steps bitwise; "
+                    f"state {mine} of {single} bytes on rank 0")
+    run_rule(lrcore.Adam, np.float32, {}, mixed=True)
+    say(f"ok Adam float32+float64 in one group; {count + 1} runs bitwise on {W} rank(s)")
+
+
+def continued_run(stop, path=None):
+    """Single process: STEPS steps of Adam (amsgrad, a schedule) with the full grads."""
+    g0, g1 = make_params(np.float32, seed=3)
+    params = g0 + g1
+    lr = schedules.Cosine(0.01, STEPS)
+    ref = lrcore.Adam([{"params": g0}, {"params": g1, "lr": 0.005}], lr=lr, amsgrad=True)
+    for t in range(stop):
+        ref.step(averaged_full(params, t), **step_args(t))
+    return ref, params
+
+
+def averaged_full(params, t):
+    rng = np.random.default_rng(50 + t)
+    return [(0.3 * rng.standard_normal(p.shape)).astype(p.dtype) for p in params]
+
+
+def mode_save(directory):
+    g0, g1 = make_params(np.float32, seed=3)
+    params = g0 + g1
+    opt = ShardedOptimizer([{"params": g0}, {"params": g1, "lr": 0.005}], lrcore.Adam,
+                           lr=schedules.Cosine(0.01, STEPS), amsgrad=True, average=False,
+                           bucket_elements=BLOCK + 3000)
+    for t in range(STEPS // 2):
+        opt.step(averaged_full(params, t), **step_args(t))
+    path = os.path.join(directory, "ckpt.lrc")
+    save(path, opt, meta={"saved_by": W})
+    save(path, opt, meta={"saved_by": W})   # a second save replaces the first's rank files
+    comm.Barrier()
+    files = sorted(os.listdir(directory))
+    check(len(files) == W + 1, f"after two saves the directory holds {files}")
+    say(f"ok saved step {opt.step_count} with {W} rank(s): {files}")
+
+
+def mode_load(directory):
+    path = os.path.join(directory, "ckpt.lrc")
+    g0, g1 = make_params(np.float32, seed=99)   # other values: load must overwrite them
+    params = g0 + g1
+    opt = ShardedOptimizer([{"params": g0}, {"params": g1, "lr": 0.005}], lrcore.Adam,
+                           lr=schedules.Cosine(0.01, STEPS), amsgrad=True, average=False,
+                           bucket_elements=2 * BLOCK)
+    meta = load(path, opt)
+    check(meta["saved_by"] >= 1, "meta returned")
+    ref, rparams = continued_run(STEPS // 2)
+    for i, (p, q) in enumerate(zip(params, rparams)):
+        check(np.array_equal(bits(p), bits(q)), f"loaded params[{i}] differ")
+    sd = opt.consolidated_state_dict()
+    if RANK == 0:
+        same_state_dict(sd, ref.state_dict(), "loaded state_dict")
+    for t in range(STEPS // 2, STEPS):
+        opt.step(averaged_full(params, t), **step_args(t))
+        ref.step(averaged_full(rparams, t), **step_args(t))
+    for i, (p, q) in enumerate(zip(params, rparams)):
+        check(np.array_equal(bits(p), bits(q)), f"continued params[{i}] differ")
+    # into a single-process optimizer, on every rank
+    h0, h1 = make_params(np.float32, seed=5)
+    single = lrcore.Adam([{"params": h0}, {"params": h1, "lr": 0.005}],
+                         lr=schedules.Cosine(0.01, STEPS), amsgrad=True)
+    load(path, single)
+    ref2, rp2 = continued_run(STEPS // 2)
+    same_state_dict(single.state_dict(), ref2.state_dict(), "single-process load")
+    for i, (p, q) in enumerate(zip(h0 + h1, rp2)):
+        check(np.array_equal(bits(p), bits(q)), f"single-process loaded params[{i}] differ")
+    say(f"ok checkpoint saved with {meta['saved_by']} rank(s) loaded on {W}, continued to step "
+        f"{STEPS} bitwise; also loaded into a single-process Adam")
+
+
+def expect_raise(fn, kinds, text, what):
+    try:
+        fn()
+    except kinds as exc:
+        check(text in str(exc), f"{what}: message {exc!s} lacks {text!r}")
+        return exc
+    check(False, f"{what}: no exception")
+
+
+def mode_faults():
+    params = [np.linspace(-1, 1, 3000).astype(np.float32)]
+    opt = ShardedOptimizer(params, lrcore.SGD, lr=0.1, timeout=5.0)
+    good = [np.ones(3000, np.float32)]
+    before = params[0].copy()
+    # a rank with bad grads: it raises its own error, every other rank a DistributedError
+    bad = [np.ones(2999, np.float32)] if RANK == W - 1 else good
+    exc = expect_raise(lambda: opt.step(bad), (ValueError, DistributedError), "grads[0]",
+                       "bad grads on one rank")
+    check(isinstance(exc, ValueError if RANK == W - 1 else DistributedError),
+          f"rank {RANK} raised {type(exc).__name__}")
+    check(np.array_equal(params[0], before), "a failed step changed params")
+    # the ranks disagree on clip_norm
+    if W > 1:
+        expect_raise(lambda: opt.step(good, clip_norm=1.0 + RANK), DistributedError,
+                     "disagree", "different clip_norm")
+    check(opt.step(good), "a good step after the errors")
+    check(opt.step_count == 1, "step count after errors")
+    say("ok a bad grad on one rank raises on every rank; a good step follows")
+    # a schedule leaving its range raises on every rank alike, and the next step works
+    opt2 = ShardedOptimizer([np.ones(40000, np.float32)], lrcore.SGD,
+                            lr=schedules.Lambda(lambda s: 0.1 if s != 1 else -1.0), timeout=5.0,
+                            bucket_elements=BLOCK)
+    opt2.step([np.ones(40000, np.float32)])
+    expect_raise(lambda: opt2.step([np.ones(40000, np.float32)]), ValueError, "-1.0",
+                 "schedule out of range")
+    check(opt.step(good) and opt.step_count == 2, "the communicator works after that error")
+    say("ok a schedule out of range raises on every rank; the next collective works")
+    # a rank that stops calling: the others time out (bounded), with a clear message
+    if W > 1:
+        import time
+        opt3 = ShardedOptimizer([np.ones(10, np.float64)], lrcore.SGD, lr=0.1, timeout=2.0)
+        if RANK != 0:
+            time.sleep(3.0)   # alive but silent: rank 0 must give up on its own
+            # then match the status exchange rank 0 abandoned, so every rank can finalize
+            from lrcore.distributed._comm import agree
+            agree(comm, None, 30.0, "test cleanup")
+        else:
+            t0 = time.monotonic()
+            expect_raise(lambda: opt3.step([np.ones(10)]), DistributedError, "no answer",
+                         "a silent peer")
+            say(f"ok a rank that stops calling: the others raise after "
+                f"{time.monotonic() - t0:.1f} s (timeout 2 s)")
+        comm.Barrier()
+
+
+def mode_mismatch():
+    shapes = [(10,), (5, 2)] if RANK == 0 else [(10,), (5, 3)]
+    params = [np.zeros(s, np.float32) for s in shapes]
+    vals = [np.full(10, float(RANK), np.float32)]
+    if W > 1:
+        expect_raise(lambda: ShardedOptimizer(params, lrcore.Adam), ValueError,
+                     "params[1] is float32 (5, 3) in group 0 on rank 1", "shape mismatch")
+        expect_raise(lambda: ShardedOptimizer(vals, lrcore.Adam), ValueError,
+                     "different values", "value mismatch")
+        expect_raise(lambda: ShardedOptimizer([np.zeros(4)], lrcore.Adam, lr=0.1 * (1 + RANK)),
+                     ValueError, "hyperparameters", "hyperparameter mismatch")
+    bad = [np.zeros(4, np.int32)] if RANK == W - 1 else [np.zeros(4, np.float32)]
+    expect_raise(lambda: ShardedOptimizer(bad, lrcore.Adam), (TypeError, DistributedError),
+                 "params[0]", "bad dtype on one rank")
+    say("ok mismatched params, values, hyperparameters and dtypes are caught at construction")
+
+
+if __name__ == "__main__":
+    mode, directory = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+    {"rules": mode_rules, "save": lambda: mode_save(directory),
+     "load": lambda: mode_load(directory), "faults": mode_faults,
+     "mismatch": mode_mismatch}[mode]()

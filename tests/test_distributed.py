@@ -1,0 +1,128 @@
+"""lrcore.distributed under real MPI: each test launches `mpiexec -n W` on a script in tests/mpi/.
+
+The scripts compare every rank bitwise with a single-process optimizer and abort on the first
+difference; these tests check the exit status and the lines rank 0 prints. They skip when
+mpi4py or an mpiexec is missing (pip install "lrcore[mpi]").
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or (os.path.join(os.path.dirname(sys.executable), "mpiexec")
+                                      if os.path.exists(os.path.join(os.path.dirname(sys.executable),
+                                                                     "mpiexec")) else None)
+if MPIEXEC is None:
+    pytest.skip("no mpiexec on PATH (pip install \"lrcore[mpi]\")", allow_module_level=True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "mpi", "check_sharded.py")
+WORLDS = [int(w) for w in os.environ.get("LRCORE_TEST_WORLDS", "1,2,3,4").split(",")]
+
+
+def mpiexec_command(n):
+    """mpiexec -n n, with the flags Open MPI needs as root / on few cores (MPICH needs none)."""
+    cmd = [MPIEXEC, "-n", str(n)]
+    try:
+        version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    if "Open MPI" in version or "OpenRTE" in version:
+        cmd += ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    return cmd
+
+
+def run(n, *args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(mpiexec_command(n) + [sys.executable, "-m", "mpi4py", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, f"mpiexec -n {n} {args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_every_rule_bitwise_against_one_process(world):
+    out = run(world, SCRIPT, "rules")
+    assert "runs bitwise on" in out, out
+    assert "FAIL" not in out
+
+
+@pytest.mark.parametrize("saved,loaded", [(2, 1), (2, 3), (2, 4), (3, 2)])
+def test_checkpoint_saved_on_w_continues_on_w_prime(tmp_path, saved, loaded):
+    if max(saved, loaded) > max(WORLDS):
+        pytest.skip(f"LRCORE_TEST_WORLDS={os.environ.get('LRCORE_TEST_WORLDS')}")
+    out = run(saved, SCRIPT, "save", str(tmp_path))
+    assert f"with {saved} rank(s)" in out, out
+    out = run(loaded, SCRIPT, "load", str(tmp_path))
+    assert f"saved with {saved} rank(s) loaded on {loaded}" in out, out
+
+
+@pytest.mark.parametrize("world", sorted({min(2, max(WORLDS)), max(WORLDS)}))
+def test_faults_raise_on_every_rank(world):
+    out = run(world, SCRIPT, "faults")
+    assert "raises on every rank" in out, out
+    if world > 1:
+        assert "the others raise after" in out, out
+
+
+@pytest.mark.parametrize("world", sorted({1, min(3, max(WORLDS))}))
+def test_mismatched_params_detected_at_construction(world):
+    out = run(world, SCRIPT, "mismatch")
+    assert "caught at construction" in out, out
+
+
+def test_single_rank_in_process():
+    """W = 1 without mpiexec (MPI singleton): the layout cuts blocks like one process."""
+    import lrcore
+    from lrcore.distributed import ShardedOptimizer
+    from lrcore.distributed._layout import SUMSQ_BLOCK, Layout, block_sumsq
+    rng = np.random.default_rng(0)
+    p = [rng.standard_normal(n).astype(np.float32) for n in (3 * SUMSQ_BLOCK + 9, 5)]
+    q = [x.copy() for x in p]
+    opt = ShardedOptimizer(p, lrcore.Adam, lr=0.01, bucket_elements=SUMSQ_BLOCK)
+    ref = lrcore.Adam(q, lr=0.01)
+    for t in range(3):
+        g = [rng.standard_normal(x.shape).astype(np.float32) for x in p]
+        assert opt.step(g, clip_norm=1.0) and ref.step(g, clip_norm=1.0)
+        assert opt.last_grad_norm == ref.last_grad_norm
+        for a, b in zip(p, q):
+            np.testing.assert_array_equal(a, b)
+    # the blocks' partial sums, combined in order, are the single-process sum of squares
+    x = rng.standard_normal(2 * SUMSQ_BLOCK + 13)
+    out = np.empty(3)
+    block_sumsq(x, out)
+    ref2 = lrcore.SGD([np.zeros_like(x)], lr=0.1)
+    ref2.step([x], clip_norm=1e300)
+    assert float(np.cumsum(out)[-1]) == ref2.last_grad_norm ** 2 or \
+        np.sqrt(float(np.cumsum(out)[-1])) == ref2.last_grad_norm
+    # rank cuts lie on the block grid of each param and split the range evenly
+    lay = Layout([3 * SUMSQ_BLOCK + 9, 5, 40000], [np.dtype(np.float32)] * 3, [0, 0, 0], 4,
+                 1 << 30)
+    (_, _, _, cuts), = lay.ranges
+    assert cuts[0] == 0 and cuts[-1] == 3 * SUMSQ_BLOCK + 14 + 40000
+    total = cuts[-1]
+    for r in range(4):
+        assert abs((cuts[r + 1] - cuts[r]) - total / 4) <= SUMSQ_BLOCK
+        c = cuts[r]
+        assert c in (0, 3 * SUMSQ_BLOCK + 14) or (c < 3 * SUMSQ_BLOCK + 9 and c % SUMSQ_BLOCK == 0) \
+            or (c >= 3 * SUMSQ_BLOCK + 14 and (c - 3 * SUMSQ_BLOCK - 14) % SUMSQ_BLOCK == 0) \
+            or c == total
+
+
+def test_missing_mpi4py_names_the_extra(monkeypatch):
+    import builtins
+    from lrcore.distributed import _comm
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("mpi4py"):
+            raise ImportError("No module named 'mpi4py'")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(ImportError, match=r'pip install "lrcore\[mpi\]"'):
+        _comm.import_mpi()
