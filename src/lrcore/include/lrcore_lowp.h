@@ -100,7 +100,9 @@ LRCORE_INLINE uint32_t lrcore__f16_widen(uint16_t h)
     uint32_t normal = ((e + 112u) << 23) | (m << 13);
     uint32_t special = 0x7F800000u | (m << 13);                          /* Inf, NaN payload */
     uint32_t sub = lrcore__f32_bits((float)(int32_t)m * 5.9604644775390625e-8f); /* m * 2^-24 */
-    uint32_t u = e == 31u ? special : (e == 0u ? sub : normal);
+    /* selects by masks: a conditional with a float conversion in it stays a branch in GCC */
+    const uint32_t is_sub = 0u - (uint32_t)(e == 0u), is_special = 0u - (uint32_t)(e == 31u);
+    uint32_t u = (sub & is_sub) | (special & is_special) | (normal & ~(is_sub | is_special));
     return u | sign;
 }
 
