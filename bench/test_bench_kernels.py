@@ -19,8 +19,8 @@ IMPLS = ["lrcore", "numpy", "torch"]
 def test_step(benchmark, buffers, label, kspec, case, n, dtype, threads, impl):
     if impl == "numpy" and threads != 1:
         pytest.skip("numpy runs on one thread")
-    if impl == "torch" and not bench.torch_available():
-        pytest.skip("torch not installed")
+    if impl == "torch" and not bench.torch_has(label):
+        pytest.skip("torch not installed, or torch.optim has no such optimizer")
     buf = buffers.get(label, kspec, case, n, dtype)
     benchmark.group = f"{label} {np.dtype(dtype).name} {n} threads={threads}"
     nbytes = kspec.bytes_per_element(case, buf.param.itemsize) * n

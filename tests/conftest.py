@@ -18,6 +18,12 @@ def pin_torch_threads():
         torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "torch_compare: compares lrcore with torch.optim; run again under every "
+                   "ATEN_CPU_CAPABILITY by tests/test_torch_optim.py")
+
+
 def pytest_collection_finish(session):
     pin_torch_threads()          # torch modules are imported while collecting
 

@@ -854,6 +854,11 @@ def test_fifo_and_devices_are_refused_without_blocking(tmp_path, saved):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+    import socket
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.lrc"))
+        with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+            lrcore.load(tmp_path / "s.lrc", lrcore.SGD(np.ones(2), lr=0.1))
 
 
 def test_file_changed_while_open_is_detected(saved):

@@ -153,7 +153,7 @@ def test_plot_is_written(capsys, tmp_path):
 def test_plot_without_matplotlib_is_a_clear_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = train(capsys, "--plot", str(tmp_path / "x.png"))
-    assert code == 2 and "pip install 'lrcore[plot]'" in err and len(err.splitlines()) == 1
+    assert code == 2 and PLOT_HINT in err and len(err.splitlines()) == 1
 
 
 def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
@@ -164,7 +164,7 @@ def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
     code, out, err = train(capsys, "--epochs", "1")          # plain output without tqdm
     assert code == 0 and err == "" and "epoch 1/1" in out
     code, _, err = train(capsys, "--progress")
-    assert code == 2 and "pip install 'lrcore[cli]'" in err
+    assert code == 2 and "pip install tqdm" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -175,19 +175,21 @@ def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
     (["--data", "{bad_csv}"], "line 3 column 'b' holds non-numeric value 'x'"),
     (["--data", "{good_csv}", "--target", "nope"], "no column named 'nope'"),
     (["--target", "label"], "--target needs --data"),
-    (["--lr", "-0.1"], "--lr must be a number >= 0, got -0.1"),
+    (["--lr", "-0.1"], "--lr must be a finite number >= 0, got -0.1"),
     (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
     (["--momentum", "0.9"], "--momentum does not apply to --optimizer adam"),
-    (["--beta1", "1.5"], "--beta1 must be a number in [0, 1), got 1.5"),
+    (["--beta1", "1.5"], "--beta1 must be in [0, 1), got 1.5"),
+    (["--optimizer", "rmsprop", "--momentum", "-1"], "--momentum must be a finite number >= 0"),
     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
     (["--val-fraction", "1.5"], "--val-fraction must be a number strictly between 0 and 1"),
     (["--resume", "{bad_csv}"], "not an lrcore checkpoint"),
     (["--resume", "/no/such.lrc"], "file does not exist"),
     (["--save", "/no/such/dir/x.lrc"], "does not exist"),
     (["--bogus-option"], "lrcore train: error: unrecognized arguments: --bogus-option"),
-    (["--lr", "inf"], "--lr must be a finite number, got inf"),
-    (["--lr", "nan"], "--lr must be a finite number, got nan"),
-    (["--weight-decay=-inf"], "--weight-decay must be a finite number, got -inf"),
+    (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0, got nan"),
+    (["--weight-decay=-inf"], "--weight-decay must be a finite number >= 0, got -inf"),
+    (["--beta2", "inf"], "--beta2 must be in [0, 1), got inf"),
     (["--resume", "{tmp_path}"], "is a directory; expected a checkpoint file"),
     (["--data", "{text_npz}"], "is not a numpy .npz archive (a zip file written by numpy"),
     (["--plot", "{tmp_path}"], "is a directory; expected a file name"),
@@ -482,7 +484,8 @@ def test_options_come_from_the_table_and_all_have_help():
         assert f"{name} {PRESETS[name].cli_lr:g}" in actions["lr"].help
         assert train_cmd.default_lr(name) == PRESETS[name].cli_lr
     assert all(a.help for a in parser._actions if a.dest != "help")
-    assert "decoupled in adamw" in actions["weight_decay"].help
+    assert re.search(r"decoupled \(param = param \* \(1 - lr \* weight_decay\)\) in (\w+, )*"
+                     r"adamw", actions["weight_decay"].help)
     assert "adamw 0.01" in actions["weight_decay"].help
 
 
@@ -522,6 +525,13 @@ def test_readme_documents_the_train_options():
 
 
 def test_one_install_hint_for_plotting(capsys, monkeypatch):
+    """The CLI, lrcore.schedules.plot and the README say the same thing, which works
+    however lrcore was installed."""
+    assert PLOT_HINT == "pip install matplotlib"
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+                  encoding="utf-8").read()
+    hints = re.findall(r"pip install [^`]*", readme)
+    assert [h for h in hints if "matplotlib" in h] == [PLOT_HINT] * 2
     assert PLOT_HINT in " ".join(lrcore_cmd("train", "--help").stdout.split())
     assert PLOT_HINT in " ".join(lrcore_cmd("schedule", "--help").stdout.split())
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -531,6 +541,8 @@ def test_one_install_hint_for_plotting(capsys, monkeypatch):
         code, _, err = run()
         assert code == 2 and err.strip().endswith(f"needs matplotlib, an optional dependency: "
                                                   f"{PLOT_HINT}")
+    with pytest.raises(ImportError, match=PLOT_HINT):
+        lrcore.schedules.plot(lrcore.schedules.Constant(0.1), 3)
 
 
 # -------------------------------------------------------------------- the report figure
@@ -596,3 +608,28 @@ def test_bench_checks_its_json_path_first(tmp_path):
     r = lrcore_cmd("bench", "--json", str(tmp_path / "no" / "b.json"))
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert "does not exist" in r.stderr or "compiled backend" in r.stderr
+
+
+# -------------------------------------------------------------------- lrcore info
+
+
+def test_info_self_check_is_bitwise_and_reports_a_difference(capsys, monkeypatch):
+    from lrcore import backend
+    from lrcore.cli import info
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"lrcore {lrcore.__version__}\n") and "self-check passed" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for isa in backend.available_isas():
+        assert f"self-check [{isa}]: " in out and "equal the numpy twin bit for bit" in out
+    adam = backend.kernels.adam
+
+    def off_by_one_ulp(param, grad, *states, **kw):   # a kernel that drifts by one ulp
+        adam(param, grad, *states, **kw)
+        param[-1:] = np.nextafter(param[-1:], np.inf)
+
+    monkeypatch.setattr(backend.kernels, "adam", off_by_one_ulp)
+    assert info.run(out=sys.stdout) == 1
+    out = capsys.readouterr().out
+    assert "SELF-CHECK FAILED" in out and "adam/" in out and "float32" in out
+    assert "sgd/" not in out.split("SELF-CHECK FAILED")[1]

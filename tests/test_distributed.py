@@ -126,3 +126,33 @@ def test_missing_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ImportError, match=r'pip install "lrcore\[mpi\]"'):
         _comm.import_mpi()
+
+
+TRAIN = os.path.join(HERE, "mpi", "check_train.py")
+
+
+def _lrcore_cli_has_distributed():
+    from lrcore.cli import train
+    import argparse
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return any("--distributed" in a.option_strings for a in parser._actions)
+
+
+def test_train_distributed_reaches_the_one_process_accuracy():
+    if not _lrcore_cli_has_distributed():
+        pytest.skip("lrcore train has no --distributed hook")
+    accuracy = {}
+    for world in (1, 2):
+        out = run(world, TRAIN, "ok")
+        accuracy[world] = float(out.split("RESULT ok accuracy ")[1].split()[0])
+    # the same mini-batches and the same mean gradient, summed in another order
+    assert accuracy[1] > 0.85 and abs(accuracy[2] - accuracy[1]) <= 0.02, accuracy
+
+
+@pytest.mark.parametrize("mode,world", [("fail", max(2, min(3, max(WORLDS)))), ("handler", 2)])
+def test_train_distributed_error_on_one_rank_ends_every_rank(mode, world):
+    if not _lrcore_cli_has_distributed():
+        pytest.skip("lrcore train has no --distributed hook")
+    out = run(world, TRAIN, mode)
+    assert f"RESULT {mode} one message" in out, out

@@ -59,24 +59,29 @@ def _twin(spec):
     return fn
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "-".join(l))
-@pytest.mark.parametrize("spec,case", CASES, ids=[f"{s.name}-{c.name}" for s, c in CASES])
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-def test_native_equals_twin(isa, force_threads, spec, case, layout, rounding):
-    rng = np.random.default_rng(hash((spec.name, case.name, layout)) % 2 ** 32)
-    n = 2 * 1024 + 37          # three tiles, the last partial; not a multiple of any vector width
-    bufs = _make(rng, spec, case, layout, n)
-    want = _copy(bufs)
-    one, many = _copy(bufs), _copy(bufs)
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{s.name}-{c.name}" for s, c in CASES])
+def test_native_equals_twin(isa, force_threads, index):
+    """Every loop variant (registry case) in every layout, 1 and 3 threads, against the twin.
+    Rounding alternates with the case and layout, so every (rule, layout) meets both."""
+    spec, case = CASES[index]
     twin = _twin(spec)
-    for step in (1, 2, 3):
-        kw = dict(rounding=rounding, seed=2 ** 64 - 1 - step, index_offset=5 * step)
-        twin(want[0], want[1], **want[2], lr=spec.lr, step=step, **case.hyper, **kw)
-        _run(kernels.__dict__[spec.name], spec, case, one, step, num_threads=1, **kw)
-        _run(kernels.__dict__[spec.name], spec, case, many, step, num_threads=3, **kw)
-    _assert_same(one, want)
-    _assert_same(many, want)
-    assert not np.array_equal(one[0].view(np.uint8), bufs[0].view(np.uint8))
+    fn = getattr(kernels, spec.name)
+    for li, layout in enumerate(LAYOUTS):
+        rounding = ("nearest", "stochastic")[(index + li) % 2]
+        rng = np.random.default_rng(index * 10 + li)
+        n = 1024 + 37          # two tiles, the last partial; not a multiple of a vector width
+        bufs = _make(rng, spec, case, layout, n)
+        want = _copy(bufs)
+        one, many = _copy(bufs), _copy(bufs)
+        for step in (1, 2):
+            kw = dict(rounding=rounding, seed=2 ** 64 - 1 - step, index_offset=5 * step)
+            twin(want[0], want[1], **want[2], lr=spec.lr, step=step, **case.hyper, **kw)
+            _run(fn, spec, case, one, step, num_threads=1, **kw)
+            _run(fn, spec, case, many, step, num_threads=3, **kw)
+        _assert_same(one, want)
+        _assert_same(many, want)
+        assert not np.array_equal(one[0].view(np.uint8), bufs[0].view(np.uint8)), layout
 
 
 @pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 31, 33, 63, 65, 1023, 1024, 1025])

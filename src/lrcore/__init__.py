@@ -6,9 +6,8 @@ update task with a command-line trainer. See README.md.
 """
 import os as _os
 
-from . import kernels, reference, schedules
+from . import backend, kernels, reference, schedules
 from .checkpoint import CheckpointError, load, save
-from .kernels import backend
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .task import Event, MetricKey, ParameterKey, ProgressHandlers, TaskState, UpdateTask
 
@@ -23,26 +22,17 @@ __all__ = ["kernels", "reference", "schedules", "backend", "isa", "available_isa
 def isa():
     """Instruction-set build of the kernels in use ('baseline', 'avx2', 'avx512'); 'numpy'
     on the python backend."""
-    if backend() == "python":
-        return "numpy"
-    from . import _core
-    return _core.isa()
+    return backend.isa()
 
 
 def available_isas():
     """Instruction-set builds this machine can run, lowest first."""
-    if backend() == "python":
-        return ("numpy",)
-    from . import _core
-    return _core.available_isas()
+    return backend.available_isas()
 
 
 def num_threads():
     """Threads a large call uses when num_threads=None (OMP_NUM_THREADS, else usable CPUs)."""
-    if backend() == "python":
-        return 1
-    from . import _core
-    return _core.default_threads()
+    return backend.default_threads()
 
 
 def get_include():

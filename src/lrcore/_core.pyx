@@ -13,7 +13,6 @@ test-suite holds both to one table of bad inputs.
 cimport cython
 cimport numpy as cnp
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
@@ -24,10 +23,10 @@ import os
 
 import numpy as np
 
-cnp.import_array()
+from lrcore._validate import plan_hypers, required_slots
+from lrcore.rules import RULES
 
-from lrcore.clrcore cimport (lrcore_adadelta_hp, lrcore_adagrad_hp, lrcore_adam_hp,
-                              lrcore_rmsprop_hp, lrcore_sgd_hp)
+cnp.import_array()
 
 cdef extern from "lrcore_lowp.h" nogil:
     ctypedef struct lrcore_lowp:
@@ -35,16 +34,14 @@ cdef extern from "lrcore_lowp.h" nogil:
         uint64_t seed, step, index_offset
 
 
-cdef extern from "runtime.h" nogil:
+cdef extern from "jobs.h" nogil:
     enum:
-        LRCORE_SGD, LRCORE_ADAM, LRCORE_ADAGRAD, LRCORE_RMSPROP, LRCORE_ADADELTA, LRCORE_PROBE
-        LRCORE_F32, LRCORE_F64
+        LRCORE_NKINDS, LRCORE_PROBE, LRCORE_F32, LRCORE_F64
+        LRCORE_FIELD_DOUBLE, LRCORE_FIELD_INT64, LRCORE_FIELD_INT
+    ctypedef struct lrcore_probe_hp:
+        double scale
     ctypedef union lrcore_hp:
-        lrcore_sgd_hp sgd
-        lrcore_adam_hp adam
-        lrcore_adagrad_hp adagrad
-        lrcore_rmsprop_hp rmsprop
-        lrcore_adadelta_hp adadelta
+        lrcore_probe_hp probe
     ctypedef struct lrcore_job:
         int kind
         int dtype
@@ -54,6 +51,15 @@ cdef extern from "runtime.h" nogil:
         char *state[3]
         lrcore_hp hp
         lrcore_lowp lowp
+    ctypedef struct lrcore_field:
+        const char *name
+        size_t offset
+        int type
+    const char *lrcore_kind_name(int kind)
+    int lrcore_kind_nstates(int kind)
+    const lrcore_field *lrcore_hp_fields(int kind, size_t *count)
+
+cdef extern from "runtime.h" nogil:
     int lrcore_isa_supported()
     int lrcore_isa_available(int level)
     int lrcore_isa_active()
@@ -208,42 +214,6 @@ cdef double _real(str fn, str name, object x) except? -1.0:
     return float(x)
 
 
-cdef double _nonneg(str fn, str name, object x) except? -1.0:
-    cdef double v = _real(fn, name, x)
-    if not (isfinite(v) and v >= 0.0):
-        raise ValueError(f"{fn}(): {name} must be a finite number >= 0, got {v!r}")
-    return v
-
-
-cdef double _unit_open(str fn, str name, object x) except? -1.0:
-    """A value in [0, 1)."""
-    cdef double v = _real(fn, name, x)
-    if not (v >= 0.0 and v < 1.0):
-        raise ValueError(f"{fn}(): {name} must be in [0, 1), got {v!r}")
-    return v
-
-
-# Largest step accepted: beta**step is exact to compute in double far beyond any real run.
-STEP_MAX = 2 ** 53
-
-
-cdef int64_t _step(str fn, object x) except? -1:
-    cdef int overflow = 0
-    cdef long long v = 0
-    if PyLong_CheckExact(x):
-        v = PyLong_AsLongLongAndOverflow(x, &overflow)
-        if overflow == 0 and 1 <= v <= STEP_MAX:
-            return v
-    elif isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{fn}(): step must be an integer, got {_tname(x)}")
-    x = int(x)
-    if x < 1:
-        raise ValueError(f"{fn}(): step must be >= 1 (1 for the first step), got {x}")
-    if x > STEP_MAX:
-        raise ValueError(f"{fn}(): step must be <= 2**53, got {x}")
-    return x
-
-
 cdef int _threads(str fn, object x) except -1:
     if x is None:
         return DEFAULT_THREADS
@@ -278,6 +248,9 @@ cdef cnp.ndarray _array(str fn, str name, object x, int dtype, cnp.npy_intp size
         raise ValueError(f"{fn}(): {name} must be C-contiguous (it is updated in place, "
                          f"a copy would lose the update)" if writeable else
                          f"{fn}(): {name} must be C-contiguous")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{fn}(): {name} is not aligned to its {a.itemsize}-byte elements "
+                         f"(a view at an odd byte offset); pass an aligned array")
     if writeable and not cnp.PyArray_ISWRITEABLE(a):
         raise ValueError(f"{fn}(): {name} is read-only; it must be writeable")
     if size >= 0 and cnp.PyArray_SIZE(a) != size:
@@ -347,155 +320,91 @@ cdef int _buffers(str fn, lrcore_job *job, list names, list objs, list writeable
 # The kernels (docstrings are attached from lrcore.reference by lrcore.kernels)
 # ---------------------------------------------------------------------------
 
-def sgd(param, grad, momentum_buffer=None, *, lr, step, momentum=0.0, dampening=0.0,
-        nesterov=False, weight_decay=0.0, maximize=False, num_threads=None):
-    cdef str fn = "sgd"
+# Hyperparameters cross into C by name: lrcore_hp_fields (csrc/jobs.h) describes each
+# rule's struct (field name, offset, type); _pack writes a dict into it. tests/test_kernels.py
+# checks that the descriptors and lrcore.rules list the same fields in the same order.
+
+cdef dict _KIND = {}        # rule name -> kind id
+cdef dict _FIELDS = {}      # rule name -> tuple of (name, offset, type)
+
+
+def _load_descriptors():
+    cdef size_t count, i
+    cdef const lrcore_field *f
+    for kind in range(LRCORE_NKINDS):
+        name = lrcore_kind_name(kind).decode()
+        f = lrcore_hp_fields(kind, &count)
+        _KIND[name] = kind
+        _FIELDS[name] = tuple((f[i].name.decode(), f[i].offset, f[i].type) for i in range(count))
+
+
+_load_descriptors()
+
+
+def hp_fields(str rule):
+    """The C struct lrcore_<rule>_hp as ((field, offset, 'double'|'int64'|'int'), ...)."""
+    types = {LRCORE_FIELD_DOUBLE: "double", LRCORE_FIELD_INT64: "int64", LRCORE_FIELD_INT: "int"}
+    return tuple((n, off, types[t]) for n, off, t in _FIELDS[rule]), lrcore_kind_nstates(_KIND[rule])
+
+
+def kinds():
+    """Rule name -> the kind id of the compiled core (LRCORE_RULES order in lrcore.h)."""
+    return dict(_KIND)
+
+
+cdef int _pack(str rule, dict hp, double grad_scale, lrcore_hp *out) except -1:
+    """Write the hyperparameters `hp` (by name; `grad_scale` from the argument) into the
+    rule's struct in `out`. Values are checked by the caller (lrcore._validate); a value
+    that does not fit its C type is still an error naming the field."""
+    cdef char *base = <char *>out
+    cdef Py_ssize_t off
+    cdef int t
+    memset(out, 0, sizeof(lrcore_hp))
+    for name, off, t in <tuple>_FIELDS[rule]:
+        if name == "grad_scale":
+            x = grad_scale
+        else:
+            try:
+                x = hp[name]
+            except KeyError:
+                raise ValueError(f"step(): no value for the hyperparameter {name!r} of {rule}") from None
+        try:
+            if t == LRCORE_FIELD_DOUBLE:
+                (<double *>(base + off))[0] = x if PyFloat_CheckExact(x) else float(x)
+            elif t == LRCORE_FIELD_INT64:
+                (<int64_t *>(base + off))[0] = x
+            else:
+                (<int *>(base + off))[0] = 1 if x else 0
+        except OverflowError:
+            raise ValueError(f"step(): {name} of {rule} is out of range for a C "
+                             f"{'double' if t == LRCORE_FIELD_DOUBLE else 'int64'}") from None
+    return 0
+
+
+def run_kernel(rule, tuple buffers, dict hp, num_threads):
+    """The compiled backend's `run` for lrcore._validate.make_kernel: check the buffers
+    (param, grad, states in kernel order, None where absent), pack `hp` and run one job."""
+    cdef str fn = rule.name
     cdef lrcore_job job
     memset(&job, 0, sizeof(job))
-    job.kind = LRCORE_SGD
-    job.hp.sgd.lr = _nonneg(fn, "lr", lr)
-    job.hp.sgd.step = _step(fn, step)
-    job.hp.sgd.momentum = _nonneg(fn, "momentum", momentum)
-    job.hp.sgd.dampening = _real(fn, "dampening", dampening)
-    if not (job.hp.sgd.dampening >= 0.0 and job.hp.sgd.dampening <= 1.0):
-        raise ValueError(f"{fn}(): dampening must be in [0, 1], got {job.hp.sgd.dampening!r}")
-    job.hp.sgd.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    job.hp.sgd.nesterov = bool(nesterov)
-    job.hp.sgd.maximize = bool(maximize)
-    job.hp.sgd.grad_scale = 1.0
-    if job.hp.sgd.nesterov and (job.hp.sgd.momentum <= 0.0 or job.hp.sgd.dampening != 0.0):
-        raise ValueError(f"{fn}(): nesterov requires momentum > 0 and dampening = 0, got "
-                         f"momentum={job.hp.sgd.momentum!r}, dampening={job.hp.sgd.dampening!r}")
-    if job.hp.sgd.momentum > 0.0 and momentum_buffer is None:
-        raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
+    job.kind = _KIND[fn]
     cdef int nt = _threads(fn, num_threads)
+    names = ["param", "grad"] + [st.name for st in rule.states]
+    objs = list(buffers)
     arrays = []
-    _buffers(fn, &job, ["param", "grad", "momentum_buffer"],
-             [param, grad, momentum_buffer], [True, False, True], arrays)
+    _buffers(fn, &job, names, objs, [True, False] + [True] * (len(objs) - 2), arrays)
+    _pack(fn, hp, 1.0, &job.hp)
     job.param = _ptr(arrays[0])
     job.grad = _ptr(arrays[1])
-    job.state[0] = _ptr(arrays[2]) if job.hp.sgd.momentum > 0.0 else NULL
-    _run(&job, nt)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, beta1=0.9,
-         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
-         num_threads=None):
-    cdef str fn = "adam"
-    cdef lrcore_job job
-    memset(&job, 0, sizeof(job))
-    job.kind = LRCORE_ADAM
-    job.hp.adam.lr = _nonneg(fn, "lr", lr)
-    job.hp.adam.step = _step(fn, step)
-    job.hp.adam.beta1 = _unit_open(fn, "beta1", beta1)
-    job.hp.adam.beta2 = _unit_open(fn, "beta2", beta2)
-    job.hp.adam.eps = _nonneg(fn, "eps", eps)
-    job.hp.adam.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    job.hp.adam.decoupled_weight_decay = bool(decoupled_weight_decay)
-    job.hp.adam.maximize = bool(maximize)
-    job.hp.adam.grad_scale = 1.0
-    cdef int nt = _threads(fn, num_threads)
-    if exp_avg is None:
-        raise TypeError(f"{fn}(): exp_avg must be a numpy.ndarray, got NoneType")
-    if exp_avg_sq is None:
-        raise TypeError(f"{fn}(): exp_avg_sq must be a numpy.ndarray, got NoneType")
-    arrays = []
-    _buffers(fn, &job, ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-             [param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq],
-             [True, False, True, True, True], arrays)
-    job.param = _ptr(arrays[0])
-    job.grad = _ptr(arrays[1])
-    job.state[0] = _ptr(arrays[2])
-    job.state[1] = _ptr(arrays[3])
-    job.state[2] = _ptr(arrays[4]) if max_exp_avg_sq is not None else NULL
-    _run(&job, nt)
-
-
-def adagrad(param, grad, state_sum, *, lr, step, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-            maximize=False, num_threads=None):
-    cdef str fn = "adagrad"
-    cdef lrcore_job job
-    memset(&job, 0, sizeof(job))
-    job.kind = LRCORE_ADAGRAD
-    job.hp.adagrad.lr = _nonneg(fn, "lr", lr)
-    job.hp.adagrad.step = _step(fn, step)
-    job.hp.adagrad.lr_decay = _nonneg(fn, "lr_decay", lr_decay)
-    job.hp.adagrad.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    job.hp.adagrad.eps = _nonneg(fn, "eps", eps)
-    job.hp.adagrad.maximize = bool(maximize)
-    job.hp.adagrad.grad_scale = 1.0
-    cdef int nt = _threads(fn, num_threads)
-    if state_sum is None:
-        raise TypeError(f"{fn}(): state_sum must be a numpy.ndarray, got NoneType")
-    arrays = []
-    _buffers(fn, &job, ["param", "grad", "state_sum"], [param, grad, state_sum],
-             [True, False, True], arrays)
-    job.param = _ptr(arrays[0])
-    job.grad = _ptr(arrays[1])
-    job.state[0] = _ptr(arrays[2])
-    _run(&job, nt)
-
-
-def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr, step, alpha=0.99,
-            eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False, num_threads=None):
-    cdef str fn = "rmsprop"
-    cdef lrcore_job job
-    memset(&job, 0, sizeof(job))
-    job.kind = LRCORE_RMSPROP
-    job.hp.rmsprop.lr = _nonneg(fn, "lr", lr)
-    job.hp.rmsprop.step = _step(fn, step)
-    job.hp.rmsprop.alpha = _unit_open(fn, "alpha", alpha)
-    job.hp.rmsprop.eps = _nonneg(fn, "eps", eps)
-    job.hp.rmsprop.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    job.hp.rmsprop.momentum = _nonneg(fn, "momentum", momentum)
-    job.hp.rmsprop.maximize = bool(maximize)
-    job.hp.rmsprop.grad_scale = 1.0
-    cdef int nt = _threads(fn, num_threads)
-    if square_avg is None:
-        raise TypeError(f"{fn}(): square_avg must be a numpy.ndarray, got NoneType")
-    if job.hp.rmsprop.momentum > 0.0 and momentum_buffer is None:
-        raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
-    arrays = []
-    _buffers(fn, &job, ["param", "grad", "square_avg", "momentum_buffer", "grad_avg"],
-             [param, grad, square_avg, momentum_buffer, grad_avg],
-             [True, False, True, True, True], arrays)
-    job.param = _ptr(arrays[0])
-    job.grad = _ptr(arrays[1])
-    job.state[0] = _ptr(arrays[2])
-    cdef Py_ssize_t k = 3
-    if momentum_buffer is not None:
-        job.state[1] = _ptr(arrays[k]) if job.hp.rmsprop.momentum > 0.0 else NULL
+    cdef Py_ssize_t k = 2, i
+    for i in range(len(objs) - 2):
+        if objs[2 + i] is None:
+            continue
+        st = rule.states[i]
+        # a state switched off by its hyperparameter (momentum = 0) is NULL for the kernel
+        if not (st.when is not None and st.when in hp and not (hp[st.when] > 0.0)):
+            job.state[i] = _ptr(arrays[k])
         k += 1
-    if grad_avg is not None:
-        job.state[2] = _ptr(arrays[k])
-    _run(&job, nt)
-
-
-def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6, weight_decay=0.0,
-             maximize=False, num_threads=None):
-    cdef str fn = "adadelta"
-    cdef lrcore_job job
-    memset(&job, 0, sizeof(job))
-    job.kind = LRCORE_ADADELTA
-    job.hp.adadelta.lr = _nonneg(fn, "lr", lr)
-    job.hp.adadelta.step = _step(fn, step)
-    job.hp.adadelta.rho = _unit_open(fn, "rho", rho)
-    job.hp.adadelta.eps = _nonneg(fn, "eps", eps)
-    job.hp.adadelta.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    job.hp.adadelta.maximize = bool(maximize)
-    job.hp.adadelta.grad_scale = 1.0
-    cdef int nt = _threads(fn, num_threads)
-    if square_avg is None:
-        raise TypeError(f"{fn}(): square_avg must be a numpy.ndarray, got NoneType")
-    if acc_delta is None:
-        raise TypeError(f"{fn}(): acc_delta must be a numpy.ndarray, got NoneType")
-    arrays = []
-    _buffers(fn, &job, ["param", "grad", "square_avg", "acc_delta"],
-             [param, grad, square_avg, acc_delta], [True, False, True, True], arrays)
-    job.param = _ptr(arrays[0])
-    job.grad = _ptr(arrays[1])
-    job.state[0] = _ptr(arrays[2])
-    job.state[1] = _ptr(arrays[3])
     _run(&job, nt)
 
 
@@ -509,7 +418,7 @@ def probe(param, grad, s0=None, s1=None, s2=None, *, scale=1.0, num_threads=None
     cdef lrcore_job job
     memset(&job, 0, sizeof(job))
     job.kind = LRCORE_PROBE
-    job.hp.sgd.grad_scale = _real(fn, "scale", scale)
+    job.hp.probe.scale = _real(fn, "scale", scale)
     cdef int nt = _threads(fn, num_threads)
     states = [s for s in (s0, s1, s2) if s is not None]
     arrays = []
@@ -527,10 +436,6 @@ def probe(param, grad, s0=None, s1=None, s2=None, *, scale=1.0, num_threads=None
 # Many buffers in one call: the optimizers' step
 # ---------------------------------------------------------------------------
 
-_KINDS = {"sgd": LRCORE_SGD, "adam": LRCORE_ADAM, "adagrad": LRCORE_ADAGRAD,
-          "rmsprop": LRCORE_RMSPROP, "adadelta": LRCORE_ADADELTA}
-
-
 cdef class StepPlan:
     """One optimizer step over many (param, state...) buffer sets, as one threaded call.
 
@@ -538,12 +443,13 @@ cdef class StepPlan:
     (one per param) of 3-tuples of state arrays or None in kernel order, `groups` the
     group index of each param. Buffers are checked once here (dtype, contiguity,
     writeability, sizes, no shared memory anywhere) and kept alive by the plan.
-    Hyperparameters are validated by the caller (lrcore.optim).
+    Hyperparameters are validated by the caller (lrcore.optim); `run` takes them by name.
     """
     cdef lrcore_job *jobs
     cdef readonly Py_ssize_t njobs
     cdef readonly str kind
     cdef int kind_code
+    cdef object rule
     cdef list keep
     cdef list group_of
     cdef readonly size_t param_bytes
@@ -554,12 +460,13 @@ cdef class StepPlan:
         self.jobs = NULL
 
     def __init__(self, str kind, list params, list states, list groups):
-        if kind not in _KINDS:
-            raise ValueError(f"StepPlan: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        if kind not in _KIND:
+            raise ValueError(f"StepPlan: kind must be one of {sorted(_KIND)}, got {kind!r}")
         if not (len(params) == len(states) == len(groups)):
             raise ValueError("StepPlan: params, states and groups must have the same length")
         self.kind = kind
-        self.kind_code = _KINDS[kind]
+        self.kind_code = _KIND[kind]
+        self.rule = RULES[kind]
         self.njobs = len(params)
         self.jobs = <lrcore_job *>malloc(sizeof(lrcore_job) * max(1, self.njobs))
         if self.jobs == NULL:
@@ -654,113 +561,65 @@ cdef class StepPlan:
 
     def run(self, list grads, list group_hps, double grad_scale=1.0, num_threads=None,
             bint grads_checked=False):
-        """Apply one step. group_hps[g] is a tuple of the group's hyperparameters:
-        sgd (lr, momentum, dampening, weight_decay, nesterov, maximize, step);
-        adam (lr, beta1, beta2, eps, weight_decay, decoupled, maximize, step);
-        adagrad (lr, lr_decay, weight_decay, eps, maximize, step);
-        rmsprop (lr, alpha, eps, weight_decay, momentum, maximize, step);
-        adadelta (lr, rho, eps, weight_decay, maximize, step)."""
+        """Apply one step. group_hps[g] is a dict of group g's hyperparameters by name (the
+        fields of the rule in lrcore.rules, derived ones optional; legacy positional
+        tuples are still read until every caller passes dicts)."""
         if not grads_checked or self.grads is None or len(grads) != len(self.grads) \
                 or any(a is not b for a, b in zip(grads, self.grads)):
             self._set_grads(grads)
         cdef int nt = lrcore_plan_threads(self.param_bytes, _threads("step", num_threads),
                                           MIN_BYTES_PER_THREAD)
-        cdef Py_ssize_t ng = len(group_hps), gi = 0
-        cdef lrcore_hp *hps = <lrcore_hp *>malloc(sizeof(lrcore_hp) * max(1, ng))
-        if hps == NULL:
+        hps = plan_hypers(self.rule, group_hps)
+        cdef Py_ssize_t ng = len(hps), gi = 0
+        cdef lrcore_hp *packed = <lrcore_hp *>malloc(sizeof(lrcore_hp) * max(1, ng))
+        if packed == NULL:
             raise MemoryError()
-        cdef lrcore_hp hp
-        for t in group_hps:
-            memset(&hp, 0, sizeof(hp))
-            if self.kind_code == LRCORE_SGD:
-                hp.sgd.lr, hp.sgd.momentum, hp.sgd.dampening, hp.sgd.weight_decay = t[0], t[1], t[2], t[3]
-                hp.sgd.nesterov, hp.sgd.maximize, hp.sgd.step = t[4], t[5], t[6]
-                hp.sgd.grad_scale = grad_scale
-            elif self.kind_code == LRCORE_ADAM:
-                hp.adam.lr, hp.adam.beta1, hp.adam.beta2, hp.adam.eps = t[0], t[1], t[2], t[3]
-                hp.adam.weight_decay, hp.adam.decoupled_weight_decay = t[4], t[5]
-                hp.adam.maximize, hp.adam.step = t[6], t[7]
-                hp.adam.grad_scale = grad_scale
-            elif self.kind_code == LRCORE_ADAGRAD:
-                hp.adagrad.lr, hp.adagrad.lr_decay, hp.adagrad.weight_decay = t[0], t[1], t[2]
-                hp.adagrad.eps, hp.adagrad.maximize, hp.adagrad.step = t[3], t[4], t[5]
-                hp.adagrad.grad_scale = grad_scale
-            elif self.kind_code == LRCORE_RMSPROP:
-                hp.rmsprop.lr, hp.rmsprop.alpha, hp.rmsprop.eps = t[0], t[1], t[2]
-                hp.rmsprop.weight_decay, hp.rmsprop.momentum = t[3], t[4]
-                hp.rmsprop.maximize, hp.rmsprop.step = t[5], t[6]
-                hp.rmsprop.grad_scale = grad_scale
-            else:
-                hp.adadelta.lr, hp.adadelta.rho, hp.adadelta.eps = t[0], t[1], t[2]
-                hp.adadelta.weight_decay, hp.adadelta.maximize, hp.adadelta.step = t[3], t[4], t[5]
-                hp.adadelta.grad_scale = grad_scale
-            hps[gi] = hp
-            gi += 1
-        cdef Py_ssize_t i, g
-        for i in range(self.njobs):
-            g = self.group_of[i]
-            if g < 0 or g >= ng:
-                free(hps)
-                raise ValueError(f"StepPlan.run: no hyperparameters for group {g}")
-            self.jobs[i].hp = hps[g]
-        free(hps)
+        cdef Py_ssize_t i, g, slot
+        try:
+            required = []
+            for gi in range(ng):
+                _pack(self.kind, hps[gi], grad_scale, &packed[gi])
+                required.append(required_slots(self.rule, hps[gi]))
+            for i in range(self.njobs):
+                g = self.group_of[i]
+                if g < 0 or g >= ng:
+                    raise ValueError(f"StepPlan.run: no hyperparameters for group {g}")
+                for slot in required[g]:
+                    if self.jobs[i].state[slot] == NULL:
+                        st = self.rule.states[slot]
+                        raise ValueError(f"step(): params[{i}] has no {st.name} but its group "
+                                         f"{g} has {st.when} > 0")
+            for i in range(self.njobs):
+                self.jobs[i].hp = packed[self.group_of[i]]
+        finally:
+            free(packed)
         with nogil:
             lrcore_run_jobs(self.jobs, self.njobs, nt)
 
 
 # ---------------------------------------------------------------------------
-# bfloat16 / float16 buffers (issue 12): lrcore.lowp validates, this runs
+# bfloat16 / float16 buffers (issue 12): lrcore.lowp checks everything, this runs
 # ---------------------------------------------------------------------------
-
-cdef int _pack_hp_by_name(int kind, dict d, lrcore_hp *hp) except -1:
-    """Hyperparameters (already validated by lrcore.lowp) into the kind's C struct."""
-    memset(hp, 0, sizeof(lrcore_hp))
-    if kind == LRCORE_SGD:
-        hp.sgd.lr, hp.sgd.momentum, hp.sgd.dampening = d["lr"], d["momentum"], d["dampening"]
-        hp.sgd.weight_decay, hp.sgd.nesterov = d["weight_decay"], d["nesterov"]
-        hp.sgd.maximize, hp.sgd.step, hp.sgd.grad_scale = d["maximize"], d["step"], 1.0
-    elif kind == LRCORE_ADAM:
-        hp.adam.lr, hp.adam.beta1, hp.adam.beta2, hp.adam.eps = d["lr"], d["beta1"], d["beta2"], d["eps"]
-        hp.adam.weight_decay = d["weight_decay"]
-        hp.adam.decoupled_weight_decay = d["decoupled_weight_decay"]
-        hp.adam.maximize, hp.adam.step, hp.adam.grad_scale = d["maximize"], d["step"], 1.0
-    elif kind == LRCORE_ADAGRAD:
-        hp.adagrad.lr, hp.adagrad.lr_decay = d["lr"], d["lr_decay"]
-        hp.adagrad.weight_decay, hp.adagrad.eps = d["weight_decay"], d["eps"]
-        hp.adagrad.maximize, hp.adagrad.step, hp.adagrad.grad_scale = d["maximize"], d["step"], 1.0
-    elif kind == LRCORE_RMSPROP:
-        hp.rmsprop.lr, hp.rmsprop.alpha, hp.rmsprop.eps = d["lr"], d["alpha"], d["eps"]
-        hp.rmsprop.weight_decay, hp.rmsprop.momentum = d["weight_decay"], d["momentum"]
-        hp.rmsprop.maximize, hp.rmsprop.step, hp.rmsprop.grad_scale = d["maximize"], d["step"], 1.0
-    elif kind == LRCORE_ADADELTA:
-        hp.adadelta.lr, hp.adadelta.rho, hp.adadelta.eps = d["lr"], d["rho"], d["eps"]
-        hp.adadelta.weight_decay = d["weight_decay"]
-        hp.adadelta.maximize, hp.adadelta.step, hp.adadelta.grad_scale = d["maximize"], d["step"], 1.0
-    else:
-        raise ValueError(f"lowp_run: no low-precision kernel for kind {kind}")
-    return 0
-
 
 def lowp_run(str kind, list arrays, list element_types, dict hp, int rounding, seed,
              index_offset, num_threads=None):
-    """One kernel call over bfloat16/float16 buffers (lrcore.lowp.kernel checks everything
-    first). arrays: [param, grad, state0, state1, state2] (None where absent), C-contiguous;
-    element_types: (param, grad, state) as LRCORE_ET_* codes; hp: the rule's hyperparameters
-    by name, including step."""
-    if kind not in _KINDS:
-        raise ValueError(f"lowp_run: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    """One kernel call over bfloat16/float16 buffers (lrcore.lowp.kernel has checked the
+    layout, buffers, hyperparameters and stream arguments). arrays: [param, grad, state0,
+    state1, state2] (None where absent), C-contiguous; element_types: (param, grad, state)
+    as LRCORE_ET_* codes; hp: the rule's public hyperparameters by name, step included."""
+    if kind not in _KIND:
+        raise ValueError(f"lowp_run: kind must be one of {sorted(_KIND)}, got {kind!r}")
     cdef lrcore_job job
     memset(&job, 0, sizeof(job))
-    job.kind = _KINDS[kind]
+    job.kind = _KIND[kind]
     job.dtype = 2   # LRCORE_LOWP
-    _pack_hp_by_name(job.kind, hp, &job.hp)
+    _pack(kind, plan_hypers(RULES[kind], [hp])[0], 1.0, &job.hp)
     job.lowp.param, job.lowp.grad, job.lowp.state = element_types
     job.lowp.rounding = rounding
     job.lowp.seed = <uint64_t>seed
     job.lowp.step = <uint64_t>hp["step"]
     job.lowp.index_offset = <uint64_t>index_offset
-    cdef cnp.ndarray a
-    a = <cnp.ndarray>arrays[0]
+    cdef cnp.ndarray a = <cnp.ndarray>arrays[0]
     job.n = <size_t>cnp.PyArray_SIZE(a)
     job.param = <char *>cnp.PyArray_DATA(a)
     job.grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[1])

@@ -1,76 +1,212 @@
-"""Argument checks for the numpy backend (lrcore.reference).
+"""The kernels' Python front, shared by both backends: signatures and checks from the table.
 
-They mirror the compiled backend's checks in _core.pyx: same order, same exception
-types, same messages, so a bad call fails identically on both backends and
-modifies nothing. tests/test_bad_input.py holds both to one table.
+`make_kernel(rule, run)` builds the public function of one update rule (for example
+`adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, beta1=0.9, ...)`)
+from its row in lrcore.rules: it checks every hyperparameter against the table (one
+vocabulary, one message style), applies the rule's cross-argument constraints, and hands
+the buffers and a dict of hyperparameters (by name) to the backend's `run`. The buffer
+checks themselves (`buffers` below for the numpy backend, `_buffers` in _core.pyx for the
+compiled one) agree check for check and message for message; tests/test_bad_input.py
+holds both to one table.
 """
-import math
 import numbers
 
 import numpy as np
 
-__all__ = ["real", "nonneg", "unit_open", "step_number", "threads", "buffers"]
+from .rules import RULES, STEP_MAX, check_real, check_step
+
+__all__ = ["make_kernel", "check_hypers", "threads", "buffers", "plan_hypers",
+           "required_slots", "STEP_MAX"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-STEP_MAX = 2 ** 53   # as in _core.pyx
+THREADS_MAX = 4096
 
 
-def real(fn, name, x):
-    if type(x) is float:
-        return x
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{fn}(): {name} must be a real number, got {type(x).__name__}")
-    return float(x)
+# ---------------------------------------------------------------------------
+# Hyperparameters
+# ---------------------------------------------------------------------------
+
+def _derived_init_buffer(hp):
+    return hp["step"] <= 1
 
 
-def nonneg(fn, name, x):
-    v = real(fn, name, x)
-    if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"{fn}(): {name} must be a finite number >= 0, got {v!r}")
-    return v
+def nadam_mu_product(beta1, momentum_decay, step):
+    """mu_1 * ... * mu_step in double, multiplied in torch's order (O(step); optimizers keep
+    the running product instead). Stops early once the product is 0."""
+    prod = 1.0
+    for t in range(1, step + 1):
+        prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        if prod == 0.0:
+            break
+    return prod
 
 
-def unit_open(fn, name, x):
-    """A value in [0, 1)."""
-    v = real(fn, name, x)
-    if not (0.0 <= v < 1.0):
-        raise ValueError(f"{fn}(): {name} must be in [0, 1), got {v!r}")
-    return v
+def _derived_mu_product(hp):
+    return nadam_mu_product(hp["beta1"], hp["momentum_decay"], hp["step"])
 
 
-def unit_closed(fn, name, x):
-    """A value in [0, 1]."""
-    v = real(fn, name, x)
-    if not (0.0 <= v <= 1.0):
-        raise ValueError(f"{fn}(): {name} must be in [0, 1], got {v!r}")
-    return v
+# fields a caller may leave as None: their value follows from the others
+DERIVED = {("sgd", "init_buffer"): _derived_init_buffer,
+           ("nadam", "mu_product"): _derived_mu_product}
 
 
-def step_number(fn, x):
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{fn}(): step must be an integer, got {type(x).__name__}")
-    v = int(x)
-    if v < 1:
-        raise ValueError(f"{fn}(): step must be >= 1 (1 for the first step), got {v}")
-    if v > STEP_MAX:
-        raise ValueError(f"{fn}(): step must be <= 2**53, got {v}")
-    return v
+def _nesterov(fn, hp):
+    if hp["nesterov"] and (hp["momentum"] <= 0.0 or hp["dampening"] != 0.0):
+        raise ValueError(f"{fn}(): nesterov requires momentum > 0 and dampening = 0, got "
+                         f"momentum={hp['momentum']!r}, dampening={hp['dampening']!r}")
+
+
+# checks that involve several hyperparameters of one rule
+CONSTRAINTS = {"sgd": (_nesterov,)}
+
+
+def check_hypers(rule, hp, fn=None):
+    """Check and convert every public hyperparameter of `rule` in `hp` (a dict, changed in
+    place): reals into their range, `step` an integer in [1, 2**53], flags to bool; then
+    fill derived fields and apply the rule's constraints."""
+    fn = fn or rule.name
+    where = f"{fn}()"
+    for h in rule.hypers:
+        if not h.public:
+            continue
+        x = hp[h.name]
+        if h.name == "step":
+            hp["step"] = check_step(where, x)
+        elif h.ctype == "int":
+            if x is not None or (rule.name, h.name) not in DERIVED:
+                hp[h.name] = bool(x)
+        elif x is None and (rule.name, h.name) in DERIVED:
+            pass
+        else:
+            hp[h.name] = check_real(where, h.name, x, h.range)
+    for h in rule.hypers:
+        if h.public and hp[h.name] is None:
+            hp[h.name] = DERIVED[(rule.name, h.name)](hp)
+    for constraint in CONSTRAINTS.get(rule.name, ()):
+        constraint(fn, hp)
+    return hp
+
+
+def required_slots(rule, hp):
+    """Indices (into the rule's states) of the optional states these hyperparameters need
+    (momentum > 0 needs momentum_buffer): their absence is an error, not a crash."""
+    out = []
+    for i, s in enumerate(rule.states):
+        if s.when is not None and not any(o.name == s.when for o in rule.options):
+            v = hp.get(s.when, 0.0)
+            if v is not None and v > 0:
+                out.append(i)
+    return tuple(out)
 
 
 def threads(fn, x):
     if x is None:
-        return 1
+        return None
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{fn}(): num_threads must be an integer or None, got {type(x).__name__}")
     if x < 1:
         raise ValueError(f"{fn}(): num_threads must be >= 1, got {x}")
-    return min(int(x), 4096)
+    return min(int(x), THREADS_MAX)
 
 
-def required(fn, name, x):
-    if x is None:
-        raise TypeError(f"{fn}(): {name} must be a numpy.ndarray, got NoneType")
+def _kernel_source(rule):
+    """Source of the public function of `rule`: a real signature (help(), inspect, IDEs)."""
+    params, optional = ["param", "grad"], False
+    for s in rule.states:
+        optional = optional or s.when is not None
+        params.append(f"{s.name}=None" if optional else s.name)
+    kw = []
+    for h in rule.hypers:
+        if not h.public:
+            continue
+        if h.name in ("lr", "step"):   # always passed explicitly to a kernel
+            kw.append(h.name)
+        else:
+            kw.append(f"{h.name}={h.default!r}")
+    kw.sort(key=lambda k: (k.split("=")[0] not in ("lr", "step"), 0))  # lr, step first
+    names = [h.name for h in rule.hypers if h.public]
+    hp = ", ".join(f"{n!r}: {n}" for n in names)
+    states = ", ".join(s.name for s in rule.states)
+    return (f"def {rule.name}({', '.join(params)}, *, {', '.join(kw)}, num_threads=None):\n"
+            f"    return _front(_rule, (param, grad, {states},), {{{hp}}}, num_threads, _run)\n")
 
+
+def _front(rule, buffers, hp, num_threads, run):
+    fn = rule.name
+    check_hypers(rule, hp)
+    nt = threads(fn, num_threads)
+    for slot in required_slots(rule, hp):
+        if buffers[2 + slot] is None:
+            s = rule.states[slot]
+            raise ValueError(f"{fn}(): {s.name} is required when {s.when} > 0")
+    for s, x in zip(rule.states, buffers[2:]):
+        if s.when is None and x is None:
+            raise TypeError(f"{fn}(): {s.name} must be a numpy.ndarray, got NoneType")
+    run(rule, buffers, hp, nt)
+
+
+def make_kernel(rule, run, doc=None):
+    """The public kernel function of `rule` over a backend's `run(rule, buffers, hp,
+    num_threads)`; `buffers` is (param, grad, *states) with None for absent states."""
+    namespace = {"_front": _front, "_rule": rule, "_run": run}
+    exec(_kernel_source(rule), namespace)   # noqa: S102 - source built from the table only
+    f = namespace[rule.name]
+    f.__doc__ = doc
+    f.__module__ = "lrcore.kernels"
+    f.__qualname__ = rule.name
+    return f
+
+
+# ---------------------------------------------------------------------------
+# StepPlan hyperparameters: a dict per group, by name
+# ---------------------------------------------------------------------------
+
+# The positional tuples StepPlan.run accepted before the table (kept until lrcore.optim,
+# lrcore.torch and the task pass dicts).
+_LEGACY_ORDER = {
+    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "step"),
+    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
+             "maximize", "step"),
+    "adagrad": ("lr", "lr_decay", "weight_decay", "eps", "maximize", "step"),
+    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "maximize", "step"),
+    "adadelta": ("lr", "rho", "eps", "weight_decay", "maximize", "step"),
+}
+
+
+def plan_hypers(rule, group_hps):
+    """Each group's hyperparameters as a complete dict of the rule's public fields (derived
+    ones filled in); a group given as a legacy tuple is read in its old order."""
+    out = []
+    for g, hp in enumerate(group_hps):
+        if not isinstance(hp, dict):
+            order = _LEGACY_ORDER.get(rule.name)
+            if order is None or len(hp) != len(order):
+                raise TypeError(f"step(): hyperparameters of group {g} must be a dict by name, "
+                                f"got {type(hp).__name__}")
+            hp = dict(zip(order, hp))
+        else:
+            hp = dict(hp)
+        for h in rule.hypers:
+            if not h.public:
+                continue
+            if h.name not in hp:
+                if h.default is None and (rule.name, h.name) not in DERIVED:
+                    raise ValueError(f"step(): group {g} has no value for {h.name!r}")
+                hp[h.name] = h.default
+        for h in rule.hypers:
+            if h.public and hp[h.name] is None:
+                hp[h.name] = DERIVED[(rule.name, h.name)](hp)
+        for name, x in hp.items():   # a huge int is an error naming it, not an OverflowError
+            if type(x) is int and not -2 ** 1023 < x < 2 ** 1023:
+                raise ValueError(f"step(): {name} of group {g} is out of range, got an integer "
+                                 f"of {len(str(abs(x)))} digits")
+        out.append(hp)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Buffers (numpy backend; _core.pyx has the compiled twin of these checks)
+# ---------------------------------------------------------------------------
 
 def _array(fn, name, x, dtype, size, writeable):
     if not isinstance(x, np.ndarray):
@@ -86,6 +222,9 @@ def _array(fn, name, x, dtype, size, writeable):
         raise ValueError(f"{fn}(): {name} must be C-contiguous (it is updated in place, "
                          f"a copy would lose the update)" if writeable else
                          f"{fn}(): {name} must be C-contiguous")
+    if not x.flags.aligned:
+        raise ValueError(f"{fn}(): {name} is not aligned to its {x.itemsize}-byte elements "
+                         f"(a view at an odd byte offset); pass an aligned array")
     if writeable and not x.flags.writeable:
         raise ValueError(f"{fn}(): {name} is read-only; it must be writeable")
     if size is not None and x.size != size:
@@ -117,3 +256,5 @@ def buffers(fn, names, objs, writeable):
             if a0 < b1 and b0 < a1:
                 raise ValueError(f"{fn}(): {na} and {nb} share memory; "
                                  f"every buffer must be a separate array")
+    return [a for _, a in checked]
+

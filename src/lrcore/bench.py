@@ -5,8 +5,8 @@ and as a fraction of the bandwidth probe measured on the same buffers in the sam
 (`_core.probe`: the same read and read-modify-write streams as the update rule, almost no
 arithmetic). Implementations compared on one buffer set: lrcore's compiled kernel, the
 numpy in-place reference (the baseline) and PyTorch's fused optimizer when torch is
-installed. Which kernels and hyperparameters run comes from lrcore.registry, the same
-registry the tests use.
+installed. Which kernels and hyperparameters run comes from lrcore.registry (the same
+registry the tests use) and the optimizers as users name them from lrcore.rules.PRESETS.
 """
 import json
 import platform
@@ -15,20 +15,32 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import kernels, reference
-from .registry import KERNEL_SPECS, call, make_state
+from . import backend, kernels, reference
+from .registry import call, make_state, spec
+from .rules import PRESETS, RULES
 
 __all__ = ["BENCH_CASES", "Buffers", "median_time", "make_buffers", "native_step", "numpy_step",
-           "probe_step", "torch_step", "Row", "run", "format_table"]
+           "probe_step", "torch_step", "torch_has", "Row", "run", "format_table"]
+
+
+# The configuration each benchmark row runs beyond the preset's own settings: SGD as it is
+# usually run, with momentum.
+_TYPICAL = {"sgd": {"momentum": 0.9}}
 
 
 def _bench_cases():
-    """(label, KernelSpec, Case): each optimizer's common configuration, plus AdamW."""
+    """(label, KernelSpec, Case): one row per optimizer of lrcore.rules.PRESETS (each rule,
+    and AdamW), in its common configuration: the registry case with the preset's fixed
+    and default values, every other variant-selecting option at its default."""
     out = []
-    for k in KERNEL_SPECS:
-        out.append((k.name, k, k.cases[0]))
-        if k.name == "adam":
-            out.append(("adamw", k, next(c for c in k.cases if c.name == "adamw")))
+    for p in PRESETS.values():
+        kspec = spec(p.rule)
+        want = dict(p.fixed, **p.defaults, **_TYPICAL.get(p.name, {}))
+        want = {k: v for k, v in want.items() if v != RULES[p.rule].hyper(k).default}
+        case = next(c for c in kspec.cases
+                    if {k: v for k, v in c.hyper.items()
+                        if v != RULES[p.rule].hyper(k).default} == want and not any(c.options.values()))
+        out.append((p.name, kspec, case))
     return tuple(out)
 
 
@@ -85,12 +97,16 @@ def probe_step(buf, threads):
     """The probe on the very buffers the kernel runs on: where the buffers sit in memory
     changes what the memory system delivers (seen here: one placement of two 64 MiB
     buffers halves the bandwidth of every access pattern). scale=0 keeps the data."""
-    from . import _core
     states = list(buf.state.values())
-    return lambda: _core.probe(buf.param, buf.grad, *states, scale=0.0, num_threads=threads)
+    return lambda: backend.probe(buf.param, buf.grad, *states, scale=0.0, num_threads=threads)
 
 
 _TORCH_FUSED = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad"}
+
+
+def torch_has(label):
+    """Whether torch.optim has this optimizer (Lion is not in torch)."""
+    return PRESETS[label].torch_class is not None and torch_available()
 
 
 def torch_available():
@@ -113,17 +129,18 @@ def torch_step(label, kspec, case, buf, threads):
     params[0].grad = p.grad
     hyper = dict(case.hyper)
     lr = kspec.lr
-    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
-            "rmsprop": "RMSprop", "adadelta": "Adadelta"}[label]
+    name = PRESETS[label].torch_class
     kwargs = {"lr": lr}
-    if label == "adam" or label == "adamw":
-        kwargs["weight_decay"] = hyper.get("weight_decay", 0.0)
-        if "beta1" in hyper:
-            kwargs["betas"] = (hyper["beta1"], hyper.get("beta2", 0.999))
-    elif label == "sgd":
-        kwargs["momentum"] = hyper.get("momentum", 0.0)
-    elif label == "rmsprop":
-        kwargs["momentum"] = hyper.get("momentum", 0.0)
+    rule = kspec.rule
+    for k, x in hyper.items():   # by the table's names; betas as torch's tuple
+        if k in ("beta1", "beta2"):
+            betas = kwargs.setdefault("betas", [rule.hyper("beta1").default,
+                                                rule.hyper("beta2").default])
+            betas[k == "beta2"] = x
+        elif k != "decoupled_weight_decay" or name != "AdamW":
+            kwargs[k] = x
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
     fused = label in _TORCH_FUSED
     if fused:
         kwargs["fused"] = True
@@ -170,7 +187,7 @@ def measure(label, kspec, case, n, dtype, threads, *, repeat=15, with_numpy=True
         tn = median_time(numpy_step(kspec, case, buf), repeat=max(3, repeat // 5), warmup=1,
                          max_seconds=max_seconds)
         row.numpy_ms, row.speedup_numpy = tn * 1e3, tn / tk
-    if with_torch and torch_available():
+    if with_torch and torch_available() and PRESETS[label].torch_class:
         fn, desc = torch_step(label, kspec, case, buf, threads)
         tt = median_time(fn, repeat=max(3, repeat // 3), max_seconds=max_seconds)
         row.torch_ms, row.speedup_torch, row.torch_impl = tt * 1e3, tt / tk, desc

@@ -15,11 +15,15 @@ removes the temporary files of saves that died (see `_remove_stale_temps`).
 
 Loading (`CheckpointFile`) opens without blocking and refuses anything but a regular file,
 checks the size, the magic, the checksum (streamed in 1 MiB chunks) and the whole header
-(unique names, whitelisted dtypes, integer shapes and sizes, 64-byte aligned, in-bounds and
-non-overlapping entries) before it allocates anything; then every destination is checked
-(shape, dtype, writeable) and only then are arrays read from the file straight into them.
-Extra memory for a load is one 1 MiB chunk, plus one array when a destination is not
-C-contiguous. Every malformed file raises `CheckpointError`.
+(unique names and JSON keys, whitelisted dtypes, integer shapes and sizes, 64-byte aligned,
+in-bounds and non-overlapping entries) before it allocates anything. `load` then checks every
+destination (shape, dtype, writeable) and the state dict against the optimizer (lrcore.optim's
+validate-only `check`, fed stand-ins without memory), and only then reads the arrays from the
+file straight into the optimizer's buffers and the caller's arrays, in one pass, and applies
+the checked state. Extra memory: one 1 MiB chunk (plus one array for a destination that is not
+C-contiguous). Every malformed file raises `CheckpointError` and changes nothing. What no check
+can exclude: an I/O error, an interrupt (Ctrl-C) or another program writing into the file
+(detected) during that final copy leaves the destinations partly written; the load raises.
 
 `save(path, optimizer, params=None)` / `load(path, optimizer, params=None)` store an
 optimizer's `state_dict()` plus its parameters (and optionally more arrays); the update
@@ -291,14 +295,16 @@ class CheckpointFile:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.where = f"checkpoint {self.path!r}"
+        mode = os.stat(self.path).st_mode    # (a socket cannot even be opened)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise self._not_regular()
         fd = os.open(self.path, os.O_RDONLY | _O_BINARY | _O_CLOEXEC | _O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
             if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(f"{self.where} is not a regular file (a FIFO, device or "
-                                      f"socket); checkpoints are read from regular files only")
+                raise self._not_regular()
             self._file = os.fdopen(fd, "rb", buffering=0)
         except BaseException:
             os.close(fd)
@@ -309,6 +315,10 @@ class CheckpointFile:
         except BaseException:
             self.close()
             raise
+
+    def _not_regular(self):
+        return CheckpointError(f"{self.where} is not a regular file (a FIFO, device or "
+                               f"socket); checkpoints are read from regular files only")
 
     # -- context manager ------------------------------------------------------------------
 

@@ -456,8 +456,6 @@ def kernel(name, f32_kernel, native_run=None):
             twin_step(ref, buffers, arrays, rounding=rounding, seed=seed,
                       index_offset=index_offset, **hp)
             return None
-        hp = {k: (float(v) if k in hyper_names and not isinstance(v, (bool, np.bool_))
-                  and k != "step" else v) for k, v in hp.items()}
         hp["step"] = int(hp["step"])
         native_run(name, arrays + [None] * (5 - len(arrays)), [_ET[t] for t in layout], hp,
                    ROUNDINGS.index(rounding), seed, index_offset, kw.get("num_threads"))
@@ -465,7 +463,8 @@ def kernel(name, f32_kernel, native_run=None):
 
     call.__name__ = call.__qualname__ = name
     call.__wrapped__ = f32_kernel
-    call.__doc__ = (ref.__doc__ or "") + (
+    call.__module__ = getattr(f32_kernel, "__module__", __name__)
+    call.__doc__ = (f32_kernel.__doc__ or ref.__doc__ or "") + (
         "\n    bfloat16/float16 buffers (lrcore.lowp.LAYOUTS): every value is widened to float32,"
         "\n    the float32 step runs, param and states are rounded once: rounding='nearest'"
         "\n    (ties to even) or 'stochastic' (stream keyed by seed, step, buffer and"

@@ -1,18 +1,20 @@
 """The numpy twin of every compiled kernel: lrcore's executable specification.
 
-Each function has the signature of its compiled counterpart in lrcore.kernels and
-performs the same operations in the same order, with every scalar rounded once to
-the buffers' dtype, as the C loops in include/lrcore.h do. It is also a real
-backend: LRCORE_BACKEND=python makes lrcore.kernels use it. Its docstrings are the
-kernels' docstrings.
+For each rule of lrcore.rules, `_<rule>(p, grad, states, hp)` performs the operations of
+its C loop (include/lrcore_body.h) in the same order, with every scalar rounded once to
+the buffers' dtype; `hp` is the rule's hyperparameter struct as a dict. The public
+functions (reference.adam, ...) have the compiled kernels' signatures and checks (built
+from the table by lrcore._validate) and run these twins. It is also a real backend:
+LRCORE_BACKEND=python makes lrcore.kernels use it.
 """
 import functools
 
 import numpy as np
 
 from . import _validate as v
+from .rules import RULES
 
-__all__ = ["sgd", "adam", "adagrad", "rmsprop", "adadelta"]
+__all__ = list(RULES) + ["StepPlan", "docstring"]
 
 
 def _quiet(fn):
@@ -39,247 +41,212 @@ def _lerp(start, end, weight, T):
     return end - (end - start) * (T(1) - w)
 
 
-def sgd(param, grad, momentum_buffer=None, *, lr, step, momentum=0.0, dampening=0.0,
-        nesterov=False, weight_decay=0.0, maximize=False, num_threads=None):
-    """One SGD step (torch.optim.SGD), in place on param and momentum_buffer.
+def _scale(hp, T):
+    """s = grad_scale, negated for maximize."""
+    return T(-hp["grad_scale"] if hp["maximize"] else hp["grad_scale"])
 
-    g = -grad if maximize else grad
-    g = g + weight_decay * param                     if weight_decay != 0
-    if momentum != 0:
-        buf = g                                      at step 1
-        buf = momentum * buf + (1 - dampening) * g   after step 1
-        g = g + momentum * buf                       if nesterov
-        g = buf                                      otherwise
-    param = param - lr * g
 
-    momentum_buffer is required when momentum > 0 (zero-initialised by the caller).
-    """
-    fn = "sgd"
-    lr = v.nonneg(fn, "lr", lr)
-    step = v.step_number(fn, step)
-    momentum = v.nonneg(fn, "momentum", momentum)
-    dampening = v.unit_closed(fn, "dampening", dampening)
-    weight_decay = v.nonneg(fn, "weight_decay", weight_decay)
-    nesterov, maximize = bool(nesterov), bool(maximize)
-    if nesterov and (momentum <= 0.0 or dampening != 0.0):
-        raise ValueError(f"{fn}(): nesterov requires momentum > 0 and dampening = 0, got "
-                         f"momentum={momentum!r}, dampening={dampening!r}")
-    if momentum > 0.0 and momentum_buffer is None:
-        raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
-    v.threads(fn, num_threads)
-    v.buffers(fn, ["param", "grad", "momentum_buffer"], [param, grad, momentum_buffer],
-              [True, False, True])
-    return _sgd(_flat(param), _flat(grad),
-                _flat(momentum_buffer) if momentum > 0.0 else None,
-                lr, step, momentum, dampening, nesterov, weight_decay, maximize, 1.0)
+def _moments(p, grad, m, vsq, hp, decoupled):
+    """The Adam family's common start (lrcore_body.h, `moments`): g, decoupled decay or L2,
+    exp_avg and exp_avg_sq updated in place; returns g."""
+    T = p.dtype.type
+    g = grad * _scale(hp, T)
+    if decoupled:
+        p *= T(1.0 - hp["lr"] * hp["weight_decay"])
+    elif hp["weight_decay"] != 0.0:
+        g = g + T(hp["weight_decay"]) * p
+    m[...] = _lerp(m, g, 1.0 - hp["beta1"], T)
+    vsq[...] = vsq * T(hp["beta2"]) + (T(1.0 - hp["beta2"]) * g) * g
+    return g
 
 
 @_quiet
-def _sgd(p, grad, buf, lr, step, momentum, dampening, nesterov, weight_decay, maximize,
-         grad_scale):
+def _sgd(p, grad, st, hp):
     T = p.dtype.type
-    g = grad * T(-grad_scale if maximize else grad_scale)
-    if weight_decay != 0.0:
-        g = g + T(weight_decay) * p
-    if momentum != 0.0:
-        if step <= 1:
+    buf, mom = st[0], hp["momentum"]
+    g = grad * _scale(hp, T)
+    if hp["weight_decay"] != 0.0:
+        g = g + T(hp["weight_decay"]) * p
+    if mom != 0.0:
+        if hp["init_buffer"]:
             buf[...] = g
         else:
-            buf[...] = buf * T(momentum) + T(1.0 - dampening) * g
-        g = g + T(momentum) * buf if nesterov else buf
-    p += T(-lr) * g
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, beta1=0.9,
-         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
-         num_threads=None):
-    """One Adam / AdamW / AMSGrad step (torch.optim.Adam, torch.optim.AdamW), in place.
-
-    g = -grad if maximize else grad
-    param = param * (1 - lr * weight_decay)          if decoupled_weight_decay (AdamW)
-    g = g + weight_decay * param                     if weight_decay != 0, not decoupled
-    exp_avg = lerp(exp_avg, g, 1 - beta1)            = beta1 * exp_avg + (1 - beta1) * g
-    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
-    v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)   AMSGrad: max_exp_avg_sq given
-    v = exp_avg_sq                                          otherwise
-    denom = sqrt(v) / sqrt(1 - beta2**step) + eps
-    param = param - lr / (1 - beta1**step) * exp_avg / denom
-
-    lerp is torch.lerp (m + w*(g - m) for w < 0.5, else g - (g - m)*(1 - w)).
-    """
-    fn = "adam"
-    lr = v.nonneg(fn, "lr", lr)
-    step = v.step_number(fn, step)
-    beta1 = v.unit_open(fn, "beta1", beta1)
-    beta2 = v.unit_open(fn, "beta2", beta2)
-    eps = v.nonneg(fn, "eps", eps)
-    weight_decay = v.nonneg(fn, "weight_decay", weight_decay)
-    decoupled_weight_decay, maximize = bool(decoupled_weight_decay), bool(maximize)
-    v.threads(fn, num_threads)
-    v.required(fn, "exp_avg", exp_avg)
-    v.required(fn, "exp_avg_sq", exp_avg_sq)
-    v.buffers(fn, ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-              [param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq], [True, False, True, True, True])
-    return _adam(_flat(param), _flat(grad), _flat(exp_avg), _flat(exp_avg_sq),
-                 None if max_exp_avg_sq is None else _flat(max_exp_avg_sq),
-                 lr, step, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, 1.0)
+            buf[...] = buf * T(mom) + T(1.0 - hp["dampening"]) * g
+        g = g + T(mom) * buf if hp["nesterov"] else buf
+    p += T(-hp["lr"]) * g
 
 
 @_quiet
-def _adam(p, grad, m, vsq, vmax, lr, step, beta1, beta2, eps, weight_decay, decoupled, maximize,
-          grad_scale):
+def _adam(p, grad, st, hp):
     T = p.dtype.type
-    bc1 = 1.0 - beta1 ** step
-    bc2 = 1.0 - beta2 ** step
-    g = grad * T(-grad_scale if maximize else grad_scale)
-    if decoupled:
-        p *= T(1.0 - lr * weight_decay)
-    elif weight_decay != 0.0:
-        g = g + T(weight_decay) * p
-    m[...] = _lerp(m, g, 1.0 - beta1, T)
-    vsq[...] = vsq * T(beta2) + (T(1.0 - beta2) * g) * g
+    m, vsq, vmax = st
+    step = hp["step"]
+    bc1 = 1.0 - hp["beta1"] ** step
+    bc2 = 1.0 - hp["beta2"] ** step
+    _moments(p, grad, m, vsq, hp, hp["decoupled_weight_decay"])
     if vmax is not None:
         np.maximum(vmax, vsq, out=vmax)              # torch.maximum: NaN wins
         vv = vmax
     else:
         vv = vsq
-    denom = np.sqrt(vv) / T(np.sqrt(bc2)) + T(eps)
-    p += (T(-(lr / bc1)) * m) / denom               # torch.addcdiv: (value * t1) / t2
-
-
-def adagrad(param, grad, state_sum, *, lr, step, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-            maximize=False, num_threads=None):
-    """One Adagrad step (torch.optim.Adagrad), in place on param and state_sum.
-
-    g = -grad if maximize else grad
-    g = g + weight_decay * param                     if weight_decay != 0
-    clr = lr / (1 + (step - 1) * lr_decay)
-    state_sum = state_sum + g * g
-    param = param - clr * g / (sqrt(state_sum) + eps)
-
-    state_sum may start at any value (torch's initial_accumulator_value).
-    """
-    fn = "adagrad"
-    lr = v.nonneg(fn, "lr", lr)
-    step = v.step_number(fn, step)
-    lr_decay = v.nonneg(fn, "lr_decay", lr_decay)
-    weight_decay = v.nonneg(fn, "weight_decay", weight_decay)
-    eps = v.nonneg(fn, "eps", eps)
-    maximize = bool(maximize)
-    v.threads(fn, num_threads)
-    v.required(fn, "state_sum", state_sum)
-    v.buffers(fn, ["param", "grad", "state_sum"], [param, grad, state_sum], [True, False, True])
-    return _adagrad(_flat(param), _flat(grad), _flat(state_sum),
-                    lr, step, lr_decay, weight_decay, eps, maximize, 1.0)
+    denom = np.sqrt(vv) / T(np.sqrt(bc2)) + T(hp["eps"])
+    p += (T(-(hp["lr"] / bc1)) * m) / denom          # torch.addcdiv: (value * t1) / t2
 
 
 @_quiet
-def _adagrad(p, grad, ssum, lr, step, lr_decay, weight_decay, eps, maximize, grad_scale):
+def _adagrad(p, grad, st, hp):
     T = p.dtype.type
-    clr = lr / (1.0 + (step - 1) * lr_decay)
-    g = grad * T(-grad_scale if maximize else grad_scale)
-    if weight_decay != 0.0:
-        g = g + T(weight_decay) * p
+    ssum = st[0]
+    clr = hp["lr"] / (1.0 + (hp["step"] - 1) * hp["lr_decay"])
+    g = grad * _scale(hp, T)
+    if hp["weight_decay"] != 0.0:
+        g = g + T(hp["weight_decay"]) * p
     ssum += g * g
-    p += (T(-clr) * g) / (np.sqrt(ssum) + T(eps))   # torch.addcdiv: (value * t1) / t2
-
-
-def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr, step, alpha=0.99,
-            eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False, num_threads=None):
-    """One RMSprop step (torch.optim.RMSprop), in place on param and the state buffers.
-
-    g = -grad if maximize else grad
-    g = g + weight_decay * param                     if weight_decay != 0
-    square_avg = alpha * square_avg + (1 - alpha) * g * g
-    if centered (grad_avg given):
-        grad_avg = lerp(grad_avg, g, 1 - alpha)      = alpha * grad_avg + (1 - alpha) * g
-        avg = sqrt(square_avg - grad_avg * grad_avg) + eps
-    else:
-        avg = sqrt(square_avg) + eps
-    if momentum > 0:
-        buf = momentum * buf + g / avg
-        param = param - lr * buf
-    else:
-        param = param - lr * g / avg
-
-    momentum_buffer is required when momentum > 0.
-    """
-    fn = "rmsprop"
-    lr = v.nonneg(fn, "lr", lr)
-    step = v.step_number(fn, step)
-    alpha = v.unit_open(fn, "alpha", alpha)
-    eps = v.nonneg(fn, "eps", eps)
-    weight_decay = v.nonneg(fn, "weight_decay", weight_decay)
-    momentum = v.nonneg(fn, "momentum", momentum)
-    maximize = bool(maximize)
-    v.threads(fn, num_threads)
-    v.required(fn, "square_avg", square_avg)
-    if momentum > 0.0 and momentum_buffer is None:
-        raise ValueError(f"{fn}(): momentum_buffer is required when momentum > 0")
-    v.buffers(fn, ["param", "grad", "square_avg", "momentum_buffer", "grad_avg"],
-              [param, grad, square_avg, momentum_buffer, grad_avg], [True, False, True, True, True])
-    return _rmsprop(_flat(param), _flat(grad), _flat(square_avg),
-                    _flat(momentum_buffer) if momentum > 0.0 else None,
-                    None if grad_avg is None else _flat(grad_avg),
-                    lr, alpha, eps, weight_decay, momentum, maximize, 1.0)
+    p += (T(-clr) * g) / (np.sqrt(ssum) + T(hp["eps"]))
 
 
 @_quiet
-def _rmsprop(p, grad, sq, buf, ga, lr, alpha, eps, weight_decay, momentum, maximize, grad_scale):
+def _rmsprop(p, grad, st, hp):
     T = p.dtype.type
-    g = grad * T(-grad_scale if maximize else grad_scale)
-    if weight_decay != 0.0:
-        g = g + T(weight_decay) * p
+    sq, buf, ga = st
+    alpha = hp["alpha"]
+    g = grad * _scale(hp, T)
+    if hp["weight_decay"] != 0.0:
+        g = g + T(hp["weight_decay"]) * p
     sq[...] = sq * T(alpha) + (T(1.0 - alpha) * g) * g
     if ga is not None:
         ga[...] = _lerp(ga, g, 1.0 - alpha, T)
-        avg = np.sqrt(sq - ga * ga) + T(eps)
+        avg = np.sqrt(sq - ga * ga) + T(hp["eps"])
     else:
-        avg = np.sqrt(sq) + T(eps)
-    if momentum > 0.0:
-        buf[...] = buf * T(momentum) + g / avg
-        p += T(-lr) * buf
+        avg = np.sqrt(sq) + T(hp["eps"])
+    if hp["momentum"] > 0.0:
+        buf[...] = buf * T(hp["momentum"]) + g / avg
+        p += T(-hp["lr"]) * buf
     else:
-        p += (T(-lr) * g) / avg                     # torch.addcdiv: (value * t1) / t2
-
-
-def adadelta(param, grad, square_avg, acc_delta, *, lr, step, rho=0.9, eps=1e-6, weight_decay=0.0,
-             maximize=False, num_threads=None):
-    """One Adadelta step (torch.optim.Adadelta), in place on param and the state buffers.
-
-    g = -grad if maximize else grad
-    g = g + weight_decay * param                     if weight_decay != 0
-    square_avg = rho * square_avg + (1 - rho) * g * g
-    delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
-    acc_delta = rho * acc_delta + (1 - rho) * delta * delta
-    param = param - lr * delta
-    """
-    fn = "adadelta"
-    lr = v.nonneg(fn, "lr", lr)
-    step = v.step_number(fn, step)
-    rho = v.unit_open(fn, "rho", rho)
-    eps = v.nonneg(fn, "eps", eps)
-    weight_decay = v.nonneg(fn, "weight_decay", weight_decay)
-    maximize = bool(maximize)
-    v.threads(fn, num_threads)
-    v.required(fn, "square_avg", square_avg)
-    v.required(fn, "acc_delta", acc_delta)
-    v.buffers(fn, ["param", "grad", "square_avg", "acc_delta"],
-              [param, grad, square_avg, acc_delta], [True, False, True, True])
-    return _adadelta(_flat(param), _flat(grad), _flat(square_avg),
-                     _flat(acc_delta), lr, rho, eps, weight_decay, maximize, 1.0)
+        p += (T(-hp["lr"]) * g) / avg
 
 
 @_quiet
-def _adadelta(p, grad, sq, acc, lr, rho, eps, weight_decay, maximize, grad_scale):
+def _adadelta(p, grad, st, hp):
     T = p.dtype.type
-    g = grad * T(-grad_scale if maximize else grad_scale)
-    if weight_decay != 0.0:
-        g = g + T(weight_decay) * p
-    sq[...] = sq * T(rho) + (T(1.0 - rho) * g) * g
-    delta = (np.sqrt(acc + T(eps)) / np.sqrt(sq + T(eps))) * g
-    acc[...] = acc * T(rho) + (T(1.0 - rho) * delta) * delta
-    p += T(-lr) * delta
+    sq, acc = st
+    rho, eps = T(hp["rho"]), T(hp["eps"])
+    g = grad * _scale(hp, T)
+    if hp["weight_decay"] != 0.0:
+        g = g + T(hp["weight_decay"]) * p
+    sq[...] = sq * rho + (T(1.0 - hp["rho"]) * g) * g
+    delta = (np.sqrt(acc + eps) / np.sqrt(sq + eps)) * g
+    acc[...] = acc * rho + (T(1.0 - hp["rho"]) * delta) * delta
+    p += T(-hp["lr"]) * delta
+
+
+@_quiet
+def _adamax(p, grad, st, hp):
+    T = p.dtype.type
+    m, u = st
+    clr = hp["lr"] / (1.0 - hp["beta1"] ** hp["step"])
+    g = grad * _scale(hp, T)
+    if hp["weight_decay"] != 0.0:
+        g = g + T(hp["weight_decay"]) * p
+    m[...] = _lerp(m, g, 1.0 - hp["beta1"], T)
+    np.maximum(u * T(hp["beta2"]), np.abs(g) + T(hp["eps"]), out=u)   # NaN wins
+    p += (T(-clr) * m) / u
+
+
+def nadam_mu(beta1, momentum_decay, t):
+    """NAdam's momentum coefficient at step t (lrcore_nadam_mu in lrcore.h)."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+@_quiet
+def _nadam(p, grad, st, hp):
+    T = p.dtype.type
+    m, vsq = st
+    step, lr, mu_product = hp["step"], hp["lr"], hp["mu_product"]
+    bc2 = 1.0 - hp["beta2"] ** step
+    mu = nadam_mu(hp["beta1"], hp["momentum_decay"], step)
+    mu_next = nadam_mu(hp["beta1"], hp["momentum_decay"], step + 1)
+    coef_grad = -lr * (1.0 - mu) / (1.0 - mu_product)
+    coef_avg = (-lr * mu_next) / (1.0 - mu_product * mu_next)
+    g = _moments(p, grad, m, vsq, hp, hp["decoupled_weight_decay"])
+    denom = np.sqrt(vsq / T(bc2)) + T(hp["eps"])
+    p += (T(coef_grad) * g) / denom
+    p += (T(coef_avg) * m) / denom
+
+
+@_quiet
+def _radam(p, grad, st, hp):
+    T = p.dtype.type
+    m, vsq = st
+    step, beta2 = hp["step"], hp["beta2"]
+    bc1 = 1.0 - hp["beta1"] ** step
+    b2t = beta2 ** step
+    bc2 = 1.0 - b2t
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho = rho_inf - 2.0 * step * b2t / bc2
+    _moments(p, grad, m, vsq, hp, hp["decoupled_weight_decay"])
+    u = (m / T(bc1)) * T(hp["lr"])
+    if rho > 5.0:
+        rect = ((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)) ** 0.5
+        u = (u * ((T(1) / (np.sqrt(vsq) + T(hp["eps"]))) * T(bc2 ** 0.5))) * T(rect)
+    p -= u
+
+
+def _sign(x, T):
+    """-1 or 1 for non-zero x; x itself for +-0 and NaN (lrcore_body.h, `sign`)."""
+    return np.where(x > 0, T(1), np.where(x < 0, T(-1), x)).astype(T, copy=False)
+
+
+@_quiet
+def _lion(p, grad, st, hp):
+    T = p.dtype.type
+    m = st[0]
+    g = grad * _scale(hp, T)
+    c = m * T(hp["beta1"]) + T(1.0 - hp["beta1"]) * g
+    p[...] = p * T(1.0 - hp["lr"] * hp["weight_decay"]) + T(-hp["lr"]) * _sign(c, T)
+    m[...] = m * T(hp["beta2"]) + T(1.0 - hp["beta2"]) * g
+
+
+_TWINS = {"sgd": _sgd, "adam": _adam, "adagrad": _adagrad, "rmsprop": _rmsprop,
+          "adadelta": _adadelta, "adamax": _adamax, "nadam": _nadam, "radam": _radam,
+          "lion": _lion}
+
+
+def _used_states(rule, states, hp):
+    """The states the kernel works on: a state whose hyperparameter is off (momentum = 0)
+    is passed as NULL to C and as None here, whatever the caller gave."""
+    out = []
+    for s, a in zip(rule.states, states):
+        if a is not None and s.when is not None and not any(o.name == s.when for o in rule.options):
+            a = a if (hp[s.when] or 0.0) > 0.0 else None
+        out.append(a)
+    return out
+
+
+def _run(rule, buffers, hp, num_threads):
+    """The numpy backend's `run` for lrcore._validate.make_kernel."""
+    names = ["param", "grad"] + [s.name for s in rule.states]
+    checked = v.buffers(rule.name, names, list(buffers), [True, False] + [True] * len(rule.states))
+    flat = iter(_flat(a) for a in checked[2:])
+    states = [None if b is None else next(flat) for b in buffers[2:]]
+    hp["grad_scale"] = 1.0
+    _TWINS[rule.name](_flat(checked[0]), _flat(checked[1]), _used_states(rule, states, hp), hp)
+
+
+def docstring(rule):
+    """The kernels' docstring of one rule, from the table."""
+    what = f"torch.optim.{rule.torch_class}" if rule.torch_class else "not in torch.optim"
+    states = ", ".join(s.name + ("" if s.when is None else f" (when {s.when})")
+                       for s in rule.states)
+    math = "\n".join("    " + line for line in rule.math.splitlines())
+    return (f"One {rule.name} step ({what}), in place on param and the state buffers.\n\n"
+            f"{math}\n\n    States, in argument order: {states}. s = grad_scale (1 here), "
+            f"negated for maximize.\n")
+
+
+for _name, _rule in RULES.items():
+    globals()[_name] = v.make_kernel(_rule, _run, docstring(_rule))
+    globals()[_name].__module__ = __name__
 
 
 class StepPlan:
@@ -290,11 +257,12 @@ class StepPlan:
     """
 
     def __init__(self, kind, params, states, groups):
-        if kind not in _KERNELS:
-            raise ValueError(f"StepPlan: kind must be one of {sorted(_KERNELS)}, got {kind!r}")
+        if kind not in RULES:
+            raise ValueError(f"StepPlan: kind must be one of {sorted(RULES)}, got {kind!r}")
         if not (len(params) == len(states) == len(groups)):
             raise ValueError("StepPlan: params, states and groups must have the same length")
         self.kind = kind
+        self.rule = RULES[kind]
         self.njobs = len(params)
         self.group_of = [int(g) for g in groups]
         extents = []
@@ -357,28 +325,30 @@ class StepPlan:
         return total, finite
 
     def run(self, grads, group_hps, grad_scale=1.0, num_threads=None, grads_checked=False):
-        """Apply one step; group_hps as in lrcore._core.StepPlan.run."""
+        """Apply one step; group_hps[g] is a dict of group g's hyperparameters by name (the
+        rule's fields in lrcore.rules; legacy positional tuples are still read)."""
         flat = self._check_grads(grads)
-        for i, (p, g, st) in enumerate(zip(self.params, flat, self.states)):
-            t = group_hps[self.group_of[i]]
-            if self.kind == "sgd":
-                lr, mom, damp, wd, nest, maxi, step = t
-                _sgd(p, g, st[0] if mom > 0 else None, lr, step, mom, damp, nest, wd, maxi,
-                     grad_scale)
-            elif self.kind == "adam":
-                lr, b1, b2, eps, wd, dec, maxi, step = t
-                _adam(p, g, st[0], st[1], st[2], lr, step, b1, b2, eps, wd, dec, maxi, grad_scale)
-            elif self.kind == "adagrad":
-                lr, lr_decay, wd, eps, maxi, step = t
-                _adagrad(p, g, st[0], lr, step, lr_decay, wd, eps, maxi, grad_scale)
-            elif self.kind == "rmsprop":
-                lr, alpha, eps, wd, mom, maxi, step = t
-                _rmsprop(p, g, st[0], st[1] if mom > 0 else None, st[2], lr, alpha, eps, wd, mom,
-                         maxi, grad_scale)
-            else:
-                lr, rho, eps, wd, maxi, step = t
-                _adadelta(p, g, st[0], st[1], lr, rho, eps, wd, maxi, grad_scale)
+        hps = v.plan_hypers(self.rule, group_hps)
+        _check_plan_states(self.rule, hps, self.group_of,
+                           [[a is not None for a in st] for st in self.states])
+        twin = _TWINS[self.kind]
+        for p, g, st, gi in zip(self.params, flat, self.states, self.group_of):
+            hp = dict(hps[gi], grad_scale=grad_scale)
+            twin(p, g, _used_states(self.rule, st, hp), hp)
 
 
-_KERNELS = ("sgd", "adam", "adagrad", "rmsprop", "adadelta")
+def _check_plan_states(rule, hps, group_of, present):
+    """Every param's group exists, and a group whose hyperparameters need an optional state
+    (momentum > 0) has it on each of its params: else an error naming both (the same
+    checks as _core.StepPlan; the kernel would otherwise dereference a missing buffer)."""
+    for i, g in enumerate(group_of):
+        if not 0 <= g < len(hps):
+            raise ValueError(f"StepPlan.run: no hyperparameters for group {g}")
+        for slot in v.required_slots(rule, hps[g]):
+            if not present[i][slot]:
+                s = rule.states[slot]
+                raise ValueError(f"step(): params[{i}] has no {s.name} but its group {g} has "
+                                 f"{s.when} > 0")
+
+
 _SUMSQ_BLOCK = 1 << 14   # LRCORE_SUMSQ_BLOCK in csrc/runtime.c

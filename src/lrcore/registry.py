@@ -1,30 +1,40 @@
-"""One registry of kernels and hyperparameter sets, shared by tests, benchmarks and the CLI.
+"""One registry of kernel cases, shared by tests, benchmarks and the self-check, from the table.
 
-Each `KernelSpec` says how to call one kernel of lrcore.kernels: its state buffers
-in signature order, representative hyperparameter sets (the option combinations
-that select different loops), and how many bytes one step moves per element.
+Each `KernelSpec` says how to call one kernel of lrcore.kernels: its state buffers in
+signature order and its cases. The cases are the full cross-product of the values the
+table (lrcore.rules) lists for every option that selects a loop variant (weight decay on
+or off, lerp branch, AMSGrad, centered, momentum, nesterov, maximize, ...), less the
+combinations the rule forbids; so every loop variant of every kernel runs. Steps 1 and
+later select SGD's first-step variant and RAdam's rectification, so callers run several.
 """
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["KernelSpec", "KERNEL_SPECS", "spec", "make_state", "call"]
+from . import _validate
+from .rules import RULES
+
+__all__ = ["KernelSpec", "KERNEL_SPECS", "spec", "make_state", "call", "Case"]
 
 
 @dataclass(frozen=True)
 class Case:
-    """One hyperparameter set: keyword arguments and the state buffers it uses."""
+    """One hyperparameter set: keyword arguments, the state buffers it uses and the
+    option values (amsgrad, centered, initial_accumulator_value) that chose them."""
     name: str
     states: tuple
     hyper: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class KernelSpec:
     name: str
     states: tuple          # every state buffer, in signature order
-    cases: tuple           # Case objects; cases[0] is the benchmark's default
+    cases: tuple           # Case objects; cases[0] is the benchmark's default (table defaults)
     lr: float
+    rule: object = None
 
     def bytes_per_element(self, case, itemsize, step=2):
         """Bytes one step moves per element: reads of param, grad and states, writes of
@@ -35,47 +45,48 @@ class KernelSpec:
         return (reads + writes) * itemsize
 
 
-def _c(name, states, **hyper):
-    return Case(name, tuple(states), hyper)
+def _valid(rule, hyper):
+    hp = {h.name: hyper.get(h.name, h.default) for h in rule.hypers if h.public}
+    hp["step"] = 1
+    try:
+        _validate.check_hypers(rule, dict(hp, lr=1.0))
+    except ValueError:
+        return False
+    return True
 
 
-KERNEL_SPECS = (
-    KernelSpec("sgd", ("momentum_buffer",), (
-        _c("momentum", ["momentum_buffer"], momentum=0.9),
-        _c("plain", []),
-        _c("dampening_wd", ["momentum_buffer"], momentum=0.9, dampening=0.1, weight_decay=0.01),
-        _c("nesterov_wd", ["momentum_buffer"], momentum=0.9, nesterov=True, weight_decay=0.01),
-        _c("maximize_wd", [], maximize=True, weight_decay=0.1),
-        _c("maximize_momentum", ["momentum_buffer"], momentum=0.5, maximize=True),
-    ), lr=0.05),
-    KernelSpec("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (
-        _c("default", ["exp_avg", "exp_avg_sq"]),
-        _c("l2", ["exp_avg", "exp_avg_sq"], weight_decay=0.01),
-        _c("adamw", ["exp_avg", "exp_avg_sq"], weight_decay=0.1, decoupled_weight_decay=True),
-        _c("amsgrad", ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
-        _c("small_betas", ["exp_avg", "exp_avg_sq"], beta1=0.3, beta2=0.8, eps=1e-6),
-        _c("maximize_l2_amsgrad", ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-           maximize=True, weight_decay=0.05),
-    ), lr=1e-2),
-    KernelSpec("adagrad", ("state_sum",), (
-        _c("default", ["state_sum"]),
-        _c("lr_decay_wd", ["state_sum"], lr_decay=0.1, weight_decay=0.01),
-        _c("maximize", ["state_sum"], maximize=True, eps=1e-6),
-    ), lr=0.05),
-    KernelSpec("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), (
-        _c("default", ["square_avg"]),
-        _c("centered", ["square_avg", "grad_avg"]),
-        _c("momentum", ["square_avg", "momentum_buffer"], momentum=0.9),
-        _c("centered_momentum_wd", ["square_avg", "momentum_buffer", "grad_avg"],
-           momentum=0.9, weight_decay=0.01),
-        _c("small_alpha_maximize", ["square_avg", "grad_avg"], alpha=0.3, maximize=True),
-    ), lr=1e-3),
-    KernelSpec("adadelta", ("square_avg", "acc_delta"), (
-        _c("default", ["square_avg", "acc_delta"]),
-        _c("wd_small_rho", ["square_avg", "acc_delta"], weight_decay=0.01, rho=0.3),
-        _c("maximize", ["square_avg", "acc_delta"], maximize=True),
-    ), lr=1.0),
-)
+def _case_name(rule, hyper, options):
+    """The settings that differ from the table's defaults, e.g. 'momentum=0.9,nesterov'."""
+    defaults = {h.name: h.default for h in rule.hypers}
+    defaults.update({o.name: o.default for o in rule.options})
+    parts = [(k if v is True else f"{k}={v:g}") for k, v in {**hyper, **options}.items()
+             if v != defaults.get(k)]
+    return ",".join(parts) or "default"
+
+
+def _cases(rule):
+    """Every combination of the variant-selecting values; the all-defaults case first."""
+    axes = [(h.name, h.variants, "hyper") for h in rule.hypers if h.variants and h.public
+            and h.name != "init_buffer"]   # init_buffer follows the step (1, then later)
+    axes += [(o.name, o.variants, "option") for o in rule.options if o.variants]
+    out = []
+    for values in itertools.product(*(v for _, v, _ in axes)):
+        hyper = {n: x for (n, _, kind), x in zip(axes, values) if kind == "hyper"}
+        options = {n: x for (n, _, kind), x in zip(axes, values) if kind == "option"}
+        if not _valid(rule, hyper):
+            continue
+        states = tuple(s.name for s in rule.present_states(dict(hyper, **options)))
+        out.append(Case(_case_name(rule, hyper, options), states, hyper, options))
+    out.sort(key=lambda c: 0 if c.name == "default" else c.name.count(",") + 1)
+    return tuple(out)
+
+
+# the learning rates the registry's trajectories use (large enough to move every element)
+_LR = {"sgd": 0.05, "adam": 1e-2, "adagrad": 0.05, "rmsprop": 1e-3, "adadelta": 1.0,
+       "adamax": 1e-2, "nadam": 1e-2, "radam": 1e-2, "lion": 1e-3}
+
+KERNEL_SPECS = tuple(KernelSpec(r.name, tuple(s.name for s in r.states), _cases(r),
+                                _LR.get(r.name, r.cli_lr), r) for r in RULES.values())
 
 
 def spec(name):
@@ -86,15 +97,17 @@ def spec(name):
 
 
 def make_state(kspec, case, like):
-    """Zero-initialised state buffers for one case (Adagrad's state_sum starts at 0.1)."""
-    state = {}
-    for name in case.states:
-        state[name] = np.full_like(like, 0.1) if name == "state_sum" else np.zeros_like(like)
-    return state
+    """State buffers for one case at their initial values (Adagrad's state_sum at the
+    case's initial_accumulator_value)."""
+    rule = kspec.rule
+    values = dict(case.hyper, **case.options)
+    return {s.name: np.full_like(like, rule.initial_value(s, values))
+            for s in rule.states if s.name in case.states}
 
 
 def call(module, kspec, case, param, grad, state, step, **extra):
-    """Run one step of kspec's kernel from `module` (lrcore.kernels or lrcore.reference)."""
+    """Run one step of kspec's kernel from `module` (lrcore.kernels, lrcore.reference, or a
+    namespace of lrcore.backend.implementation())."""
     fn = getattr(module, kspec.name)
     args = [state.get(name) for name in kspec.states]
     while args and args[-1] is None:

@@ -40,7 +40,7 @@ class Range:
                 and (v < self.hi if self.hi_open else v <= self.hi))
 
     def message(self, where, name, v):
-        return f"{where}: {name} must be {self.text}, got {v!r}"
+        return f"{where}: {name} must be {self.text}, got {v if isinstance(v, str) else repr(v)}"
 
 
 NONNEG = Range(0.0, math.inf, False, "a finite number >= 0")
@@ -57,8 +57,9 @@ def check_real(where, name, x, rng):
             raise TypeError(f"{where}: {name} must be a real number, got {type(x).__name__}")
         try:
             x = float(x)
-        except OverflowError:
-            raise ValueError(rng.message(where, name, x)) from None
+        except OverflowError:   # an int beyond any double: out of range like any other
+            raise ValueError(rng.message(where, name, f"an integer of {len(str(abs(x)))} digits")
+                             ) from None
     if not rng.contains(x):
         raise ValueError(rng.message(where, name, x))
     return x
@@ -87,8 +88,9 @@ class Hyper:
     ctype: 'double', 'int64' (the step) or 'int' (a flag). `default` None means required.
     `variants`: values that select each loop variant (empty: the field does not select
     one); the test registry runs the cross-product of every rule's `variants`.
-    `public`: False for fields the caller of a kernel does not pass (grad_scale: set by
-    gradient clipping and maximize; init_buffer: derived from step unless given)."""
+    `public`: False for a field the caller of a kernel does not pass (grad_scale: set by
+    gradient clipping). A default of None on a flag or on mu_product: derived from the
+    other fields unless given (lrcore._validate.DERIVED: init_buffer = step == 1)."""
     name: str
     ctype: str = "double"
     default: object = None
@@ -126,7 +128,7 @@ class Option:
 class Rule:
     """One update rule. `math` is the update as the kernels compute it (C order)."""
     name: str
-    kind: int                       # LRCORE_<NAME> in csrc/runtime.h
+    kind: int                       # position in LRCORE_RULES (lrcore.h): the C kind id
     hypers: tuple                   # Hyper, in the C struct's order
     states: tuple                   # State, in kernel-argument order
     options: tuple = ()             # Option
@@ -248,7 +250,6 @@ RULES = {r.name: r for r in (
                        doc="Nesterov momentum (needs momentum > 0, dampening = 0)"),
                  _MAXIMIZE,
                  Hyper("init_buffer", ctype="int", default=None, variants=(True, False),
-                       public=False,
                        doc="nonzero: the momentum buffer starts as g (torch's first step); "
                            "kernels.sgd sets it to step == 1 unless passed")),
          states=(State("momentum_buffer", "momentum_buffer", 0.0, when="momentum"),),
@@ -338,7 +339,7 @@ delta = (sqrt(acc_delta + eps) / sqrt(square_avg + eps)) * g
 acc_delta = acc_delta * rho + ((1 - rho) * delta) * delta
 param = param + (-lr) * delta"""),
 
-    Rule("adamax", 6,
+    Rule("adamax", 5,
          hypers=(_lr(), _BETA1, _BETA2, _eps(1e-8), _wd(), _GRAD_SCALE, _STEP, _MAXIMIZE),
          states=(State("exp_avg", "exp_avg"), State("exp_inf", "exp_inf")),
          torch_class="Adamax", torch_hypers={"beta1": "betas[0]", "beta2": "betas[1]"},
@@ -351,7 +352,7 @@ exp_inf = max(exp_inf * beta2, |g| + eps)     (torch.maximum: NaN wins)
 param = param + ((-lr / (1 - beta1**step)) * exp_avg) / exp_inf
 """ + _LERP),
 
-    Rule("nadam", 7,
+    Rule("nadam", 6,
          hypers=(_lr(), _BETA1, _BETA2, _eps(1e-8), _wd(),
                  Hyper("momentum_decay", default=4e-3, range=NONNEG,
                        doc="psi in mu_t = beta1 * (1 - 0.5 * 0.96**(t * psi))"),
@@ -374,7 +375,7 @@ param = param + ((-lr * (1 - mu) / (1 - mu_product)) * g) / denom
 param = param + ((-lr * mu_next / (1 - mu_product * mu_next)) * exp_avg) / denom
 """ + _LERP),
 
-    Rule("radam", 8,
+    Rule("radam", 7,
          hypers=(_lr(), _BETA1, _BETA2, _eps(1e-8), _wd(), _GRAD_SCALE, _STEP, _decoupled(),
                  _MAXIMIZE),
          states=(State("exp_avg", "exp_avg"), State("exp_avg_sq", "exp_avg_sq")),
@@ -396,7 +397,7 @@ else:
     param = param - m * lr
 """ + _LERP),
 
-    Rule("lion", 9,
+    Rule("lion", 8,
          hypers=(_lr(1e-4), Hyper("beta1", default=0.9, range=UNIT_CLOSED,
                                   doc="weight of the momentum in the update's sign"),
                  Hyper("beta2", default=0.99, range=UNIT_CLOSED, doc="momentum decay"),

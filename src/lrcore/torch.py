@@ -479,6 +479,12 @@ class _LrcoreOptimizer:
             if groups is not None:
                 state_dict = dict(state_dict, param_groups=groups)
             super().load_state_dict(state_dict)
+            # torch deep-copies the groups: put back the schedule objects themselves, so a
+            # live schedule (a caller's ReduceOnPlateau, a Lambda) keeps its identity
+            for group, mine in zip(self.param_groups, groups or ()):
+                for key, value in mine.items():
+                    if key != "params" and hyperparams.schedules_in([value]):
+                        group[key] = value
             self._lrcore_cache = None
 
     def __setstate__(self, state):

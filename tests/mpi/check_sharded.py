@@ -64,7 +64,18 @@ def make_params(dtype, seed=0, mixed=False):
     return g0, g1
 
 
+_CACHE = {}
+
+
 def grads_for(params, step, rank):
+    """Rank `rank`'s grads at `step` (cached: every run of a layout reuses them)."""
+    key = (tuple((p.shape, p.dtype.str) for p in params), step, rank)
+    if key not in _CACHE:
+        _CACHE[key] = _make_grads(params, step, rank)
+    return _CACHE[key]
+
+
+def _make_grads(params, step, rank):
     rng = np.random.default_rng(1000 * step + rank + 7)
     out = [(0.3 * rng.standard_normal(p.shape)).astype(p.dtype) for p in params]
     if step == 7 and rank == W - 1:
@@ -73,6 +84,13 @@ def grads_for(params, step, rank):
 
 
 def averaged(params, step):
+    key = ("avg", tuple((p.shape, p.dtype.str) for p in params), step)
+    if key not in _CACHE:
+        _CACHE[key] = _averaged(params, step)
+    return _CACHE[key]
+
+
+def _averaged(params, step):
     per_rank = [grads_for(params, step, r) for r in range(W)]
     out = []
     for i, p in enumerate(params):
@@ -120,7 +138,9 @@ def run_rule(cls, dtype, options, mixed=False):
     r0, r1 = [p.copy() for p in g0], [p.copy() for p in g1]
     lr = schedules.Cosine(0.01, STEPS)
     spec = [{"params": g0}, {"params": g1, "lr": 0.005}]
-    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=BLOCK + 3000, **options)
+    # float64 runs also drive the collectives from a helper thread during the kernels
+    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=BLOCK + 3000,
+                           overlap=np.dtype(dtype) == np.float64, **options)
     ref = cls([{"params": r0}, {"params": r1, "lr": 0.005}], lr=lr, **options)
     params, refs = g0 + g1, r0 + r1
     name = f"{cls.__name__} {np.dtype(dtype).name}{' mixed' if mixed else ''} {options}"
@@ -135,6 +155,9 @@ def run_rule(cls, dtype, options, mixed=False):
             check(np.array_equal(bits(p), bits(q)), f"{name} step {t}: params[{i}] differ "
                   f"(max |diff| {np.nanmax(np.abs(p.astype(float) - q)):.3g})")
     check(opt.step_count == ref.step_count, f"{name}: step count")
+    for t in (0, STEPS - 1):   # the caller's grads are never written
+        for a, b in zip(grads_for(params, t, RANK), _make_grads(params, t, RANK)):
+            check(np.array_equal(bits(a), bits(b)), f"{name}: step() wrote the grads")
     sd = opt.consolidated_state_dict(root=0)
     if RANK == 0:
         same_state_dict(sd, ref.state_dict(), f"{name} state_dict")

@@ -6,7 +6,7 @@ the speed-up over the numpy implementation and over PyTorch (when installed).
 """
 import sys
 
-from .. import bench
+from .. import backend, bench
 from . import CLIError
 from .paths import output_file
 
@@ -25,8 +25,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    import lrcore
-    if lrcore.backend() != "native":
+    if backend.name != "native":
         raise CLIError("benchmarks need the compiled backend; unset LRCORE_BACKEND")
     try:
         threads = tuple(int(t) for t in args.threads.split(","))

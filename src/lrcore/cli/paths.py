@@ -6,8 +6,10 @@ import os
 
 from . import CLIError
 
-PLOT_HINT = "pip install 'lrcore[plot]'"   # the one install hint for plotting
-TQDM_HINT = "pip install 'lrcore[cli]'"
+# The one install hint for each optional package, as lrcore.schedules.plot words it: it
+# works however lrcore itself was installed (the `plot`/`cli` extras hold just these).
+PLOT_HINT = "pip install matplotlib"
+TQDM_HINT = "pip install tqdm"
 
 
 def _directory_of(option, path):

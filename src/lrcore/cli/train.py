@@ -77,15 +77,17 @@ def _hyper_help(hyper):
         if hyper not in hyperparameter_names(name):
             continue
         h = rule.hyper(hyper)
-        if h.doc and h.doc not in docs:
-            docs.append(h.doc)
         value = preset.defaults.get(hyper, h.default)
         defaults.append(f"{name} {value:g}")
-        if hyper == "weight_decay" and preset.fixed.get("decoupled_weight_decay"):
+        if hyper == "weight_decay" and (preset.fixed.get("decoupled_weight_decay")
+                                        or h.doc.startswith("decoupled")):
             decoupled.append(name)
-    text = docs[0] if docs else hyper.replace("_", " ")
+        elif h.doc and h.doc not in docs:
+            docs.append(h.doc)
+    text = "; ".join(docs) if docs else hyper.replace("_", " ")
     if decoupled:
-        text += f" (decoupled in {', '.join(decoupled)}: param *= 1 - lr * weight_decay)"
+        text += (f"; decoupled (param = param * (1 - lr * weight_decay)) in "
+                 f"{', '.join(decoupled)}")
     return f"{text}; default: {', '.join(defaults)}"
 
 
@@ -180,6 +182,7 @@ def optimizer_parameters(args, optimizer):
     """{ParameterKey: value} for the optimizer and loop options given, checked, with the
     option's name in any error."""
     usable = set(hyperparameter_names(optimizer))
+    rule = _rule_of(optimizer)[1]
     out = {}
     options = [("--lr", "lr", ParameterKey.LEARNING_RATE)] + _hyper_keys() + [
         ("--epochs", "epochs", ParameterKey.EPOCHS),
@@ -193,12 +196,11 @@ def optimizer_parameters(args, optimizer):
         if hyper and hyper not in usable:
             raise CLIError(f"{option} does not apply to --optimizer {optimizer} (it takes "
                            f"{', '.join('--' + h.replace('_', '-') for h in sorted(usable))})")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise CLIError(f"{option} must be a finite number, got {value!r}")
-        try:
-            out[key] = key.validate(value)
+        try:                           # the ranges and their wording are the table's
+            out[key] = key.validate(value, rule=rule if hyper else None)
         except (TypeError, ValueError):
-            raise CLIError(f"{option} must be {key.expected.replace(' or a lrcore Schedule', '')}"
+            expected = key.value.describe(rule if hyper else None)
+            raise CLIError(f"{option} must be {expected.replace(' or a lrcore Schedule', '')}"
                            f", got {value!r}") from None
     if args.no_shuffle:
         out[ParameterKey.SHUFFLE] = False

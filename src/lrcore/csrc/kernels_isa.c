@@ -10,8 +10,6 @@
 #ifndef LRCORE_ISA_NAME
 #define LRCORE_ISA_NAME baseline
 #endif
-#define LRCORE__CAT2(a, b) a##b
-#define LRCORE__CAT(a, b) LRCORE__CAT2(a, b)
 
 #define OFF(ptr, T) ((ptr) ? (T *)(ptr) + start : (T *)0)
 
@@ -42,6 +40,16 @@ static void probe_##SUFFIX(size_t n, T *p, const T *g, T *a, T *b, T *c, double 
 }
 DEFINE_PROBE(float, f32)
 DEFINE_PROBE(double, f64)
+
+/* One case per rule of LRCORE_RULES: lrcore_<rule>_<type>(count, p, g, states..., &hp.<rule>). */
+#define STATES_1(T) OFF(job->state[0], T)
+#define STATES_2(T) STATES_1(T), OFF(job->state[1], T)
+#define STATES_3(T) STATES_2(T), OFF(job->state[2], T)
+#define CASE(name, nstates, T, SUFFIX) \
+    case LRCORE_KIND_##name: \
+        lrcore_##name##_##SUFFIX(count, p, g, STATES_##nstates(T), &job->hp.name); break;
+#define CASE_F32(name, nstates) CASE(name, nstates, float, f32)
+#define CASE_F64(name, nstates) CASE(name, nstates, double, f64)
 
 static void run_range(const lrcore_job *job, size_t start, size_t count);
 
@@ -78,43 +86,17 @@ static void run_range(const lrcore_job *job, size_t start, size_t count)
         float *p = (float *)job->param + start;
         const float *g = (const float *)job->grad + start;
         switch (job->kind) {
-        case LRCORE_SGD:
-            lrcore_sgd_f32(count, p, g, OFF(job->state[0], float), &job->hp.sgd); break;
-        case LRCORE_ADAM:
-            lrcore_adam_f32(count, p, g, OFF(job->state[0], float), OFF(job->state[1], float),
-                            OFF(job->state[2], float), &job->hp.adam); break;
-        case LRCORE_ADAGRAD:
-            lrcore_adagrad_f32(count, p, g, OFF(job->state[0], float), &job->hp.adagrad); break;
-        case LRCORE_RMSPROP:
-            lrcore_rmsprop_f32(count, p, g, OFF(job->state[0], float), OFF(job->state[1], float),
-                               OFF(job->state[2], float), &job->hp.rmsprop); break;
-        case LRCORE_ADADELTA:
-            lrcore_adadelta_f32(count, p, g, OFF(job->state[0], float), OFF(job->state[1], float),
-                                &job->hp.adadelta); break;
+        LRCORE_RULES(CASE_F32)
         case LRCORE_PROBE:
-            probe_f32(count, p, g, OFF(job->state[0], float), OFF(job->state[1], float),
-                      OFF(job->state[2], float), job->hp.sgd.grad_scale); break;
+            probe_f32(count, p, g, STATES_3(float), job->hp.probe.scale); break;
         }
     } else {
         double *p = (double *)job->param + start;
         const double *g = (const double *)job->grad + start;
         switch (job->kind) {
-        case LRCORE_SGD:
-            lrcore_sgd_f64(count, p, g, OFF(job->state[0], double), &job->hp.sgd); break;
-        case LRCORE_ADAM:
-            lrcore_adam_f64(count, p, g, OFF(job->state[0], double), OFF(job->state[1], double),
-                            OFF(job->state[2], double), &job->hp.adam); break;
-        case LRCORE_ADAGRAD:
-            lrcore_adagrad_f64(count, p, g, OFF(job->state[0], double), &job->hp.adagrad); break;
-        case LRCORE_RMSPROP:
-            lrcore_rmsprop_f64(count, p, g, OFF(job->state[0], double), OFF(job->state[1], double),
-                               OFF(job->state[2], double), &job->hp.rmsprop); break;
-        case LRCORE_ADADELTA:
-            lrcore_adadelta_f64(count, p, g, OFF(job->state[0], double), OFF(job->state[1], double),
-                                &job->hp.adadelta); break;
+        LRCORE_RULES(CASE_F64)
         case LRCORE_PROBE:
-            probe_f64(count, p, g, OFF(job->state[0], double), OFF(job->state[1], double),
-                      OFF(job->state[2], double), job->hp.sgd.grad_scale); break;
+            probe_f64(count, p, g, STATES_3(double), job->hp.probe.scale); break;
         }
     }
 }

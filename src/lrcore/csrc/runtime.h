@@ -18,35 +18,9 @@
 
 #include <stddef.h>
 #include "lrcore.h"
-#include "lrcore_lowp.h"
 
-enum { LRCORE_SGD = 0, LRCORE_ADAM = 1, LRCORE_ADAGRAD = 2, LRCORE_RMSPROP = 3, LRCORE_ADADELTA = 4,
-       /* Bandwidth probe (bench only): param and each non-NULL state += grad. It reads and
-        * writes the same streams as an update rule with that many state buffers, with
-        * almost no arithmetic: the memory system's limit for that access pattern. */
-       LRCORE_PROBE = 5 };
-enum { LRCORE_F32 = 0, LRCORE_F64 = 1,
-       LRCORE_LOWP = 2 /* bfloat16/float16 buffers: element types in job->lowp */ };
-enum { LRCORE_ISA_BASELINE = 0, LRCORE_ISA_AVX2 = 1, LRCORE_ISA_AVX512 = 2 };
-
-typedef union {
-    lrcore_sgd_hp sgd;
-    lrcore_adam_hp adam;
-    lrcore_adagrad_hp adagrad;
-    lrcore_rmsprop_hp rmsprop;
-    lrcore_adadelta_hp adadelta;
-} lrcore_hp;
-
-typedef struct {
-    int kind;            /* LRCORE_SGD, ... */
-    int dtype;           /* LRCORE_F32, LRCORE_F64 or LRCORE_LOWP */
-    size_t n;            /* elements */
-    char *param;
-    const char *grad;
-    char *state[3];      /* kernel order; NULL where absent */
-    lrcore_hp hp;
-    lrcore_lowp lowp;    /* dtype LRCORE_LOWP: element types, rounding, stream (lrcore_lowp.h) */
-} lrcore_job;
+/* Kinds, element types, ISA levels, lrcore_hp and lrcore_job: see jobs.h. */
+#include "jobs.h"
 
 /* Run elements [start, start + count) of one job. */
 typedef void (*lrcore_range_fn)(const lrcore_job *job, size_t start, size_t count);

@@ -8,6 +8,7 @@ error seen by one rank before any data moves is shared with `agree`: one small a
 fixed-size status record, after which every rank raises.
 """
 import json
+import os
 import time
 
 import numpy as np
@@ -44,6 +45,15 @@ def mpi_type(dtype):
             np.dtype(np.uint8): MPI.BYTE, np.dtype(np.int64): MPI.INT64_T}[np.dtype(dtype)]
 
 
+def _yield():
+    """Give the CPU to another runnable thread, if any (sched_yield, not a timed sleep)."""
+    if _sched_yield is not None:
+        _sched_yield()
+    else:
+        time.sleep(0)
+
+
+_sched_yield = getattr(os, "sched_yield", None)
 _ABANDONED = []   # requests given up after a timeout, with their buffers: MPI may still write them
 
 
@@ -55,11 +65,11 @@ def wait(request, timeout, what, keep=None):
     if request.Test():
         return
     start = time.monotonic()
-    spins = 0
+    # Test() is what moves a non-blocking collective forward (MPICH has no progress thread
+    # by default), so poll it back to back as MPI's own Wait spins, but yield the CPU
+    # between tests (sched_yield: free when the core is ours, fair when ranks share cores)
     while not request.Test():
-        spins += 1
-        if spins > 64:   # a short spin, then sleep in steps that grow to 1 ms
-            time.sleep(min(1e-3, 2e-6 * (spins - 64)))
+        _yield()
         if time.monotonic() - start > timeout:
             _ABANDONED.append((request, keep))
             raise DistributedError(

@@ -15,11 +15,12 @@ import hashlib
 import json
 import math
 import numbers
+import threading
 
 import numpy as np
 
-from ._comm import DEFAULT_TIMEOUT, DistributedError, agree, allgather_bytes, import_mpi, \
-    mpi_type, wait
+from ._comm import DEFAULT_TIMEOUT, DistributedError, _yield, agree, allgather_bytes, \
+    import_mpi, mpi_type, wait
 from ._layout import Layout, block_sumsq
 
 __all__ = ["ShardedOptimizer"]
@@ -97,6 +98,11 @@ class ShardedOptimizer:
     bucket_elements: elements per communication bucket, all ranks together.
     timeout: seconds a rank waits for its peers in a collective before raising
         DistributedError (then the communicator is unusable: end the program).
+    overlap: while a bucket's kernel runs (it releases the GIL), a helper thread keeps
+        testing the collectives in flight (the next bucket's reduction, the previous one's
+        gather), since MPICH moves non-blocking collectives only inside MPI calls unless
+        it runs its own progress thread. Needs MPI_THREAD_MULTIPLE (mpi4py's default).
+        Off by default: on the 2-core machine of the README's figures it made steps slower.
     **hyperparameters: passed to optimizer_class (lr=..., betas=..., schedules).
 
     `step(grads, clip_norm=None, skip_nonfinite=False)` leaves every rank's params bitwise
@@ -107,7 +113,7 @@ class ShardedOptimizer:
 
     def __init__(self, params, optimizer_class, comm=None, *, average=True,
                  bucket_elements=DEFAULT_BUCKET_ELEMENTS, timeout=DEFAULT_TIMEOUT,
-                 **hyperparameters):
+                 overlap=False, **hyperparameters):
         MPI = import_mpi()
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
@@ -115,6 +121,7 @@ class ShardedOptimizer:
         self.timeout = DEFAULT_TIMEOUT
         self.optimizer_class = optimizer_class
         self.average = average
+        self.overlap = bool(overlap) and MPI.Query_thread() == MPI.THREAD_MULTIPLE
         error, signature = None, None
         try:
             if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
@@ -469,7 +476,11 @@ class ShardedOptimizer:
                 s = buckets[b].dtype.type(scale)
                 for g in grads_b:
                     np.multiply(g, s, out=g)
-            self._inner[b].step(grads_b)
+            live = list(pending.values())
+            if self.overlap and live:
+                self._step_driving(b, grads_b, live)
+            else:
+                self._inner[b].step(grads_b)
             start_gather(b)
             if b > 0:
                 finish_gather(b - 1)
@@ -514,6 +525,25 @@ class ShardedOptimizer:
                     pass
             raise
         return True
+
+    def _step_driving(self, b, grads_b, live):
+        """Bucket b's kernel, with a helper thread testing the requests in flight meanwhile
+        (the kernel releases the GIL; the main thread makes no MPI call until it is done)."""
+        MPI = import_mpi()
+        stop = threading.Event()
+
+        def drive():
+            while not stop.is_set():
+                if MPI.Request.Testall(live):
+                    return
+                _yield()
+        helper = threading.Thread(target=drive, daemon=True)
+        helper.start()
+        try:
+            self._inner[b].step(grads_b)
+        finally:
+            stop.set()
+            helper.join()
 
     def _global_norm(self, local_grads, MPI):
         """(L2 norm of the averaged grads, all finite), summed in the single-process order."""

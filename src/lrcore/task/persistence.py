@@ -31,8 +31,10 @@ def save(path, *, optimizer, params, loop, samples, position, order, state, meta
     """Write a task's pieces to ``path`` atomically (``loop``: {ParameterKey: value};
     ``position``: the loop's counters; ``order``: this epoch's sample order or None)."""
     sd, state_names, arrays = checkpoint.pack_optimizer(optimizer)
-    for p, q in zip(params, optimizer.params):
-        assert p is q, "the task's optimizer is built over the task's params"
+    if len(params) != len(optimizer.params) or any(
+            p is not q for p, q in zip(params, optimizer.params)):
+        raise ValueError("UpdateTask.save(): the optimizer must be built over the task's "
+                         "params, in the same order")
     for g, group in enumerate(sd["groups"]):
         for key, value in group["hyperparameters"].items():
             if isinstance(value, dict) and value.get("schedule") is None:

@@ -1,0 +1,145 @@
+/*
+ * jobs.h -- one kernel call as data, for the runtime and the Cython layer.
+ *
+ * A job names its update rule (`kind`, numbered in the order of LRCORE_RULES in
+ * lrcore.h), its element type, its buffers and its hyperparameters (the rule's
+ * lrcore_<rule>_hp in a union). lrcore_hp_fields describes each struct's fields
+ * by name, offset and type, so that _core.pyx packs hyperparameters by name with
+ * one generic packer; tests/test_kernels.py checks these descriptors against the
+ * table of rules (lrcore/rules.py).
+ */
+#ifndef LRCORE_JOBS_H
+#define LRCORE_JOBS_H
+
+#include <stddef.h>
+#include "lrcore.h"
+#include "lrcore_lowp.h"
+
+#define LRCORE__KIND(name, nstates) LRCORE_KIND_##name,
+enum { LRCORE_RULES(LRCORE__KIND) LRCORE_NKINDS,
+       /* Bandwidth probe (bench only): param and each non-NULL state += scale * grad. It
+        * reads and writes the same streams as an update rule with that many state
+        * buffers, with almost no arithmetic: the memory system's limit for that pattern. */
+       LRCORE_PROBE = 63 };
+#undef LRCORE__KIND
+enum { LRCORE_F32 = 0, LRCORE_F64 = 1,
+       LRCORE_LOWP = 2 /* bfloat16/float16 buffers: element types in job->lowp */ };
+enum { LRCORE_ISA_BASELINE = 0, LRCORE_ISA_AVX2 = 1, LRCORE_ISA_AVX512 = 2 };
+
+#define LRCORE__HP_MEMBER(name, nstates) lrcore_##name##_hp name;
+typedef union {
+    LRCORE_RULES(LRCORE__HP_MEMBER)
+    struct { double scale; } probe;
+} lrcore_hp;
+#undef LRCORE__HP_MEMBER
+
+typedef struct {
+    int kind;            /* LRCORE_KIND_<rule> or LRCORE_PROBE */
+    int dtype;           /* LRCORE_F32, LRCORE_F64 or LRCORE_LOWP */
+    size_t n;            /* elements */
+    char *param;
+    const char *grad;
+    char *state[3];      /* kernel order; NULL where absent */
+    lrcore_hp hp;
+    lrcore_lowp lowp;    /* dtype LRCORE_LOWP: element types, rounding, stream (lrcore_lowp.h) */
+} lrcore_job;
+
+/* ---- field descriptors ------------------------------------------------------------- */
+
+enum { LRCORE_FIELD_DOUBLE = 0, LRCORE_FIELD_INT64 = 1, LRCORE_FIELD_INT = 2 };
+
+typedef struct {
+    const char *name;
+    size_t offset;       /* bytes from the start of lrcore_hp */
+    int type;            /* LRCORE_FIELD_* */
+} lrcore_field;
+
+#define LRCORE__D(S, f) {#f, offsetof(S, f), LRCORE_FIELD_DOUBLE}
+#define LRCORE__I64(S, f) {#f, offsetof(S, f), LRCORE_FIELD_INT64}
+#define LRCORE__I(S, f) {#f, offsetof(S, f), LRCORE_FIELD_INT}
+
+/* Names of the rules, by kind. */
+static inline const char *lrcore_kind_name(int kind)
+{
+#define LRCORE__NAME(name, nstates) #name,
+    static const char *const names[] = { LRCORE_RULES(LRCORE__NAME) };
+#undef LRCORE__NAME
+    return kind >= 0 && kind < LRCORE_NKINDS ? names[kind] : 0;
+}
+
+/* Number of state buffers of a rule (its kernel's state arguments). */
+static inline int lrcore_kind_nstates(int kind)
+{
+#define LRCORE__NSTATES(name, nstates) nstates,
+    static const int counts[] = { LRCORE_RULES(LRCORE__NSTATES) };
+#undef LRCORE__NSTATES
+    return kind >= 0 && kind < LRCORE_NKINDS ? counts[kind] : 0;
+}
+
+/* The fields of a rule's hyperparameter struct, in declaration order. */
+static inline const lrcore_field *lrcore_hp_fields(int kind, size_t *count)
+{
+    static const lrcore_field sgd[] = {
+        LRCORE__D(lrcore_sgd_hp, lr), LRCORE__D(lrcore_sgd_hp, momentum),
+        LRCORE__D(lrcore_sgd_hp, dampening), LRCORE__D(lrcore_sgd_hp, weight_decay),
+        LRCORE__D(lrcore_sgd_hp, grad_scale), LRCORE__I64(lrcore_sgd_hp, step),
+        LRCORE__I(lrcore_sgd_hp, nesterov), LRCORE__I(lrcore_sgd_hp, maximize),
+        LRCORE__I(lrcore_sgd_hp, init_buffer)};
+    static const lrcore_field adam[] = {
+        LRCORE__D(lrcore_adam_hp, lr), LRCORE__D(lrcore_adam_hp, beta1),
+        LRCORE__D(lrcore_adam_hp, beta2), LRCORE__D(lrcore_adam_hp, eps),
+        LRCORE__D(lrcore_adam_hp, weight_decay), LRCORE__D(lrcore_adam_hp, grad_scale),
+        LRCORE__I64(lrcore_adam_hp, step), LRCORE__I(lrcore_adam_hp, decoupled_weight_decay),
+        LRCORE__I(lrcore_adam_hp, maximize)};
+    static const lrcore_field adagrad[] = {
+        LRCORE__D(lrcore_adagrad_hp, lr), LRCORE__D(lrcore_adagrad_hp, lr_decay),
+        LRCORE__D(lrcore_adagrad_hp, weight_decay), LRCORE__D(lrcore_adagrad_hp, eps),
+        LRCORE__D(lrcore_adagrad_hp, grad_scale), LRCORE__I64(lrcore_adagrad_hp, step),
+        LRCORE__I(lrcore_adagrad_hp, maximize)};
+    static const lrcore_field rmsprop[] = {
+        LRCORE__D(lrcore_rmsprop_hp, lr), LRCORE__D(lrcore_rmsprop_hp, alpha),
+        LRCORE__D(lrcore_rmsprop_hp, eps), LRCORE__D(lrcore_rmsprop_hp, weight_decay),
+        LRCORE__D(lrcore_rmsprop_hp, momentum), LRCORE__D(lrcore_rmsprop_hp, grad_scale),
+        LRCORE__I64(lrcore_rmsprop_hp, step), LRCORE__I(lrcore_rmsprop_hp, maximize)};
+    static const lrcore_field adadelta[] = {
+        LRCORE__D(lrcore_adadelta_hp, lr), LRCORE__D(lrcore_adadelta_hp, rho),
+        LRCORE__D(lrcore_adadelta_hp, eps), LRCORE__D(lrcore_adadelta_hp, weight_decay),
+        LRCORE__D(lrcore_adadelta_hp, grad_scale), LRCORE__I64(lrcore_adadelta_hp, step),
+        LRCORE__I(lrcore_adadelta_hp, maximize)};
+    static const lrcore_field adamax[] = {
+        LRCORE__D(lrcore_adamax_hp, lr), LRCORE__D(lrcore_adamax_hp, beta1),
+        LRCORE__D(lrcore_adamax_hp, beta2), LRCORE__D(lrcore_adamax_hp, eps),
+        LRCORE__D(lrcore_adamax_hp, weight_decay), LRCORE__D(lrcore_adamax_hp, grad_scale),
+        LRCORE__I64(lrcore_adamax_hp, step), LRCORE__I(lrcore_adamax_hp, maximize)};
+    static const lrcore_field nadam[] = {
+        LRCORE__D(lrcore_nadam_hp, lr), LRCORE__D(lrcore_nadam_hp, beta1),
+        LRCORE__D(lrcore_nadam_hp, beta2), LRCORE__D(lrcore_nadam_hp, eps),
+        LRCORE__D(lrcore_nadam_hp, weight_decay), LRCORE__D(lrcore_nadam_hp, momentum_decay),
+        LRCORE__D(lrcore_nadam_hp, mu_product), LRCORE__D(lrcore_nadam_hp, grad_scale),
+        LRCORE__I64(lrcore_nadam_hp, step), LRCORE__I(lrcore_nadam_hp, decoupled_weight_decay),
+        LRCORE__I(lrcore_nadam_hp, maximize)};
+    static const lrcore_field radam[] = {
+        LRCORE__D(lrcore_radam_hp, lr), LRCORE__D(lrcore_radam_hp, beta1),
+        LRCORE__D(lrcore_radam_hp, beta2), LRCORE__D(lrcore_radam_hp, eps),
+        LRCORE__D(lrcore_radam_hp, weight_decay), LRCORE__D(lrcore_radam_hp, grad_scale),
+        LRCORE__I64(lrcore_radam_hp, step), LRCORE__I(lrcore_radam_hp, decoupled_weight_decay),
+        LRCORE__I(lrcore_radam_hp, maximize)};
+    static const lrcore_field lion[] = {
+        LRCORE__D(lrcore_lion_hp, lr), LRCORE__D(lrcore_lion_hp, beta1),
+        LRCORE__D(lrcore_lion_hp, beta2), LRCORE__D(lrcore_lion_hp, weight_decay),
+        LRCORE__D(lrcore_lion_hp, grad_scale), LRCORE__I64(lrcore_lion_hp, step),
+        LRCORE__I(lrcore_lion_hp, maximize)};
+    switch (kind) {
+#define LRCORE__FIELDS(name, nstates) \
+    case LRCORE_KIND_##name: *count = sizeof name / sizeof name[0]; return name;
+    LRCORE_RULES(LRCORE__FIELDS)
+#undef LRCORE__FIELDS
+    default: *count = 0; return 0;
+    }
+}
+
+#undef LRCORE__D
+#undef LRCORE__I64
+#undef LRCORE__I
+
+#endif
