@@ -70,7 +70,7 @@ def test_native_equals_twin(isa, force_threads, index):
     for li, layout in enumerate(LAYOUTS):
         rounding = ("nearest", "stochastic")[(index + li) % 2]
         rng = np.random.default_rng(index * 10 + li)
-        n = 1024 + 37          # two tiles, the last partial; not a multiple of a vector width
+        n = 1024 + 37          # three tiles of 512, the last partial; no multiple of a vector width
         bufs = _make(rng, spec, case, layout, n)
         want = _copy(bufs)
         one, many = _copy(bufs), _copy(bufs)
@@ -84,7 +84,7 @@ def test_native_equals_twin(isa, force_threads, index):
         assert not np.array_equal(one[0].view(np.uint8), bufs[0].view(np.uint8)), layout
 
 
-@pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 31, 33, 63, 65, 1023, 1024, 1025])
+@pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 31, 33, 63, 65, 511, 512, 513, 1025])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "-".join(l))
 def test_sizes_around_vector_and_tile_widths(isa, n, layout):
     spec = registry.spec("adam")

@@ -44,11 +44,11 @@ typedef struct {
 } lrcore_lowp;
 
 #ifndef LRCORE_LOWP_TILE
-#define LRCORE_LOWP_TILE 1024   /* elements per float32 tile; 5 tiles stay in L1 */
+#define LRCORE_LOWP_TILE 512    /* elements per float32 tile: 5 tiles take 10 KiB of L1 */
 #endif
 
 #ifndef LRCORE_LOWP_AHEAD
-#define LRCORE_LOWP_AHEAD 4096  /* bytes prefetched ahead per stream, on calls past LRCORE_PREFETCH_MIN_BYTES */
+#define LRCORE_LOWP_AHEAD 2048  /* bytes prefetched ahead per stream, on calls past LRCORE_PREFETCH_MIN_BYTES */
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
