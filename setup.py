@@ -32,8 +32,12 @@ if IS_X86_64:
                            "-mavx2", "-mfma", "-mprefer-vector-width=512"]
 
 
+# The per-instruction-set source of each extension (lrcore._q8: the 8-bit kernels, issue 13).
+ISA_SOURCES = {"lrcore._core": "kernels_isa.c", "lrcore._q8": "q8_isa.c"}
+
+
 class BuildExt(build_ext):
-    """Compile kernels_isa.c once per instruction set, then the extension."""
+    """Compile each ISA_SOURCES file once per instruction set, then the extensions."""
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
@@ -41,12 +45,12 @@ class BuildExt(build_ext):
                              "and the instruction-set builds GCC/Clang flags); build with GCC or "
                              "Clang, e.g. under WSL or MSYS2")
         for ext in self.extensions:
-            if ext.name != "lrcore._core":
+            if ext.name not in ISA_SOURCES:
                 continue
             objects = []
             for name, flags in ISA_FLAGS.items():
                 objects += self.compiler.compile(
-                    [os.path.join(NATIVE, "kernels_isa.c")],
+                    [os.path.join(NATIVE, ISA_SOURCES[ext.name])],
                     output_dir=os.path.join(self.build_temp, "isa_" + name),
                     include_dirs=[NATIVE, INCLUDE],
                     macros=[("LRCORE_ISA_NAME", name)],
@@ -62,6 +66,18 @@ extensions = [
         "lrcore._core",
         sources=["src/lrcore/_core.pyx", os.path.join(NATIVE, "runtime.c"),
                  os.path.join(NATIVE, "pool.c")],
+        include_dirs=[NATIVE, INCLUDE, np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=COMMON + ["-pthread"],
+        extra_link_args=["-pthread"],
+    ),
+    Extension(
+        "lrcore._q8",
+        sources=["src/lrcore/_q8.pyx", os.path.join(NATIVE, "pool.c")],
+        # relink when the per-ISA objects' sources change (they are extra_objects)
+        depends=[os.path.join(NATIVE, "q8_isa.c"), os.path.join(NATIVE, "q8_jobs.h"),
+                 os.path.join(INCLUDE, "lrcore_q8.h"), os.path.join(INCLUDE, "lrcore.h"),
+                 os.path.join(INCLUDE, "lrcore_body.h")],
         include_dirs=[NATIVE, INCLUDE, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMMON + ["-pthread"],

@@ -63,6 +63,26 @@ def _noncontig(b, key):
     return a
 
 
+def _misaligned(b, key):
+    """The same values in a buffer one byte off the element size (a uint8 view)."""
+    raw = np.zeros(b[key].nbytes + 1, np.uint8)[1:]
+    a = raw.view(b[key].dtype)
+    a[...] = b[key]
+    assert not a.flags.aligned
+    b[key] = a
+    return a
+
+
+def _lion(b, **kw):
+    return ("lion", [b["param"], b["grad"], kw.pop("exp_avg", b["s0"])],
+            dict(dict(lr=1e-4, step=1), **kw))
+
+
+def _nadam(b, **kw):
+    return ("nadam", [b["param"], b["grad"], b["s0"], kw.pop("exp_avg_sq", b["s1"])],
+            dict(dict(lr=1e-3, step=1), **kw))
+
+
 def _readonly(b, key):
     b[key].flags.writeable = False
     return b[key]
@@ -127,6 +147,16 @@ TABLE = [
     ("rmsprop-grad_avg-is-square_avg", lambda b: _rmsprop(b, grad_avg=b["s0"]), ValueError, "grad_avg"),
     ("adadelta-rho", lambda b: _adadelta(b, rho=1.5), ValueError, "rho"),
     ("adadelta-acc-readonly", lambda b: _adadelta(b, acc_delta=_readonly(b, "s1")), ValueError, "acc_delta"),
+    ("param-misaligned", lambda b: _adam(b, param=_misaligned(b, "param")), ValueError, "param"),
+    ("grad-misaligned", lambda b: _adam(b, grad=_misaligned(b, "grad")), ValueError, "grad"),
+    ("state-misaligned", lambda b: _adam(b, exp_avg_sq=_misaligned(b, "s1")), ValueError, "exp_avg_sq"),
+    ("lr-huge-int", lambda b: _adam(b, lr=10 ** 400), ValueError, "lr"),
+    ("weight_decay-huge-int", lambda b: _sgd(b, weight_decay=-10 ** 400), ValueError, "weight_decay"),
+    ("lion-beta1", lambda b: _lion(b, beta1=1.5), ValueError, "beta1"),
+    ("lion-state-None", lambda b: _lion(b, exp_avg=None), TypeError, "exp_avg"),
+    ("nadam-momentum_decay", lambda b: _nadam(b, momentum_decay=-1.0), ValueError, "momentum_decay"),
+    ("nadam-state-size", lambda b: _nadam(b, exp_avg_sq=np.zeros(N + 2, np.float32)), ValueError,
+     "exp_avg_sq"),
 ]
 
 
@@ -169,3 +199,48 @@ def test_nonfinite_grad_is_not_an_input_error(backend):
     p = np.ones(4)
     backend.sgd(p, np.array([np.inf, np.nan, 1.0, 0.0]), lr=0.1, step=1)
     assert np.isinf(p[0]) and np.isnan(p[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_integer_message_is_short(backend):
+    b = _buffers()
+    with pytest.raises(ValueError) as info:
+        backend.adam(b["param"], b["grad"], b["s0"], b["s1"], lr=10 ** 400, step=1)
+    assert "lr" in str(info.value) and len(str(info.value)) < 120, str(info.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind,hp,slot", [("sgd", dict(momentum=0.9), 0),
+                                          ("rmsprop", dict(momentum=0.5), 1)])
+def test_step_plan_without_a_needed_buffer_is_an_error(backend, kind, hp, slot):
+    """A group with momentum > 0 over a param that has no momentum buffer: the same clear
+    error on both backends (the compiled plan used to dereference NULL), nothing changed."""
+    rng = np.random.default_rng(2)
+    params = [rng.uniform(0.5, 1.5, 9), rng.uniform(0.5, 1.5, 5)]
+    states = [[None, None, None], [None, None, None]]
+    if kind == "rmsprop":
+        for st, p in zip(states, params):
+            st[0] = np.zeros_like(p)
+    states[0][slot] = np.zeros_like(params[0])       # params[1] has none
+    plan = backend.StepPlan(kind, params, states, [0, 0])
+    before = [p.copy() for p in params]
+    grads = [np.ones_like(p) for p in params]
+    with pytest.raises(ValueError, match=r"params\[1\] has no momentum_buffer.*momentum > 0"):
+        plan.run(grads, [dict(lr=0.1, step=2, **hp)])
+    for p, p0 in zip(params, before):
+        np.testing.assert_array_equal(p, p0)
+    plan.run(grads, [dict(lr=0.1, step=2)])            # momentum 0: no buffer needed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_plan_checks_alignment_and_huge_integers(backend):
+    b = _buffers(np.float64)
+    with pytest.raises(ValueError, match="params\\[0\\] is not aligned"):
+        backend.StepPlan("sgd", [_misaligned(b, "param")], [[None, None, None]], [0])
+    p = np.ones(4)
+    plan = backend.StepPlan("sgd", [p], [[None, None, None]], [0])
+    with pytest.raises(ValueError, match="lr"):
+        plan.run([np.ones(4)], [dict(lr=10 ** 400, step=1)])
+    with pytest.raises(TypeError, match="dict by name"):
+        plan.run([np.ones(4)], [(0.1, 0.0, 0.0, 0.0, False, False, 1)])
+    np.testing.assert_array_equal(p, np.ones(4))

@@ -824,6 +824,9 @@ def test_non_contiguous_and_foreign_destinations(saved):
     view = buf[::2]                                   # not contiguous: goes through a copy
     lrcore.load(path, target, params={"ema": view})
     assert view.tolist() == list(np.arange(5.0)) and buf[1::2].tolist() == [-1.0] * 5
+    swapped = np.zeros(5, ">f8")                      # other byte order: converted on copy
+    lrcore.load(path, target, params={"ema": swapped})
+    assert swapped.tolist() == list(np.arange(5.0))
     with pytest.raises(checkpoint.CheckpointError, match="not a numpy array"):
         lrcore.load(path, target, params={"ema": [0.0] * 5})
     with pytest.raises(TypeError, match="optimizer must be an lrcore Optimizer"):
@@ -1035,7 +1038,8 @@ def _try_load(blob, original):
     return True
 
 
-_FUZZ_SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
+_FUZZ_SETTINGS = settings(max_examples=int(os.environ.get("LRCORE_FUZZ_EXAMPLES", "300")),
+                          deadline=None, derandomize=True,
                           suppress_health_check=list(HealthCheck))
 
 

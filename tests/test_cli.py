@@ -191,6 +191,7 @@ def test_progress_bar_with_and_without_tqdm(capsys, monkeypatch):
     (["--weight-decay=-inf"], "--weight-decay must be a finite number >= 0, got -inf"),
     (["--beta2", "inf"], "--beta2 must be in [0, 1), got inf"),
     (["--resume", "{tmp_path}"], "is a directory; expected a checkpoint file"),
+    (["--save", "{tmp_path}"], "is a directory; expected a file name"),
     (["--data", "{text_npz}"], "is not a numpy .npz archive (a zip file written by numpy"),
     (["--plot", "{tmp_path}"], "is a directory; expected a file name"),
     (["--plot", "{tmp_path}/curves"], "has no extension to choose the image format by"),

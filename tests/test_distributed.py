@@ -47,7 +47,9 @@ def run(n, *args, timeout=240):
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_every_rule_bitwise_against_one_process(world):
-    out = run(world, SCRIPT, "rules")
+    # every rule on every world size; the table's option variants too, except on 4 ranks
+    # (4 processes on CI's 2 cores are slow; the variants run on 1, 2 and 3)
+    out = run(world, SCRIPT, "rules" if world < 4 else "rules-defaults")
     assert "runs bitwise on" in out, out
     assert "FAIL" not in out
 
@@ -156,3 +158,68 @@ def test_train_distributed_error_on_one_rank_ends_every_rank(mode, world):
         pytest.skip("lrcore train has no --distributed hook")
     out = run(world, TRAIN, mode)
     assert f"RESULT {mode} one message" in out, out
+
+
+def test_readme_distributed_example_runs(tmp_path, monkeypatch):
+    """The README's Distributed example, as one rank (plain python is an MPI singleton)."""
+    import re
+    readme = open(os.path.join(HERE, "..", "README.md"), encoding="utf-8").read()
+    match = re.search(r"## Distributed.*?```python\n(.*?)```", readme, re.S)
+    if match is None:
+        pytest.skip("README has no Distributed section yet")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(match.group(1), "README Distributed", "exec"), scope)
+    assert scope["opt"].step_count == 1
+    assert sorted(os.listdir(tmp_path))[0] == "ckpt.lrc" and len(os.listdir(tmp_path)) == 2
+
+
+def test_bad_input_names_the_argument_and_changes_nothing():
+    """One rank (an MPI singleton): construction and step() refuse bad input with the
+    argument's name, before anything is modified."""
+    import lrcore
+    from lrcore.distributed import ShardedOptimizer
+    a = np.arange(40, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+        ShardedOptimizer([a, a[10:20]], lrcore.Adam)
+    with pytest.raises(TypeError, match=r"params\[1\] must have dtype"):
+        ShardedOptimizer([a, np.zeros(3, np.int32)], lrcore.Adam)
+    with pytest.raises(ValueError, match="bucket_elements"):
+        ShardedOptimizer([a], lrcore.Adam, bucket_elements=0)
+    with pytest.raises(ValueError, match="timeout"):
+        ShardedOptimizer([a], lrcore.Adam, timeout=float("inf"))
+    with pytest.raises(TypeError, match="optimizer_class"):
+        ShardedOptimizer([a], "adam")
+    p = [np.linspace(-1, 1, 50).astype(np.float32), np.ones((2, 3))]
+    opt = ShardedOptimizer(p, lrcore.Adam, lr=0.1)
+    before = [x.copy() for x in p]
+    for grads, kind, text in (
+            ([np.ones(50, np.float32)], ValueError, "got 1 grads for 2 params"),
+            ([np.ones(50, np.float32), np.ones((3, 2))], ValueError, r"grads\[1\] is float64 \(3, 2\)"),
+            ([np.ones(50, np.float64), np.ones((2, 3))], ValueError, r"grads\[0\] is float64"),
+            ([np.ones(50, np.float32), [1.0] * 6], TypeError, r"grads\[1\] must be a numpy")):
+        with pytest.raises(kind, match=text):
+            opt.step(grads)
+    with pytest.raises(ValueError, match="clip_norm"):
+        opt.step([np.ones(50, np.float32), np.ones((2, 3))], clip_norm=-1.0)
+    for x, y in zip(p, before):
+        np.testing.assert_array_equal(x, y)
+    assert opt.step_count == 0
+    with pytest.raises(ValueError, match="root"):
+        opt.consolidated_state_dict(root=1)
+
+
+def test_train_distributed_without_mpi4py_is_one_line(monkeypatch):
+    import argparse
+    import builtins
+    from lrcore.cli import CLIError
+    from lrcore.distributed import train as dtrain
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("mpi4py"):
+            raise ImportError("No module named 'mpi4py'")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(CLIError, match=r'--distributed: .*pip install "lrcore\[mpi\]"'):
+        dtrain.run(argparse.Namespace())

@@ -483,3 +483,13 @@ def test_reexports():
     for name in ("UpdateTask", "ParameterKey", "Event", "ProgressHandlers", "TaskState",
                  "MetricKey"):
         assert getattr(lrcore, name) is getattr(lrcore.task, name)
+
+
+def test_every_optimizer_of_the_table_can_run_a_task():
+    from lrcore import rules
+    from lrcore.task import OPTIMIZERS
+    assert set(OPTIMIZERS) == set(rules.PRESETS)
+    for name, cls in OPTIMIZERS.items():
+        task = run_task(name, {K.LEARNING_RATE: rules.PRESETS[name].cli_lr, K.EPOCHS: 2})
+        assert task.resume() is TaskState.COMPLETED and type(task.optimizer) is cls
+        assert task.step_count > 0

@@ -8,14 +8,15 @@ import os as _os
 
 from . import backend, kernels, reference, schedules
 from .checkpoint import CheckpointError, load, save
-from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam,
+                    RMSprop)
 from .task import Event, MetricKey, ParameterKey, ProgressHandlers, TaskState, UpdateTask
 
 __version__ = "0.1.0"
 
 __all__ = ["kernels", "reference", "schedules", "backend", "isa", "available_isas",
            "num_threads", "get_include", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop",
-           "Adadelta", "Optimizer", "save", "load", "CheckpointError", "__version__",
+           "Adadelta", "Adamax", "NAdam", "RAdam", "Lion", "Optimizer", "save", "load", "CheckpointError", "__version__",
            "UpdateTask", "ParameterKey", "Event", "ProgressHandlers", "TaskState", "MetricKey"]
 
 

@@ -326,6 +326,8 @@ cdef int _buffers(str fn, lrcore_job *job, list names, list objs, list writeable
 
 cdef dict _KIND = {}        # rule name -> kind id
 cdef dict _FIELDS = {}      # rule name -> tuple of (name, offset, type)
+cdef dict _NAMES = {}       # rule name -> tuple of field names
+cdef object _MISSING = object()
 
 
 def _load_descriptors():
@@ -336,6 +338,7 @@ def _load_descriptors():
         f = lrcore_hp_fields(kind, &count)
         _KIND[name] = kind
         _FIELDS[name] = tuple((f[i].name.decode(), f[i].offset, f[i].type) for i in range(count))
+        _NAMES[name] = tuple(field[0] for field in _FIELDS[name])
 
 
 _load_descriptors()
@@ -354,31 +357,50 @@ def kinds():
 
 cdef int _pack(str rule, dict hp, double grad_scale, lrcore_hp *out) except -1:
     """Write the hyperparameters `hp` (by name; `grad_scale` from the argument) into the
-    rule's struct in `out`. Values are checked by the caller (lrcore._validate); a value
-    that does not fit its C type is still an error naming the field."""
+    rule's struct in `out`, field by field from the C descriptors. Values are checked by
+    the caller (lrcore._validate); a value that does not fit its C type is still an error
+    naming the field."""
+    cdef size_t count, i
+    cdef const lrcore_field *f = lrcore_hp_fields(_KIND[rule], &count)
+    cdef tuple names = <tuple>_NAMES[rule]
     cdef char *base = <char *>out
-    cdef Py_ssize_t off
-    cdef int t
     memset(out, 0, sizeof(lrcore_hp))
-    for name, off, t in <tuple>_FIELDS[rule]:
+    for i in range(count):
+        name = names[i]
         if name == "grad_scale":
             x = grad_scale
         else:
-            try:
-                x = hp[name]
-            except KeyError:
-                raise ValueError(f"step(): no value for the hyperparameter {name!r} of {rule}") from None
+            x = hp.get(name, _MISSING)
+            if x is _MISSING:
+                raise ValueError(f"step(): no value for the hyperparameter {name!r} of {rule}")
         try:
-            if t == LRCORE_FIELD_DOUBLE:
-                (<double *>(base + off))[0] = x if PyFloat_CheckExact(x) else float(x)
-            elif t == LRCORE_FIELD_INT64:
-                (<int64_t *>(base + off))[0] = x
+            if f[i].type == LRCORE_FIELD_DOUBLE:
+                (<double *>(base + f[i].offset))[0] = x
+            elif f[i].type == LRCORE_FIELD_INT64:
+                (<int64_t *>(base + f[i].offset))[0] = x
             else:
-                (<int *>(base + off))[0] = 1 if x else 0
+                (<int *>(base + f[i].offset))[0] = 1 if x else 0
         except OverflowError:
             raise ValueError(f"step(): {name} of {rule} is out of range for a C "
-                             f"{'double' if t == LRCORE_FIELD_DOUBLE else 'int64'}") from None
+                             f"{'double' if f[i].type == LRCORE_FIELD_DOUBLE else 'int64'}") from None
     return 0
+
+
+cdef dict _CALL_INFO = {}    # rule name -> (buffer names, writeable flags, state switches)
+
+
+cdef tuple _call_info(rule):
+    """Per rule, once: the buffer names for messages, which buffers are written, and for
+    each state the hyperparameter that switches it off at 0 (momentum), else None."""
+    info = _CALL_INFO.get(rule.name)
+    if info is None:
+        options = {o.name for o in rule.options}
+        info = (["param", "grad"] + [st.name for st in rule.states],
+                [True, False] + [True] * len(rule.states),
+                tuple(None if st.when is None or st.when in options else st.when
+                      for st in rule.states))
+        _CALL_INFO[rule.name] = info
+    return info
 
 
 def run_kernel(rule, tuple buffers, dict hp, num_threads):
@@ -389,10 +411,10 @@ def run_kernel(rule, tuple buffers, dict hp, num_threads):
     memset(&job, 0, sizeof(job))
     job.kind = _KIND[fn]
     cdef int nt = _threads(fn, num_threads)
-    names = ["param", "grad"] + [st.name for st in rule.states]
+    names, writeable, switches = _call_info(rule)
     objs = list(buffers)
     arrays = []
-    _buffers(fn, &job, names, objs, [True, False] + [True] * (len(objs) - 2), arrays)
+    _buffers(fn, &job, names, objs, writeable, arrays)
     _pack(fn, hp, 1.0, &job.hp)
     job.param = _ptr(arrays[0])
     job.grad = _ptr(arrays[1])
@@ -400,9 +422,9 @@ def run_kernel(rule, tuple buffers, dict hp, num_threads):
     for i in range(len(objs) - 2):
         if objs[2 + i] is None:
             continue
-        st = rule.states[i]
+        switch = switches[i]
         # a state switched off by its hyperparameter (momentum = 0) is NULL for the kernel
-        if not (st.when is not None and st.when in hp and not (hp[st.when] > 0.0)):
+        if switch is None or hp[switch] > 0.0:
             job.state[i] = _ptr(arrays[k])
         k += 1
     _run(&job, nt)
@@ -562,8 +584,8 @@ cdef class StepPlan:
     def run(self, list grads, list group_hps, double grad_scale=1.0, num_threads=None,
             bint grads_checked=False):
         """Apply one step. group_hps[g] is a dict of group g's hyperparameters by name (the
-        fields of the rule in lrcore.rules, derived ones optional; legacy positional
-        tuples are still read until every caller passes dicts)."""
+        fields of the rule in lrcore.rules; derived ones and those at their default may be
+        left out)."""
         if not grads_checked or self.grads is None or len(grads) != len(self.grads) \
                 or any(a is not b for a, b in zip(grads, self.grads)):
             self._set_grads(grads)

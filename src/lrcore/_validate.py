@@ -9,6 +9,7 @@ checks themselves (`buffers` below for the numpy backend, `_buffers` in _core.py
 compiled one) agree check for check and message for message; tests/test_bad_input.py
 holds both to one table.
 """
+import math
 import numbers
 
 import numpy as np
@@ -26,38 +27,30 @@ THREADS_MAX = 4096
 # Hyperparameters
 # ---------------------------------------------------------------------------
 
-def _derived_init_buffer(hp):
-    return hp["step"] <= 1
-
-
 def nadam_mu_product(beta1, momentum_decay, step):
-    """mu_1 * ... * mu_step in double, multiplied in torch's order (O(step); optimizers keep
-    the running product instead). Stops early once the product is 0."""
-    prod = 1.0
+    """mu_1 * ... * mu_step as torch.optim.NAdam keeps it: a float32 running product (a
+    scalar tensor of torch's default dtype), mu_t formed in double then rounded. O(step):
+    optimizers keep the running product instead. Stops once the product is 0."""
+    prod = np.float32(1.0)
     for t in range(1, step + 1):
-        prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        prod = prod * np.float32(beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay)))
         if prod == 0.0:
             break
-    return prod
+    return float(prod)
 
 
-def _derived_mu_product(hp):
-    return nadam_mu_product(hp["beta1"], hp["momentum_decay"], hp["step"])
+# Fields a caller may leave as None: their value, as an expression of the other (checked)
+# fields. init_buffer: torch's first momentum step is the first step.
+DERIVED = {("sgd", "init_buffer"): "step <= 1",
+           ("nadam", "mu_product"): "_nadam_mu_product(beta1, momentum_decay, step)"}
 
+# Checks that involve several hyperparameters of one rule: (condition, message), both
+# evaluated over the checked values.
+CONSTRAINTS = {"sgd": [("nesterov and (momentum <= 0.0 or dampening != 0.0)",
+                        "nesterov requires momentum > 0 and dampening = 0, got "
+                        "momentum={momentum!r}, dampening={dampening!r}")]}
 
-# fields a caller may leave as None: their value follows from the others
-DERIVED = {("sgd", "init_buffer"): _derived_init_buffer,
-           ("nadam", "mu_product"): _derived_mu_product}
-
-
-def _nesterov(fn, hp):
-    if hp["nesterov"] and (hp["momentum"] <= 0.0 or hp["dampening"] != 0.0):
-        raise ValueError(f"{fn}(): nesterov requires momentum > 0 and dampening = 0, got "
-                         f"momentum={hp['momentum']!r}, dampening={hp['dampening']!r}")
-
-
-# checks that involve several hyperparameters of one rule
-CONSTRAINTS = {"sgd": (_nesterov,)}
+_EVAL = {"_nadam_mu_product": nadam_mu_product}
 
 
 def check_hypers(rule, hp, fn=None):
@@ -81,9 +74,10 @@ def check_hypers(rule, hp, fn=None):
             hp[h.name] = check_real(where, h.name, x, h.range)
     for h in rule.hypers:
         if h.public and hp[h.name] is None:
-            hp[h.name] = DERIVED[(rule.name, h.name)](hp)
-    for constraint in CONSTRAINTS.get(rule.name, ()):
-        constraint(fn, hp)
+            hp[h.name] = eval(DERIVED[(rule.name, h.name)], dict(_EVAL), hp)  # noqa: S307
+    for condition, message in CONSTRAINTS.get(rule.name, ()):
+        if eval(condition, {}, hp):   # noqa: S307 - expressions of this module only
+            raise ValueError(f"{fn}(): " + message.format(**hp))
     return hp
 
 
@@ -110,45 +104,62 @@ def threads(fn, x):
 
 
 def _kernel_source(rule):
-    """Source of the public function of `rule`: a real signature (help(), inspect, IDEs)."""
+    """Source of the public function of `rule`, generated from its row: a real signature
+    (help(), inspect, IDEs) and the table's checks written out, so that a valid call costs
+    a comparison per argument. Anything unusual (a non-float, a value out of range, a
+    derived field left as None) goes to the generic check, which converts or raises."""
+    fn = rule.name
     params, optional = ["param", "grad"], False
     for s in rule.states:
         optional = optional or s.when is not None
         params.append(f"{s.name}=None" if optional else s.name)
-    kw = []
-    for h in rule.hypers:
-        if not h.public:
+    public = [h for h in rule.hypers if h.public]
+    kw = [h.name if h.name in ("lr", "step") else f"{h.name}={h.default!r}"  # lr, step explicit
+          for h in sorted(public, key=lambda h: h.name not in ("lr", "step"))]
+    body = ["if type(step) is not int or not 1 <= step <= _STEP_MAX: "   # derivations use it
+            "step = _check_step(_where, step)"]
+    for i, h in enumerate(rule.hypers):
+        if not h.public or h.name == "step":
             continue
-        if h.name in ("lr", "step"):   # always passed explicitly to a kernel
-            kw.append(h.name)
+        derived = (fn, h.name) in DERIVED
+        if h.ctype == "int":
+            if derived:
+                body.append(f"if {h.name} is None: {h.name} = {DERIVED[(fn, h.name)]}")
+            body.append(f"{h.name} = True if {h.name} else False")
         else:
-            kw.append(f"{h.name}={h.default!r}")
-    kw.sort(key=lambda k: (k.split("=")[0] not in ("lr", "step"), 0))  # lr, step first
-    names = [h.name for h in rule.hypers if h.public]
-    hp = ", ".join(f"{n!r}: {n}" for n in names)
+            r = h.range
+            test = f"_lo{i} <= {h.name} {'<' if r.hi_open or r.hi == math.inf else '<='} _hi{i}"
+            fix = f"_check_real(_where, {h.name!r}, {h.name}, _rng{i})"
+            if derived:   # from fields before it in the struct, already checked
+                body.append(f"if {h.name} is None: {h.name} = {DERIVED[(fn, h.name)]}")
+            body.append(f"if type({h.name}) is not float or not {test}: {h.name} = {fix}")
+    for condition, message in CONSTRAINTS.get(fn, ()):
+        body.append(f"if {condition}: raise ValueError({fn + '(): '!r} + {message!r}.format("
+                    f"**locals()))")
+    body.append("if num_threads is not None: num_threads = threads(_fn, num_threads)")
+    for i, s in enumerate(rule.states):
+        if s.when is None:
+            body.append(f"if {s.name} is None: raise TypeError("
+                        f"{fn + '(): ' + s.name + ' must be a numpy.ndarray, got NoneType'!r})")
+        elif not any(o.name == s.when for o in rule.options):
+            body.append(f"if {s.when} > 0.0 and {s.name} is None: raise ValueError("
+                        f"{fn + '(): ' + s.name + ' is required when ' + s.when + ' > 0'!r})")
+    hp = ", ".join(f"{h.name!r}: {h.name}" for h in public)
     states = ", ".join(s.name for s in rule.states)
-    return (f"def {rule.name}({', '.join(params)}, *, {', '.join(kw)}, num_threads=None):\n"
-            f"    return _front(_rule, (param, grad, {states},), {{{hp}}}, num_threads, _run)\n")
-
-
-def _front(rule, buffers, hp, num_threads, run):
-    fn = rule.name
-    check_hypers(rule, hp)
-    nt = threads(fn, num_threads)
-    for slot in required_slots(rule, hp):
-        if buffers[2 + slot] is None:
-            s = rule.states[slot]
-            raise ValueError(f"{fn}(): {s.name} is required when {s.when} > 0")
-    for s, x in zip(rule.states, buffers[2:]):
-        if s.when is None and x is None:
-            raise TypeError(f"{fn}(): {s.name} must be a numpy.ndarray, got NoneType")
-    run(rule, buffers, hp, nt)
+    body.append(f"_run(_rule, (param, grad, {states},), {{{hp}}}, num_threads)")
+    return (f"def {fn}({', '.join(params)}, *, {', '.join(kw)}, num_threads=None):\n"
+            + "".join(f"    {line}\n" for line in body))
 
 
 def make_kernel(rule, run, doc=None):
     """The public kernel function of `rule` over a backend's `run(rule, buffers, hp,
     num_threads)`; `buffers` is (param, grad, *states) with None for absent states."""
-    namespace = {"_front": _front, "_rule": rule, "_run": run}
+    namespace = {"_rule": rule, "_run": run, "_fn": rule.name, "_where": f"{rule.name}()",
+                 "_STEP_MAX": STEP_MAX, "_check_step": check_step, "_check_real": check_real,
+                 "threads": threads, **_EVAL}
+    for i, h in enumerate(rule.hypers):
+        if h.range is not None:
+            namespace.update({f"_lo{i}": h.range.lo, f"_hi{i}": h.range.hi, f"_rng{i}": h.range})
     exec(_kernel_source(rule), namespace)   # noqa: S102 - source built from the table only
     f = namespace[rule.name]
     f.__doc__ = doc
@@ -161,31 +172,15 @@ def make_kernel(rule, run, doc=None):
 # StepPlan hyperparameters: a dict per group, by name
 # ---------------------------------------------------------------------------
 
-# The positional tuples StepPlan.run accepted before the table (kept until lrcore.optim,
-# lrcore.torch and the task pass dicts).
-_LEGACY_ORDER = {
-    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "step"),
-    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
-             "maximize", "step"),
-    "adagrad": ("lr", "lr_decay", "weight_decay", "eps", "maximize", "step"),
-    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "maximize", "step"),
-    "adadelta": ("lr", "rho", "eps", "weight_decay", "maximize", "step"),
-}
-
-
 def plan_hypers(rule, group_hps):
     """Each group's hyperparameters as a complete dict of the rule's public fields (derived
-    ones filled in); a group given as a legacy tuple is read in its old order."""
+    ones filled in, defaults from the table for the others)."""
     out = []
     for g, hp in enumerate(group_hps):
         if not isinstance(hp, dict):
-            order = _LEGACY_ORDER.get(rule.name)
-            if order is None or len(hp) != len(order):
-                raise TypeError(f"step(): hyperparameters of group {g} must be a dict by name, "
-                                f"got {type(hp).__name__}")
-            hp = dict(zip(order, hp))
-        else:
-            hp = dict(hp)
+            raise TypeError(f"step(): hyperparameters of group {g} must be a dict by name, "
+                            f"got {type(hp).__name__}")
+        hp = dict(hp)
         for h in rule.hypers:
             if not h.public:
                 continue
@@ -195,7 +190,7 @@ def plan_hypers(rule, group_hps):
                 hp[h.name] = h.default
         for h in rule.hypers:
             if h.public and hp[h.name] is None:
-                hp[h.name] = DERIVED[(rule.name, h.name)](hp)
+                hp[h.name] = eval(DERIVED[(rule.name, h.name)], dict(_EVAL), hp)  # noqa: S307
         for name, x in hp.items():   # a huge int is an error naming it, not an OverflowError
             if type(x) is int and not -2 ** 1023 < x < 2 ** 1023:
                 raise ValueError(f"step(): {name} of group {g} is out of range, got an integer "

@@ -109,7 +109,15 @@ def _bytes_of(a):
 
 
 def _host_tag():
-    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+    """8 hex digits naming this machine and pid namespace: the pid in a temporary file's
+    name is checked only where it means the same process (not across hosts sharing a
+    file system, nor across containers sharing a host)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError):
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{ns}".encode("utf-8", "replace")
+                          ).hexdigest()[:8]
 
 
 def _pid_alive(pid):

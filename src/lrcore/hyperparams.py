@@ -7,7 +7,8 @@ nowhere else, against the range the table of update rules (:mod:`lrcore.rules`) 
 Design (optax's ``inject_hyperparams``): callers keep their own containers (an
 optimizer's groups, torch's ``param_groups``, the task's parameters) and ask this module to
 ``check`` a value when it is set, ``resolve`` it at a step, ``kernel_values`` for a whole
-group (by name, in the rule's C-struct order, with SGD's ``init_buffer`` flag explicit),
+group (by name, in the rule's C-struct order, with SGD's ``init_buffer`` flag explicit: the
+dict StepPlan.run takes),
 ``report`` a metric to ReduceOnPlateau schedules, and turn schedules into plain data and
 back (``to_data`` / ``from_data``) for state dicts and files. Every message has one form:
 ``"<owner>: <name> must be <range>, got <value>"``.
@@ -18,7 +19,7 @@ from . import rules
 from .schedules import ReduceOnPlateau, Schedule
 
 __all__ = ["range_of", "is_scalar_tensor", "check", "resolve", "kernel_values", "report",
-           "schedules_in", "to_data", "from_data", "is_data", "adopt", "pack"]
+           "schedules_in", "to_data", "from_data", "is_data", "adopt"]
 
 
 def range_of(rule, name):
@@ -84,48 +85,46 @@ def resolve(where, name, value, step, rng):
     return _number(where, name, value, rng)
 
 
-def kernel_values(rule, where, group, step, *, init_buffer=None):
-    """Every public hyperparameter of ``rule`` for the step numbered ``step + 1``, resolved
-    from ``group`` (a dict of stored values) and checked, by name in C-struct order, with
-    ``step`` set to ``step + 1`` (the kernels' convention) and SGD's ``init_buffer``
-    passed explicitly. Flags (int fields) are read as bools."""
-    out = {}
-    for h in rule.hypers:
-        if h.name == "step":
-            out["step"] = step + 1
-        elif h.name == "init_buffer":
-            out["init_buffer"] = bool(init_buffer)
-        elif not h.public:
-            continue
-        elif h.ctype == "int":
-            out[h.name] = bool(group.get(h.name, h.default))
-        elif h.name in group:
-            out[h.name] = resolve(where, h.name, group[h.name], step, h.range)
+_FIELDS = {}
+
+
+def _fields(rule):
+    """(name, what, range) per field of the rule's struct, cached: what is "step",
+    "init_buffer", "flag" or "real"; non-public fields other than init_buffer are left out."""
+    out = _FIELDS.get(rule.name)
+    if out is None:
+        out = []
+        for h in rule.hypers:
+            if h.name in ("step", "init_buffer"):
+                out.append((h.name, h.name, None))
+            elif h.public:
+                out.append((h.name, "flag" if h.ctype == "int" else "real", h.range))
+        out = _FIELDS[rule.name] = tuple(out)
     return out
 
 
-# -- the call into StepPlan --------------------------------------------------------------
-# StepPlan.run takes each group's hyperparameters by name (a dict); until every backend
-# has the by-name packer, the positional order below is the one place that spells them out.
-_TUPLE_ORDER = {
-    "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "step"),
-    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
-             "maximize", "step"),
-    "adagrad": ("lr", "lr_decay", "weight_decay", "eps", "maximize", "step"),
-    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "maximize", "step"),
-    "adadelta": ("lr", "rho", "eps", "weight_decay", "maximize", "step"),
-}
-
-
-def pack(kind, values, by_name=False):
-    """What StepPlan.run takes for one group: the dict itself (by name), or the legacy
-    positional tuple (SGD's first momentum step then travels as step 1)."""
-    if by_name:
-        return values
-    if kind == "sgd":
-        values = dict(values, step=1 if values.get("init_buffer") else
-                      max(2, values["step"]))
-    return tuple(values[name] for name in _TUPLE_ORDER[kind])
+def kernel_values(rule, where, group, step, *, init_buffer=None, checked_floats=False):
+    """Every public hyperparameter of ``rule`` for the step numbered ``step + 1``, resolved
+    from ``group`` (a dict of stored values) and checked, by name in C-struct order, with
+    ``step`` set to ``step + 1`` (the kernels' convention) and SGD's ``init_buffer``
+    passed explicitly. Flags (int fields) are read as bools. ``checked_floats``: the
+    caller's plain floats were checked when they were set (lrcore.optim), so only schedules
+    and tensors are resolved and checked here; otherwise (torch's hand-editable
+    param_groups) every value is checked at every step."""
+    out = {}
+    for name, what, rng in _fields(rule):
+        if what == "real":
+            if name in group:
+                v = group[name]
+                out[name] = v if checked_floats and type(v) is float else \
+                    resolve(where, name, v, step, rng)
+        elif what == "flag":
+            out[name] = bool(group.get(name, False))
+        elif what == "step":
+            out["step"] = step + 1
+        else:
+            out["init_buffer"] = bool(init_buffer)
+    return out
 
 
 # -- metrics and serialisation ------------------------------------------------------------

@@ -326,7 +326,7 @@ class StepPlan:
 
     def run(self, grads, group_hps, grad_scale=1.0, num_threads=None, grads_checked=False):
         """Apply one step; group_hps[g] is a dict of group g's hyperparameters by name (the
-        rule's fields in lrcore.rules; legacy positional tuples are still read)."""
+        rule's fields in lrcore.rules; derived ones and those at their default may be left out)."""
         flat = self._check_grads(grads)
         hps = v.plan_hypers(self.rule, group_hps)
         _check_plan_states(self.rule, hps, self.group_of,

@@ -357,8 +357,9 @@ param = param + ((-lr / (1 - beta1**step)) * exp_avg) / exp_inf
                  Hyper("momentum_decay", default=4e-3, range=NONNEG,
                        doc="psi in mu_t = beta1 * (1 - 0.5 * 0.96**(t * psi))"),
                  Hyper("mu_product", default=None, range=NONNEG, public=True,
-                       doc="mu_1 * ... * mu_step, kept by the caller (torch's per-param "
-                           "scalar state); kernels.nadam computes it when not given"),
+                       doc="mu_1 * ... * mu_step, this step's mu included: torch's per-param "
+                           "scalar state, a float32 running product (mu_product = f32(mu_product"
+                           " * f32(mu_t))); kept by the caller, computed when not given"),
                  _GRAD_SCALE, _STEP, _decoupled(), _MAXIMIZE),
          states=(State("exp_avg", "exp_avg"), State("exp_avg_sq", "exp_avg_sq")),
          torch_class="NAdam", torch_hypers={"beta1": "betas[0]", "beta2": "betas[1]"},

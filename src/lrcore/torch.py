@@ -27,7 +27,8 @@ from . import hyperparams, rules
 from . import optim as lrcore_optim
 from .schedules import Schedule
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam",
+           "Lion"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -118,7 +119,7 @@ def _describe(p):
 class _Cache:
     """The StepPlan of the last rebuild and what it was built for."""
     __slots__ = ("plan", "signature", "step_tensors", "step_views", "expected_steps",
-                 "group_of", "representative", "tensors")
+                 "expected_scalars", "group_of", "representative", "tensors")
 
 
 class _LrcoreOptimizer:
@@ -248,6 +249,17 @@ class _LrcoreOptimizer:
     def _new_state(self, name, p, group):
         return torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    # -- per-param scalar state (NAdam's mu_product): none by default -------------------
+
+    def _scalar_keys(self, params):
+        return None
+
+    def _next_scalars(self, p, values):
+        return {}
+
+    def _store_scalars(self, params, values):
+        pass
+
     # -- the step ------------------------------------------------------------------------
 
     def step(self, closure=None):
@@ -334,6 +346,9 @@ class _LrcoreOptimizer:
                     steps.append(0.0 if s is None else float(s))
         else:
             steps = None
+        scalars = self._scalar_keys(params)   # NAdam's mu_product per param, else None
+        if scalars is not None and not rebuild:
+            rebuild = scalars != cache.expected_scalars
         # -- checks: nothing has changed so far --------------------------------------------
         if rebuild:
             where = {id(p): (gi, k) for gi, g in enumerate(groups)
@@ -348,7 +363,7 @@ class _LrcoreOptimizer:
             group_of, representative, keys = [], [], {}
             for i, (p, gi) in enumerate(zip(params, gidx)):
                 if self._has_step:
-                    key = (gi, steps[i])
+                    key = (gi, steps[i]) + ((scalars[i],) if scalars is not None else ())
                 else:  # SGD: is the momentum buffer created by this step?
                     st = state.get(p)
                     key = (gi, "momentum_buffer" in needs[gi] and
@@ -365,7 +380,9 @@ class _LrcoreOptimizer:
             group = groups[gidx[r]]
             if self._has_step:
                 taken = int(steps[r])
-                hps.append(self._hyper(group, taken, False))
+                values = self._hyper(group, taken, False)
+                values.update(self._next_scalars(params[r], values))
+                hps.append(values)
             else:
                 first = "momentum_buffer" in needs[gidx[r]] and (
                     state.get(params[r]) is None or
@@ -376,9 +393,11 @@ class _LrcoreOptimizer:
         if rebuild:
             cache = self._rebuild(params, gidx, needs, group_of, representative)
             cache.signature = self._signature(params, gidx, needs)
-        by_name = getattr(cache.plan, "by_name", False)
-        hps = [hyperparams.pack(self._kind, v, by_name) for v in hps]
-        cache.plan.run(grad_arrays, hps, 1.0, self.num_threads, False)
+        by_name = [{k: x for k, x in v.items() if k[0] != "_"} for v in hps]
+        cache.plan.run(grad_arrays, by_name, 1.0, self.num_threads, False)
+        if scalars is not None:
+            self._store_scalars(params, [hps[k] for k in group_of])
+            cache.expected_scalars = self._scalar_keys(params)
         # -- bookkeeping: torch's step counts ----------------------------------------------
         if self._has_step:
             # torch's `step_t += 1`, written through the cached numpy views (far cheaper
@@ -412,6 +431,10 @@ class _LrcoreOptimizer:
                     elif not isinstance(s, torch.Tensor) or s.device.type != "cpu" \
                             or s.numel() != 1:
                         st["step"] = torch.tensor(float(s), dtype=_scalar_dtype())
+                for name in self._rule.scalar_states:   # torch.ones((), scalar dtype)
+                    if st.get(name) is None:
+                        st[name] = torch.ones((), dtype=_scalar_dtype())
+                        created.append((st, name))
                 for name in needs[gi]:
                     t = st.get(name)
                     if t is None:
@@ -452,6 +475,7 @@ class _LrcoreOptimizer:
         else:
             cache.step_tensors = cache.step_views = ()
         cache.expected_steps = None
+        cache.expected_scalars = None
         return cache
 
     def state_dict(self):
@@ -623,6 +647,103 @@ class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
                           dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay),
                           dict(foreach=foreach, capturable=capturable, maximize=maximize,
                                differentiable=differentiable), num_threads)
+
+
+class Adamax(_LrcoreOptimizer, torch.optim.Adamax):
+    """torch.optim.Adamax computed by lrcore (same arguments, state and state_dict).
+
+    foreach is accepted and ignored; capturable/differentiable=True raise
+    NotImplementedError. The update rule is lrcore.optim.Adamax's (appended below).
+    """
+    _rule = rules.RULES["adamax"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
+                 num_threads=None):
+        self._lrcore_init(torch.optim.Adamax, params,
+                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+                          dict(foreach=foreach, maximize=maximize,
+                               differentiable=differentiable, capturable=capturable),
+                          num_threads)
+
+
+class NAdam(_LrcoreOptimizer, torch.optim.NAdam):
+    """torch.optim.NAdam computed by lrcore (same arguments, state and state_dict).
+
+    state["mu_product"] is torch's 0-dim tensor, multiplied by each step's mu as torch
+    does (in its dtype) and handed to the kernel. The update rule is lrcore.optim.NAdam's
+    (appended below).
+    """
+    _rule = rules.RULES["nadam"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False, num_threads=None):
+        self._lrcore_init(torch.optim.NAdam, params,
+                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                               momentum_decay=momentum_decay),
+                          dict(decoupled_weight_decay=decoupled_weight_decay,
+                               foreach=foreach, maximize=maximize, capturable=capturable,
+                               differentiable=differentiable), num_threads)
+
+    def _mu_product(self, p):
+        st = self.state.get(p)
+        t = st.get("mu_product") if st else None
+        return torch.ones((), dtype=_scalar_dtype()) if t is None else t
+
+    def _scalar_keys(self, params):
+        return [(self._mu_product(p).item(), self._mu_product(p).dtype) for p in params]
+
+    def _next_scalars(self, p, values):
+        # torch: mu = beta1 * (1 - 0.5 * 0.96 ** (step * momentum_decay)); mu_product *= mu
+        mu = values["beta1"] * (1.0 - 0.5 * (0.96 ** (float(values["step"]) *
+                                                   values["momentum_decay"])))
+        new = self._mu_product(p) * mu
+        return {"mu_product": new.item(), "_mu_product_tensor": new}
+
+    def _store_scalars(self, params, values):
+        for p, v in zip(params, values):
+            self.state[p]["mu_product"].copy_(v["_mu_product_tensor"])
+
+
+class RAdam(_LrcoreOptimizer, torch.optim.RAdam):
+    """torch.optim.RAdam computed by lrcore (same arguments, state and state_dict).
+
+    The update rule is lrcore.optim.RAdam's (appended below).
+    """
+    _rule = rules.RULES["radam"]
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, num_threads=None):
+        self._lrcore_init(torch.optim.RAdam, params,
+                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+                          dict(decoupled_weight_decay=decoupled_weight_decay,
+                               foreach=foreach, maximize=maximize, capturable=capturable,
+                               differentiable=differentiable), num_threads)
+
+
+class _TorchLion(torch.optim.Optimizer):
+    """The torch.optim.Optimizer that torch lacks for Lion: its constructor and groups."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+
+class Lion(_LrcoreOptimizer, _TorchLion):
+    """Lion (Chen et al. 2023) as a torch.optim.Optimizer, computed by lrcore: optax's and
+    timm's arguments (lr=1e-4, betas=(0.9, 0.99), decoupled weight_decay). torch.optim has
+    no Lion; the state per param is `step` and `exp_avg`, as in torch's other optimizers.
+    The update rule is lrcore.optim.Lion's (appended below).
+    """
+    _rule = rules.RULES["lion"]
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, num_threads=None):
+        self._lrcore_init(_TorchLion, params, dict(lr=lr, betas=betas, weight_decay=weight_decay),
+                          dict(maximize=maximize), num_threads)
 
 
 def _with_rule(cls, rule):

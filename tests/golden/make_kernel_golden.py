@@ -46,6 +46,18 @@ CASES = [
     ("adadelta_default", "Adadelta", {}),
     ("adadelta_wd", "Adadelta", {"lr": 1.0, "weight_decay": 0.1}),
     ("adadelta_rho_eps_maximize", "Adadelta", {"lr": 0.5, "rho": 0.8, "eps": 1e-5, "maximize": True}),
+    ("adamax_default", "Adamax", {"lr": 2e-3}),
+    ("adamax_beta1_small_wd_maximize", "Adamax",
+     {"lr": 1e-2, "betas": (0.3, 0.9), "weight_decay": 0.05, "maximize": True}),
+    ("nadam_default", "NAdam", {"lr": 2e-3}),
+    ("nadam_wd_momentum_decay", "NAdam", {"lr": 1e-2, "weight_decay": 0.05, "momentum_decay": 0.01}),
+    ("nadamw_maximize", "NAdam",
+     {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True}),
+    ("nadam_beta1_small", "NAdam", {"lr": 5e-3, "betas": (0.3, 0.9), "eps": 1e-6}),
+    ("radam_default", "RAdam", {"lr": 1e-3}),            # rectified from step 6 (rho_t > 5)
+    ("radam_wd_maximize", "RAdam", {"lr": 1e-2, "weight_decay": 0.05, "maximize": True}),
+    ("radamw_beta1_small", "RAdam",
+     {"lr": 1e-2, "betas": (0.3, 0.9), "weight_decay": 0.1, "decoupled_weight_decay": True}),
 ]
 
 # Hyperparameters copied from the resolved param_group into the index (torch's defaults filled in).
@@ -56,7 +68,14 @@ HYPERPARAMETER_KEYS = {
     "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"),
     "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
     "Adadelta": ("lr", "rho", "eps", "weight_decay", "maximize"),
+    "Adamax": ("lr", "betas", "eps", "weight_decay", "maximize"),
+    "NAdam": ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
+              "maximize"),
+    "RAdam": ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
 }
+
+# Per-parameter scalar state other than `step` (recorded as <name>__scalar__<state>, (n_steps,)).
+SCALAR_STATES = {"NAdam": ("mu_product",)}
 
 
 def nonzero_random(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:
@@ -75,7 +94,8 @@ def make_inputs() -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_case(optimizer_name: str, torch_kwargs: dict, initial_param: np.ndarray, grads: np.ndarray):
-    """Run one torch optimizer; return (resolved hyperparameters, param trajectory, {state: trajectory})."""
+    """Run one torch optimizer; return (resolved hyperparameters, param trajectory, {state: trajectory},
+    {scalar state: trajectory})."""
     param = torch.nn.Parameter(torch.from_numpy(initial_param.copy()))
     optimizer = getattr(torch.optim, optimizer_name)([param], foreach=False, **torch_kwargs)
     group = optimizer.param_groups[0]
@@ -83,12 +103,16 @@ def run_case(optimizer_name: str, torch_kwargs: dict, initial_param: np.ndarray,
 
     param_trajectory = np.empty_like(grads)
     state_trajectories: dict[str, np.ndarray] = {}
+    scalar_trajectories = {name: np.empty(N_STEPS) for name in SCALAR_STATES.get(optimizer_name, ())}
     for step_index in range(N_STEPS):
         param.grad = torch.from_numpy(grads[step_index].copy())
         optimizer.step()
         param_trajectory[step_index] = param.detach().numpy()
         for state_name, value in optimizer.state[param].items():
             if state_name == "step":
+                continue
+            if state_name in scalar_trajectories:
+                scalar_trajectories[state_name][step_index] = float(value)
                 continue
             if not (torch.is_tensor(value) and value.shape == param.shape):
                 raise RuntimeError(f"{optimizer_name} state {state_name!r} is {value!r}; expected a tensor like param")
@@ -99,7 +123,7 @@ def run_case(optimizer_name: str, torch_kwargs: dict, initial_param: np.ndarray,
             state_trajectories[state_name][step_index] = value.detach().numpy()
         if "step" in optimizer.state[param]:  # SGD keeps no step count
             assert int(optimizer.state[param]["step"]) == step_index + 1
-    return hyperparameters, param_trajectory, state_trajectories
+    return hyperparameters, param_trajectory, state_trajectories, scalar_trajectories
 
 
 def _jsonable(value):
@@ -121,13 +145,15 @@ def build_golden() -> dict[str, np.ndarray]:
         arrays[f"inputs__{dtype}__initial_param"] = initial_param
         arrays[f"inputs__{dtype}__grads"] = grads
         for case_name, optimizer_name, torch_kwargs in CASES:
-            hyperparameters, param_trajectory, state_trajectories = run_case(
+            hyperparameters, param_trajectory, state_trajectories, scalars = run_case(
                 optimizer_name, torch_kwargs, initial_param, grads
             )
             key = f"{case_name}__{dtype}"
             arrays[f"{key}__param"] = param_trajectory
             for state_name, trajectory in state_trajectories.items():
                 arrays[f"{key}__state__{state_name}"] = trajectory
+            for state_name, trajectory in scalars.items():
+                arrays[f"{key}__scalar__{state_name}"] = trajectory
             index.append({
                 "name": key,
                 "case": case_name,
@@ -136,6 +162,7 @@ def build_golden() -> dict[str, np.ndarray]:
                 "hyperparameters": hyperparameters,
                 "dtype": dtype,
                 "state_names": sorted(state_trajectories),
+                "scalar_state_names": sorted(scalars),
             })
     meta = {
         "format_version": FORMAT_VERSION,
@@ -145,7 +172,8 @@ def build_golden() -> dict[str, np.ndarray]:
         "n_steps": N_STEPS,
         "seed": SEED,
         "layout": "inputs__<dtype>__initial_param (size,), inputs__<dtype>__grads (n_steps, size); "
-                  "<name>__param and <name>__state__<torch state name> (n_steps, size): values after each step",
+                  "<name>__param and <name>__state__<torch state name> (n_steps, size): values after each step; "
+                  "<name>__scalar__<torch state name> (n_steps,): per-parameter scalar state (NAdam's mu_product)",
         "cases": index,
     }
     arrays["index_json"] = np.array(json.dumps(meta, indent=1))

@@ -1,9 +1,10 @@
 """Run under mpiexec by tests/test_distributed.py: ShardedOptimizer against one process.
 
 Usage: mpiexec -n W python -m mpi4py tests/mpi/check_sharded.py MODE DIR
-MODE: rules (every optimizer class x float32/float64 x options, 20 steps, clipping, skipping,
-a schedule: params bitwise equal to a single-process optimizer on the averaged grads, state
-dicts equal, memory per rank), save (10 steps with average=False, then save to DIR),
+MODE: rules (every optimizer class x float32/float64 x the table's option variants, 20 steps,
+clipping, skipping, a schedule: params bitwise equal to a single-process optimizer on the
+averaged grads, state dicts equal, memory per rank), rules-defaults (the same, default options
+only), save (10 steps with average=False, then save to DIR),
 load (load DIR's checkpoint on this world size, continue to step 20, compare with an
 uninterrupted single-process run), faults, mismatch. Prints one line per check from rank 0;
 exits non-zero (MPI_Abort through mpi4py) on the first mismatch.
@@ -40,18 +41,27 @@ def rules():
 
 
 def variants(cls):
-    """Default options, and the options that select another loop or more state."""
+    """Default options, and the options that select other loops or more state: from the
+    table (lrcore.rules: each rule's hyperparameters and options with `variants`), the
+    non-default value of each that the class's constructor takes."""
     sig = inspect.signature(cls.__init__).parameters
+    rule = getattr(cls, "rule", None)
     extra = {}
-    if "momentum" in sig:
-        extra["momentum"] = 0.9
-    if "amsgrad" in sig:
-        extra["amsgrad"] = True
-    if "centered" in sig:
-        extra["centered"] = True
-    if "nesterov" in sig and "momentum" in extra:
-        extra["nesterov"] = True
-    return [{}, extra] if extra else [{}]
+    fields = list(getattr(rule, "hypers", ())) + list(getattr(rule, "options", ()))
+    for f in fields:
+        values = [v for v in getattr(f, "variants", ()) if v != f.default]
+        if f.name in sig and f.name not in ("lr", "betas") and values:
+            extra[f.name] = values[-1]
+    if not fields:   # no table: the options known to change the loops
+        extra = {k: v for k, v in (("momentum", 0.9), ("amsgrad", True), ("centered", True))
+                 if k in sig}
+    out = [{}]
+    if extra.get("nesterov") and extra.get("dampening", 0) != 0:   # torch forbids the pair
+        out.append({k: v for k, v in extra.items() if k != "nesterov"})
+        extra = {k: v for k, v in extra.items() if k != "dampening"}
+    if extra:
+        out.append(extra)
+    return out
 
 
 def make_params(dtype, seed=0, mixed=False):
@@ -138,9 +148,11 @@ def run_rule(cls, dtype, options, mixed=False):
     r0, r1 = [p.copy() for p in g0], [p.copy() for p in g1]
     lr = schedules.Cosine(0.01, STEPS)
     spec = [{"params": g0}, {"params": g1, "lr": 0.005}]
-    # float64 runs also drive the collectives from a helper thread during the kernels
-    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=BLOCK + 3000,
-                           overlap=np.dtype(dtype) == np.float64, **options)
+    # float32: several buckets per group; float64: one bucket per group, the collectives
+    # in flight driven from a helper thread during the kernels
+    f64 = np.dtype(dtype) == np.float64
+    opt = ShardedOptimizer(spec, cls, lr=lr, bucket_elements=1 << 22 if f64 else BLOCK + 3000,
+                           overlap=f64, **options)
     ref = cls([{"params": r0}, {"params": r1, "lr": 0.005}], lr=lr, **options)
     params, refs = g0 + g1, r0 + r1
     name = f"{cls.__name__} {np.dtype(dtype).name}{' mixed' if mixed else ''} {options}"
@@ -175,11 +187,11 @@ def run_rule(cls, dtype, options, mixed=False):
     return mine, single
 
 
-def mode_rules():
+def mode_rules(defaults_only=False):
     count = 0
     for cls in rules():
         for dtype in (np.float32, np.float64):
-            for options in variants(cls):
+            for options in variants(cls)[:1] if defaults_only else variants(cls):
                 mine, single = run_rule(cls, dtype, options)
                 count += 1
                 say(f"ok {cls.__name__} {np.dtype(dtype).name} {options}: {STEPS} steps bitwise; "
@@ -328,6 +340,7 @@ def mode_mismatch():
 
 if __name__ == "__main__":
     mode, directory = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
-    {"rules": mode_rules, "save": lambda: mode_save(directory),
+    {"rules": mode_rules, "rules-defaults": lambda: mode_rules(defaults_only=True),
+     "save": lambda: mode_save(directory),
      "load": lambda: mode_load(directory), "faults": mode_faults,
      "mismatch": mode_mismatch}[mode]()

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import checkpoint
 from ..demo import datasets, models
-from ..rules import PRESETS, RULES
+from ..rules import RULES, preset
 from ..schedules import Schedule
 from ..task import OPTIMIZERS, Event, ParameterKey, ProgressHandlers, UpdateTask
 from . import EXIT_FAILED, EXIT_INTERRUPTED, CLIError, figure
@@ -43,24 +43,21 @@ DEFAULTS = {"optimizer": "adam", "epochs": 10, "batch_size": 32, "seed": 0, "hid
 
 
 def _rule_of(name):
-    preset = PRESETS.get(name)
-    return (preset, RULES[preset.rule]) if preset is not None else (None, None)
+    """(Preset, Rule) of optimizer `name` in the table (every task optimizer has a row)."""
+    row = preset(name)
+    return row, RULES[row.rule]
 
 
 def default_lr(name):
     """`lrcore train`'s default --lr for optimizer `name` (the table's cli_lr)."""
-    preset, rule = _rule_of(name)
-    if preset is not None and preset.cli_lr is not None:
-        return preset.cli_lr
-    return rule.cli_lr if rule is not None else 1e-3
+    row, rule = _rule_of(name)
+    return row.cli_lr if row.cli_lr is not None else rule.cli_lr
 
 
 def hyperparameter_names(name):
     """The hyperparameters optimizer `name` takes from the command line (table order)."""
-    preset, rule = _rule_of(name)
-    if rule is None:
-        return ()
-    return tuple(h.name for h in rule.public_hypers if h.name not in preset.fixed)
+    row, rule = _rule_of(name)
+    return tuple(h.name for h in rule.public_hypers if h.name not in row.fixed)
 
 
 def _hyper_keys():
@@ -73,13 +70,13 @@ def _hyper_help(hyper):
     """Help for one hyperparameter option: what it is and its default per optimizer."""
     docs, defaults, decoupled = [], [], []
     for name in sorted(OPTIMIZERS):
-        preset, rule = _rule_of(name)
+        row, rule = _rule_of(name)
         if hyper not in hyperparameter_names(name):
             continue
         h = rule.hyper(hyper)
-        value = preset.defaults.get(hyper, h.default)
+        value = row.defaults.get(hyper, h.default)
         defaults.append(f"{name} {value:g}")
-        if hyper == "weight_decay" and (preset.fixed.get("decoupled_weight_decay")
+        if hyper == "weight_decay" and (row.fixed.get("decoupled_weight_decay")
                                         or h.doc.startswith("decoupled")):
             decoupled.append(name)
         elif h.doc and h.doc not in docs:
@@ -219,6 +216,9 @@ def add_runtime_arguments(group):
     --state-dtype (issue 13) belong here."""
     group.add_argument("--threads", type=int, metavar="N",
                        help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
+    group.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI ranks: mpiexec -n N python -m mpi4py -m "
+                            "lrcore train --distributed (lrcore.distributed.train)")
 
 
 def make_optimizer(args, name, params, loaded=None):
@@ -602,6 +602,9 @@ def _finish(args, run, plot, reporter, elapsed):
 
 
 def run(args):
+    if args.distributed:   # issue 14: the data-parallel loop lives in lrcore.distributed
+        from ..distributed.train import run as run_distributed
+        return run_distributed(args)
     plot = _check_options(args)
     job = _set_up(args)
     _measure(job)

@@ -72,6 +72,16 @@ def _check_param(i, p):
         raise ValueError(f"ShardedOptimizer: params[{i}] is read-only; it must be writeable")
 
 
+def _check_separate(params):
+    """Every param its own memory (as the single-process optimizers require)."""
+    extents = sorted((p.__array_interface__["data"][0], p.nbytes, i)
+                     for i, p in enumerate(params) if p.nbytes)
+    for (a, n, i), (b, _, j) in zip(extents, extents[1:]):
+        if b < a + n:
+            raise ValueError(f"ShardedOptimizer: params[{min(i, j)}] and params[{max(i, j)}] "
+                             f"share memory; every param must be a separate array")
+
+
 def _describe(value):
     """A rank-independent description of a hyperparameter value (for the agreement check)."""
     to_config = getattr(value, "to_config", None)
@@ -147,6 +157,7 @@ class ShardedOptimizer:
                     _check_param(len(self._params), p)
                     self._params.append(p)
                     self._group_of.append(g)
+            _check_separate(self._params)
             signature = self._signature(hyperparameters)
         except (TypeError, ValueError) as exc:
             error = exc

@@ -90,7 +90,7 @@ def train(X_train, y_train, X_val, y_val, model, optimizer_class, *, lr, hyperpa
         except Exception as exc:   # noqa: BLE001
             pending = exc
         agree(comm, pending, timeout, f"end of epoch {epoch + 1}")
-    return {"val_accuracy": accuracy, "steps": steps, "samples": steps and n * epochs,
+    return {"val_accuracy": accuracy, "steps": steps, "samples": n * epochs,
             "seconds": time.perf_counter() - start, "epoch_losses": losses,
             "state_nbytes": opt.state_nbytes()}
 
@@ -106,7 +106,10 @@ def run(args):
     from ..cli.train import DEFAULTS, default_lr, hyperparameter_names
     from ..demo import datasets, models
     from ..task import OPTIMIZERS
-    MPI = import_mpi()
+    try:
+        MPI = import_mpi()
+    except ImportError as exc:
+        raise CLIError(f"--distributed: {exc}") from None
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     stdout = sys.stdout

@@ -148,7 +148,8 @@ typedef struct {
 
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay, momentum_decay;
-    double mu_product;    /* mu_1 * ... * mu_step, this step's mu included (torch's state) */
+    double mu_product;    /* mu_1 * ... * mu_step, this step's mu included (torch's state:
+                           * a float32 running product, see lrcore_nadam_defaults) */
     double grad_scale;
     int64_t step;
     int decoupled_weight_decay, maximize;
@@ -202,12 +203,15 @@ static inline lrcore_adamax_hp lrcore_adamax_defaults(double lr, int64_t step) {
     lrcore_adamax_hp hp = {lr, 0.9, 0.999, 1e-8, 0.0, 1.0, step, 0};
     return hp;
 }
-/* mu_product is formed here from scratch, O(step): a caller that steps repeatedly keeps
- * the running product instead (hp.mu_product *= lrcore_nadam_mu(beta1, psi, step)). */
+/* mu_product as torch.optim.NAdam keeps it: a float32 running product,
+ *     mu_product = (float)mu_product * (float)lrcore_nadam_mu(beta1, momentum_decay, t)
+ * formed here from scratch, O(step); a caller that steps repeatedly keeps it instead. */
 static inline lrcore_nadam_hp lrcore_nadam_defaults(double lr, int64_t step) {
     lrcore_nadam_hp hp = {lr, 0.9, 0.999, 1e-8, 0.0, 4e-3, 1.0, 1.0, step, 0, 0};
-    for (int64_t t = 1; t <= step && hp.mu_product != 0.0; t++)
-        hp.mu_product *= lrcore_nadam_mu(hp.beta1, hp.momentum_decay, t);
+    float prod = 1.0f;
+    for (int64_t t = 1; t <= step && prod != 0.0f; t++)
+        prod = prod * (float)lrcore_nadam_mu(hp.beta1, hp.momentum_decay, t);
+    hp.mu_product = prod;
     return hp;
 }
 static inline lrcore_radam_hp lrcore_radam_defaults(double lr, int64_t step) {

@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from .. import hyperparams, kernels
+from .. import backend, hyperparams
 from ..schedules import Schedule
 from . import state_dict as _io
 
@@ -24,12 +24,9 @@ __all__ = ["Optimizer", "plan_class"]
 
 
 def plan_class():
-    """The StepPlan of the selected backend (the compiled core, or the numpy twin)."""
-    if kernels.backend() == "native":
-        from .._core import StepPlan
-    else:
-        from ..reference import StepPlan
-    return StepPlan
+    """The StepPlan of the selected backend (lrcore.backend: the compiled core, or the numpy
+    twin)."""
+    return backend.StepPlan
 
 
 def _owner_range(rule, name):
@@ -94,6 +91,7 @@ class Optimizer:
         self._check_params(owner)
         self._states = [dict() for _ in self._params]
         self._momentum_started = [False] * len(self._groups)
+        self._scalars = [self._initial_scalars() for _ in self._groups]
         self._plan = None
         self._ensure_state()
         self.last_grad_norm = None
@@ -175,6 +173,14 @@ class Optimizer:
 
     def _options(self):
         """The construction-time options that set initial state values (subclasses)."""
+        return {}
+
+    def _initial_scalars(self):
+        """Per-group scalar state of the rule (NAdam's mu_product), before any step."""
+        return {}
+
+    def _next_scalars(self, g, values):
+        """The group's scalar state for this step, given its hyperparameters (subclasses)."""
         return {}
 
     def _initial_state(self, name, p):
@@ -272,9 +278,11 @@ class Optimizer:
         where = f"{owner}.step()"
         out = []
         for g, group in enumerate(self._groups):
-            values = hyperparams.kernel_values(self.rule, where, group, self._step)
+            values = hyperparams.kernel_values(self.rule, where, group, self._step,
+                                               checked_floats=True)
             if "init_buffer" in values:
                 values["init_buffer"] = self._init_buffer(g, values)
+            values.update(self._next_scalars(g, values))
             out.append(values)
         return out
 
@@ -312,8 +320,7 @@ class Optimizer:
         with self._lock:
             self._check_writeable(f"{owner}.step()")
             values = self._step_values(owner)
-            by_name = getattr(self._plan, "by_name", False)
-            hps = [hyperparams.pack(self.kernel, v, by_name) for v in values]
+            hps = values                       # by name: StepPlan.run packs each dict
             scale = 1.0
             checked = False
             if clip_norm is not None or skip_nonfinite:
@@ -332,7 +339,8 @@ class Optimizer:
             return True
 
     def _after_step(self, values):
-        """Bookkeeping after a step landed (subclasses)."""
+        """Bookkeeping after a step landed: the groups' scalar state moves on."""
+        self._scalars = [{k: v[k] for k in s} for s, v in zip(self._scalars, values)]
 
     # -- checkpoints (lrcore.optim.state_dict) -------------------------------------------
 
@@ -350,7 +358,7 @@ class Optimizer:
 
     def __repr__(self):
         lines = [f"{type(self).__name__}(step={self._step}, params={len(self._params)}, "
-                 f"backend={kernels.backend()}"]
+                 f"backend={backend.name}"]
         for g, group in enumerate(self._groups):
             items = ", ".join(f"{k}={v!r}" for k, v in group.items())
             lines.append(f"  group {g}: {items}")

@@ -1,14 +1,20 @@
-"""The optimizer classes: SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta.
+"""The optimizer classes: SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax, NAdam, RAdam,
+Lion.
 
 Each class names its row of :data:`lrcore.rules.RULES` and keeps torch.optim's constructor
-(argument names, order and defaults; a test checks the defaults against the table). Its
-docstring ends with the row's update, as the kernels compute it.
+(argument names, order and defaults; a test checks the defaults against the table; Lion,
+which torch lacks, follows optax/timm). Its docstring ends with the row's update, as the
+kernels compute it. `CLASSES` maps each optimizer name of the table (lrcore.rules.PRESETS)
+to its class.
 """
+import numpy as np
+
 from .. import hyperparams, rules
 from ..schedules import Schedule
 from .base import Optimizer
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam",
+           "Lion", "CLASSES"]
 
 
 def _with_math(cls):
@@ -149,3 +155,77 @@ class Adadelta(Optimizer):
                  num_threads=None):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), num_threads)
+
+
+@_with_math
+class Adamax(_AdamBetas, Optimizer):
+    """Adamax (torch.optim.Adamax): Adam with the infinity norm."""
+    rule = rules.RULES["adamax"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False, num_threads=None):
+        b1, b2 = self._betas(betas)
+        super().__init__(self._split_betas(params),
+                         dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
+                              maximize=maximize), num_threads)
+
+
+@_with_math
+class NAdam(_AdamBetas, Optimizer):
+    """NAdam (torch.optim.NAdam): Adam with Nesterov momentum and momentum decay.
+
+    mu_product (torch's per-parameter scalar state) is kept per group as torch keeps it, a
+    float32 running product: each step multiplies it by that step's mu (beta1 and
+    momentum_decay in force), both rounded to float32."""
+    rule = rules.RULES["nadam"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
+                 num_threads=None):
+        b1, b2 = self._betas(betas)
+        super().__init__(self._split_betas(params),
+                         dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
+                              momentum_decay=momentum_decay,
+                              decoupled_weight_decay=decoupled_weight_decay,
+                              maximize=maximize), num_threads)
+
+    def _initial_scalars(self):
+        return {"mu_product": 1.0}
+
+    def _next_scalars(self, g, values):
+        # the table's mu_product: torch's float32 running product, f32(mu_product * f32(mu))
+        mu = values["beta1"] * (1.0 - 0.5 * 0.96 ** (values["step"] * values["momentum_decay"]))
+        return {"mu_product": float(np.float32(self._scalars[g]["mu_product"]) * np.float32(mu))}
+
+
+@_with_math
+class RAdam(_AdamBetas, Optimizer):
+    """RAdam (torch.optim.RAdam): Adam with the variance rectification of Liu et al. 2020."""
+    rule = rules.RULES["radam"]
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, maximize=False, num_threads=None):
+        b1, b2 = self._betas(betas)
+        super().__init__(self._split_betas(params),
+                         dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
+                              decoupled_weight_decay=decoupled_weight_decay,
+                              maximize=maximize), num_threads)
+
+
+@_with_math
+class Lion(_AdamBetas, Optimizer):
+    """Lion (Chen et al. 2023; optax.lion, timm's Lion): the sign of an interpolated momentum,
+    decoupled weight decay. torch.optim has no Lion; the defaults are optax's."""
+    rule = rules.RULES["lion"]
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, num_threads=None):
+        b1, b2 = self._betas(betas)
+        super().__init__(self._split_betas(params),
+                         dict(lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
+                              maximize=maximize), num_threads)
+
+
+CLASSES = {c.__name__.lower(): c for c in (SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta,
+                                           Adamax, NAdam, RAdam, Lion)}
+

@@ -25,7 +25,8 @@ def build(opt):
         hyper = {key: hyperparams.to_data(value) for key, value in group.items()}
         groups.append({"hyperparameters": hyper,
                        "params": [i for i, gi in enumerate(opt._group_of) if gi == g],
-                       "momentum_started": opt._momentum_started[g]})
+                       "momentum_started": opt._momentum_started[g],
+                       "scalars": dict(opt._scalars[g])})
     return {
         "format": FORMAT, "version": VERSION,
         "optimizer": type(opt).__name__, "step": opt._step, "groups": groups,
@@ -37,9 +38,9 @@ def build(opt):
 class Checked:
     """A state dict that fits ``opt``: :meth:`apply` installs it."""
 
-    def __init__(self, opt, step, groups, states, started):
+    def __init__(self, opt, step, groups, states, started, scalars):
         self.opt, self.step, self.groups = opt, step, groups
-        self.states, self.started = states, started
+        self.states, self.started, self.scalars = states, started, scalars
 
     def apply(self):
         opt = self.opt
@@ -62,6 +63,7 @@ class Checked:
                     np.copyto(buf, opt._initial_state(name, buf))
         opt._step = self.step
         opt._momentum_started = self.started
+        opt._scalars = self.scalars
         opt._ensure_state()
 
 
@@ -144,6 +146,22 @@ def check(opt, d):
             if not isinstance(flag, (bool, np.bool_)):
                 raise bad(f"group {g} momentum_started must be True or False, got {flag!r}")
             started.append(bool(flag))
+        scalars = []
+        for g, sg in enumerate(d["groups"]):
+            initial = opt._initial_scalars()
+            saved = sg.get("scalars", initial if step == 0 or not initial else None)
+            if not isinstance(saved, dict) or set(saved) != set(initial):
+                raise bad(f"group {g} scalars must be {sorted(initial)} (the rule's per-group "
+                          f"scalar state), got {saved!r}")
+            out = {}
+            for name, value in saved.items():
+                try:
+                    out[name] = hyperparams.check(
+                        f"group {g} scalars", name, value,
+                        hyperparams.range_of(opt.rule, name))
+                except (TypeError, ValueError) as exc:
+                    raise bad(str(exc)) from None
+            scalars.append(out)
         for i, live in enumerate(opt._states):
             for name, buf in live.items():
                 if not buf.flags.writeable:
@@ -152,4 +170,4 @@ def check(opt, d):
         raise
     except (TypeError, AttributeError, KeyError, IndexError) as exc:
         raise bad(f"malformed state dict ({type(exc).__name__}: {exc})") from None
-    return Checked(opt, step, new_groups, [dict(st) for st in states], started)
+    return Checked(opt, step, new_groups, [dict(st) for st in states], started, scalars)

@@ -25,7 +25,6 @@ from .closed_forms import (Constant, Cosine, CosineWarmRestarts, Cyclic, Exponen
                            InverseTimeDecay, Linear, MultiStep, OneCycle, PiecewiseConstant,
                            PolynomialDecay, StepDecay, TimeBasedDecay)
 from .composition import Lambda, Sequential, Warmup, warmup_cosine
-from .names import _REGISTRY  # noqa: F401 - read by cli/schedule.py until it uses factory()
 from .names import factory, make, names
 from .plotting import plot
 from .stateful import ReduceOnPlateau

@@ -64,8 +64,8 @@ def _wrap_data(data):
                     f"object with __len__ and batch(indices), got {type(data).__name__}{hint}")
 
 
-OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
-              "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta}
+# every optimizer of the table (lrcore.rules.PRESETS), by its name there
+OPTIMIZERS = dict(optim.CLASSES)
 
 _LOOP_DEFAULTS = {ParameterKey.MINI_BATCH_SIZE: 32, ParameterKey.EPOCHS: 1,
                   ParameterKey.SHUFFLE: True, ParameterKey.SEED: 0}
@@ -100,8 +100,9 @@ class UpdateTask:
     gradient into ``grads`` (zeroed before each call, laid out like ``params``) and returns the
     mini-batch loss. ``data``: a tuple of arrays split along axis 0 (``batch`` is then the
     tuple of their rows), or any object with ``__len__`` and ``batch(indices)``.
-    ``optimizer``: "sgd", "adam", "adamw", "adagrad", "rmsprop", "adadelta" or an lrcore
-    Optimizer over the same arrays. ``parameters``: {ParameterKey: value}; keys the optimizer
+    ``optimizer``: a name in ``lrcore.task.OPTIMIZERS`` ("sgd", "adam", "adamw", "adagrad",
+    "rmsprop", "adadelta", "adamax", "nadam", "radam", "lion": the table's optimizers) or an
+    lrcore Optimizer over the same arrays. ``parameters``: {ParameterKey: value}; keys the optimizer
     has no use for are an error; unset optimizer keys keep the optimizer's values; the loop
     defaults are MINI_BATCH_SIZE 32, EPOCHS 1, SHUFFLE True, SEED 0. The last mini-batch of an
     epoch may be smaller.

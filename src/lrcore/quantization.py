@@ -1,0 +1,429 @@
+"""8-bit optimizer state: blocks of 256 values, one float32 absmax per block, codes into the
+dynamic quantization map of bitsandbytes and torchao (issue 13).
+
+Design: a state buffer of n float32 values is stored as `QuantizedState`: n uint8 codes and
+ceil(n / BLOCK) float32 absmax values. Decoding is `dynamic_map(signed)[code] * absmax`
+(float32). Encoding stores, for each value v of a block, the map entry nearest to the float32
+quotient x = v / absmax (exactly nearest: ties go to the entry of smaller magnitude, i.e.
+towards zero). `adam8` runs one Adam/AdamW step over such states: per block it decodes the
+moments, runs lrcore's float32 Adam kernel on them (the same C function as
+`lrcore.kernels.adam`), takes the new absmax and encodes. The compiled kernel (lrcore._q8,
+threads split on block boundaries) and the numpy twin `adam8_reference` agree bit for bit.
+"""
+import functools
+
+import numpy as np
+
+from . import _validate
+from .rules import RULES
+
+__all__ = ["BLOCK", "MIN_ELEMENTS", "dynamic_map", "QuantizedState", "quantize", "dequantize",
+           "encode", "adam8", "adam8_reference", "state_nbytes"]
+
+#: Elements per block (one float32 absmax each), as bitsandbytes and torchao.
+BLOCK = 256
+#: Buffers with fewer elements keep float32 state (the threshold of bitsandbytes and torchao).
+MIN_ELEMENTS = 4096
+
+# bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8) (also torchao's),
+# as float32 bit patterns, ascending. tests/test_quantization.py rebuilds both maps with that
+# recipe (torch float32 linspace, means, powers of ten) and compares value for value.
+_SIGNED_BITS = (
+    0xbf7e3333, 0xbf7a999a, 0xbf770000, 0xbf736666, 0xbf6fcccd, 0xbf6c3333, 0xbf68999a, 0xbf650000,
+    0xbf616666, 0xbf5dcccd, 0xbf5a3333, 0xbf56999a, 0xbf530000, 0xbf4f6666, 0xbf4bcccd, 0xbf483333,
+    0xbf44999a, 0xbf410000, 0xbf3d6666, 0xbf39cccd, 0xbf363334, 0xbf32999a, 0xbf2f0000, 0xbf2b6666,
+    0xbf27cccd, 0xbf243334, 0xbf20999a, 0xbf1d0000, 0xbf196666, 0xbf15cccd, 0xbf123334, 0xbf0e999a,
+    0xbf0b0000, 0xbf076666, 0xbf03cccc, 0xbf003333, 0xbef93332, 0xbef20000, 0xbeeacccc, 0xbee3999a,
+    0xbedc6666, 0xbed53333, 0xbece0000, 0xbec6cccc, 0xbebf999a, 0xbeb86666, 0xbeb13333, 0xbeaa0000,
+    0xbea2cccc, 0xbe9b999a, 0xbe946666, 0xbe8d3334, 0xbe860000, 0xbe7d9999, 0xbe6f3333, 0xbe60cccd,
+    0xbe526666, 0xbe440000, 0xbe35999a, 0xbe273333, 0xbe18cccd, 0xbe0a6666, 0xbdf80000, 0xbddb3334,
+    0xbdc9eb85, 0xbdc428f7, 0xbdbe6667, 0xbdb8a3d7, 0xbdb2e148, 0xbdad1eb8, 0xbda75c2a, 0xbda1999a,
+    0xbd9bd70a, 0xbd96147b, 0xbd9051eb, 0xbd8a8f5d, 0xbd84cccd, 0xbd7e147b, 0xbd728f5d, 0xbd670a3d,
+    0xbd5b851f, 0xbd500000, 0xbd447ae1, 0xbd38f5c3, 0xbd2d70a3, 0xbd21eb85, 0xbd166667, 0xbd0ae148,
+    0xbcfeb852, 0xbce7ae15, 0xbcd0a3d7, 0xbcb9999a, 0xbca28f5d, 0xbc8b851f, 0xbc68f5c3, 0xbc3ae148,
+    0xbc1f3b64, 0xbc160418, 0xbc0ccccd, 0xbc039581, 0xbbf4bc6a, 0xbbe24dd3, 0xbbcfdf3b, 0xbbbd70a4,
+    0xbbab020d, 0xbb989374, 0xbb8624dd, 0xbb676c8a, 0xbb428f5c, 0xbb1db22d, 0xbaf1a9fc, 0xbaa7ef9d,
+    0xba7765ff, 0xba59e83e, 0xba3c6a80, 0xba1eecc1, 0xba016f01, 0xb9c7e283, 0xb98ce705, 0xb923d70b,
+    0xb8ba1f4b, 0xb88aefb3, 0xb8378034, 0xb7b24206, 0xb70205ff, 0xb65a1a94, 0xb513a3b7, 0x00000000,
+    0x3513a3b7, 0x365a1a94, 0x370205ff, 0x37b24206, 0x38378034, 0x388aefb3, 0x38ba1f4b, 0x3923d70b,
+    0x398ce705, 0x39c7e283, 0x3a016f01, 0x3a1eecc1, 0x3a3c6a80, 0x3a59e83e, 0x3a7765ff, 0x3aa7ef9d,
+    0x3af1a9fc, 0x3b1db22d, 0x3b428f5c, 0x3b676c8a, 0x3b8624dd, 0x3b989374, 0x3bab020d, 0x3bbd70a4,
+    0x3bcfdf3b, 0x3be24dd3, 0x3bf4bc6a, 0x3c039581, 0x3c0ccccd, 0x3c160418, 0x3c1f3b64, 0x3c3ae148,
+    0x3c68f5c3, 0x3c8b851f, 0x3ca28f5d, 0x3cb9999a, 0x3cd0a3d7, 0x3ce7ae15, 0x3cfeb852, 0x3d0ae148,
+    0x3d166667, 0x3d21eb85, 0x3d2d70a3, 0x3d38f5c3, 0x3d447ae1, 0x3d500000, 0x3d5b851f, 0x3d670a3d,
+    0x3d728f5d, 0x3d7e147b, 0x3d84cccd, 0x3d8a8f5d, 0x3d9051eb, 0x3d96147b, 0x3d9bd70a, 0x3da1999a,
+    0x3da75c2a, 0x3dad1eb8, 0x3db2e148, 0x3db8a3d7, 0x3dbe6667, 0x3dc428f7, 0x3dc9eb85, 0x3ddb3334,
+    0x3df80000, 0x3e0a6666, 0x3e18cccd, 0x3e273333, 0x3e35999a, 0x3e440000, 0x3e526666, 0x3e60cccd,
+    0x3e6f3333, 0x3e7d9999, 0x3e860000, 0x3e8d3334, 0x3e946666, 0x3e9b999a, 0x3ea2cccc, 0x3eaa0000,
+    0x3eb13333, 0x3eb86666, 0x3ebf999a, 0x3ec6cccc, 0x3ece0000, 0x3ed53333, 0x3edc6666, 0x3ee3999a,
+    0x3eeacccc, 0x3ef20000, 0x3ef93332, 0x3f003333, 0x3f03cccc, 0x3f076666, 0x3f0b0000, 0x3f0e999a,
+    0x3f123334, 0x3f15cccd, 0x3f196666, 0x3f1d0000, 0x3f20999a, 0x3f243334, 0x3f27cccd, 0x3f2b6666,
+    0x3f2f0000, 0x3f32999a, 0x3f363334, 0x3f39cccd, 0x3f3d6666, 0x3f410000, 0x3f44999a, 0x3f483333,
+    0x3f4bcccd, 0x3f4f6666, 0x3f530000, 0x3f56999a, 0x3f5a3333, 0x3f5dcccd, 0x3f616666, 0x3f650000,
+    0x3f68999a, 0x3f6c3333, 0x3f6fcccd, 0x3f736666, 0x3f770000, 0x3f7a999a, 0x3f7e3333, 0x3f800000,
+)
+_UNSIGNED_BITS = (
+    0x00000000, 0x34ae7baa, 0x35500998, 0x360e9b38, 0x3692ccf6, 0x36de4c51, 0x3714e5d5, 0x3783126e,
+    0x37e171a0, 0x381fe868, 0x384f1800, 0x387e479a, 0x3896bb99, 0x38ae5364, 0x38c5eb31, 0x3906594b,
+    0x394154ca, 0x397c5049, 0x399ba5e4, 0x39b923a2, 0x39d6a163, 0x39f41f22, 0x3a08ce71, 0x3a178d50,
+    0x3a264c30, 0x3a350b10, 0x3a43c9ef, 0x3a5288d0, 0x3a6147af, 0x3a70068e, 0x3a7ec56e, 0x3a958106,
+    0x3aba5e35, 0x3adf3b64, 0x3b020c4a, 0x3b147ae1, 0x3b26e978, 0x3b395810, 0x3b4bc6a7, 0x3b5e3540,
+    0x3b70a3d7, 0x3b818937, 0x3b8ac082, 0x3b93f7cf, 0x3b9d2f1a, 0x3ba66666, 0x3baf9db2, 0x3bb8d4fd,
+    0x3bc20c4a, 0x3bcb4395, 0x3bd47ae1, 0x3bddb22e, 0x3be6e978, 0x3bf020c5, 0x3bf9580f, 0x3c0147ae,
+    0x3c05e354, 0x3c0a7ef9, 0x3c0f1aa0, 0x3c13b645, 0x3c1851eb, 0x3c1ced92, 0x3c218937, 0x3c2f5c2a,
+    0x3c466667, 0x3c5d70a3, 0x3c747ae2, 0x3c85c28f, 0x3c9147af, 0x3c9ccccd, 0x3ca851eb, 0x3cb3d70b,
+    0x3cbf5c29, 0x3ccae147, 0x3cd66667, 0x3ce1eb87, 0x3ced70a3, 0x3cf8f5c3, 0x3d023d70, 0x3d080000,
+    0x3d0dc28f, 0x3d13851f, 0x3d1947af, 0x3d1f0a3d, 0x3d24cccd, 0x3d2a8f5c, 0x3d3051eb, 0x3d36147b,
+    0x3d3bd70a, 0x3d41999a, 0x3d475c28, 0x3d4d1eb8, 0x3d52e147, 0x3d58a3d7, 0x3d5e6667, 0x3d6428f7,
+    0x3d69eb87, 0x3d6fae15, 0x3d7570a3, 0x3d7b3333, 0x3d807ae2, 0x3d835c2a, 0x3d863d71, 0x3d891eb8,
+    0x3d8c0000, 0x3d8ee148, 0x3d91c290, 0x3d94a3d7, 0x3d97851f, 0x3d9a6667, 0x3d9d47af, 0x3da028f6,
+    0x3da30a3e, 0x3da5eb85, 0x3da8cccd, 0x3dabae15, 0x3dae8f5c, 0x3db170a4, 0x3db451eb, 0x3db73333,
+    0x3dba147b, 0x3dbcf5c3, 0x3dbfd70b, 0x3dc2b852, 0x3dc5999a, 0x3dc87ae2, 0x3dcb5c29, 0x3dd40000,
+    0x3de26666, 0x3df0cccd, 0x3dff3333, 0x3e06cccc, 0x3e0e0000, 0x3e153334, 0x3e1c6666, 0x3e23999a,
+    0x3e2acccc, 0x3e320000, 0x3e393334, 0x3e406666, 0x3e47999a, 0x3e4ecccc, 0x3e560000, 0x3e5d3334,
+    0x3e646666, 0x3e6b999a, 0x3e72cccc, 0x3e7a0000, 0x3e809999, 0x3e843333, 0x3e87cccd, 0x3e8b6666,
+    0x3e8f0000, 0x3e92999a, 0x3e963333, 0x3e99cccc, 0x3e9d6666, 0x3ea10000, 0x3ea4999a, 0x3ea83333,
+    0x3eabcccc, 0x3eaf6666, 0x3eb30000, 0x3eb6999a, 0x3eba3333, 0x3ebdcccc, 0x3ec16666, 0x3ec50000,
+    0x3ec8999a, 0x3ecc3333, 0x3ecfcccc, 0x3ed36666, 0x3ed70000, 0x3eda999a, 0x3ede3333, 0x3ee1cccc,
+    0x3ee56666, 0x3ee90000, 0x3eec999a, 0x3ef03333, 0x3ef3cccc, 0x3ef76666, 0x3efb0000, 0x3efe9999,
+    0x3f01199a, 0x3f02e666, 0x3f04b333, 0x3f068000, 0x3f084ccc, 0x3f0a199a, 0x3f0be666, 0x3f0db334,
+    0x3f0f8000, 0x3f114ccd, 0x3f13199a, 0x3f14e666, 0x3f16b334, 0x3f188000, 0x3f1a4ccd, 0x3f1c199a,
+    0x3f1de666, 0x3f1fb334, 0x3f218000, 0x3f234ccd, 0x3f25199a, 0x3f26e666, 0x3f28b334, 0x3f2a8000,
+    0x3f2c4ccd, 0x3f2e199a, 0x3f2fe666, 0x3f31b334, 0x3f338000, 0x3f354ccd, 0x3f37199a, 0x3f38e666,
+    0x3f3ab334, 0x3f3c8000, 0x3f3e4ccd, 0x3f40199a, 0x3f41e666, 0x3f43b334, 0x3f458000, 0x3f474ccc,
+    0x3f49199a, 0x3f4ae666, 0x3f4cb334, 0x3f4e8000, 0x3f504ccc, 0x3f52199a, 0x3f53e666, 0x3f55b334,
+    0x3f578000, 0x3f594ccc, 0x3f5b199a, 0x3f5ce666, 0x3f5eb334, 0x3f608000, 0x3f624ccc, 0x3f64199a,
+    0x3f65e666, 0x3f67b334, 0x3f698000, 0x3f6b4ccc, 0x3f6d199a, 0x3f6ee666, 0x3f70b334, 0x3f728000,
+    0x3f744ccc, 0x3f76199a, 0x3f77e666, 0x3f79b334, 0x3f7b8000, 0x3f7d4ccc, 0x3f7f199a, 0x3f800000,
+)
+
+
+# The fast encoder's buckets (lrcore_q8.h): |x|'s float32 exponent and its top KEY_BITS mantissa
+# bits pick a bucket; every bucket holds at most two decision thresholds (checked when the
+# tables are built), so the code is base + (x >= thr[base]) + (x >= thr[base + 1]).
+KEY_BITS = 6
+KEY_LO = (127 - 24) << KEY_BITS          # |x| < 2**-24 shares the first bucket
+NKEYS = (127 << KEY_BITS) - KEY_LO + 1   # up to |x| = 1 (larger |x| shares the last)
+
+
+def dynamic_map(signed=True):
+    """The 256-entry dynamic quantization map, ascending, as a new float32 array: signed
+    (first moments; -0.99297 .. 1, entry 127 is 0) or unsigned (second moments; 0 .. 1)."""
+    return np.array(_SIGNED_BITS if signed else _UNSIGNED_BITS, dtype=np.uint32).view(np.float32)
+
+
+def _f32(bits):
+    return float(np.uint32(bits).view(np.float32))
+
+
+class _Codec:
+    """A map and its encoder tables: `thr[j]` is the smallest float32 x whose nearest entry
+    (ties towards zero) is above entry j (257 values, the last two +inf), `base` the bucket
+    table of the fast encoder, `zero_code` the code of 0."""
+
+    def __init__(self, signed):
+        self.signed = bool(signed)
+        self.map = dynamic_map(signed)
+        m = self.map.astype(np.float64)
+        thr = np.full(257, np.inf, dtype=np.float32)
+        for j in range(255):
+            mid = (m[j] + m[j + 1]) / 2.0          # exact in float64 (neighbours are close)
+            t = np.float32(mid)
+            if mid > 0:                             # tie -> lower entry: need x > mid
+                if float(t) <= mid:
+                    t = np.nextafter(t, np.float32(np.inf))
+            elif mid < 0:                           # tie -> upper entry (towards zero): x >= mid
+                if float(t) < mid:
+                    t = np.nextafter(t, np.float32(np.inf))
+            else:
+                raise AssertionError("a threshold at 0")
+            thr[j] = t
+        self.thr = thr
+        self.zero_code = int(np.flatnonzero(self.map == 0)[0])
+        base = np.empty(2 * NKEYS, dtype=np.int32)
+        t = thr[:255]
+        shift = 23 - KEY_BITS
+        for k in range(NKEYS):
+            key = KEY_LO + k
+            lo = 0.0 if k == 0 else _f32(key << shift)
+            hi = np.inf if k == NKEYS - 1 else _f32((key + 1) << shift)
+            # x in [lo, hi)
+            b = int(np.searchsorted(t, np.float32(lo), side="right"))
+            if int(np.searchsorted(t, np.float32(hi), side="left")) - b > 2:
+                raise AssertionError("more than two thresholds in a bucket")
+            base[k] = b
+            # x in (-hi, -lo]
+            b = int(np.searchsorted(t, np.float32(-hi), side="right"))
+            if int(np.searchsorted(t, np.float32(-lo), side="right")) - b > 2:
+                raise AssertionError("more than two thresholds in a bucket")
+            base[NKEYS + k] = b
+        self.base = base
+        for a in (self.map, self.thr, self.base):
+            a.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=2)
+def _codec(signed):
+    return _Codec(signed)
+
+
+def encode(x, signed=True):
+    """Codes of float32 values x (already divided by their absmax): the index of the nearest
+    map entry, ties to the entry of smaller magnitude; NaN encodes as 0 does. Exact (a binary
+    search over the decision thresholds; the compiled encoder agrees bit for bit)."""
+    c = _codec(bool(signed))
+    x = np.asarray(x, dtype=np.float32)
+    x = np.where(np.isnan(x), np.float32(0), x)
+    return np.searchsorted(c.thr[:255], x, side="right").astype(np.uint8)
+
+
+def _nblocks(n):
+    return -(-n // BLOCK)
+
+
+def _blocks(x):
+    """x (float32, flat) padded with zeros to whole blocks, as (nblocks, BLOCK)."""
+    n = x.size
+    nb = _nblocks(n)
+    if nb * BLOCK == n:
+        return x.reshape(nb, BLOCK)
+    out = np.zeros(nb * BLOCK, dtype=np.float32)
+    out[:n] = x
+    return out.reshape(nb, BLOCK)
+
+
+def _quantize_into(x, codes, absmax, signed):
+    """numpy twin of lrcore_q8_encode_block over every block of x (float32, flat)."""
+    b = _blocks(x)
+    with np.errstate(all="ignore"):
+        am = np.max(np.abs(b), axis=1)          # NaN if any NaN, as the C loop
+        q = b / am[:, None]                     # float32 division; 0/0 -> NaN -> code of 0
+    codes[...] = encode(q, signed).reshape(-1)[:x.size]
+    absmax[...] = am
+
+
+def _dequantize(codes, absmax, signed):
+    """numpy twin of lrcore_q8_decode_block: map[code] * absmax in float32."""
+    m = _codec(bool(signed)).map
+    with np.errstate(all="ignore"):
+        return m[codes] * np.repeat(absmax, BLOCK)[:codes.size]
+
+
+class QuantizedState:
+    """One 8-bit state buffer: `codes` (uint8, one per element), `absmax` (float32, one per
+    block of BLOCK elements), `signed` (which map). Values are map[code] * absmax."""
+
+    __slots__ = ("codes", "absmax", "signed")
+
+    def __init__(self, codes, absmax, signed):
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 1:
+            raise TypeError(f"QuantizedState: codes must be a 1-d numpy.ndarray of uint8, got "
+                            f"{_describe(codes)}")
+        if not isinstance(absmax, np.ndarray) or absmax.dtype != np.float32 or absmax.ndim != 1:
+            raise TypeError(f"QuantizedState: absmax must be a 1-d numpy.ndarray of float32, "
+                            f"got {_describe(absmax)}")
+        if absmax.size != _nblocks(codes.size):
+            raise ValueError(f"QuantizedState: absmax must have ceil({codes.size} / {BLOCK}) = "
+                             f"{_nblocks(codes.size)} elements for {codes.size} codes, got "
+                             f"{absmax.size}")
+        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+
+    @classmethod
+    def zeros(cls, n, signed):
+        """n zeros: every code the map's 0, every absmax 0."""
+        c = _codec(bool(signed))
+        return cls(np.full(n, c.zero_code, dtype=np.uint8),
+                   np.zeros(_nblocks(n), dtype=np.float32), signed)
+
+    @classmethod
+    def from_float(cls, x, signed):
+        """Quantize float32 values (any shape, flattened)."""
+        codes, absmax = quantize(x, signed)
+        return cls(codes, absmax, signed)
+
+    @property
+    def size(self):
+        return self.codes.size
+
+    @property
+    def nbytes(self):
+        return self.codes.nbytes + self.absmax.nbytes
+
+    def dequantize(self):
+        """The values as a new float32 array."""
+        return dequantize(self.codes, self.absmax, self.signed)
+
+    def copy(self):
+        return QuantizedState(self.codes.copy(), self.absmax.copy(), self.signed)
+
+    def __repr__(self):
+        return (f"QuantizedState(size={self.size}, signed={self.signed}, "
+                f"nbytes={self.nbytes})")
+
+
+def _describe(x):
+    if isinstance(x, np.ndarray):
+        return f"{x.ndim}-d array of {x.dtype}"
+    return type(x).__name__
+
+
+def quantize(x, signed=True):
+    """(codes, absmax) of float32 values x (flattened): per block of BLOCK values, absmax =
+    max |v| (NaN if a value is NaN) and codes = encode(v / absmax). Compiled (lrcore._q8) on
+    the native backend, numpy on the python one; the two agree bit for bit."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"quantize(): x must be float32, got {x.dtype}")
+    x = np.ascontiguousarray(x).reshape(-1)
+    codes = np.empty(x.size, dtype=np.uint8)
+    absmax = np.empty(_nblocks(x.size), dtype=np.float32)
+    from . import backend
+    if backend.name == "python":
+        _quantize_into(x, codes, absmax, signed)
+    else:
+        _native_code(False, x, codes, absmax, signed)
+    return codes, absmax
+
+
+def _native_code(decode, values, codes, absmax, signed, level=None, num_threads=None):
+    from . import _q8, backend
+    c = _codec(bool(signed))
+    _q8.code(decode, _isa_level() if level is None else level,
+             num_threads or backend.default_threads(), values, codes, absmax, c.map, c.thr,
+             c.base)
+
+
+def dequantize(codes, absmax, signed=True):
+    """float32 values map[code] * absmax of its block."""
+    codes = np.asarray(codes)
+    absmax = np.asarray(absmax)
+    if codes.dtype != np.uint8:
+        raise TypeError(f"dequantize(): codes must be uint8, got {codes.dtype}")
+    if absmax.dtype != np.float32:
+        raise TypeError(f"dequantize(): absmax must be float32, got {absmax.dtype}")
+    codes = codes.reshape(-1)
+    if absmax.size != _nblocks(codes.size):
+        raise ValueError(f"dequantize(): absmax must have {_nblocks(codes.size)} elements for "
+                         f"{codes.size} codes, got {absmax.size}")
+    return _dequantize(codes, absmax.reshape(-1), signed)
+
+
+def state_nbytes(n, state_dtype="int8", nstates=2):
+    """Bytes of `nstates` state buffers of n elements: 4 n each as float32; as int8, n codes
+    plus 4 ceil(n / BLOCK) absmax bytes each (float32 below MIN_ELEMENTS)."""
+    if state_dtype == "float32" or n < MIN_ELEMENTS:
+        return 4 * n * nstates
+    if state_dtype != "int8":
+        raise ValueError(f"state_nbytes(): state_dtype must be 'int8' or 'float32', got "
+                         f"{state_dtype!r}")
+    return (n + 4 * _nblocks(n)) * nstates
+
+
+# ---------------------------------------------------------------------------
+# Adam / AdamW over 8-bit moments
+# ---------------------------------------------------------------------------
+
+_ADAM = RULES["adam"]
+_HP_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+                "decoupled_weight_decay": False, "maximize": False}
+
+
+def _check_buffer(fn, name, a, n, writeable):
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        raise TypeError(f"{fn}(): {name} must be a numpy.ndarray of float32, got {_describe(a)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{fn}(): {name} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{fn}(): {name} must be writeable")
+    if n is not None and a.size != n:
+        raise ValueError(f"{fn}(): {name} must have {n} elements (as param), got {a.size}")
+
+
+def _check_state(fn, name, s, n, signed):
+    if not isinstance(s, QuantizedState):
+        raise TypeError(f"{fn}(): {name} must be a lrcore.quantization.QuantizedState, got "
+                        f"{type(s).__name__}")
+    if s.signed != signed:
+        raise ValueError(f"{fn}(): {name} must use the {'signed' if signed else 'unsigned'} map")
+    if s.codes.size != n:
+        raise ValueError(f"{fn}(): {name} must have {n} codes (as param), got {s.codes.size}")
+    if s.absmax.size != _nblocks(n):
+        raise ValueError(f"{fn}(): {name}.absmax must have {_nblocks(n)} elements, got "
+                         f"{s.absmax.size}")
+    for part, a in (("codes", s.codes), ("absmax", s.absmax)):
+        if not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"{fn}(): {name}.{part} must be C-contiguous and writeable")
+
+
+def _adam8_args(fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp, num_threads):
+    _check_buffer(fn, "param", param, None, True)
+    n = param.size
+    _check_buffer(fn, "grad", grad, n, False)
+    _check_state(fn, "exp_avg", exp_avg, n, True)
+    _check_state(fn, "exp_avg_sq", exp_avg_sq, n, False)
+    if max_exp_avg_sq is not None:
+        _check_state(fn, "max_exp_avg_sq", max_exp_avg_sq, n, False)
+    bufs = [param, grad, exp_avg.codes, exp_avg.absmax, exp_avg_sq.codes, exp_avg_sq.absmax]
+    if max_exp_avg_sq is not None:
+        bufs += [max_exp_avg_sq.codes, max_exp_avg_sq.absmax]
+    for i, a in enumerate(bufs):        # contiguous: bounds overlap == shared memory
+        if any(np.may_share_memory(a, b) for b in bufs[i + 1:]):
+            raise ValueError(f"{fn}(): param, grad and the states must not share memory")
+    hp = dict(_HP_DEFAULTS, **hp)
+    _validate.check_hypers(_ADAM, hp, fn=fn)
+    return hp, _validate.threads(fn, num_threads)
+
+
+def adam8_reference(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step,
+                    num_threads=None, **hp):
+    """numpy twin of `adam8`: decode the states, run lrcore.reference.adam (the float32 twin),
+    encode; bit for bit the compiled kernel."""
+    from . import reference
+    hp, _ = _adam8_args("adam8_reference", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                        dict(hp, lr=lr, step=step), num_threads)
+    p, g = param.reshape(-1), grad.reshape(-1)
+    states = [exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if max_exp_avg_sq is not None else [])
+    vals = [s.dequantize() for s in states]
+    kw = {k: hp[k] for k in ("lr", "step", "beta1", "beta2", "eps", "weight_decay",
+                             "decoupled_weight_decay", "maximize")}
+    reference.adam(p, g, vals[0], vals[1], vals[2] if len(vals) > 2 else None, **kw)
+    for s, v in zip(states, vals):
+        _quantize_into(v, s.codes, s.absmax, s.signed)
+
+
+def adam8(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, beta1=0.9,
+          beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+          maximize=False, num_threads=None):
+    """One Adam / AdamW / AMSGrad step with 8-bit moments, in place.
+
+    param, grad: float32 arrays of n elements; exp_avg: QuantizedState (signed map);
+    exp_avg_sq and max_exp_avg_sq (AMSGrad, optional): QuantizedState (unsigned map).
+    For each block of BLOCK elements: decode the moments, apply lrcore.kernels.adam's float32
+    update (same hyperparameters and ranges), absmax = max |value| of the block, encode.
+    The result does not depend on num_threads or the instruction set, and equals
+    `adam8_reference` bit for bit.
+    """
+    hp = {"beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+          "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize}
+    from . import backend
+    if backend.name == "python":
+        return adam8_reference(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr,
+                               step=step, num_threads=num_threads, **hp)
+    hp, nt = _adam8_args("adam8", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                         dict(hp, lr=lr, step=step), num_threads)
+    from . import _q8
+    cs, cu = _codec(True), _codec(False)
+    vm = max_exp_avg_sq
+    _q8.adam(_isa_level(), nt or backend.default_threads(), param.reshape(-1),
+             grad.reshape(-1), exp_avg.codes, exp_avg.absmax, exp_avg_sq.codes,
+             exp_avg_sq.absmax, None if vm is None else vm.codes,
+             None if vm is None else vm.absmax, cs.map, cs.thr, cs.base, cu.map, cu.thr,
+             cu.base, hp)
+
+
+_LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2}
+
+
+def _isa_level():
+    from . import backend
+    return _LEVELS[backend.isa()]

@@ -1,0 +1,253 @@
+"""8-bit optimizer state (lrcore.quantization, issue 13): the map, exact nearest codes, the
+fused 8-bit Adam step bit for bit against its numpy twin on every ISA and thread count."""
+import numpy as np
+import pytest
+
+import lrcore
+from lrcore import quantization as q
+
+NATIVE = lrcore.backend() == "native"
+
+
+# ---------------------------------------------------------------------------
+# The map
+# ---------------------------------------------------------------------------
+
+def _bnb_dynamic_map(torch, signed, max_exponent_bits=7, total_bits=8):
+    """bitsandbytes' create_dynamic_map recipe (functional.py), step for step in torch
+    float32 (linspace, means, powers of ten), as its users get it."""
+    data = []
+    non_sign_bits = total_bits - 1
+    additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+    for i in range(max_exponent_bits):
+        fraction_items = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed
+                             else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+        boundaries = torch.linspace(0.1, 1, fraction_items)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+    assert additional_items == 0
+    data.append(0)
+    data.append(1.0)
+    data.sort()
+    return torch.tensor(data, dtype=torch.float32).numpy()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_map_equals_bitsandbytes_recipe(signed):
+    torch = pytest.importorskip("torch")
+    m = q.dynamic_map(signed)
+    ref = _bnb_dynamic_map(torch, signed)
+    assert m.dtype == np.float32 and m.shape == (256,)
+    assert np.array_equal(m.view(np.uint32), ref.view(np.uint32))
+
+
+def test_map_properties():
+    s, u = q.dynamic_map(True), q.dynamic_map(False)
+    assert (np.diff(s) > 0).all() and (np.diff(u) > 0).all()
+    assert s[127] == 0 and s[-1] == 1 and u[0] == 0 and u[-1] == 1
+    s[0] = 5                      # a copy: the module's map is unchanged
+    assert q.dynamic_map(True)[0] != 5
+    assert q.BLOCK == 256 and q.MIN_ELEMENTS == 4096
+
+
+# ---------------------------------------------------------------------------
+# Codes: exact nearest, ties towards zero
+# ---------------------------------------------------------------------------
+
+def _brute_force(x, signed):
+    """Index of the nearest map entry to each float32 x by a search over all 256 entries
+    (differences in float64, exact for the entries near x), ties to the smaller magnitude."""
+    m = q.dynamic_map(signed).astype(np.float64)
+    x = np.where(np.isnan(x), 0, x).astype(np.float64)
+    d = np.abs(x[:, None] - m[None, :])
+    best = d.min(axis=1, keepdims=True)
+    cand = np.where(d == best, np.abs(m)[None, :], np.inf)
+    return np.argmin(cand, axis=1).astype(np.uint8)
+
+
+def _awkward(signed, rng):
+    """Values over 1e-8..1 of the absmax (log-uniform), zeros, every map entry, every
+    midpoint between neighbours (ties) and the float32 neighbours of each."""
+    m = q.dynamic_map(signed).astype(np.float64)
+    mids = ((m[:-1] + m[1:]) / 2)
+    mids32 = mids.astype(np.float32)
+    parts = [10.0 ** rng.uniform(-8, 0, 20000), np.zeros(10), m, mids,
+             np.nextafter(mids32, np.float32(np.inf)), np.nextafter(mids32, np.float32(-np.inf)),
+             np.nextafter(m.astype(np.float32), np.float32(0)), [1e-30, 1e-45, 2.0 ** -24, 1.0]]
+    x = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts]).astype(np.float32)
+    if signed:
+        x = np.concatenate([x, -x, np.float32([-0.0])])
+    return x[np.abs(x) <= 1]
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_encode_is_exact_nearest(signed):
+    rng = np.random.default_rng(1)
+    x = _awkward(signed, rng)
+    ties = (x.astype(np.float64)[:, None] == ((lambda m: (m[:-1] + m[1:]) / 2)(
+        q.dynamic_map(signed).astype(np.float64)))[None, :]).any(axis=1)
+    assert ties.sum() > 20                       # some midpoints are float32 values
+    got = q.encode(x, signed)
+    assert np.array_equal(got, _brute_force(x, signed)), "mismatches against brute force"
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled encoder")
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 255, 256, 257, 4096 * 3 + 13])
+def test_native_quantize_equals_numpy(isa, signed, n):
+    rng = np.random.default_rng(n)
+    pool = _awkward(signed, rng)
+    scale = np.float32(10.0) ** rng.integers(-30, 30, size=-(-n // q.BLOCK))
+    x = (rng.choice(pool, n) * np.repeat(scale, q.BLOCK)[:n]).astype(np.float32)
+    if n > 300:
+        x[256:512] = 0                            # an all-zero block
+        x[600] = np.nan                           # a NaN block
+        x[900] = -np.inf
+    codes = np.empty(n, np.uint8)
+    absmax = np.empty(-(-n // q.BLOCK), np.float32)
+    q._quantize_into(x, codes, absmax, signed)
+    for nt in (1, 2, 3):
+        c2, a2 = q.quantize(x, signed) if nt == 1 else (np.empty_like(codes), np.empty_like(absmax))
+        if nt != 1:
+            q._native_code(False, x, c2, a2, signed, num_threads=nt)
+        assert np.array_equal(c2, codes)
+        assert np.array_equal(a2.view(np.uint32), absmax.view(np.uint32))
+        back = np.empty(n, np.float32)
+        q._native_code(True, back, codes.copy(), absmax.copy(), signed, num_threads=nt)
+        ref = q._dequantize(codes, absmax, signed)
+        assert np.array_equal(back.view(np.uint32), ref.view(np.uint32))
+
+
+def test_quantize_per_block_absmax_and_roundtrip():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(1000).astype(np.float32)
+    codes, absmax = q.quantize(x, True)
+    assert absmax.shape == (4,)
+    for b in range(4):
+        assert absmax[b] == np.abs(x[256 * b:256 * (b + 1)]).max()
+    back = q.dequantize(codes, absmax, True)
+    # the nearest entry: no other entry times absmax is closer to x/absmax
+    assert np.array_equal(codes, q.encode(x / np.repeat(absmax, 256)[:1000], True))
+    assert np.abs(back - x).max() <= absmax.max() * 0.0071
+    z = q.QuantizedState.zeros(300, False)
+    assert not z.dequantize().any() and z.nbytes == 300 + 8
+
+
+def test_state_nbytes():
+    assert q.state_nbytes(1 << 20) == 2 * ((1 << 20) + 4 * (1 << 12))
+    assert q.state_nbytes(1000) == 8000          # below MIN_ELEMENTS: float32
+    assert q.state_nbytes(1 << 20, "float32") == 8 << 20
+
+
+# ---------------------------------------------------------------------------
+# The fused 8-bit Adam step
+# ---------------------------------------------------------------------------
+
+VARIANTS = [
+    dict(),                                                   # Adam
+    dict(weight_decay=0.1, decoupled_weight_decay=True),      # AdamW
+    dict(weight_decay=0.1),                                   # Adam with L2
+    dict(amsgrad=True, maximize=True),
+    dict(amsgrad=True, beta1=0.3, weight_decay=0.01),         # lerp weight >= 0.5
+]
+
+
+def _states(n, amsgrad):
+    return [q.QuantizedState.zeros(n, True), q.QuantizedState.zeros(n, False),
+            q.QuantizedState.zeros(n, False) if amsgrad else None]
+
+
+def _run(fn, n, hp, steps=4, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    hp = dict(hp)
+    amsgrad = hp.pop("amsgrad", False)
+    p = rng.standard_normal(n).astype(np.float32)
+    st = _states(n, amsgrad)
+    for step in range(1, steps + 1):
+        g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 1, n)).astype(np.float32)
+        fn(p, g, *st, lr=1e-2, step=step, **hp, **kw)
+    out = [p.view(np.uint32)]
+    for s in st:
+        if s is not None:
+            out += [s.codes, s.absmax.view(np.uint32)]
+    return out
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+@pytest.mark.parametrize("hp", VARIANTS)
+@pytest.mark.parametrize("n", [1, 17, 256, 257, 2048 + 3, 40000])
+def test_adam8_equals_numpy_twin(isa, hp, n):
+    ref = _run(q.adam8_reference, n, hp)
+    for nt in (1, 2, 3):
+        got = _run(q.adam8, n, hp, num_threads=nt)
+        for a, b in zip(got, ref):
+            assert np.array_equal(a, b)
+
+
+def test_adam8_is_decode_float32_adam_encode():
+    """One step = the float32 kernel on the decoded moments, then the codec."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    p = rng.standard_normal(n).astype(np.float32)
+    m = q.QuantizedState.from_float(rng.standard_normal(n).astype(np.float32) * 1e-2, True)
+    v = q.QuantizedState.from_float(rng.random(n).astype(np.float32) * 1e-4, False)
+    g = rng.standard_normal(n).astype(np.float32)
+    p2, md, vd = p.copy(), m.dequantize(), v.dequantize()
+    lrcore.kernels.adam(p2, g, md, vd, lr=1e-3, step=7, weight_decay=0.01,
+                        decoupled_weight_decay=True)
+    q.adam8(p, g, m, v, lr=1e-3, step=7, weight_decay=0.01, decoupled_weight_decay=True)
+    assert np.array_equal(p.view(np.uint32), p2.view(np.uint32))
+    c, a = q.quantize(md, True)
+    assert np.array_equal(m.codes, c) and np.array_equal(m.absmax, a)
+    c, a = q.quantize(vd, False)
+    assert np.array_equal(v.codes, c) and np.array_equal(v.absmax, a)
+
+
+def test_adam8_nonfinite_grad_poisons_only_its_block():
+    n = 1024
+    p = np.ones(n, np.float32)
+    g = np.full(n, 0.5, np.float32)
+    g[300] = np.nan
+    st = _states(n, False)
+    for fn in (q.adam8, q.adam8_reference):
+        pp, s = p.copy(), [x.copy() if x is not None else None for x in st]
+        fn(pp, g, *s, lr=1e-2, step=1)
+        m = s[0].dequantize()
+        assert np.isnan(m[256:512]).all() and np.isfinite(m[:256]).all() and np.isfinite(m[512:]).all()
+
+
+@pytest.mark.parametrize("fn", [q.adam8, q.adam8_reference])
+def test_adam8_bad_input_changes_nothing(fn):
+    n = 1000
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    m = q.QuantizedState.from_float(rng.standard_normal(n).astype(np.float32), True)
+    v = q.QuantizedState.from_float(rng.random(n).astype(np.float32), False)
+    snap = [p.copy(), m.codes.copy(), m.absmax.copy(), v.codes.copy(), v.absmax.copy()]
+
+    def unchanged():
+        for a, b in zip([p, m.codes, m.absmax, v.codes, v.absmax], snap):
+            assert np.array_equal(a, b)
+
+    short = q.QuantizedState.zeros(n - 1, False)
+    cases = [
+        ((p, g, m, short), {}, ValueError, "exp_avg_sq must have 1000 codes"),
+        ((p, g, v, m), {}, ValueError, "exp_avg must use the signed map"),
+        ((p, g.astype(np.float64), m, v), {}, TypeError, "grad must be a numpy.ndarray of float32"),
+        ((p, g[:-1], m, v), {}, ValueError, "grad must have 1000 elements"),
+        ((p, g, m, v), dict(lr=-1.0), ValueError, "lr"),
+        ((p, g, m, v), dict(beta2=1.5), ValueError, "beta2"),
+        ((p, g, m, v), dict(step=0), ValueError, "step"),
+        ((p, g, m, (v.codes, v.absmax)), {}, TypeError, "QuantizedState"),
+        ((p, p, m, v), {}, ValueError, "share memory"),
+    ]
+    for args, kw, exc, match in cases:
+        kw = dict(dict(lr=1e-3, step=1), **kw)
+        with pytest.raises(exc, match=match):
+            fn(*args, **kw)
+        unchanged()
+    with pytest.raises(ValueError, match="absmax must have"):
+        q.QuantizedState(np.zeros(300, np.uint8), np.zeros(1, np.float32), True)
