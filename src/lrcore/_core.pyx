@@ -14,7 +14,7 @@ cimport cython
 cimport numpy as cnp
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from libc.math cimport isfinite
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -27,6 +27,12 @@ from lrcore._validate import plan_hypers, required_slots
 from lrcore.rules import RULES
 
 cnp.import_array()
+
+cdef extern from "lrcore_lowp.h" nogil:
+    ctypedef struct lrcore_lowp:
+        int param, grad, state, rounding
+        uint64_t seed, step, index_offset
+
 
 cdef extern from "jobs.h" nogil:
     enum:
@@ -44,6 +50,7 @@ cdef extern from "jobs.h" nogil:
         const char *grad
         char *state[3]
         lrcore_hp hp
+        lrcore_lowp lowp
     ctypedef struct lrcore_field:
         const char *name
         size_t offset
@@ -610,3 +617,41 @@ cdef class StepPlan:
             free(packed)
         with nogil:
             lrcore_run_jobs(self.jobs, self.njobs, nt)
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 / float16 buffers (issue 12): lrcore.lowp checks everything, this runs
+# ---------------------------------------------------------------------------
+
+def lowp_run(str kind, list arrays, list element_types, dict hp, int rounding, seed,
+             index_offset, num_threads=None):
+    """One kernel call over bfloat16/float16 buffers (lrcore.lowp.kernel has checked the
+    layout, buffers, hyperparameters and stream arguments). arrays: [param, grad, state0,
+    state1, state2] (None where absent), C-contiguous; element_types: (param, grad, state)
+    as LRCORE_ET_* codes; hp: the rule's public hyperparameters by name, step included."""
+    if kind not in _KIND:
+        raise ValueError(f"lowp_run: kind must be one of {sorted(_KIND)}, got {kind!r}")
+    cdef lrcore_job job
+    memset(&job, 0, sizeof(job))
+    job.kind = _KIND[kind]
+    job.dtype = 2   # LRCORE_LOWP
+    _pack(kind, plan_hypers(RULES[kind], [hp])[0], 1.0, &job.hp)
+    job.lowp.param, job.lowp.grad, job.lowp.state = element_types
+    job.lowp.rounding = rounding
+    job.lowp.seed = <uint64_t>seed
+    job.lowp.step = <uint64_t>hp["step"]
+    job.lowp.index_offset = <uint64_t>index_offset
+    cdef cnp.ndarray a = <cnp.ndarray>arrays[0]
+    job.n = <size_t>cnp.PyArray_SIZE(a)
+    job.param = <char *>cnp.PyArray_DATA(a)
+    job.grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[1])
+    cdef int k
+    for k in range(3):
+        if arrays[2 + k] is not None:
+            job.state[k] = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[2 + k])
+    cdef int nt = lrcore_plan_threads(job.n * cnp.PyArray_ITEMSIZE(a), _threads(kind, num_threads),
+                                      MIN_BYTES_PER_THREAD)
+    if job.n == 0:
+        return
+    with nogil:
+        lrcore_run_jobs(&job, 1, nt)

@@ -13,7 +13,7 @@ import os
 import sys
 import types
 
-from . import _validate, reference
+from . import _validate, lowp, reference
 from .rules import RULES
 
 __all__ = ["name", "implementation", "kernels", "StepPlan", "isa", "available_isas", "set_isa",
@@ -46,8 +46,8 @@ def _native():
         set_isa=core.set_isa, default_threads=core.default_threads,
         set_default_threads=core.set_default_threads, probe=core.probe, core=core)
     for rule in RULES.values():
-        setattr(ns, rule.name, _validate.make_kernel(rule, core.run_kernel,
-                                                     reference.docstring(rule)))
+        f32 = _validate.make_kernel(rule, core.run_kernel, reference.docstring(rule))
+        setattr(ns, rule.name, lowp.kernel(rule.name, f32, core.lowp_run))
     return ns
 
 
@@ -62,7 +62,7 @@ def _python():
         available_isas=lambda: ("numpy",), set_isa=no_isa, default_threads=lambda: 1,
         set_default_threads=lambda n: None, probe=None, core=None)
     for rule in RULES.values():
-        setattr(ns, rule.name, getattr(reference, rule.name))
+        setattr(ns, rule.name, lowp.kernel(rule.name, getattr(reference, rule.name)))
     return ns
 
 

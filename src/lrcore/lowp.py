@@ -366,3 +366,107 @@ def twin_step(kernel, names, arrays, *, rounding="nearest", seed=0, index_offset
         r = round_to(w.reshape(-1), a.dtype, rounding, seed, step, 0 if b == 0 else b - 1,
                      index_offset)
         a.reshape(-1)[...] = r.view(a.dtype)
+
+
+# ---------------------------------------------------------------------------
+# The public kernels: float32/float64 calls go straight to the float32 kernel
+# ---------------------------------------------------------------------------
+
+_ET = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}   # LRCORE_ET_* (lrcore_lowp.h)
+_LOWP_SET = frozenset(("rounding", "seed", "index_offset"))
+
+
+def kernel(name, f32_kernel, native_run=None):
+    """The kernel `name` accepting every supported layout: f32_kernel (the backend's float32/
+    float64 kernel) for float32/float64 buffers, else `native_run` (lrcore._core.lowp_run) or,
+    for the numpy backend (native_run None), twin_step over lrcore.reference's kernel.
+
+    Extra keyword arguments: rounding ('nearest' or 'stochastic'), seed (0..2**64-1) and
+    index_offset (where element 0 of these buffers sits in the whole buffer: a slice
+    processed with its offset draws the same random bits as the whole)."""
+    import inspect
+
+    from . import reference, rules
+
+    ref = getattr(reference, name)
+    sig = inspect.signature(ref)
+    buffers = [p.name for p in sig.parameters.values()
+               if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    defaults = {p.name: p.default for p in sig.parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "num_threads"}
+    hyper_names = {h.name for h in rules.RULES[name].hypers}
+    # states present only while a hyperparameter is > 0 (momentum): the float32 kernel
+    # ignores them otherwise, so the low-precision call leaves them untouched too
+    when_hyper = {s.name: s.when for s in rules.RULES[name].states if s.when in hyper_names}
+    nbuf = len(buffers)
+
+    def call(*args, **kw):
+        # float32/float64 param and grad without low-precision arguments: the float32 kernel
+        # as before (a state buffer of another dtype is reported with the supported layouts)
+        if len(args) >= 2 and not (kw.keys() & _LOWP_SET):
+            try:
+                fast = args[0].dtype.itemsize != 2 and args[1].dtype.itemsize != 2
+            except AttributeError:
+                fast = True
+            if fast:
+                try:
+                    return f32_kernel(*args, **kw)
+                except TypeError:
+                    _check_layout_of_call(args, kw)
+                    raise
+        return _call(*args, **kw)
+
+    def _check_layout_of_call(args, kw):
+        arrays = list(args[:nbuf]) + [kw.get(b) for b in buffers[len(args):]]
+        if all(a is None or isinstance(a, np.ndarray) for a in arrays):
+            layout_of(name, buffers, arrays)
+
+    def _call(*args, rounding="nearest", seed=0, index_offset=0, **kw):
+        arrays = list(args[:nbuf]) + [None] * (nbuf - min(len(args), nbuf))
+        for i, b in enumerate(buffers):
+            if b in kw:
+                if i < len(args):
+                    raise TypeError(f"{name}() got multiple values for argument {b!r}")
+                arrays[i] = kw.pop(b)
+        if len(args) > nbuf:
+            raise TypeError(f"{name}() takes {nbuf} positional arguments but {len(args)} were given")
+        p = arrays[0]
+        half = any(getattr(a, "dtype", None) in (bfloat16, float16) for a in arrays if a is not None)
+        if not half:
+            if rounding != "nearest" or seed != 0 or index_offset != 0:
+                check_rounding(name, rounding)
+                check_seed(name, seed)
+                check_index_offset(name, index_offset, getattr(p, "size", 0))
+            return f32_kernel(*arrays, **kw)
+        layout = layout_of(name, buffers, arrays)
+        rounding = check_rounding(name, rounding)
+        seed = check_seed(name, seed)
+        _check_buffers(name, buffers, arrays)
+        index_offset = check_index_offset(name, index_offset, p.size)
+        # every hyperparameter and buffer-presence check of the float32 kernel, on empty arrays
+        empty = [None if a is None else np.empty(0, np.float32) for a in arrays]
+        ref(*empty, **kw)
+        hp = dict(defaults)
+        hp.update(kw)
+        hp.pop("num_threads", None)
+        for s, h in when_hyper.items():
+            if not hp.get(h, 0) > 0:
+                arrays[buffers.index(s)] = None
+        if native_run is None:
+            twin_step(ref, buffers, arrays, rounding=rounding, seed=seed,
+                      index_offset=index_offset, **hp)
+            return None
+        hp["step"] = int(hp["step"])
+        native_run(name, arrays + [None] * (5 - len(arrays)), [_ET[t] for t in layout], hp,
+                   ROUNDINGS.index(rounding), seed, index_offset, kw.get("num_threads"))
+        return None
+
+    call.__name__ = call.__qualname__ = name
+    call.__wrapped__ = f32_kernel
+    call.__module__ = getattr(f32_kernel, "__module__", __name__)
+    call.__doc__ = (f32_kernel.__doc__ or ref.__doc__ or "") + (
+        "\n    bfloat16/float16 buffers (lrcore.lowp.LAYOUTS): every value is widened to float32,"
+        "\n    the float32 step runs, param and states are rounded once: rounding='nearest'"
+        "\n    (ties to even) or 'stochastic' (stream keyed by seed, step, buffer and"
+        "\n    index_offset + element index).\n")
+    return call

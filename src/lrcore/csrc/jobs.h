@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include "lrcore.h"
+#include "lrcore_lowp.h"
 
 #define LRCORE__KIND(name, nstates) LRCORE_KIND_##name,
 enum { LRCORE_RULES(LRCORE__KIND) LRCORE_NKINDS,
@@ -21,7 +22,8 @@ enum { LRCORE_RULES(LRCORE__KIND) LRCORE_NKINDS,
         * buffers, with almost no arithmetic: the memory system's limit for that pattern. */
        LRCORE_PROBE = 63 };
 #undef LRCORE__KIND
-enum { LRCORE_F32 = 0, LRCORE_F64 = 1 };
+enum { LRCORE_F32 = 0, LRCORE_F64 = 1,
+       LRCORE_LOWP = 2 /* bfloat16/float16 buffers: element types in job->lowp */ };
 enum { LRCORE_ISA_BASELINE = 0, LRCORE_ISA_AVX2 = 1, LRCORE_ISA_AVX512 = 2 };
 
 #define LRCORE__HP_MEMBER(name, nstates) lrcore_##name##_hp name;
@@ -33,12 +35,13 @@ typedef union {
 
 typedef struct {
     int kind;            /* LRCORE_KIND_<rule> or LRCORE_PROBE */
-    int dtype;           /* LRCORE_F32 or LRCORE_F64 */
+    int dtype;           /* LRCORE_F32, LRCORE_F64 or LRCORE_LOWP */
     size_t n;            /* elements */
     char *param;
     const char *grad;
     char *state[3];      /* kernel order; NULL where absent */
     lrcore_hp hp;
+    lrcore_lowp lowp;    /* dtype LRCORE_LOWP: element types, rounding, stream (lrcore_lowp.h) */
 } lrcore_job;
 
 /* ---- field descriptors ------------------------------------------------------------- */

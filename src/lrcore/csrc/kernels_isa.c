@@ -51,9 +51,37 @@ DEFINE_PROBE(double, f64)
 #define CASE_F32(name, nstates) CASE(name, nstates, float, f32)
 #define CASE_F64(name, nstates) CASE(name, nstates, double, f64)
 
+static void run_range(const lrcore_job *job, size_t start, size_t count);
+
+/* Low-precision jobs: lrcore_lowp_run widens tiles of the buffers to float32 and calls this
+ * with each tile; it runs the job's float32 kernel on the tile. */
+static void lowp_tile_f32(void *ctx, size_t n, float *param, const float *grad, float *state[3])
+{
+    lrcore_job sub = *(const lrcore_job *)ctx;
+    sub.dtype = LRCORE_F32;
+    sub.n = n;
+    sub.param = (char *)param;
+    sub.grad = (const char *)grad;
+    for (int k = 0; k < 3; k++) sub.state[k] = (char *)state[k];
+    run_range(&sub, 0, n);
+}
+
+static void lowp_range(const lrcore_job *job, size_t start, size_t count)
+{
+    const size_t ps = lrcore__et_size(job->lowp.param), gs = lrcore__et_size(job->lowp.grad);
+    const size_t ss = lrcore__et_size(job->lowp.state);
+    void *st[3];
+    for (int k = 0; k < 3; k++) st[k] = job->state[k] ? (void *)(job->state[k] + start * ss) : (void *)0;
+    lrcore_lowp lp = job->lowp;
+    lp.index_offset += start;
+    lrcore_lowp_run(count, job->param + start * ps, job->grad + start * gs, st, &lp,
+                    lowp_tile_f32, (void *)job);
+}
+
 static void run_range(const lrcore_job *job, size_t start, size_t count)
 {
     if (count == 0) return;
+    if (job->dtype == LRCORE_LOWP) { lowp_range(job, start, count); return; }
     if (job->dtype == LRCORE_F32) {
         float *p = (float *)job->param + start;
         const float *g = (const float *)job->grad + start;
@@ -75,6 +103,11 @@ static void run_range(const lrcore_job *job, size_t start, size_t count)
 
 static double sumsq_range(const lrcore_job *job, size_t start, size_t count)
 {
+    if (job->dtype == LRCORE_LOWP) {
+        if (job->lowp.grad == LRCORE_ET_F32)
+            return lrcore_sum_squares_f32(count, (const float *)job->grad + start);
+        return lrcore_sum_squares_half(job->lowp.grad, count, (const uint16_t *)job->grad + start);
+    }
     if (job->dtype == LRCORE_F32)
         return lrcore_sum_squares_f32(count, (const float *)job->grad + start);
     return lrcore_sum_squares_f64(count, (const double *)job->grad + start);
