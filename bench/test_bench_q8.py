@@ -34,13 +34,19 @@ def _buffers(n, seed=0):
     return p, g, q.QuantizedState.zeros(n, True), q.QuantizedState.zeros(n, False)
 
 
-def _median(fn, repeat=7):
+def _median(fn, repeat=7, cpu=None):
+    """Median wall time of fn(); with a list `cpu`, also appends the median process CPU time
+    (every thread's time on a core: on a shared, loaded machine the wall time of a
+    compute-bound step is mostly time spent waiting for a core)."""
     fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.append(float(np.median(cs)))
     return float(np.median(ts))
 
 
@@ -68,26 +74,27 @@ def table(log2n=24, threads=2):
     import torch
     torch.set_num_threads(threads)
     n = 1 << log2n
-    rows = {}
-    rows["lrcore adam8 (8-bit AdamW)"] = _median(_adam8_step(n, threads))
+    rows, cpu = {}, []
+    rows["lrcore adam8 (8-bit AdamW)"] = _median(_adam8_step(n, threads), cpu=cpu)
     p, g, _, _ = _buffers(n)
     m32, v32 = np.zeros(n, np.float32), np.zeros(n, np.float32)
     rows["lrcore float32 AdamW"] = _median(lambda: lrcore.kernels.adam(
-        p, g, m32, v32, step=5, num_threads=threads, **HP))
+        p, g, m32, v32, step=5, num_threads=threads, **HP), cpu=cpu)
     del m32, v32
     tp = torch.from_numpy(p.copy()).requires_grad_()
     tp.grad = torch.from_numpy(g.copy())
     opt = torch.optim.AdamW([tp], lr=1e-3, weight_decay=1e-2, fused=True)
-    rows["torch fused float32 AdamW"] = _median(opt.step)
+    rows["torch fused float32 AdamW"] = _median(opt.step, cpu=cpu)
     del tp, opt, p, g
     # roofline: compute time on cache-resident data (2^14 elements, one thread, scaled to n
     # and divided by the threads)
     small = 1 << 14
     run = _adam8_step(small, 1)
     compute = _median(lambda: [run() for _ in range(16)], repeat=9) / 16 * (n / small) / threads
+    rows = {k: (t, c) for (k, t), c in zip(rows.items(), cpu)}
     # memory time at BYTES_Q8: lrcore's float32 AdamW (memory-bound at 28 B/element)
     # scaled by the bytes
-    memory = rows["lrcore float32 AdamW"] * BYTES_Q8 / BYTES_F32
+    memory = rows["lrcore float32 AdamW"][0] * BYTES_Q8 / BYTES_F32
     return rows, compute, memory
 
 
@@ -95,14 +102,16 @@ def main(argv):
     log2n = int(argv[1]) if len(argv) > 1 else 24
     threads = int(argv[2]) if len(argv) > 2 else 2
     rows, compute, memory = table(log2n, threads)
-    torch_t = rows["torch fused float32 AdamW"]
-    print(f"n = 2^{log2n}, {threads} threads, lrcore ISA {lrcore.isa()}: median of 7 steps")
-    for name, t in rows.items():
-        print(f"  {name:30s} {t * 1e3:9.1f} ms   torch fused / this = {torch_t / t:5.2f}x")
+    torch_t, torch_c = rows["torch fused float32 AdamW"]
+    print(f"n = 2^{log2n}, {threads} threads, lrcore ISA {lrcore.isa()}: median of 7 steps, "
+          f"wall and process CPU time")
+    for name, (t, c) in rows.items():
+        print(f"  {name:30s} wall {t * 1e3:8.1f} ms ({torch_t / t:5.2f}x torch)   "
+              f"cpu {c * 1e3:8.1f} ms ({torch_c / c:5.2f}x torch)")
     roof = max(compute, memory)
     print(f"  roofline of the 8-bit step: max(compute in cache scaled to n {compute * 1e3:.1f} ms, "
           f"memory at {BYTES_Q8:.2f} B/element {memory * 1e3:.1f} ms) = {roof * 1e3:.1f} ms; "
-          f"reached {roof / rows['lrcore adam8 (8-bit AdamW)']:.2f} of it")
+          f"reached {roof / rows['lrcore adam8 (8-bit AdamW)'][0]:.2f} of it (wall)")
 
 
 if __name__ == "__main__":

@@ -330,3 +330,24 @@ def test_adam8_optimizer_bad_state_dict_changes_nothing():
                     assert np.array_equal(x["absmax"], y["absmax"])
                 else:
                     assert np.array_equal(x, y)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled encoder")
+@pytest.mark.parametrize("signed", [True, False])
+def test_native_codes_exact_nearest_with_ties(isa, signed):
+    """Blocks whose absmax is 1, so each quotient is the value itself: the compiled encoder
+    (AVX-512 lanes and scalar tail) against brute force, midpoints (ties) included."""
+    rng = np.random.default_rng(7)
+    x = _awkward(signed, rng)
+    x = x[np.abs(x) < 1]
+    per = q.BLOCK - 1
+    nb = -(-x.size // per)
+    blocks = np.zeros((nb, q.BLOCK), np.float32)
+    flat = np.zeros(nb * per, np.float32)
+    flat[:x.size] = x
+    blocks[:, 1:] = flat.reshape(nb, per)
+    blocks[:, 0] = 1.0
+    v = blocks.reshape(-1)[:x.size + nb - 3]          # a partial last block (scalar tail)
+    codes, absmax = q.quantize(v, signed)
+    assert (absmax == 1).all()
+    assert np.array_equal(codes, _brute_force(v, signed))

@@ -6,7 +6,7 @@ these. `level` is lrcore's active instruction set (0 baseline, 1 AVX2, 2 AVX-512
 split into tasks of whole blocks run on a thread pool (csrc/pool.c), so the bytes written do
 not depend on the thread count.
 """
-from libc.stdint cimport int32_t, uint8_t, int64_t
+from libc.stdint cimport int32_t, uint8_t, int64_t, uint64_t
 
 cdef extern from "pool.h" nogil:
     ctypedef void (*lrcore_task_fn)(void *arg, size_t task) noexcept nogil
@@ -21,6 +21,7 @@ cdef extern from "q8_jobs.h" nogil:
         const float *map
         const float *thr
         const int32_t *base
+        const uint64_t *packed
     ctypedef struct lrcore_q8_state:
         uint8_t *codes
         float *absmax
@@ -94,11 +95,13 @@ DECODE_FNS[2] = lrcore_q8_decode_avx512
 BLOCK = LRCORE_Q8_BLOCK
 
 
-cdef lrcore_q8_codec _codec(const float[::1] map, const float[::1] thr, const int32_t[::1] base):
+cdef lrcore_q8_codec _codec(const float[::1] map, const float[::1] thr, const int32_t[::1] base,
+                           const uint64_t[::1] packed):
     cdef lrcore_q8_codec c
     c.map = &map[0]
     c.thr = &thr[0]
     c.base = &base[0]
+    c.packed = &packed[0]
     return c
 
 
@@ -113,8 +116,8 @@ cdef int _threads(int nthreads, size_t ntasks):
 def adam(int level, int nthreads, float[::1] param, const float[::1] grad,
          uint8_t[::1] m_codes, float[::1] m_absmax, uint8_t[::1] v_codes, float[::1] v_absmax,
          w_codes, w_absmax, const float[::1] smap, const float[::1] sthr,
-         const int32_t[::1] sbase, const float[::1] umap, const float[::1] uthr,
-         const int32_t[::1] ubase, dict hp):
+         const int32_t[::1] sbase, const uint64_t[::1] spacked, const float[::1] umap,
+         const float[::1] uthr, const int32_t[::1] ubase, const uint64_t[::1] upacked, dict hp):
     """One fused 8-bit Adam step (arguments checked by lrcore.quantization.adam8)."""
     cdef lrcore_q8_adam_job job
     cdef adam_call call
@@ -138,8 +141,8 @@ def adam(int level, int nthreads, float[::1] param, const float[::1] grad,
         wa = w_absmax
         job.vmax.codes = &wc[0]
         job.vmax.absmax = &wa[0]
-    job.cs = _codec(smap, sthr, sbase)
-    job.cu = _codec(umap, uthr, ubase)
+    job.cs = _codec(smap, sthr, sbase, spacked)
+    job.cu = _codec(umap, uthr, ubase, upacked)
     job.hp.lr = hp["lr"]
     job.hp.beta1 = hp["beta1"]
     job.hp.beta2 = hp["beta2"]
@@ -159,7 +162,8 @@ def adam(int level, int nthreads, float[::1] param, const float[::1] grad,
 
 
 def code(bint decode, int level, int nthreads, float[::1] values, uint8_t[::1] codes,
-         float[::1] absmax, const float[::1] map, const float[::1] thr, const int32_t[::1] base):
+         float[::1] absmax, const float[::1] map, const float[::1] thr, const int32_t[::1] base,
+         const uint64_t[::1] packed):
     """Encode values into (codes, absmax), or decode them into values."""
     cdef lrcore_q8_code_job job
     cdef code_call call
@@ -170,7 +174,7 @@ def code(bint decode, int level, int nthreads, float[::1] values, uint8_t[::1] c
     job.values = &values[0]
     job.q.codes = &codes[0]
     job.q.absmax = &absmax[0]
-    job.c = _codec(map, thr, base)
+    job.c = _codec(map, thr, base, packed)
     call.job = &job
     call.fn = DECODE_FNS[level] if decode else ENCODE_FNS[level]
     call.nblocks = (n + LRCORE_Q8_BLOCK - 1) // LRCORE_Q8_BLOCK

@@ -158,8 +158,42 @@ class _Codec:
                 raise AssertionError("more than two thresholds in a bucket")
             base[NKEYS + k] = b
         self.base = base
-        for a in (self.map, self.thr, self.base):
+        self.packed = self._packed(t, base)
+        for a in (self.map, self.thr, self.base, self.packed):
             a.setflags(write=False)
+
+    @staticmethod
+    def _packed(t, base):
+        """The AVX-512 encoder's bucket words (lrcore_q8_encode_block): low 32 bits t0, high
+        32 bits base << 24 | (t1 & 0xffffff), where t0, t1 are the bucket's candidate
+        thresholds thr[base], thr[base + 1] as the low 23 - KEY_BITS bits of their magnitude
+        (negated on the x < 0 side), or 2**(23 - KEY_BITS) (never reached) when the
+        threshold lies outside the bucket."""
+        shift = 23 - KEY_BITS
+        tail, invalid = (1 << shift) - 1, 1 << shift
+        bits = t.view(np.uint32)
+        out = np.empty(2 * NKEYS, dtype=np.uint64)
+        for side in (0, 1):
+            for k in range(NKEYS):
+                b = int(base[side * NKEYS + k])
+                key = KEY_LO + k
+                lo = 0.0 if k == 0 else _f32(key << shift)
+                hi = np.inf if k == NKEYS - 1 else _f32((key + 1) << shift)
+                slots = []
+                for j in (b, b + 1):
+                    inside = j < 255 and ((lo < float(t[j]) < hi) if side == 0
+                                          else (-hi < float(t[j]) <= -lo))
+                    if inside and k in (0, NKEYS - 1):
+                        raise AssertionError("a threshold in a clamped bucket")
+                    if inside:
+                        x = int(bits[j] & 0x7fffffff) & tail
+                        slots.append(-x if side else x)
+                    else:
+                        slots.append(invalid)
+                t0, t1 = slots
+                out[side * NKEYS + k] = ((((b << 24) | (t1 & 0xffffff)) << 32)
+                                         | (t0 & 0xffffffff))
+        return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -290,7 +324,7 @@ def _native_code(decode, values, codes, absmax, signed, level=None, num_threads=
     c = _codec(bool(signed))
     _q8.code(decode, _isa_level() if level is None else level,
              num_threads or backend.default_threads(), values, codes, absmax, c.map, c.thr,
-             c.base)
+             c.base, c.packed)
 
 
 def dequantize(codes, absmax, signed=True):
@@ -417,8 +451,8 @@ def adam8(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, be
     _q8.adam(_isa_level(), nt or backend.default_threads(), param.reshape(-1),
              grad.reshape(-1), exp_avg.codes, exp_avg.absmax, exp_avg_sq.codes,
              exp_avg_sq.absmax, None if vm is None else vm.codes,
-             None if vm is None else vm.absmax, cs.map, cs.thr, cs.base, cu.map, cu.thr,
-             cu.base, hp)
+             None if vm is None else vm.absmax, cs.map, cs.thr, cs.base, cs.packed, cu.map,
+             cu.thr, cu.base, cu.packed, hp)
 
 
 _LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2}

@@ -44,6 +44,7 @@ typedef struct {
     const float *map;     /* 256 entries, ascending */
     const float *thr;     /* 257: thr[j] = least float32 x whose code is > j; thr[255..256] = +inf */
     const int32_t *base;  /* 2 * LRCORE_Q8_NKEYS: thresholds <= the bucket's low end (x >= 0, x < 0) */
+    const uint64_t *packed; /* 2 * LRCORE_Q8_NKEYS: one 64-bit word per bucket, see below */
 } lrcore_q8_codec;
 
 /* Decode one block: out[i] = map[codes[i]] * absmax. */
@@ -76,8 +77,12 @@ LRCORE_INLINE uint8_t lrcore_q8_code(const lrcore_q8_codec *c, float x)
  *   x = v[i] / absmax (float32; NaN, e.g. 0/0 in an all-zero block, is taken as 0)
  *   code = the index of the map entry nearest to x, ties to the entry of smaller magnitude
  *        = number of thresholds thr[j] <= x (lrcore_q8_code).
- * With AVX-512 the same operations run 16 lanes at a time (gathers for the tables; GCC's
- * generic tuning would not emit them), then the scalar loop finishes the block. */
+ * With AVX-512, 16 lanes at a time and one table load per value: a bucket's thresholds lie
+ * in [lo, hi), so they share every bit of |x| above the low 23 - KEY_BITS mantissa bits and
+ * compare as those bits alone (reversed for x < 0). Each bucket's 64-bit word in `packed`
+ * holds its base and its two candidate thresholds as such tails (2^(23-KEY_BITS): none;
+ * the clamped first and last buckets hold none, checked in quantization.py). Exact, and
+ * equal to the scalar loop (the tests compare both with a brute-force search). */
 LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
     const float *LRCORE_RESTRICT v, uint8_t *LRCORE_RESTRICT codes)
 {
@@ -104,24 +109,30 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,
                                                24, 26, 28, 30);
         const __m512i odd = _mm512_add_epi32(even, one);
+        const __m512i tail = _mm512_set1_epi32((1 << (23 - LRCORE_Q8_KEY_BITS)) - 1);
         for (; i + 16 <= n; i += 16) {
             __m512 x = _mm512_div_ps(_mm512_loadu_ps(v + i), vam);
             x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), x);
             const __m512i u = _mm512_castps_si512(x);
-            __m512i k = _mm512_sub_epi32(
-                _mm512_srli_epi32(_mm512_and_si512(u, absmask), 23 - LRCORE_Q8_KEY_BITS), klo);
+            const __m512i a = _mm512_and_si512(u, absmask);
+            const __mmask16 neg = _mm512_cmplt_epi32_mask(u, zero);
+            __m512i k = _mm512_sub_epi32(_mm512_srli_epi32(a, 23 - LRCORE_Q8_KEY_BITS), klo);
             k = _mm512_min_epi32(_mm512_max_epi32(k, zero), khi);
-            k = _mm512_add_epi32(k, _mm512_and_si512(_mm512_srai_epi32(u, 31), nk));
-            __m512i b = _mm512_i32gather_epi32(k, (const void *)c->base, 4);
-            /* (thr[b], thr[b + 1]) as one 64-bit load per lane, then split */
-            const __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(b),
-                                                      (const void *)c->thr, 4);
-            const __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(b, 1),
-                                                      (const void *)c->thr, 4);
-            const __m512 t0 = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, even, hi));
-            const __m512 t1 = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, odd, hi));
-            b = _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(x, t0, _CMP_GE_OQ), b, one);
-            b = _mm512_mask_add_epi32(b, _mm512_cmp_ps_mask(x, t1, _CMP_GE_OQ), b, one);
+            k = _mm512_mask_add_epi32(k, neg, k, nk);
+            /* the bucket's word: low half t0, high half base << 24 | t1 (24-bit signed);
+             * y = the low mantissa bits of |x|, negated for x < 0 */
+            const __m512i w0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(k),
+                                                      (const void *)c->packed, 8);
+            const __m512i w1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(k, 1),
+                                                      (const void *)c->packed, 8);
+            const __m512i t0 = _mm512_permutex2var_epi32(w0, even, w1);
+            const __m512i hi = _mm512_permutex2var_epi32(w0, odd, w1);
+            const __m512i t1 = _mm512_srai_epi32(_mm512_slli_epi32(hi, 8), 8);
+            __m512i y = _mm512_and_si512(a, tail);
+            y = _mm512_mask_sub_epi32(y, neg, zero, y);
+            __m512i b = _mm512_srli_epi32(hi, 24);
+            b = _mm512_mask_add_epi32(b, _mm512_cmpge_epi32_mask(y, t0), b, one);
+            b = _mm512_mask_add_epi32(b, _mm512_cmpge_epi32_mask(y, t1), b, one);
             _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(b));
         }
     }
