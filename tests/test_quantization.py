@@ -351,3 +351,51 @@ def test_native_codes_exact_nearest_with_ties(isa, signed):
     codes, absmax = q.quantize(v, signed)
     assert (absmax == 1).all()
     assert np.array_equal(codes, _brute_force(v, signed))
+
+
+# ---------------------------------------------------------------------------
+# bitsandbytes' 8-bit Adam state (skipped when bitsandbytes is not installed)
+# ---------------------------------------------------------------------------
+
+def _bnb():
+    torch = pytest.importorskip("torch")
+    bnb = pytest.importorskip("bitsandbytes")
+    return torch, bnb
+
+
+def test_bitsandbytes_maps_and_layout():
+    torch, bnb = _bnb()
+    import bitsandbytes.functional as F
+    for signed in (True, False):
+        assert np.array_equal(F.create_dynamic_map(signed).numpy().view(np.uint32),
+                              q.dynamic_map(signed).view(np.uint32))
+    p = torch.nn.Parameter(torch.randn(5000))
+    opt = bnb.optim.AdamW8bit([p], lr=1e-3)
+    p.grad = torch.randn(5000)
+    opt.step()
+    m, v, step = q.from_bitsandbytes(opt.state[p])
+    assert step == 1 and m.size == v.size == 5000
+    # bitsandbytes' own blockwise decoder reads the codes exactly as lrcore does
+    for s, k in ((m, "1"), (v, "2")):
+        st = opt.state[p]
+        ref = F.dequantize_blockwise(st["state" + k], absmax=st["absmax" + k],
+                                     code=st["qmap" + k], blocksize=256).numpy()
+        assert np.array_equal(s.dequantize().view(np.uint32), ref.view(np.uint32))
+
+
+def test_bitsandbytes_round_trip_and_bad_state():
+    torch, _ = _bnb()
+    rng = np.random.default_rng(11)
+    m = q.QuantizedState.from_float(rng.standard_normal(1000).astype(np.float32), True)
+    v = q.QuantizedState.from_float(rng.random(1000).astype(np.float32), False)
+    d = q.to_bitsandbytes(m, v, 7)
+    m2, v2, step = q.from_bitsandbytes(d)
+    assert step == 7
+    for a, b in ((m, m2), (v, v2)):
+        assert np.array_equal(a.codes, b.codes) and np.array_equal(a.absmax, b.absmax)
+    bad = dict(d, absmax1=d["absmax1"][:-1])
+    with pytest.raises(ValueError, match="absmax1 has 3 values for 1000 codes"):
+        q.from_bitsandbytes(bad)
+    bad = dict(d, qmap2=d["qmap1"])
+    with pytest.raises(ValueError, match="qmap2 is not the dynamic map"):
+        q.from_bitsandbytes(bad)

@@ -18,7 +18,8 @@ from . import _validate
 from .rules import RULES
 
 __all__ = ["BLOCK", "MIN_ELEMENTS", "dynamic_map", "QuantizedState", "quantize", "dequantize",
-           "encode", "adam8", "adam8_reference", "state_nbytes", "Adam8"]
+           "encode", "adam8", "adam8_reference", "state_nbytes", "Adam8", "to_bitsandbytes",
+           "from_bitsandbytes"]
 
 #: Elements per block (one float32 absmax each), as bitsandbytes and torchao.
 BLOCK = 256
@@ -592,3 +593,65 @@ class Adam8:
             new.append(row)
         self.state = new
         self.step_count = int(step)
+
+
+# ---------------------------------------------------------------------------
+# bitsandbytes' 8-bit Adam state (blockwise, block 256: the same layout)
+# ---------------------------------------------------------------------------
+
+def to_bitsandbytes(exp_avg, exp_avg_sq, step):
+    """The per-parameter state dict of bitsandbytes' Adam8bit/AdamW8bit (blockwise): torch
+    tensors state1/absmax1/qmap1 (exp_avg, signed map), state2/absmax2/qmap2 (exp_avg_sq,
+    unsigned map) and step. The codes and absmax are copied unchanged: bitsandbytes indexes
+    the same map with the same blocks."""
+    import torch
+    _check_pair("to_bitsandbytes", exp_avg, exp_avg_sq)
+    return {"step": int(step),
+            "state1": torch.from_numpy(exp_avg.codes.copy()),
+            "absmax1": torch.from_numpy(exp_avg.absmax.copy()),
+            "qmap1": torch.from_numpy(dynamic_map(True)),
+            "state2": torch.from_numpy(exp_avg_sq.codes.copy()),
+            "absmax2": torch.from_numpy(exp_avg_sq.absmax.copy()),
+            "qmap2": torch.from_numpy(dynamic_map(False))}
+
+
+def from_bitsandbytes(state):
+    """(exp_avg, exp_avg_sq, step) from one parameter's bitsandbytes 8-bit Adam state (as in
+    optimizer.state[p] or its state_dict): the maps must be this module's and the absmax one
+    per block of 256; anything else is a ValueError."""
+    def arr(key, dtype):
+        if key not in state:
+            raise ValueError(f"from_bitsandbytes(): no {key!r} in the state (blockwise 8-bit "
+                             f"Adam state has state1, absmax1, qmap1, state2, absmax2, qmap2)")
+        x = state[key]
+        x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if x.dtype != dtype:
+            raise ValueError(f"from_bitsandbytes(): {key} must be {np.dtype(dtype).name}, got "
+                             f"{x.dtype}")
+        return np.ascontiguousarray(x).reshape(-1).copy()
+    for key, signed in (("qmap1", True), ("qmap2", False)):
+        if not np.array_equal(arr(key, np.float32).view(np.uint32),
+                              dynamic_map(signed).view(np.uint32)):
+            raise ValueError(f"from_bitsandbytes(): {key} is not the dynamic map "
+                             f"(signed={signed}); only the default maps convert")
+    c1, a1 = arr("state1", np.uint8), arr("absmax1", np.float32)
+    c2, a2 = arr("state2", np.uint8), arr("absmax2", np.float32)
+    for c, a, name in ((c1, a1, "absmax1"), (c2, a2, "absmax2")):
+        if a.size != _nblocks(c.size):
+            raise ValueError(f"from_bitsandbytes(): {name} has {a.size} values for "
+                             f"{c.size} codes; expected blocks of {BLOCK} "
+                             f"({_nblocks(c.size)} values)")
+    if c1.size != c2.size:
+        raise ValueError(f"from_bitsandbytes(): state1 has {c1.size} codes, state2 {c2.size}")
+    step = state.get("step", 0)
+    step = int(step.item() if hasattr(step, "item") else step)
+    return QuantizedState(c1, a1, True), QuantizedState(c2, a2, False), step
+
+
+def _check_pair(fn, exp_avg, exp_avg_sq):
+    for name, s, signed in (("exp_avg", exp_avg, True), ("exp_avg_sq", exp_avg_sq, False)):
+        if not isinstance(s, QuantizedState) or s.signed != signed:
+            raise TypeError(f"{fn}(): {name} must be a QuantizedState with signed={signed}")
+    if exp_avg.size != exp_avg_sq.size:
+        raise ValueError(f"{fn}(): exp_avg has {exp_avg.size} elements, exp_avg_sq "
+                         f"{exp_avg_sq.size}")
