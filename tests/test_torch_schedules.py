@@ -98,14 +98,19 @@ def test_a_lambda_schedule_is_kept_from_the_live_optimizer_or_refused(tmp_path):
     assert other.state_dict() == before and other.param_groups[0]["lr"] == 0.1
 
 
-def test_steplr_on_a_schedule_lr_is_refused_at_construction():
+@pytest.mark.parametrize("make", [
+    lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10),
+    lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.9 ** k),
+], ids=["StepLR", "CosineAnnealingLR", "LambdaLR"])
+def test_a_torch_scheduler_on_a_schedule_lr_is_refused_at_construction(make):
     params = _model()
     sched = schedules.Cosine(0.1, 20)
     opt = lt.SGD(params, lr=sched, momentum=0.9)
     with pytest.raises(TypeError, match=r"lr is the lrcore schedule Cosine\(initial=0.1, "
                                         r"steps=20\); a torch.optim.lr_scheduler cannot also "
                                         r"drive it .* Give lr as a number"):
-        torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        make(opt)
     assert "initial_lr" not in opt.param_groups[0] and opt.param_groups[0]["lr"] is sched
     _grads(params, 0)
     opt.step()                                   # the optimizer is untouched and works

@@ -1,17 +1,17 @@
 """The hyperparameter injector shared by lrcore.optim, lrcore.torch and lrcore.task.
 
 A hyperparameter is stored as given (a number, a 0-d tensor or array, or a
-:class:`lrcore.schedules.Schedule`) and resolved to a float once per step, here and
-nowhere else, against the range the table of update rules (:mod:`lrcore.rules`) gives it.
+:class:`lrcore.schedules.Schedule`); the floats a step hands to the kernels are resolved
+and checked here, once per step, against the ranges of the table of update rules
+(:mod:`lrcore.rules`).
 
 Design (optax's ``inject_hyperparams``): callers keep their own containers (an
 optimizer's groups, torch's ``param_groups``, the task's parameters) and ask this module to
-``check`` a value when it is set, ``resolve`` it at a step, ``kernel_values`` for a whole
-group (by name, in the rule's C-struct order, with SGD's ``init_buffer`` flag explicit: the
-dict StepPlan.run takes),
-``report`` a metric to ReduceOnPlateau schedules, and turn schedules into plain data and
-back (``to_data`` / ``from_data``) for state dicts and files. Every message has one form:
-``"<owner>: <name> must be <range>, got <value>"``.
+``check`` a value when it is set, ``resolve`` it at a step, build ``kernel_values`` for a
+whole group (the dict StepPlan.run takes: by name, in the rule's C-struct order, SGD's
+``init_buffer`` flag explicit), ``report`` a metric to ReduceOnPlateau schedules, and turn
+schedules into plain data and back (``to_data`` / ``from_data``) for state dicts and files.
+Every message has one form: ``"<owner>: <name> must be <range>, got <value>"``.
 """
 import numbers
 

@@ -192,18 +192,18 @@ def _radam(p, grad, st, hp):
     p -= u
 
 
-def _sign(x, T):
-    """-1 or 1 for non-zero x; x itself for +-0 and NaN (lrcore_body.h, `sign`)."""
-    return np.where(x > 0, T(1), np.where(x < 0, T(-1), x)).astype(T, copy=False)
-
-
 @_quiet
 def _lion(p, grad, st, hp):
     T = p.dtype.type
     m = st[0]
-    g = grad * _scale(hp, T)
+    s = _scale(hp, T)
+    g = grad * s if s != T(1) else grad                  # g * 1 skipped, as in C (exact)
     c = m * T(hp["beta1"]) + T(1.0 - hp["beta1"]) * g
-    p[...] = p * T(1.0 - hp["lr"] * hp["weight_decay"]) + T(-hp["lr"]) * _sign(c, T)
+    if hp["weight_decay"] != 0.0:
+        p *= T(1.0 - hp["lr"] * hp["weight_decay"])
+    # (-lr) * sign(c), sign(c) = c at +-0 and NaN: copysign(lr, -c) where c is non-zero and
+    # not NaN (the same value exactly), (-lr) * c elsewhere (lrcore_body.h, lion_update)
+    p += np.where((c != 0) & (c == c), np.copysign(T(hp["lr"]), -c), T(-hp["lr"]) * c)
     m[...] = m * T(hp["beta2"]) + T(1.0 - hp["beta2"]) * g
 
 

@@ -31,19 +31,27 @@
 
 typedef void (*lrcore_task_fn)(void *arg, size_t task);
 
+/* Each extension that compiles pool.c gets its own pool: the symbols stay inside its .so,
+ * whatever flags Python loads it with. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LRCORE_POOL_API __attribute__((visibility("hidden")))
+#else
+#define LRCORE_POOL_API
+#endif
+
 /* Most threads a call may use (the caller included): 4 per online CPU, at least 8. */
-int lrcore_pool_max_threads(void);
+LRCORE_POOL_API int lrcore_pool_max_threads(void);
 
 /* Run fn(arg, t) for every t in [0, ntasks), on at most nthreads threads (the caller is one;
  * nthreads is clamped to [1, lrcore_pool_max_threads()]); returns when every task is done.
  * If the OS refuses to start a worker, the call runs on the threads the pool has. */
-void lrcore_pool_run(int nthreads, size_t ntasks, lrcore_task_fn fn, void *arg);
+LRCORE_POOL_API void lrcore_pool_run(int nthreads, size_t ntasks, lrcore_task_fn fn, void *arg);
 
 /* Workers currently alive in this process (0 in a forked child until its first call). */
-int lrcore_pool_workers(void);
+LRCORE_POOL_API int lrcore_pool_workers(void);
 
 /* Tasks run by workers (not callers) since the process started: lets tests check that a
  * worker really took part in a call. */
-unsigned long long lrcore_pool_worker_tasks(void);
+LRCORE_POOL_API unsigned long long lrcore_pool_worker_tasks(void);
 
 #endif

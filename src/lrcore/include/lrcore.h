@@ -284,12 +284,14 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
 #define LRCORE__SUFFIX f32
 #define LRCORE__SQRT sqrtf
 #define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
 #include "lrcore_body.h"
 
 #define LRCORE__T double
 #define LRCORE__SUFFIX f64
 #define LRCORE__SQRT sqrt
 #define LRCORE__FABS fabs
+#define LRCORE__COPYSIGN copysign
 #include "lrcore_body.h"
 
 /* ------------------------------------------------------------------------ */
