@@ -239,3 +239,21 @@ def test_large_call_with_prefetch_equals_twin(force_threads):
     _twin(spec)(want[0], want[1], **want[2], lr=0.01, step=2, **kw)
     kernels.adam(got[0], got[1], **got[2], lr=0.01, step=2, num_threads=2, **kw)
     _assert_same(got, want)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "-".join(l))
+def test_python_backend_kernels_take_the_same_layouts(layout):
+    """LRCORE_BACKEND=python's kernels run the twin through the same front (checks and all)."""
+    from lrcore import backend
+    py = backend.implementation("python")
+    spec = registry.spec("rmsprop")
+    case = max(spec.cases, key=lambda c: len(c.states))
+    rng = np.random.default_rng(13)
+    bufs = _make(rng, spec, case, layout, 777)
+    a, b = _copy(bufs), _copy(bufs)
+    kw = dict(rounding="stochastic", seed=5, index_offset=9)
+    _run(py.rmsprop, spec, case, a, 3, **kw)
+    _run(kernels.rmsprop, spec, case, b, 3, **kw)
+    _assert_same(a, b)
+    with pytest.raises(ValueError, match="seed must be in"):
+        _run(py.rmsprop, spec, case, a, 3, rounding="stochastic", seed=-1)

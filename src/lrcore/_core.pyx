@@ -1,14 +1,17 @@
 # cython: language_level=3
-"""Compiled backend of lrcore.kernels: argument checks, then the C kernels without the GIL.
+"""Compiled backend of lrcore.kernels: buffer checks, then the C kernels without the GIL.
 
-Design: every public function validates all of its arguments before touching any
-memory (so a bad call modifies nothing), packs them into one `lrcore_job`, and hands
-the job to the native runner (runtime.c), which splits it across threads and runs
-the best instruction-set build of the kernels in lrcore.h. `StepPlan` does the same
-for many buffers at once (an optimizer step over a model's parameters): the
-buffers are checked once when the plan is made, the gradients at every step.
-The checks mirror lrcore/_validate.py (used by the numpy backend) exactly; the
-test-suite holds both to one table of bad inputs.
+Design: the kernel functions themselves are generated from the table of rules by
+lrcore._validate (signature, hyperparameter checks) and reach this module through
+lrcore.backend as `run_kernel(rule, buffers, hp, num_threads)`. run_kernel checks every
+buffer before touching any memory (so a bad call modifies nothing), writes the
+hyperparameters into the rule's C struct by name (`_pack`, from the field descriptors of
+csrc/jobs.h), and hands one `lrcore_job` to the native runner (runtime.c), which splits
+it across threads and runs the best instruction-set build of the kernels in lrcore.h.
+`StepPlan` does the same for many buffers at once (an optimizer step over a model's
+parameters): buffers checked once when the plan is made, gradients at every step,
+hyperparameters by name per group. The buffer checks mirror lrcore/_validate.py (the
+numpy backend's) exactly; tests/test_bad_input.py holds both to one table.
 """
 cimport cython
 cimport numpy as cnp

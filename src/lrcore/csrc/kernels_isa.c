@@ -103,11 +103,6 @@ static void run_range(const lrcore_job *job, size_t start, size_t count)
 
 static double sumsq_range(const lrcore_job *job, size_t start, size_t count)
 {
-    if (job->dtype == LRCORE_LOWP) {
-        if (job->lowp.grad == LRCORE_ET_F32)
-            return lrcore_sum_squares_f32(count, (const float *)job->grad + start);
-        return lrcore_sum_squares_half(job->lowp.grad, count, (const uint16_t *)job->grad + start);
-    }
     if (job->dtype == LRCORE_F32)
         return lrcore_sum_squares_f32(count, (const float *)job->grad + start);
     return lrcore_sum_squares_f64(count, (const double *)job->grad + start);

@@ -232,14 +232,7 @@ void lrcore_run_jobs(const lrcore_job *jobs, size_t njobs, int nthreads)
 
 static int all_finite_job(const lrcore_job *job)
 {
-    if (job->dtype == LRCORE_LOWP && job->lowp.grad != LRCORE_ET_F32) {
-        /* half precision: exponent bits all ones is Inf or NaN */
-        const uint16_t *g = (const uint16_t *)job->grad;
-        const uint16_t e = job->lowp.grad == LRCORE_ET_BF16 ? 0x7F80u : 0x7C00u;
-        for (size_t i = 0; i < job->n; i++) if ((g[i] & e) == e) return 0;
-        return 1;
-    }
-    if (job->dtype == LRCORE_F32 || job->dtype == LRCORE_LOWP) {
+    if (job->dtype == LRCORE_F32) {
         const float *g = (const float *)job->grad;
         for (size_t i = 0; i < job->n; i++) if (!(g[i] - g[i] == 0.0f)) return 0;
     } else {

@@ -269,27 +269,6 @@ static inline void lrcore_lowp_run(size_t n, void *param, const void *grad, void
     }
 }
 
-/* Sum of squares of a half-precision grad in double, in lrcore_sum_squares' order. */
-static inline double lrcore_sum_squares_half(int et, size_t n, const uint16_t *LRCORE_RESTRICT x)
-{
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t blocks = n / 8;
-    for (size_t b = 0; b < blocks; b++)
-        for (int k = 0; k < 8; k++) {
-            uint16_t h = x[8 * b + k];
-            double v = (double)lrcore__f32_from(et == LRCORE_ET_BF16 ? lrcore__bf16_widen(h)
-                                                                    : lrcore__f16_widen(h));
-            acc[k] += v * v;
-        }
-    for (size_t i = 8 * blocks; i < n; i++) {
-        uint16_t h = x[i];
-        double v = (double)lrcore__f32_from(et == LRCORE_ET_BF16 ? lrcore__bf16_widen(h)
-                                                                : lrcore__f16_widen(h));
-        acc[i - 8 * blocks] += v * v;
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 #if defined(__cplusplus)
 }
 #endif
