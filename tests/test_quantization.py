@@ -399,3 +399,27 @@ def test_bitsandbytes_round_trip_and_bad_state():
     bad = dict(d, qmap2=d["qmap1"])
     with pytest.raises(ValueError, match="qmap2 is not the dynamic map"):
         q.from_bitsandbytes(bad)
+
+
+def test_adam8_optimizer_bad_arguments_change_nothing():
+    with pytest.raises(TypeError, match=r"params\[0\] must be a numpy.ndarray of float32"):
+        q.Adam8([np.zeros(5000)])
+    with pytest.raises(ValueError, match="beta2"):
+        q.Adam8([np.zeros(5000, np.float32)], betas=(0.9, 1.5))
+    params, opt = _adam8_run(dict(lr=1e-2), [100, 5000], 2)
+    before = [p.copy() for p in params]
+    sd = opt.state_dict()
+    for grads, exc, match in [
+        ([np.ones(100, np.float32)], ValueError, "1 grads for 2 params"),
+        ([np.ones(100, np.float32), np.ones(4999, np.float32)], ValueError,
+         r"grads\[1\] must have 5000 elements"),
+        ([np.ones(100, np.float32), np.ones(5000)], TypeError, r"grads\[1\] must be"),
+    ]:
+        with pytest.raises(exc, match=match):
+            opt.step(grads)
+        assert opt.step_count == 2
+        for a, b in zip(params, before):
+            assert np.array_equal(a, b)
+        now = opt.state_dict()
+        assert np.array_equal(now["state"][1]["exp_avg"]["codes"],
+                              sd["state"][1]["exp_avg"]["codes"])
