@@ -620,7 +620,9 @@ def test_info_self_check_is_bitwise_and_reports_a_difference(capsys, monkeypatch
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"lrcore {lrcore.__version__}\n") and "self-check passed" in out
-    assert max(len(line) for line in out.splitlines()) <= 80
+    # every line fits 80 columns, but for the installation's own path (it is as long as it is)
+    include = lrcore.get_include()
+    assert max(len(line.replace(include, "")) for line in out.splitlines()) <= 80
     for isa in backend.available_isas():
         assert f"self-check [{isa}]: " in out and "equal the numpy twin bit for bit" in out
     adam = backend.kernels.adam
