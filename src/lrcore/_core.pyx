@@ -15,7 +15,10 @@ numpy backend's) exactly; tests/test_bad_input.py holds both to one table.
 """
 cimport cython
 cimport numpy as cnp
+from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
@@ -363,19 +366,62 @@ cdef int _pack(str rule, dict hp, double grad_scale, lrcore_hp *out) except -1:
     rule's struct in `out`, field by field from the C descriptors. Values are checked by
     the caller (lrcore._validate); a value that does not fit its C type is still an error
     naming the field."""
-    cdef size_t count, i
-    cdef const lrcore_field *f = lrcore_hp_fields(_KIND[rule], &count)
-    cdef tuple names = <tuple>_NAMES[rule]
+    return _pack_info(_info_of(RULES[rule]), hp, grad_scale, out)
+
+
+cdef class _Info:
+    """Per rule, built once from the table and the C descriptors: the kind id, the struct's
+    field names, offsets and types, the buffer names for messages, which buffers are written,
+    and for each state the hyperparameter that switches it off at 0 (momentum), else None."""
+    cdef int kind
+    cdef str rule
+    cdef tuple fields           # field names in struct order
+    cdef const lrcore_field *desc
+    cdef size_t count
+    cdef list names, writeable
+    cdef tuple switches
+    cdef Py_ssize_t nstates
+
+
+cdef dict _INFO = {}         # rule name -> _Info
+
+
+cdef _Info _info_of(rule):
+    cdef _Info info = _INFO.get(rule.name)
+    if info is None:
+        options = {o.name for o in rule.options}
+        info = _Info()
+        info.rule = rule.name
+        info.kind = _KIND[rule.name]
+        info.fields = _NAMES[rule.name]
+        info.desc = lrcore_hp_fields(info.kind, &info.count)
+        info.names = ["param", "grad"] + [st.name for st in rule.states]
+        info.writeable = [True, False] + [True] * len(rule.states)
+        info.switches = tuple(None if st.when is None or st.when in options else st.when
+                              for st in rule.states)
+        info.nstates = len(rule.states)
+        _INFO[rule.name] = info
+    return info
+
+
+cdef int _pack_info(_Info info, dict hp, double grad_scale, lrcore_hp *out) except -1:
+    cdef size_t i
+    cdef const lrcore_field *f = info.desc
     cdef char *base = <char *>out
+    cdef PyObject *ref
     memset(out, 0, sizeof(lrcore_hp))
-    for i in range(count):
-        name = names[i]
-        if name == "grad_scale":
-            x = grad_scale
-        else:
-            x = hp.get(name, _MISSING)
-            if x is _MISSING:
-                raise ValueError(f"step(): no value for the hyperparameter {name!r} of {rule}")
+    for i in range(info.count):
+        name = <str>PyTuple_GET_ITEM(info.fields, i)
+        if f[i].type == LRCORE_FIELD_DOUBLE and name == "grad_scale":
+            (<double *>(base + f[i].offset))[0] = grad_scale
+            continue
+        ref = PyDict_GetItem(hp, name)
+        if ref == NULL:
+            raise ValueError(f"step(): no value for the hyperparameter {name!r} of {info.rule}")
+        x = <object>ref
+        if f[i].type == LRCORE_FIELD_DOUBLE and PyFloat_CheckExact(x):   # the usual case
+            (<double *>(base + f[i].offset))[0] = PyFloat_AS_DOUBLE(x)
+            continue
         try:
             if f[i].type == LRCORE_FIELD_DOUBLE:
                 (<double *>(base + f[i].offset))[0] = x
@@ -384,48 +430,43 @@ cdef int _pack(str rule, dict hp, double grad_scale, lrcore_hp *out) except -1:
             else:
                 (<int *>(base + f[i].offset))[0] = 1 if x else 0
         except OverflowError:
-            raise ValueError(f"step(): {name} of {rule} is out of range for a C "
+            raise ValueError(f"step(): {name} of {info.rule} is out of range for a C "
                              f"{'double' if f[i].type == LRCORE_FIELD_DOUBLE else 'int64'}") from None
     return 0
 
 
-cdef dict _CALL_INFO = {}    # rule name -> (buffer names, writeable flags, state switches)
-
-
-cdef tuple _call_info(rule):
-    """Per rule, once: the buffer names for messages, which buffers are written, and for
-    each state the hyperparameter that switches it off at 0 (momentum), else None."""
-    info = _CALL_INFO.get(rule.name)
-    if info is None:
-        options = {o.name for o in rule.options}
-        info = (["param", "grad"] + [st.name for st in rule.states],
-                [True, False] + [True] * len(rule.states),
-                tuple(None if st.when is None or st.when in options else st.when
-                      for st in rule.states))
-        _CALL_INFO[rule.name] = info
-    return info
+def half_pair(a, b):
+    """True when param or grad is a 2-byte (bfloat16/float16) array: the low-precision path
+    of lrcore.lowp. Same test as lowp.kernel's: `.dtype.itemsize == 2`, objects without a
+    dtype go to the float32 kernel (which names them)."""
+    if cnp.PyArray_Check(a) and cnp.PyArray_Check(b):
+        return cnp.PyArray_ITEMSIZE(<cnp.ndarray>a) == 2 or cnp.PyArray_ITEMSIZE(<cnp.ndarray>b) == 2
+    try:
+        return not (a.dtype.itemsize != 2 and b.dtype.itemsize != 2)
+    except AttributeError:
+        return False
 
 
 def run_kernel(rule, tuple buffers, dict hp, num_threads):
     """The compiled backend's `run` for lrcore._validate.make_kernel: check the buffers
     (param, grad, states in kernel order, None where absent), pack `hp` and run one job."""
-    cdef str fn = rule.name
+    cdef _Info info = _info_of(rule)
+    cdef str fn = info.rule
     cdef lrcore_job job
     memset(&job, 0, sizeof(job))
-    job.kind = _KIND[fn]
+    job.kind = info.kind
     cdef int nt = _threads(fn, num_threads)
-    names, writeable, switches = _call_info(rule)
     objs = list(buffers)
     arrays = []
-    _buffers(fn, &job, names, objs, writeable, arrays)
-    _pack(fn, hp, 1.0, &job.hp)
+    _buffers(fn, &job, info.names, objs, info.writeable, arrays)
+    _pack_info(info, hp, 1.0, &job.hp)
     job.param = _ptr(arrays[0])
     job.grad = _ptr(arrays[1])
     cdef Py_ssize_t k = 2, i
     for i in range(len(objs) - 2):
         if objs[2 + i] is None:
             continue
-        switch = switches[i]
+        switch = info.switches[i]
         # a state switched off by its hyperparameter (momentum = 0) is NULL for the kernel
         if switch is None or hp[switch] > 0.0:
             job.state[i] = _ptr(arrays[k])

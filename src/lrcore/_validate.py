@@ -103,11 +103,16 @@ def threads(fn, x):
     return min(int(x), THREADS_MAX)
 
 
-def _kernel_source(rule):
+def _kernel_source(rule, lowp=False):
     """Source of the public function of `rule`, generated from its row: a real signature
     (help(), inspect, IDEs) and the table's checks written out, so that a valid call costs
     a comparison per argument. Anything unusual (a non-float, a value out of range, a
-    derived field left as None) goes to the generic check, which converts or raises."""
+    derived field left as None) goes to the generic check, which converts or raises.
+
+    lowp: the function also takes lrcore.lowp's keywords (rounding, seed, index_offset);
+    any of them not at its default, or a 2-byte param or grad, hands the whole call to
+    `_lowp` (lrcore.lowp.kernel over the plain function); a TypeError of the float32 path
+    is re-checked as a layout (`_layout`) first, as lrcore.lowp.kernel does."""
     fn = rule.name
     params, optional = ["param", "grad"], False
     for s in rule.states:
@@ -147,20 +152,39 @@ def _kernel_source(rule):
     hp = ", ".join(f"{h.name!r}: {h.name}" for h in public)
     states = ", ".join(s.name for s in rule.states)
     body.append(f"_run(_rule, (param, grad, {states},), {{{hp}}}, num_threads)")
-    return (f"def {fn}({', '.join(params)}, *, {', '.join(kw)}, num_threads=None):\n"
-            + "".join(f"    {line}\n" for line in body))
+    head = f"def {fn}({', '.join(params)}, *, {', '.join(kw)}, num_threads=None"
+    if not lowp:
+        return head + "):\n" + "".join(f"    {line}\n" for line in body)
+    args = ", ".join(["param", "grad"] + [s.name for s in rule.states])
+    kws = ", ".join(f"{h.name}={h.name}" for h in public)
+    return (head + ", rounding='nearest', seed=0, index_offset=0):\n"
+            "    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO "
+            "or _half(param, grad):\n"
+            f"        return _lowp({args}, {kws}, num_threads=num_threads, rounding=rounding, "
+            "seed=seed, index_offset=index_offset)\n"
+            "    try:\n"
+            + "".join(f"        {line}\n" for line in body)
+            + "    except TypeError:\n"
+            f"        _layout(({args},))\n"
+            "        raise\n")
 
 
-def make_kernel(rule, run, doc=None):
+def make_kernel(rule, run, doc=None, lowp=None):
     """The public kernel function of `rule` over a backend's `run(rule, buffers, hp,
-    num_threads)`; `buffers` is (param, grad, *states) with None for absent states."""
+    num_threads)`; `buffers` is (param, grad, *states) with None for absent states.
+    lowp: None, or (call, half, layout): `call` takes the whole call when a low-precision
+    keyword is given or `half(param, grad)` is true; `layout(buffers)` re-checks the
+    buffers' layout when the float32 path raises a TypeError (see _kernel_source)."""
     namespace = {"_rule": rule, "_run": run, "_fn": rule.name, "_where": f"{rule.name}()",
                  "_STEP_MAX": STEP_MAX, "_check_step": check_step, "_check_real": check_real,
                  "threads": threads, **_EVAL}
+    if lowp is not None:
+        namespace.update(_lowp=lowp[0], _half=lowp[1], _layout=lowp[2], _NEAREST="nearest",
+                         _ZERO=0)
     for i, h in enumerate(rule.hypers):
         if h.range is not None:
             namespace.update({f"_lo{i}": h.range.lo, f"_hi{i}": h.range.hi, f"_rng{i}": h.range})
-    exec(_kernel_source(rule), namespace)   # noqa: S102 - source built from the table only
+    exec(_kernel_source(rule, lowp is not None), namespace)   # noqa: S102 - source built from the table only
     f = namespace[rule.name]
     f.__doc__ = doc
     f.__module__ = "lrcore.kernels"

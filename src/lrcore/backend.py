@@ -13,6 +13,8 @@ import os
 import sys
 import types
 
+import numpy as np
+
 from . import _validate, lowp, reference
 from .rules import RULES
 
@@ -46,9 +48,27 @@ def _native():
         set_isa=core.set_isa, default_threads=core.default_threads,
         set_default_threads=core.set_default_threads, probe=core.probe, core=core)
     for rule in RULES.values():
-        f32 = _validate.make_kernel(rule, core.run_kernel, reference.docstring(rule))
-        setattr(ns, rule.name, lowp.kernel(rule.name, f32, core.lowp_run))
+        doc = reference.docstring(rule)
+        f32 = _validate.make_kernel(rule, core.run_kernel, doc)
+        slow = lowp.kernel(rule.name, f32, core.lowp_run)
+        # one generated function takes every call: float32/float64 straight to the core,
+        # bfloat16/float16 buffers or low-precision keywords through lrcore.lowp (the same
+        # dispatch as lowp.kernel's wrapper, without a second Python frame per call)
+        setattr(ns, rule.name, _validate.make_kernel(
+            rule, core.run_kernel, slow.__doc__,
+            lowp=(slow, core.half_pair, _layout_check(rule))))
     return ns
+
+
+def _layout_check(rule):
+    """lrcore.lowp.kernel's re-check after a float32-path TypeError: when every buffer is an
+    ndarray or None, an unsupported mix of dtypes is reported with the supported layouts."""
+    names = ["param", "grad"] + [s.name for s in rule.states]
+
+    def check(arrays):
+        if all(a is None or isinstance(a, np.ndarray) for a in arrays):
+            lowp.layout_of(rule.name, names, list(arrays))
+    return check
 
 
 def _python():
