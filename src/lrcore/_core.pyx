@@ -17,6 +17,7 @@ cimport cython
 cimport numpy as cnp
 from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.math cimport isfinite
@@ -381,6 +382,7 @@ cdef class _Info:
     cdef list names, writeable
     cdef tuple switches
     cdef Py_ssize_t nstates
+    cdef Py_ssize_t npublic     # public hyperparameters (the keys of a complete dict)
 
 
 cdef dict _INFO = {}         # rule name -> _Info
@@ -400,6 +402,7 @@ cdef _Info _info_of(rule):
         info.switches = tuple(None if st.when is None or st.when in options else st.when
                               for st in rule.states)
         info.nstates = len(rule.states)
+        info.npublic = sum(1 for h in rule.hypers if h.public)
         _INFO[rule.name] = info
     return info
 
@@ -433,6 +436,64 @@ cdef int _pack_info(_Info info, dict hp, double grad_scale, lrcore_hp *out) exce
             raise ValueError(f"step(): {name} of {info.rule} is out of range for a C "
                              f"{'double' if f[i].type == LRCORE_FIELD_DOUBLE else 'int64'}") from None
     return 0
+
+
+cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
+                      unsigned int *required) except -1:
+    """StepPlan.run's fast path: pack `obj` when it is a dict holding exactly the rule's
+    public fields as exact floats (double fields), ints within int64 (int64 fields) and bools
+    (flags), and set `required` (bit per state slot switched on by its hyperparameter > 0, as
+    _validate.required_slots). Returns False, writing nothing that matters, otherwise."""
+    if type(obj) is not dict:
+        return False
+    cdef dict hp = <dict>obj
+    if len(hp) != info.npublic:
+        return False
+    cdef size_t i
+    cdef const lrcore_field *f = info.desc
+    cdef char *base = <char *>out
+    cdef PyObject *ref
+    cdef int overflow = 0
+    cdef long long v
+    memset(out, 0, sizeof(lrcore_hp))
+    for i in range(info.count):
+        name = <str>PyTuple_GET_ITEM(info.fields, i)
+        if f[i].type == LRCORE_FIELD_DOUBLE and name == "grad_scale":
+            (<double *>(base + f[i].offset))[0] = grad_scale
+            continue
+        ref = PyDict_GetItem(hp, name)
+        if ref == NULL:
+            return False
+        x = <object>ref
+        if f[i].type == LRCORE_FIELD_DOUBLE:
+            if not PyFloat_CheckExact(x):
+                return False
+            (<double *>(base + f[i].offset))[0] = PyFloat_AS_DOUBLE(x)
+        elif f[i].type == LRCORE_FIELD_INT64:
+            if not PyLong_CheckExact(x):
+                return False
+            v = PyLong_AsLongLongAndOverflow(x, &overflow)
+            if overflow:
+                return False
+            (<int64_t *>(base + f[i].offset))[0] = v
+        else:
+            if x is True:
+                (<int *>(base + f[i].offset))[0] = 1
+            elif x is False:
+                (<int *>(base + f[i].offset))[0] = 0
+            else:
+                return False
+    required[0] = 0
+    cdef Py_ssize_t slot
+    for slot in range(info.nstates):
+        switch = info.switches[slot]
+        if switch is not None:
+            ref = PyDict_GetItem(hp, switch)
+            if ref == NULL or not PyFloat_CheckExact(<object>ref):
+                return False
+            if PyFloat_AS_DOUBLE(<object>ref) > 0:
+                required[0] |= 1u << slot
+    return True
 
 
 def half_pair(a, b):
@@ -635,30 +696,44 @@ cdef class StepPlan:
             self._set_grads(grads)
         cdef int nt = lrcore_plan_threads(self.param_bytes, _threads("step", num_threads),
                                           MIN_BYTES_PER_THREAD)
-        hps = plan_hypers(self.rule, group_hps)
-        cdef Py_ssize_t ng = len(hps), gi = 0
+        cdef _Info info = _info_of(self.rule)
+        cdef Py_ssize_t ng = len(group_hps), gi = 0
         cdef lrcore_hp *packed = <lrcore_hp *>malloc(sizeof(lrcore_hp) * max(1, ng))
         if packed == NULL:
             raise MemoryError()
         cdef Py_ssize_t i, g, slot
+        cdef unsigned int *required = <unsigned int *>malloc(sizeof(unsigned int) * max(1, ng))
+        if required == NULL:
+            free(packed)
+            raise MemoryError()
         try:
-            required = []
+            hps = None
             for gi in range(ng):
-                _pack(self.kind, hps[gi], grad_scale, &packed[gi])
-                required.append(required_slots(self.rule, hps[gi]))
+                # the usual case (a complete dict of exact floats, ints and bools, as
+                # lrcore.optim passes) packs directly; anything else is completed and
+                # checked by plan_hypers first (defaults, derived fields, errors by name)
+                if not _pack_exact(info, group_hps[gi], grad_scale, &packed[gi], &required[gi]):
+                    if hps is None:
+                        hps = plan_hypers(self.rule, group_hps)
+                    _pack_info(info, hps[gi], grad_scale, &packed[gi])
+                    required[gi] = 0
+                    for slot in required_slots(self.rule, hps[gi]):
+                        required[gi] |= 1u << slot
             for i in range(self.njobs):
                 g = self.group_of[i]
                 if g < 0 or g >= ng:
                     raise ValueError(f"StepPlan.run: no hyperparameters for group {g}")
-                for slot in required[g]:
-                    if self.jobs[i].state[slot] == NULL:
-                        st = self.rule.states[slot]
-                        raise ValueError(f"step(): params[{i}] has no {st.name} but its group "
-                                         f"{g} has {st.when} > 0")
+                if required[g]:
+                    for slot in range(info.nstates):
+                        if required[g] & (1u << slot) and self.jobs[i].state[slot] == NULL:
+                            st = self.rule.states[slot]
+                            raise ValueError(f"step(): params[{i}] has no {st.name} but its "
+                                             f"group {g} has {st.when} > 0")
             for i in range(self.njobs):
                 self.jobs[i].hp = packed[self.group_of[i]]
         finally:
             free(packed)
+            free(required)
         with nogil:
             lrcore_run_jobs(self.jobs, self.njobs, nt)
 
