@@ -111,20 +111,38 @@ def kernel_values(rule, where, group, step, *, init_buffer=None, checked_floats=
     caller's plain floats were checked when they were set (lrcore.optim), so only schedules
     and tensors are resolved and checked here; otherwise (torch's hand-editable
     param_groups) every value is checked at every step."""
-    out = {}
-    for name, what, rng in _fields(rule):
+    f = _KERNEL_VALUES.get(rule.name)
+    if f is None:
+        f = _KERNEL_VALUES[rule.name] = _make_kernel_values(rule)
+    return f(where, group, step, init_buffer, checked_floats)
+
+
+_KERNEL_VALUES = {}
+
+
+def _make_kernel_values(rule):
+    """kernel_values of one rule as straight-line code generated once from _fields(rule)
+    (one step of an optimizer builds this dict per group: a loop over the table per step
+    cost as much as the kernels on small models)."""
+    lines = ["def kernel_values(where, group, step, init_buffer, checked_floats):",
+             "    out = {}"]
+    namespace = {"_resolve": resolve}
+    for i, (name, what, rng) in enumerate(_fields(rule)):
         if what == "real":
-            if name in group:
-                v = group[name]
-                out[name] = v if checked_floats and type(v) is float else \
-                    resolve(where, name, v, step, rng)
+            namespace[f"_rng{i}"] = rng
+            lines += [f"    if {name!r} in group:",
+                      f"        v = group[{name!r}]",
+                      f"        out[{name!r}] = v if checked_floats and type(v) is float else "
+                      f"_resolve(where, {name!r}, v, step, _rng{i})"]
         elif what == "flag":
-            out[name] = bool(group.get(name, False))
+            lines.append(f"    out[{name!r}] = bool(group.get({name!r}, False))")
         elif what == "step":
-            out["step"] = step + 1
+            lines.append("    out['step'] = step + 1")
         else:
-            out["init_buffer"] = bool(init_buffer)
-    return out
+            lines.append("    out['init_buffer'] = bool(init_buffer)")
+    lines.append("    return out")
+    exec("\n".join(lines) + "\n", namespace)   # noqa: S102 - source built from the table only
+    return namespace["kernel_values"]
 
 
 # -- metrics and serialisation ------------------------------------------------------------

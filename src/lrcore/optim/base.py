@@ -340,7 +340,8 @@ class Optimizer:
 
     def _after_step(self, values):
         """Bookkeeping after a step landed: the groups' scalar state moves on."""
-        self._scalars = [{k: v[k] for k in s} for s, v in zip(self._scalars, values)]
+        if any(self._scalars):   # rules without scalar state (most) keep their empty dicts
+            self._scalars = [{k: v[k] for k in s} for s, v in zip(self._scalars, values)]
 
     # -- checkpoints (lrcore.optim.state_dict) -------------------------------------------
 
