@@ -7,9 +7,11 @@
    crossed in one comparison, byte for byte.)
 2. NaN and Inf inputs: the same holds for every value that is not NaN, and NaN appears at the
    same positions everywhere. The sign and payload of a NaN are not part of the guarantee
-   (IEEE 754 leaves them open; on x86-64 here, adagrad(param=NaN, grad=Inf, state_sum=0)
-   gives +NaN in the numpy twin and -NaN from every compiled build); canonicalising them
-   would cost every kernel a compare and a blend per element.
+   (IEEE 754 leaves them open; numpy's own loops may give different signs for the same
+   operation at different positions of one array), so the test compares NaN positions and
+   the bytes of every other value; canonicalising NaNs would cost every kernel a compare
+   and a blend per element.
+5. The README's block of kernel signatures is the real one (inspect.signature).
 3. Agreement with torch.optim is within a derived rounding budget, not bitwise:
    tests/ulp_budget.py, tests/test_torch_optim.py, tests/test_golden_torch.py.
 4. lrcore.torch continuing from its own state dict is bitwise the uninterrupted run:
@@ -110,3 +112,33 @@ def test_nan_positions_and_other_values_agree_everywhere(kspec, case, dtype):
                                           err_msg=f"{isa}, {threads} threads, {name}: NaN positions")
             same = got[~nan].tobytes() == expected[~nan].tobytes()
             assert same, f"{isa}, {threads} threads, {name}: a non-NaN value differs in its bytes"
+
+
+def _readme_kernel_signatures():
+    """{name: signature text} from the README's block of kernel signatures, with `...`
+    expanded to the keyword arguments it stands for and trailing comments removed."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    intro = text.index("kernels, one step per call, in place")
+    tail = re.search(r"`\.\.\.` stands for the four keyword arguments every kernel\s+ends with, `([^`]*)`",
+                     text[intro:])
+    block = text[intro:].split("```\n", 2)[1]
+    lines = [line.split("#", 1)[0].rstrip() for line in block.splitlines()]
+    out = {}
+    for entry in re.split(r"\n(?=\w+\()", "\n".join(lines).strip()):
+        flat = " ".join(entry.split())
+        name, args = flat.split("(", 1)
+        out[name] = "(" + args.replace("...", tail.group(1)).replace("( ", "(")
+    return out
+
+
+def test_readme_lists_every_kernel_with_its_real_signature():
+    """The README's kernel block names every kernel of lrcore.kernels with the signature
+    inspect.signature prints (the block is what a user reads instead of help())."""
+    import inspect
+    listed = _readme_kernel_signatures()
+    names = [k.name for k in KERNEL_SPECS]
+    assert sorted(listed) == sorted(set(names)), (sorted(listed), sorted(set(names)))
+    for name, text in listed.items():
+        assert text == str(inspect.signature(getattr(kernels, name))), name
