@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 from lrcore._validate import plan_hypers, required_slots
-from lrcore.rules import RULES
+from lrcore.rules import RULES, STEP_MAX
 
 cnp.import_array()
 
@@ -383,6 +383,14 @@ cdef class _Info:
     cdef tuple switches
     cdef Py_ssize_t nstates
     cdef Py_ssize_t npublic     # public hyperparameters (the keys of a complete dict)
+    # run_exact: per C field, its index among the public hyperparameters (-1: grad_scale)
+    # and the table's range of a real; per state, required (-2), free (-1: an option's),
+    # or the index of the hyperparameter that switches it on when > 0
+    cdef Py_ssize_t slot[16]
+    cdef double lo[16]
+    cdef double hi[16]
+    cdef bint hi_closed[16]
+    cdef Py_ssize_t state_need[3]
 
 
 cdef dict _INFO = {}         # rule name -> _Info
@@ -402,7 +410,20 @@ cdef _Info _info_of(rule):
         info.switches = tuple(None if st.when is None or st.when in options else st.when
                               for st in rule.states)
         info.nstates = len(rule.states)
-        info.npublic = sum(1 for h in rule.hypers if h.public)
+        public = [h.name for h in rule.hypers if h.public]
+        info.npublic = len(public)
+        if info.count > 16 or len(rule.states) > 3:
+            raise RuntimeError(f"{rule.name}: more fields or states than _Info holds")
+        for i, h in enumerate(rule.hypers):
+            info.slot[i] = public.index(h.name) if h.public else -1
+            if h.range is not None:
+                info.lo[i] = h.range.lo
+                info.hi[i] = h.range.hi
+                # the generated check's test: lo <= x < hi (open or infinite hi), else <= hi
+                info.hi_closed[i] = not (h.range.hi_open or h.range.hi == float("inf"))
+        for k, st in enumerate(rule.states):
+            info.state_need[k] = (-2 if st.when is None else -1 if st.when in options
+                                  else public.index(st.when))
         _INFO[rule.name] = info
     return info
 
@@ -493,6 +514,72 @@ cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
                 return False
             if PyFloat_AS_DOUBLE(<object>ref) > 0:
                 required[0] |= 1u << slot
+    return True
+
+
+def run_exact(rule, tuple buffers, tuple values, num_threads):
+    """The compiled fast path of a generated kernel (lrcore._validate.make_kernel): `values`
+    are the rule's public hyperparameters in struct order (the table's). When every one is
+    already what the generated checks would pass unchanged (an exact float inside the
+    table's range, an exact int step in [1, 2**53], an exact bool flag) and every required
+    state is present, check the buffers and run exactly as run_kernel does, and return True.
+    Otherwise return False having looked at nothing else: the generated Python checks then
+    convert or raise, with their messages and in their order."""
+    cdef _Info info = _info_of(rule)
+    cdef size_t i
+    cdef Py_ssize_t j, k
+    cdef const lrcore_field *f = info.desc
+    cdef lrcore_job job
+    cdef char *base = <char *>&job.hp
+    cdef double d
+    memset(&job, 0, sizeof(job))
+    for i in range(info.count):
+        j = info.slot[i]
+        if j < 0:
+            (<double *>(base + f[i].offset))[0] = 1.0     # grad_scale
+            continue
+        x = <object>PyTuple_GET_ITEM(values, j)
+        if f[i].type == LRCORE_FIELD_DOUBLE:
+            if not PyFloat_CheckExact(x):
+                return False
+            d = PyFloat_AS_DOUBLE(x)
+            if not (d >= info.lo[i] and (d <= info.hi[i] if info.hi_closed[i] else d < info.hi[i])):
+                return False
+            (<double *>(base + f[i].offset))[0] = d
+        elif f[i].type == LRCORE_FIELD_INT64:
+            if not PyLong_CheckExact(x) or not 1 <= x <= STEP_MAX:
+                return False
+            (<int64_t *>(base + f[i].offset))[0] = <int64_t>x
+        else:
+            if x is True:
+                (<int *>(base + f[i].offset))[0] = 1
+            elif x is not False:
+                return False
+    cdef Py_ssize_t nb = len(buffers)
+    for k in range(info.nstates):
+        if info.state_need[k] == -2 and buffers[2 + k] is None:
+            return False
+        if info.state_need[k] >= 0 and buffers[2 + k] is None \
+                and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
+            return False
+    cdef str fn = info.rule
+    job.kind = info.kind
+    cdef int nt = _threads(fn, num_threads)
+    objs = list(buffers)
+    arrays = []
+    _buffers(fn, &job, info.names, objs, info.writeable, arrays)
+    job.param = _ptr(arrays[0])
+    job.grad = _ptr(arrays[1])
+    k = 2
+    for i in range(nb - 2):
+        if objs[2 + i] is None:
+            continue
+        # a state switched off by its hyperparameter (momentum = 0) is NULL for the kernel
+        if info.state_need[i] < 0 or \
+                PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[i])) > 0.0:
+            job.state[i] = _ptr(arrays[k])
+        k += 1
+    _run(&job, nt)
     return True
 
 

@@ -11,6 +11,7 @@ holds both to one table.
 """
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -20,7 +21,20 @@ __all__ = ["make_kernel", "check_hypers", "threads", "buffers", "plan_hypers",
            "required_slots", "STEP_MAX"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-THREADS_MAX = 4096
+
+
+def _max_threads():
+    """The compiled core's bound (csrc/pool.c): 4 per online CPU, at least 8, at most 4096."""
+    try:
+        ncpu = os.sysconf("SC_NPROCESSORS_ONLN")
+    except (AttributeError, ValueError, OSError):   # not POSIX
+        ncpu = os.cpu_count() or 1
+    ncpu = max(1, ncpu)
+    return max(8, 4096 if ncpu > 1024 else 4 * ncpu)
+
+
+THREADS_MAX = _max_threads()
+_THREADS_TEXT = f"{THREADS_MAX} (4 per CPU of this machine, at least 8)"
 
 
 # ---------------------------------------------------------------------------
@@ -100,10 +114,12 @@ def threads(fn, x):
         raise TypeError(f"{fn}(): num_threads must be an integer or None, got {type(x).__name__}")
     if x < 1:
         raise ValueError(f"{fn}(): num_threads must be >= 1, got {x}")
-    return min(int(x), THREADS_MAX)
+    if x > THREADS_MAX:   # the compiled core's bound and message (_core.pyx, _threads)
+        raise ValueError(f"{fn}(): num_threads must be at most {_THREADS_TEXT}, got {x}")
+    return int(x)
 
 
-def _kernel_source(rule, lowp=False):
+def _kernel_source(rule, lowp=False, fast=False):
     """Source of the public function of `rule`, generated from its row: a real signature
     (help(), inspect, IDEs) and the table's checks written out, so that a valid call costs
     a comparison per argument. Anything unusual (a non-float, a value out of range, a
@@ -112,7 +128,11 @@ def _kernel_source(rule, lowp=False):
     lowp: the function also takes lrcore.lowp's keywords (rounding, seed, index_offset);
     any of them not at its default, or a 2-byte param or grad, hands the whole call to
     `_lowp` (lrcore.lowp.kernel over the plain function); a TypeError of the float32 path
-    is re-checked as a layout (`_layout`) first, as lrcore.lowp.kernel does."""
+    is re-checked as a layout (`_layout`) first, as lrcore.lowp.kernel does.
+    fast (with lowp; rules without cross-argument constraints): `_fast(rule, buffers, values,
+    num_threads)` (the compiled core's run_exact) is tried first with the public
+    hyperparameters in struct order; it runs the call and returns True only when every value
+    is one the checks below would pass unchanged, else the checks below run."""
     fn = rule.name
     params, optional = ["param", "grad"], False
     for s in rule.states:
@@ -157,6 +177,9 @@ def _kernel_source(rule, lowp=False):
         return head + "):\n" + "".join(f"    {line}\n" for line in body)
     args = ", ".join(["param", "grad"] + [s.name for s in rule.states])
     kws = ", ".join(f"{h.name}={h.name}" for h in public)
+    if fast and fn not in CONSTRAINTS:   # the compiled fast path (run_exact) comes first
+        body.insert(0, f"if _fast(_rule, ({args},), ({', '.join(h.name for h in public)},), "
+                       "num_threads): return None")
     return (head + ", rounding='nearest', seed=0, index_offset=0):\n"
             "    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO "
             "or _half(param, grad):\n"
@@ -169,12 +192,13 @@ def _kernel_source(rule, lowp=False):
             "        raise\n")
 
 
-def make_kernel(rule, run, doc=None, lowp=None):
+def make_kernel(rule, run, doc=None, lowp=None, fast=None):
     """The public kernel function of `rule` over a backend's `run(rule, buffers, hp,
     num_threads)`; `buffers` is (param, grad, *states) with None for absent states.
     lowp: None, or (call, half, layout): `call` takes the whole call when a low-precision
     keyword is given or `half(param, grad)` is true; `layout(buffers)` re-checks the
-    buffers' layout when the float32 path raises a TypeError (see _kernel_source)."""
+    buffers' layout when the float32 path raises a TypeError (see _kernel_source).
+    fast: the backend's run_exact (see _kernel_source), or None."""
     namespace = {"_rule": rule, "_run": run, "_fn": rule.name, "_where": f"{rule.name}()",
                  "_STEP_MAX": STEP_MAX, "_check_step": check_step, "_check_real": check_real,
                  "threads": threads, **_EVAL}
@@ -184,7 +208,9 @@ def make_kernel(rule, run, doc=None, lowp=None):
     for i, h in enumerate(rule.hypers):
         if h.range is not None:
             namespace.update({f"_lo{i}": h.range.lo, f"_hi{i}": h.range.hi, f"_rng{i}": h.range})
-    exec(_kernel_source(rule, lowp is not None), namespace)   # noqa: S102 - source built from the table only
+    if fast is not None:
+        namespace["_fast"] = fast
+    exec(_kernel_source(rule, lowp is not None, fast is not None), namespace)   # noqa: S102 - source built from the table only
     f = namespace[rule.name]
     f.__doc__ = doc
     f.__module__ = "lrcore.kernels"
