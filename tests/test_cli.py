@@ -636,3 +636,132 @@ def test_info_self_check_is_bitwise_and_reports_a_difference(capsys, monkeypatch
     out = capsys.readouterr().out
     assert "SELF-CHECK FAILED" in out and "adam/" in out and "float32" in out
     assert "sgd/" not in out.split("SELF-CHECK FAILED")[1]
+
+
+# -------------------------------------------------------------------- a new user's trial
+
+
+def test_every_offered_image_format_saves(tmp_path):
+    """The formats a bad --plot extension is told to use each write a non-empty file here,
+    through the same save the commands use (no external program needed); pgf is offered
+    only when its TeX program is on PATH."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    import matplotlib
+    from matplotlib.figure import Figure
+    from lrcore.cli.paths import image_formats, plot_file, save_figure
+    formats = image_formats()
+    assert {"png", "pdf", "svg"} <= set(formats)
+    assert ("pgf" in formats) == bool(shutil.which(matplotlib.rcParams["pgf.texsystem"]))
+    for ext in formats:
+        path, fmt = plot_file("--plot", str(tmp_path / f"f.{ext}"))
+        fig = Figure(figsize=(2, 2))
+        ax = fig.add_subplot()
+        ax.plot([0, 1, 2], [3, 1, 2])
+        ax.set_title("lr 0.1")
+        save_figure(fig, "--plot", path, fmt)
+        assert os.path.getsize(path) > 0, ext
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--epochs", "1"],
+    ["schedule", "cosine", "initial=0.1", "--steps", "10"]])
+def test_a_plot_format_needing_a_missing_program_is_refused_before_any_work(tmp_path, command):
+    """`--plot x.pgf` without xelatex: one line, exit 2, nothing trained or computed (a
+    PATH without TeX makes the test the same on every machine)."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "x.pgf"
+    env = dict(os.environ, PATH=str(tmp_path))
+    r = lrcore_cmd(*command, "--plot", str(path), env=env)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"lrcore {command[0]}: error: --plot ")
+    assert "the pgf format needs xelatex" in r.stderr and "png" in r.stderr
+    assert not path.exists()
+
+
+def test_a_plot_format_that_fails_here_is_refused_before_any_work(capsys, tmp_path,
+                                                                  monkeypatch):
+    """Whatever else stops a format from saving (here: a matplotlibrc with text.usetex and
+    no LaTeX) is found by rendering a tiny figure first, not after training."""
+    matplotlib = pytest.importorskip("matplotlib")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(matplotlib.rcParams, "text.usetex", True)
+    code, out, err = train(capsys, "--plot", str(tmp_path / "x.png"))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "--plot" in err and "png images cannot be written here" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_thread_counts_beyond_the_machines_limit_are_refused_before_any_work(tmp_path):
+    """--threads above the compiled core's bound (lrcore.backend.core().max_threads(), which
+    scales with the CPUs) is a one-line usage error naming --threads, for train and bench,
+    before any training or measuring."""
+    if lrcore.backend() != "native":
+        pytest.skip("the thread bound is the compiled core's")
+    limit = lrcore.backend.core().max_threads()
+    for argv in (["train", "--threads", str(limit + 1)],
+                 ["train", "--threads", "100000", "--epochs", "1"],
+                 ["bench", "--threads", "99999", "--quick"],
+                 ["bench", "--threads", f"1,{limit + 1}", "--quick"]):
+        r = lrcore_cmd(*argv)
+        assert r.returncode == 2 and r.stdout == "", (argv, r.stdout, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+        assert r.stderr.startswith(f"lrcore {argv[0]}: error: --threads must be an integer "
+                                   f"from 1 to {limit} ")
+    r = lrcore_cmd("train", "--threads", str(limit), "--epochs", "1", "--model", "softmax")
+    assert r.returncode == 0, r.stderr
+
+
+def test_threads_help_states_the_default_and_the_limit():
+    parser = __import__("argparse").ArgumentParser()
+    train_cmd.add_arguments(parser)
+    text = {a.dest: a.help for a in parser._actions}["threads"]
+    assert "LRCORE_NUM_THREADS, else OMP_NUM_THREADS, else the usable CPUs" in text
+    if lrcore.backend() == "native":
+        assert f"1 to {lrcore.backend.core().max_threads()}" in text
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_an_option_that_does_not_apply_suggests_only_real_options(capsys, optimizer):
+    """`--optimizer lion --eps 1e-3`: the options suggested instead are options of
+    `lrcore train` (never --step, --maximize, --dampening...), and each one is accepted."""
+    parser = __import__("argparse").ArgumentParser()
+    train_cmd.add_arguments(parser)
+    real = {s for a in parser._actions for s in a.option_strings}
+    suggested = train_cmd.hyperparameter_options(optimizer)
+    assert suggested[0] == "--lr" and set(suggested) <= real
+    wrong = [o for o, _, _ in train_cmd._hyper_keys() if o not in suggested]
+    for option in wrong:
+        code, out, err = train(capsys, "--optimizer", optimizer, option, "0.5")
+        assert code == 2 and out == "" and len(err.splitlines()) == 1
+        listed = re.search(r"\(it takes (.*)\)$", err.strip()).group(1).split(", ")
+        assert listed == suggested, err
+    expected = {"lion": ["--lr", "--beta1", "--beta2", "--weight-decay"],
+                "sgd": ["--lr", "--momentum", "--weight-decay"]}
+    if optimizer in expected:
+        assert suggested == expected[optimizer]
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["--version"]])
+def test_python_m_lrcore_reports_an_environment_error_in_one_line(argv):
+    """`LRCORE_ISA=bogus python -m lrcore ...`: the package's import fails before
+    lrcore/__main__.py can run; it is still one line on stderr with exit code 2, like the
+    `lrcore` script, not runpy's traceback. A plain `import lrcore` still raises."""
+    if lrcore.backend() != "native":
+        pytest.skip("LRCORE_ISA applies to the compiled backend only")
+    env = dict(os.environ, LRCORE_ISA="bogus", LRCORE_BACKEND="native")
+    r = lrcore_cmd(*argv, env=env)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("lrcore: error: LRCORE_ISA must be one of ") and "'bogus'" in r.stderr
+    env = dict(env, LRCORE_ISA="", LRCORE_BACKEND="bogus")
+    r = subprocess.run([sys.executable, "-mlrcore", *argv], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == (
+        "lrcore: error: LRCORE_BACKEND must be 'native' or 'python', got 'bogus'\n")
+    r = subprocess.run([sys.executable, "-c", "import lrcore"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("ImportError: LRCORE_BACKEND must be")

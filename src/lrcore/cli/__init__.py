@@ -27,6 +27,49 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
+def thread_limit():
+    """The most threads one call may use here (the compiled core's bound, which scales with
+    the machine's CPUs), or None on the python backend (one thread, any count accepted)."""
+    from .. import backend
+    return backend.core().max_threads() if backend.name == "native" else None
+
+
+THREADS_DEFAULT = "LRCORE_NUM_THREADS, else OMP_NUM_THREADS, else the usable CPUs"
+
+
+def check_threads(option, counts, given=None):
+    """Each of `counts` as a thread count this machine accepts, else a CLIError naming
+    `option` (checked before any work; `given` is the text the user typed)."""
+    limit = thread_limit()
+    for n in counts:
+        if n < 1 or (limit is not None and n > limit):
+            bound = "an integer >= 1" if limit is None else f"an integer from 1 to {limit}"
+            raise CLIError(f"{option} must be {bound} (this machine's limit), got "
+                           f"{given if given is not None else n}")
+
+
+def run_as_main_failed(exc):
+    """`python -m lrcore ...` when importing lrcore itself fails (a bad LRCORE_ISA,
+    LRCORE_BACKEND or LRCORE_NUM_THREADS, a compiled core that does not load): the package's
+    __init__ calls this, and the error becomes one line on stderr with exit code 2, as from
+    the `lrcore` script, instead of a traceback from runpy. Anywhere else (an `import
+    lrcore` in a program, `python -m pytest`) it returns and the import error is raised.
+
+    While `python -m` locates its module, sys.argv[0] is "-m" (it becomes the module's path
+    once found, before the module runs); sys.orig_argv names the module."""
+    argv = getattr(sys, "orig_argv", None) or []
+    if sys.argv[:1] != ["-m"] or len(argv) <= len(sys.argv):
+        return
+    # orig_argv is [python, interpreter options..., "-m", MODULE | "-mMODULE", sys.argv[1:]...]
+    target = argv[len(argv) - len(sys.argv)]
+    if target.startswith("-"):
+        target = target.partition("m")[2]
+    if target.split(".")[0] != "lrcore":
+        return
+    print(f"lrcore: error: {exc}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad option reported as one line (no usage block), exit code 2."""
 

@@ -7,7 +7,7 @@ the speed-up over the numpy implementation and over PyTorch (when installed).
 import sys
 
 from .. import backend, bench
-from . import CLIError
+from . import CLIError, check_threads, thread_limit
 from .paths import output_file
 
 HELP = "benchmark every update rule against the memory bandwidth probe, numpy and torch"
@@ -17,8 +17,11 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="2^20 and 2^22 float32 elements, few repeats (under 30 s)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    limit = thread_limit()
     parser.add_argument("--threads", default="1,2",
-                        help="comma-separated thread counts to run (default: 1,2)")
+                        help="comma-separated thread counts to run" + (
+                            f", each 1 to {limit} on this machine" if limit else "") +
+                        " (default: 1,2)")
     parser.add_argument("--optimizer", action="append", metavar="NAME",
                         help="only this optimizer (repeatable): " + ", ".join(
                             label for label, _, _ in bench.BENCH_CASES))
@@ -32,8 +35,7 @@ def run(args):
     except ValueError:
         raise CLIError(f"--threads must be comma-separated integers, got {args.threads!r}") \
             from None
-    if any(t < 1 for t in threads):
-        raise CLIError(f"--threads must be >= 1, got {args.threads!r}")
+    check_threads("--threads", threads, repr(args.threads))
     if args.json is not None:
         output_file("--json", args.json)       # before minutes of measuring
     known = [label for label, _, _ in bench.BENCH_CASES]

@@ -2,7 +2,9 @@
 --save or --resume is a one-line error up front, never a failure after training, and the
 path printed at the end is exactly the one written (the extension picks the image format;
 nothing is appended to a name)."""
+import io
 import os
+import shutil
 
 from . import CLIError
 
@@ -44,16 +46,51 @@ def input_file(option, path, what):
     return path
 
 
+def _missing_tool(ext):
+    """What image format `ext` needs from outside matplotlib that this machine lacks, or
+    None: pgf runs a TeX program (rcParams['pgf.texsystem'], xelatex by default) for every
+    figure; avif needs a Pillow built with AVIF support. Every other format matplotlib's
+    Agg canvas lists is written by matplotlib (and Pillow, its dependency) alone."""
+    if ext == "pgf":
+        import matplotlib
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        return None if shutil.which(tex) else f"{tex} (a TeX program)"
+    if ext == "avif":
+        from PIL import features
+        return None if features.check("avif") else "a Pillow built with AVIF support"
+    return None
+
+
 def image_formats():
-    """The image formats matplotlib's Agg canvas writes, by extension (png, pdf, svg...)."""
+    """The image formats a figure can be written in here, by extension (png, pdf, svg...):
+    those of matplotlib's Agg canvas whose external tools (see _missing_tool) are present."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    return sorted(FigureCanvasAgg.get_supported_filetypes())
+    return sorted(ext for ext in FigureCanvasAgg.get_supported_filetypes()
+                  if _missing_tool(ext) is None)
+
+
+def _try_format(ext):
+    """Render a tiny figure with text in format `ext` to memory: the error (one line) if
+    that fails here (e.g. text.usetex set in a matplotlibrc without LaTeX), else None."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(1, 1))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [1, 0])
+    ax.set_title("lr 0.1")
+    try:
+        fig.savefig(io.BytesIO(), format=ext)
+    except Exception as exc:  # noqa: BLE001 - any failure of the writer, reported in one line
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    return None
 
 
 def plot_file(option, path):
-    """Check `path` for a figure: matplotlib installed, a known image extension, a
-    writable place. Returns (path, format); save with savefig(path, format=format) so
-    that the file written is `path` itself."""
+    """Check `path` for a figure, before any work: matplotlib installed, an image extension
+    this machine can write (a tiny figure is rendered in that format to be sure), a
+    writable place. Returns (path, format); save with savefig(path, format=format) so that
+    the file written is `path` itself."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -61,13 +98,21 @@ def plot_file(option, path):
             from None
     output_file(option, path)
     ext = os.path.splitext(path)[1].lower().lstrip(".")
-    formats = image_formats()
     if not ext:
         raise CLIError(f"{option} {path!r} has no extension to choose the image format "
                        f"by; e.g. {path}.png (or .pdf, .svg)")
+    formats = image_formats()
     if ext not in formats:
-        raise CLIError(f"{option} {path!r}: unsupported image format {ext!r}; use one of "
-                       f"{', '.join(formats)}")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        missing = (_missing_tool(ext) if ext in FigureCanvasAgg.get_supported_filetypes()
+                   else None)
+        what = (f"the {ext} format needs {missing}, which is not installed" if missing
+                else f"unsupported image format {ext!r}")
+        raise CLIError(f"{option} {path!r}: {what}; use one of {', '.join(formats)}")
+    failure = _try_format(ext)
+    if failure:
+        raise CLIError(f"{option} {path!r}: {ext} images cannot be written here ({failure}); "
+                       f"try .png")
     return path, ext
 
 

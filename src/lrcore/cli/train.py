@@ -26,7 +26,8 @@ from ..demo import datasets, models
 from ..rules import RULES, preset
 from ..schedules import Schedule
 from ..task import OPTIMIZERS, Event, ParameterKey, ProgressHandlers, UpdateTask
-from . import EXIT_FAILED, EXIT_INTERRUPTED, CLIError, figure
+from . import (EXIT_FAILED, EXIT_INTERRUPTED, THREADS_DEFAULT, CLIError, check_threads, figure,
+               thread_limit)
 from .paths import PLOT_HINT, TQDM_HINT, input_file, output_file, plot_file
 from .report import META_KEY, History, Reporter, header, summary, wrap
 from .schedule import build as build_schedule
@@ -58,6 +59,13 @@ def hyperparameter_names(name):
     """The hyperparameters optimizer `name` takes from the command line (table order)."""
     row, rule = _rule_of(name)
     return tuple(h.name for h in rule.public_hypers if h.name not in row.fixed)
+
+
+def hyperparameter_options(name):
+    """The options of `lrcore train` that set a hyperparameter of optimizer `name`, in
+    the order --help shows them (--lr first): what an error may suggest."""
+    usable = set(hyperparameter_names(name))
+    return ["--lr"] + [option for option, hyper, _ in _hyper_keys() if hyper in usable]
 
 
 def _hyper_keys():
@@ -155,8 +163,8 @@ def add_arguments(parser):
 def _check_options(args):
     """Every check that needs no data: numbers, optional packages, files. Returns the
     checked plot (path, format) or None."""
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be an integer >= 1, got {args.threads}")
+    if args.threads is not None:
+        check_threads("--threads", [args.threads])
     if args.hidden is not None and args.hidden < 1:
         raise CLIError(f"--hidden must be an integer >= 1, got {args.hidden}")
     if not 0.0 < args.val_fraction < 1.0:
@@ -192,7 +200,7 @@ def optimizer_parameters(args, optimizer):
         hyper = key.value.hyperparameter
         if hyper and hyper not in usable:
             raise CLIError(f"{option} does not apply to --optimizer {optimizer} (it takes "
-                           f"{', '.join('--' + h.replace('_', '-') for h in sorted(usable))})")
+                           f"{', '.join(hyperparameter_options(optimizer))})")
         try:                           # the ranges and their wording are the table's
             out[key] = key.validate(value, rule=rule if hyper else None)
         except (TypeError, ValueError):
@@ -214,8 +222,11 @@ def add_runtime_arguments(group):
     """Options that change how the optimizer runs rather than what it computes; each is
     applied in make_optimizer. --distributed (issue 14), --precision (issue 12) and
     --state-dtype (issue 13) belong here."""
+    limit = thread_limit()
     group.add_argument("--threads", type=int, metavar="N",
-                       help="threads for the optimizer step (default: OMP_NUM_THREADS or CPUs)")
+                       help="threads for the optimizer step" + (
+                           f", 1 to {limit} on this machine" if limit else "") +
+                       f" (default: {THREADS_DEFAULT})")
     group.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI ranks: mpiexec -n N python -m mpi4py -m "
                             "lrcore train --distributed (lrcore.distributed.train)")
@@ -602,6 +613,8 @@ def _finish(args, run, plot, reporter, elapsed):
 
 
 def run(args):
+    if args.distributed and args.threads is not None:   # checked here, before any work
+        check_threads("--threads", [args.threads])
     if args.distributed:   # issue 14: the data-parallel loop lives in lrcore.distributed
         from ..distributed.train import run as run_distributed
         return run_distributed(args)
