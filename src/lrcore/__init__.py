@@ -6,7 +6,13 @@ update task with a command-line trainer. See README.md.
 """
 import os as _os
 
-from . import backend, kernels, reference, schedules
+try:
+    from . import backend
+except (ImportError, ValueError, RuntimeError) as _exc:   # a bad LRCORE_* variable, no core
+    from .cli import run_as_main_failed
+    run_as_main_failed(_exc)       # `python -m lrcore`: one line and exit 2, as the script
+    raise
+from . import kernels, reference, schedules
 from .checkpoint import CheckpointError, load, save
 from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam,
                     RMSprop)
