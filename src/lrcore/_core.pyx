@@ -394,6 +394,7 @@ cdef class _Info:
 
 
 cdef dict _INFO = {}         # rule name -> _Info
+cdef long long STEP_MAX_C = STEP_MAX
 
 
 cdef _Info _info_of(rule):
@@ -517,7 +518,7 @@ cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
     return True
 
 
-def run_exact(rule, tuple buffers, tuple values, num_threads):
+cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threads):
     """The compiled fast path of a generated kernel (lrcore._validate.make_kernel): `values`
     are the rule's public hyperparameters in struct order (the table's). When every one is
     already what the generated checks would pass unchanged (an exact float inside the
@@ -525,13 +526,14 @@ def run_exact(rule, tuple buffers, tuple values, num_threads):
     state is present, check the buffers and run exactly as run_kernel does, and return True.
     Otherwise return False having looked at nothing else: the generated Python checks then
     convert or raise, with their messages and in their order."""
-    cdef _Info info = _info_of(rule)
     cdef size_t i
     cdef Py_ssize_t j, k
     cdef const lrcore_field *f = info.desc
     cdef lrcore_job job
     cdef char *base = <char *>&job.hp
     cdef double d
+    cdef int overflow = 0
+    cdef long long step
     memset(&job, 0, sizeof(job))
     for i in range(info.count):
         j = info.slot[i]
@@ -547,9 +549,12 @@ def run_exact(rule, tuple buffers, tuple values, num_threads):
                 return False
             (<double *>(base + f[i].offset))[0] = d
         elif f[i].type == LRCORE_FIELD_INT64:
-            if not PyLong_CheckExact(x) or not 1 <= x <= STEP_MAX:
+            if not PyLong_CheckExact(x):
                 return False
-            (<int64_t *>(base + f[i].offset))[0] = <int64_t>x
+            step = PyLong_AsLongLongAndOverflow(x, &overflow)
+            if overflow or not 1 <= step <= STEP_MAX_C:
+                return False
+            (<int64_t *>(base + f[i].offset))[0] = <int64_t>step
         else:
             if x is True:
                 (<int *>(base + f[i].offset))[0] = 1
@@ -581,6 +586,25 @@ def run_exact(rule, tuple buffers, tuple values, num_threads):
         k += 1
     _run(&job, nt)
     return True
+
+def run_exact(rule, tuple buffers, tuple values, num_threads):
+    """The compiled fast path of a generated kernel (lrcore._validate.make_kernel); see
+    _run_exact. `exact_runner(rule)` is the same function bound to the rule's cached info."""
+    return _run_exact(_info_of(rule), buffers, values, num_threads)
+
+
+cdef class _ExactRunner:
+    cdef _Info info
+
+    def __call__(self, tuple buffers, tuple values, num_threads):
+        return _run_exact(self.info, buffers, values, num_threads)
+
+
+def exact_runner(rule):
+    """run_exact bound to `rule`: runner(buffers, values, num_threads) -> True when it ran."""
+    cdef _ExactRunner r = _ExactRunner()
+    r.info = _info_of(rule)
+    return r
 
 
 def half_pair(a, b):

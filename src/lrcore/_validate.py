@@ -129,8 +129,8 @@ def _kernel_source(rule, lowp=False, fast=False):
     any of them not at its default, or a 2-byte param or grad, hands the whole call to
     `_lowp` (lrcore.lowp.kernel over the plain function); a TypeError of the float32 path
     is re-checked as a layout (`_layout`) first, as lrcore.lowp.kernel does.
-    fast (with lowp; rules without cross-argument constraints): `_fast(rule, buffers, values,
-    num_threads)` (the compiled core's run_exact) is tried first with the public
+    fast (with lowp; rules without cross-argument constraints): `_fast(buffers, values,
+    num_threads)` (the compiled core's run_exact bound to the rule) is tried first with the public
     hyperparameters in struct order; it runs the call and returns True only when every value
     is one the checks below would pass unchanged, else the checks below run."""
     fn = rule.name
@@ -178,7 +178,7 @@ def _kernel_source(rule, lowp=False, fast=False):
     args = ", ".join(["param", "grad"] + [s.name for s in rule.states])
     kws = ", ".join(f"{h.name}={h.name}" for h in public)
     if fast and fn not in CONSTRAINTS:   # the compiled fast path (run_exact) comes first
-        body.insert(0, f"if _fast(_rule, ({args},), ({', '.join(h.name for h in public)},), "
+        body.insert(0, f"if _fast(({args},), ({', '.join(h.name for h in public)},), "
                        "num_threads): return None")
     return (head + ", rounding='nearest', seed=0, index_offset=0):\n"
             "    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO "
@@ -198,7 +198,7 @@ def make_kernel(rule, run, doc=None, lowp=None, fast=None):
     lowp: None, or (call, half, layout): `call` takes the whole call when a low-precision
     keyword is given or `half(param, grad)` is true; `layout(buffers)` re-checks the
     buffers' layout when the float32 path raises a TypeError (see _kernel_source).
-    fast: the backend's run_exact (see _kernel_source), or None."""
+    fast: the backend's run_exact bound to this rule (see _kernel_source), or None."""
     namespace = {"_rule": rule, "_run": run, "_fn": rule.name, "_where": f"{rule.name}()",
                  "_STEP_MAX": STEP_MAX, "_check_step": check_step, "_check_real": check_real,
                  "threads": threads, **_EVAL}

@@ -56,7 +56,7 @@ def _native():
         # dispatch as lowp.kernel's wrapper, without a second Python frame per call)
         setattr(ns, rule.name, _validate.make_kernel(
             rule, core.run_kernel, slow.__doc__,
-            lowp=(slow, core.half_pair, _layout_check(rule)), fast=core.run_exact))
+            lowp=(slow, core.half_pair, _layout_check(rule)), fast=core.exact_runner(rule)))
     return ns
 
 
