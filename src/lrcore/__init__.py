@@ -38,7 +38,8 @@ def available_isas():
 
 
 def num_threads():
-    """Threads a large call uses when num_threads=None (OMP_NUM_THREADS, else usable CPUs)."""
+    """Threads a large call uses when num_threads=None (LRCORE_NUM_THREADS, else
+    OMP_NUM_THREADS, else the usable CPUs; 1 on the numpy backend)."""
     return backend.default_threads()
 
 
