@@ -646,3 +646,164 @@ def test_torch_comparisons_under_every_capability(capability, tmp_path):
     assert seen and all(key.endswith("|" + capability) for key in seen), sorted(seen)
     for key, rec in seen.items():
         print(key, rec)
+
+
+# -- every torch.optim.lr_scheduler refuses to drive an lrcore schedule (issue 9 item 13) --
+
+S = torch.optim.lr_scheduler
+
+
+def _children(o):
+    return [S.ConstantLR(o, factor=0.5, total_iters=2), S.ExponentialLR(o, gamma=0.9)]
+
+
+# Each scheduler of torch.optim.lr_scheduler, built on an optimizer. SequentialLR and
+# ChainedScheduler wrap schedulers built first (while the lr was a number: see the test).
+SCHEDULERS = {
+    "LambdaLR": lambda o, kids: S.LambdaLR(o, lambda k: 0.9 ** k),
+    "MultiplicativeLR": lambda o, kids: S.MultiplicativeLR(o, lambda k: 0.9),
+    "StepLR": lambda o, kids: S.StepLR(o, step_size=2, gamma=0.5),
+    "MultiStepLR": lambda o, kids: S.MultiStepLR(o, milestones=[2, 4]),
+    "ConstantLR": lambda o, kids: S.ConstantLR(o, factor=0.5, total_iters=2),
+    "LinearLR": lambda o, kids: S.LinearLR(o, start_factor=0.5, total_iters=4),
+    "ExponentialLR": lambda o, kids: S.ExponentialLR(o, gamma=0.9),
+    "SequentialLR": lambda o, kids: S.SequentialLR(o, kids, milestones=[2]),
+    "PolynomialLR": lambda o, kids: S.PolynomialLR(o, total_iters=4),
+    "CosineAnnealingLR": lambda o, kids: S.CosineAnnealingLR(o, T_max=10),
+    "ChainedScheduler": lambda o, kids: S.ChainedScheduler(kids, optimizer=o),
+    "ReduceLROnPlateau": lambda o, kids: S.ReduceLROnPlateau(o, patience=1),
+    "CyclicLR": lambda o, kids: S.CyclicLR(o, 0.001, 0.01),
+    "CosineAnnealingWarmRestarts": lambda o, kids: S.CosineAnnealingWarmRestarts(o, T_0=3),
+    "OneCycleLR": lambda o, kids: S.OneCycleLR(o, 0.1, total_steps=10),
+    "SWALR": lambda o, kids: torch.optim.swa_utils.SWALR(o, swa_lr=0.01),
+}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(19, generator=g)),
+            torch.nn.Parameter(torch.randn(4, 5, generator=g))]
+
+
+def _snapshot(opt):
+    return [{k: (tuple(v) if k == "params" else v) for k, v in g.items()}
+            for g in opt.param_groups]
+
+
+def test_the_list_covers_every_torch_scheduler():
+    """A scheduler added to torch.optim.lr_scheduler must be added to SCHEDULERS."""
+    found = {n for n, c in vars(S).items() if isinstance(c, type) and not n.startswith("_")
+             and (issubclass(c, S.LRScheduler) or n == "ReduceLROnPlateau")
+             and c is not S.LRScheduler}
+    assert found <= set(SCHEDULERS), sorted(found - set(SCHEDULERS))
+
+
+@pytest.mark.parametrize("opt_name", ["Adam", "SGD"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_torch_scheduler_on_a_schedule_lr_is_refused_at_construction(one_thread, name,
+                                                                           opt_name):
+    """Refused with a TypeError naming the group and saying what to do, before the
+    scheduler writes anything: every group (the number-lr one too) is unchanged and the
+    optimizer steps with its schedule."""
+    params = _tiny()
+    sched = schedules.Cosine(0.1, 20)
+    kw = {"momentum": 0.9} if opt_name == "SGD" else {}
+    opt = getattr(lt, opt_name)([{"params": params[:1], "lr": 0.05},
+                                 {"params": params[1:]}], lr=0.1, **kw)
+    wraps = name in ("SequentialLR", "ChainedScheduler")
+    kids = _children(opt) if wraps else None     # built while the lr was a number
+    opt.param_groups[1]["lr"] = sched
+    before = _snapshot(opt)
+    with pytest.raises(TypeError, match=r"param_groups\[1\]'s lr is the lrcore schedule "
+                                        r"Cosine\(initial=0.1, steps=20\); a "
+                                        r"torch.optim.lr_scheduler cannot also drive it .* "
+                                        r"Give lr as a number"):
+        SCHEDULERS[name](opt, kids)
+    after = _snapshot(opt)
+    assert after == before and opt.param_groups[1]["lr"] is sched
+    assert wraps or not any(k in g for g in opt.param_groups
+                            for k in ("initial_lr", "max_lr", "max_momentum", "swa_lr"))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    ref = getattr(lt, opt_name)([{"params": [p.detach().clone().requires_grad_() for p in
+                                             _tiny()[:1]], "lr": before[0]["lr"]},
+                                 {"params": [p.detach().clone().requires_grad_() for p in
+                                             _tiny()[1:]], "lr": sched}], lr=0.1, **kw)
+    for g in ref.param_groups:
+        for p in g["params"]:
+            p.grad = torch.ones_like(p)
+    ref.step()
+    for p, q in zip(params, [p for g in ref.param_groups for p in g["params"]]):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_torch_scheduler_drives_a_number_lr(one_thread, name):
+    """With number lrs every scheduler is accepted and sets lrcore.torch's lr as it sets
+    torch.optim's (compared exactly, group by group, over a few steps)."""
+    params, ref_params = _tiny(), _tiny()
+    opt = lt.SGD(params, lr=0.1, momentum=0.9)
+    ref = torch.optim.SGD(ref_params, lr=0.1, momentum=0.9, foreach=False)
+    scheds = [SCHEDULERS[name](o, _children(o)) for o in (opt, ref)]
+    for k in range(5):
+        for ps in (params, ref_params):
+            for p in ps:
+                p.grad = torch.full_like(p, 0.5 + k)
+        opt.step()
+        ref.step()
+        for s in scheds:
+            s.step(1.0) if name == "ReduceLROnPlateau" else s.step()
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in ref.param_groups]
+
+
+@pytest.mark.parametrize("opt_name,key", [("Adam", "betas"), ("SGD", "momentum")])
+@pytest.mark.parametrize("name", ["OneCycleLR", "CyclicLR"])
+def test_momentum_cycling_over_a_schedule_is_refused(one_thread, name, opt_name, key):
+    """OneCycleLR and CyclicLR (cycle_momentum=True, their default) would write over
+    betas[0] / momentum: refused at construction when that is an lrcore schedule, nothing
+    written; with cycle_momentum=False they drive the number lr and leave it alone."""
+    params = _tiny()
+    sched = schedules.Cosine(0.9, 20)
+    value = (sched, 0.999) if key == "betas" else sched
+    opt = getattr(lt, opt_name)(params, lr=0.01, **{key: value})
+    before = _snapshot(opt)
+    label = "betas\\[0\\]" if key == "betas" else "momentum"
+    with pytest.raises(TypeError, match=rf"param_groups\[0\]'s {label} is the lrcore schedule "
+                                        rf"Cosine\(initial=0.9, steps=20\); .*"
+                                        rf"cycle_momentum=True cannot also drive it"):
+        SCHEDULERS[name](opt, None)
+    assert _snapshot(opt) == before
+    s = (S.OneCycleLR(opt, 0.1, total_steps=10, cycle_momentum=False) if name == "OneCycleLR"
+         else S.CyclicLR(opt, 0.001, 0.01, cycle_momentum=False))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    s.step()
+    got = opt.param_groups[0][key]
+    assert (got[0] is sched) if key == "betas" else (got is sched)
+    assert isinstance(opt.param_groups[0]["lr"], float)
+
+
+def test_a_schedule_put_in_later_is_refused_at_the_scheduler_step(one_thread):
+    """A StepLR built on a number lr, whose lr is then set to an lrcore schedule by hand,
+    raises at its next step instead of writing a number over the schedule."""
+    params = _tiny()
+    opt = lt.Adam(params, lr=0.1)
+    s = S.StepLR(opt, step_size=1, gamma=0.5)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    sched = schedules.Cosine(0.1, 20)
+    opt.param_groups[0]["lr"] = sched
+    with pytest.raises(TypeError, match=r"lr is the lrcore schedule"):
+        s.step()
+    assert opt.param_groups[0]["lr"] is sched

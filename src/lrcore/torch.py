@@ -18,6 +18,7 @@ Importing this module imports torch; `import lrcore` does not.
 """
 import math
 import numbers
+import sys
 import threading
 
 import torch
@@ -74,19 +75,53 @@ def _restore_schedules(mapping, schedules):
             mapping[key] = sched
 
 
-class _Group(dict):
-    """A param group. A torch LR scheduler starts by ``group.setdefault("initial_lr",
-    group["lr"])`` and would then multiply the lr; when the lr is a lrcore schedule that
-    is refused here, at the scheduler's construction, with a message saying what to do."""
+# A torch.optim.lr_scheduler drives a param group by writing numbers over its lr (and, for
+# OneCycleLR and CyclicLR with cycle_momentum, over betas[0] or momentum). Every scheduler,
+# ReduceLROnPlateau and SWALR included, reads `optimizer.param_groups` from these modules
+# before it writes anything, at its construction and at each step; that read is where a
+# scheduler is refused when what it would overwrite is an lrcore schedule.
+_SCHEDULER_MODULES = frozenset({"torch.optim.lr_scheduler", "torch.optim.swa_utils"})
 
-    def setdefault(self, key, default=None):
-        if key == "initial_lr" and key not in self and isinstance(self.get("lr"), Schedule):
+
+def _cycles_momentum(frame):
+    """Whether the torch scheduler whose code runs in `frame` (and its callers in the
+    scheduler modules) cycles momentum: the `cycle_momentum` argument of the __init__ being
+    run, or the attribute of the scheduler once constructed."""
+    while frame is not None and frame.f_globals.get("__name__") in _SCHEDULER_MODULES:
+        local = frame.f_locals
+        if "cycle_momentum" in local:
+            return bool(local["cycle_momentum"])
+        owner = local.get("self")
+        if owner is not None and hasattr(owner, "cycle_momentum"):
+            return bool(owner.cycle_momentum)
+        frame = frame.f_back
+    return False
+
+
+def _refuse_scheduler(groups, frame):
+    """TypeError if a torch scheduler (running in `frame`) would overwrite an lrcore
+    schedule: any group's lr, or betas[0]/momentum when the scheduler cycles momentum."""
+    momentum = None
+    for g, group in enumerate(groups):
+        lr = group.get("lr")
+        if isinstance(lr, Schedule):
             raise TypeError(
-                f"lrcore.torch: this param group's lr is the lrcore schedule "
-                f"{self['lr']!r}; a torch.optim.lr_scheduler cannot also drive it (it "
-                f"would scale the schedule object). Give lr as a number to use a torch "
-                f"scheduler, or let the lrcore schedule set the learning rate alone")
-        return super().setdefault(key, default)
+                f"lrcore.torch: param_groups[{g}]'s lr is the lrcore schedule {lr!r}; a "
+                f"torch.optim.lr_scheduler cannot also drive it (it would replace or scale "
+                f"the schedule object). Give lr as a number to use a torch scheduler, or "
+                f"let the lrcore schedule set the learning rate alone")
+        betas = group.get("betas")
+        for key, value in (("betas[0]", betas[0] if isinstance(betas, (tuple, list)) and
+                            betas else None), ("momentum", group.get("momentum"))):
+            if isinstance(value, Schedule):
+                if momentum is None:
+                    momentum = _cycles_momentum(frame)
+                if momentum:
+                    raise TypeError(
+                        f"lrcore.torch: param_groups[{g}]'s {key} is the lrcore schedule "
+                        f"{value!r}; a torch.optim.lr_scheduler with cycle_momentum=True "
+                        f"cannot also drive it (it would replace the schedule object). Pass "
+                        f"cycle_momentum=False, or give {key} as a number")
 
 
 def _to_data(group):
@@ -139,6 +174,23 @@ class _LrcoreOptimizer:
             cls._kind = cls._rule.name
             cls._slots = tuple(s.torch_name for s in cls._rule.states)
 
+    # -- torch schedulers ---------------------------------------------------------------
+
+    @property
+    def param_groups(self):
+        """torch's list of param groups. Read by a torch.optim.lr_scheduler (at its
+        construction and at each step), it first refuses, with a TypeError saying what to
+        do, a scheduler that would overwrite an lrcore schedule (see _refuse_scheduler)."""
+        frame = sys._getframe(1)
+        groups = self.__dict__["param_groups"]
+        if frame.f_globals.get("__name__") in _SCHEDULER_MODULES:
+            _refuse_scheduler(groups, frame)
+        return groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.__dict__["param_groups"] = value
+
     # -- construction ------------------------------------------------------------------
 
     def _lrcore_init(self, torch_cls, params, args, flags, num_threads):
@@ -172,8 +224,6 @@ class _LrcoreOptimizer:
         """torch's add_param_group, then lrcore's checks (CPU, float32/float64, contiguous,
         valid hyperparameters); a rejected group is not added."""
         n = len(self.param_groups)
-        if isinstance(param_group, dict) and not isinstance(param_group, _Group):
-            param_group = _Group(param_group)
         super().add_param_group(param_group)
         try:
             group = self.param_groups[-1]
@@ -516,8 +566,6 @@ class _LrcoreOptimizer:
         self.__dict__.setdefault("num_threads", None)
         self.__dict__.setdefault("_lrcore_schedules", {})
         self.__dict__["_lrcore_lock"] = threading.RLock()
-        self.param_groups[:] = [g if isinstance(g, _Group) else _Group(g)
-                                for g in self.param_groups]
         self._lrcore_cache = None
 
     def __repr__(self):
