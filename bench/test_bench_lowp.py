@@ -24,7 +24,7 @@ from lrcore import kernels, lowp
 if lrcore.backend() != "native":
     pytest.skip("benchmarks need the compiled backend", allow_module_level=True)
 
-from lrcore import _core  # noqa: E402  (the probe)
+from lrcore import backend  # noqa: E402  (the probe)
 
 N = int(os.environ.get("LRCORE_BENCH_LOWP_N", 1 << 26))
 THREADS = 2
@@ -88,7 +88,7 @@ def _probe_step(bufs):
     if len({a.nbytes for a in arrays}) != 1 or param.nbytes % 4:
         return None
     views = [a.view(np.float32) for a in arrays]
-    return lambda: _core.probe(*views, scale=0.0, num_threads=THREADS)
+    return lambda: backend.probe(*views, scale=0.0, num_threads=THREADS)
 
 
 def _torch_rows(n, rng):

@@ -44,13 +44,13 @@ def isa(request):
     if lrcore.backend() != "native":
         yield request.param
         return
-    from lrcore import _core
-    before = _core.isa()
-    _core.set_isa(request.param)
+    from lrcore import backend
+    before = backend.isa()
+    backend.set_isa(request.param)
     try:
         yield request.param
     finally:
-        _core.set_isa(before)
+        backend.set_isa(before)
 
 
 @pytest.fixture
@@ -58,13 +58,14 @@ def force_threads():
     """Let even small calls split across threads, to test the split itself."""
     if lrcore.backend() != "native":
         pytest.skip("threads exist only in the compiled backend")
-    from lrcore import _core
-    before = _core.min_bytes_per_thread()
-    _core.set_min_bytes_per_thread(64)
+    from lrcore import backend
+    core = backend.core()     # the compiled core's tuning hooks, through the backend switch
+    before = core.min_bytes_per_thread()
+    core.set_min_bytes_per_thread(64)
     try:
         yield
     finally:
-        _core.set_min_bytes_per_thread(before)
+        core.set_min_bytes_per_thread(before)
 
 
 def tolerances(dtype):

@@ -171,16 +171,16 @@ def test_trajectory_matches_torch(case, backend_name, source, golden_source):
         return
     # The compiled core: replay once per instruction-set build this CPU runs (baseline, avx2, ...).
     import lrcore
-    from lrcore import _core
+    from lrcore import backend as switch
 
     isa_in_use = lrcore.isa()
     try:
         for isa in lrcore.available_isas():
-            _core.set_isa(isa)
+            switch.set_isa(isa)
             _replay_and_compare(backend, cases[case["name"]], meta, arrays,
                                 f"lrcore.kernels[{isa}]", capability)
     finally:
-        _core.set_isa(isa_in_use)
+        switch.set_isa(isa_in_use)
 
 
 def test_the_budget_catches_a_slightly_wrong_step():

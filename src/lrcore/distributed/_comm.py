@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-__all__ = ["DistributedError", "import_mpi", "wait", "agree", "DEFAULT_TIMEOUT"]
+__all__ = ["DistributedError", "import_mpi", "wait", "agree", "yield_cpu", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 120.0   # seconds a rank waits for its peers before it gives up
 _RECORD = 1024            # bytes of one rank's status record in `agree`
@@ -45,7 +45,7 @@ def mpi_type(dtype):
             np.dtype(np.uint8): MPI.BYTE, np.dtype(np.int64): MPI.INT64_T}[np.dtype(dtype)]
 
 
-def _yield():
+def yield_cpu():
     """Give the CPU to another runnable thread, if any (sched_yield, not a timed sleep)."""
     if _sched_yield is not None:
         _sched_yield()
@@ -69,7 +69,7 @@ def wait(request, timeout, what, keep=None):
     # by default), so poll it back to back as MPI's own Wait spins, but yield the CPU
     # between tests (sched_yield: free when the core is ours, fair when ranks share cores)
     while not request.Test():
-        _yield()
+        yield_cpu()
         if time.monotonic() - start > timeout:
             _ABANDONED.append((request, keep))
             raise DistributedError(

@@ -42,15 +42,9 @@ def save(path, optimizer, meta=None):
     path = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(path)
     token = agree(comm, None, opt.timeout, "save", secrets.token_hex(8) if rank == 0 else None)[0]
-    inner_sds = [inner.state_dict() for inner in opt._inner]
-    error = None
+    error, sd, layout = None, None, None
     try:
-        arrays = {}
-        for b, bucket in enumerate(opt._layout.buckets):
-            st = inner_sds[b]["state"]
-            for name in st[0]:
-                arrays[f"{b}/{name}"] = np.concatenate([s[name].reshape(-1) for s in st])
-            arrays[f"{b}/param"] = np.concatenate(opt._views(bucket, opt._flat))
+        arrays, sd, layout = opt.checkpoint_parts()
         checkpoint.write(os.path.join(directory, _shard_name(path, token, rank, world)), arrays,
                          {"kind": SHARD_KIND, "token": token, "rank": rank, "world": world})
     except (OSError, TypeError, ValueError) as exc:
@@ -59,21 +53,6 @@ def save(path, optimizer, meta=None):
     error = None
     if rank == 0:
         try:
-            sd = {k: v for k, v in inner_sds[0].items() if k not in ("groups", "params", "state")}
-            sd["groups"] = []
-            for g in range(len(opt._specs)):
-                group = dict(inner_sds[opt._group_inner[g]]["groups"][0])
-                group["params"] = [i for i, gi in enumerate(opt._group_of) if gi == g]
-                sd["groups"].append(group)
-            sd["params"] = [{"shape": list(p.shape), "dtype": p.dtype.name} for p in opt._params]
-            names = [None] * len(opt._params)
-            for b, bucket in enumerate(opt._layout.buckets):
-                for i in range(len(opt._params)):
-                    if opt._group_of[i] == bucket.group and opt._params[i].dtype == bucket.dtype:
-                        names[i] = list(inner_sds[b]["state"][0])
-            sd["state"] = names
-            layout = [[[[p.index, p.start, p.stop] for p in bucket.pieces[r]]
-                       for bucket in opt._layout.buckets] for r in range(world)]
             files = [_shard_name(path, token, r, world) for r in range(world)]
             old = []
             if os.path.exists(path):
@@ -178,24 +157,16 @@ def load(path, optimizer):
             np.copyto(p, q)
         return _Source(path).user
     opt = optimizer
-    error, sds, params, src = None, None, None, None
+    error, loaded, src = None, None, None
     try:
         src = _Source(path)
-        opt._check_full(src.sd)
-        sds = opt.inner_state_dicts(
-            src.sd, lambda i, name, a, b: src.piece(i, name, a, b, opt._params[i].dtype))
-        params = [[src.piece(p.index, "param", p.start, p.stop, bucket.dtype)
-                   for p in bucket.pieces[opt.rank]] for bucket in opt._layout.buckets]
+        loaded = opt.checkpoint_loader(src.sd, src.piece)
         src.cache.clear()
     except (OSError, CheckpointError, ValueError, TypeError, KeyError) as exc:
         error = exc if not isinstance(exc, KeyError) else CheckpointError(
             f"checkpoint {os.fspath(path)!r} is malformed ({exc})")
     agree(opt.comm, error, opt.timeout, "load")
-    opt._load_inner(sds, "load")
-    for bucket, chunks in zip(opt._layout.buckets, params):
-        for p, chunk in zip(bucket.pieces[opt.rank], chunks):
-            opt._flat[p.index][p.start:p.stop] = chunk
-    opt.gather_params()
+    opt.restore_checkpoint(loaded)
     return src.user
 
 

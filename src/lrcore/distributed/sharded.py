@@ -19,8 +19,8 @@ import threading
 
 import numpy as np
 
-from ._comm import DEFAULT_TIMEOUT, DistributedError, _yield, agree, allgather_bytes, \
-    import_mpi, mpi_type, wait
+from ._comm import DEFAULT_TIMEOUT, DistributedError, agree, allgather_bytes, \
+    import_mpi, mpi_type, wait, yield_cpu
 from ._layout import Layout, block_sumsq
 
 __all__ = ["ShardedOptimizer"]
@@ -547,7 +547,7 @@ class ShardedOptimizer:
             while not stop.is_set():
                 if MPI.Request.Testall(live):
                     return
-                _yield()
+                yield_cpu()
         helper = threading.Thread(target=drive, daemon=True)
         helper.start()
         try:
@@ -744,6 +744,61 @@ class ShardedOptimizer:
                 for p in bucket.pieces[r]:
                     self._flat[p.index][p.start:p.stop] = recv[at:at + p.size]
                     at += p.size
+
+    # -- checkpoint interface (lrcore.distributed.save / load) ---------------------------
+
+    def checkpoint_parts(self):
+        """What `lrcore.distributed.save` writes, as (arrays, state_dict, layout):
+        `arrays` is this rank's file, per bucket b each state buffer `"{b}/{name}"` and the
+        params `"{b}/param"` over this rank's pieces, concatenated; `state_dict` is the
+        single-process state dict without arrays (groups, each param's shape and dtype, the
+        names of its state buffers); `layout[r][b]` lists rank r's pieces of bucket b as
+        [param index, start, stop]. Not collective."""
+        inner_sds = [inner.state_dict() for inner in self._inner]
+        arrays = {}
+        for b, bucket in enumerate(self._layout.buckets):
+            st = inner_sds[b]["state"]
+            for name in st[0]:
+                arrays[f"{b}/{name}"] = np.concatenate([s[name].reshape(-1) for s in st])
+            arrays[f"{b}/param"] = np.concatenate(self._views(bucket, self._flat))
+        sd = {k: v for k, v in inner_sds[0].items() if k not in ("groups", "params", "state")}
+        sd["groups"] = []
+        for g in range(len(self._specs)):
+            group = dict(inner_sds[self._group_inner[g]]["groups"][0])
+            group["params"] = [i for i, gi in enumerate(self._group_of) if gi == g]
+            sd["groups"].append(group)
+        sd["params"] = [{"shape": list(p.shape), "dtype": p.dtype.name} for p in self._params]
+        names = [None] * len(self._params)
+        for b, bucket in enumerate(self._layout.buckets):
+            for i in range(len(self._params)):
+                if self._group_of[i] == bucket.group and self._params[i].dtype == bucket.dtype:
+                    names[i] = list(inner_sds[b]["state"][0])
+        sd["state"] = names
+        layout = [[[[p.index, p.start, p.stop] for p in bucket.pieces[r]]
+                   for bucket in self._layout.buckets] for r in range(self.world_size)]
+        return arrays, sd, layout
+
+    def checkpoint_loader(self, state_dict, piece):
+        """Check a checkpoint's array-free `state_dict` (see checkpoint_parts) against this
+        optimizer and read this rank's part through `piece(i, name, start, stop, dtype)`
+        (elements [start, stop) of param i's buffer `name`, 'param' for the param). Returns
+        what `restore_checkpoint` applies; changes nothing. Not collective."""
+        self._check_full(state_dict)
+        sds = self.inner_state_dicts(
+            state_dict, lambda i, name, a, b: piece(i, name, a, b, self._params[i].dtype))
+        params = [[piece(p.index, "param", p.start, p.stop, bucket.dtype)
+                   for p in bucket.pieces[self.rank]] for bucket in self._layout.buckets]
+        return sds, params
+
+    def restore_checkpoint(self, loaded):
+        """Apply `checkpoint_loader`'s result on every rank (all or none), then make every
+        rank's params equal to the owners' pieces. Collective."""
+        sds, params = loaded
+        self._load_inner(sds, "load")
+        for bucket, chunks in zip(self._layout.buckets, params):
+            for p, chunk in zip(bucket.pieces[self.rank], chunks):
+                self._flat[p.index][p.start:p.stop] = chunk
+        self.gather_params()
 
     def __repr__(self):
         return (f"ShardedOptimizer({self.optimizer_class.__name__}, rank={self.rank}, "

@@ -46,8 +46,8 @@ class Warmup(Schedule):
 
     def _value(self, step: int) -> float:
         if step >= self.warmup_steps:
-            return self.schedule._value(step - self.warmup_steps)
-        target = self.schedule._value(0)
+            return self.schedule(step - self.warmup_steps)
+        target = self.schedule(0)
         return self.start_value + (target - self.start_value) * (step / self.warmup_steps)
 
     def _arguments(self) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class Sequential(Schedule):
     def _value(self, step: int) -> float:
         i = bisect.bisect_right(self.milestones, step)
         offset = self.milestones[i - 1] if i else 0
-        return self.schedules[i]._value(step - offset)
+        return self.schedules[i](step - offset)
 
     def _arguments(self) -> dict[str, Any]:
         return {"schedules": list(self.schedules), "milestones": list(self.milestones)}
