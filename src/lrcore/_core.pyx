@@ -525,7 +525,9 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
     table's range, an exact int step in [1, 2**53], an exact bool flag) and every required
     state is present, check the buffers and run exactly as run_kernel does, and return True.
     Otherwise return False having looked at nothing else: the generated Python checks then
-    convert or raise, with their messages and in their order."""
+    convert or raise, with their messages and in their order. None (before anything else):
+    param or grad is not an ndarray or has 2-byte elements, the generated code's half_pair
+    test decides between lrcore.lowp and the Python checks."""
     cdef size_t i
     cdef Py_ssize_t j, k
     cdef const lrcore_field *f = info.desc
@@ -534,6 +536,10 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
     cdef double d
     cdef int overflow = 0
     cdef long long step
+    p, g = buffers[0], buffers[1]
+    if not (cnp.PyArray_Check(p) and cnp.PyArray_Check(g)) \
+            or cnp.PyArray_ITEMSIZE(<cnp.ndarray>p) == 2 or cnp.PyArray_ITEMSIZE(<cnp.ndarray>g) == 2:
+        return None     # bfloat16/float16 or not arrays: the caller's half_pair decides
     memset(&job, 0, sizeof(job))
     for i in range(info.count):
         j = info.slot[i]

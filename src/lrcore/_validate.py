@@ -177,15 +177,26 @@ def _kernel_source(rule, lowp=False, fast=False):
         return head + "):\n" + "".join(f"    {line}\n" for line in body)
     args = ", ".join(["param", "grad"] + [s.name for s in rule.states])
     kws = ", ".join(f"{h.name}={h.name}" for h in public)
-    if fast and fn not in CONSTRAINTS:   # the compiled fast path (run_exact) comes first
-        body.insert(0, f"if _fast(({args},), ({', '.join(h.name for h in public)},), "
-                       "num_threads): return None")
-    return (head + ", rounding='nearest', seed=0, index_offset=0):\n"
-            "    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO "
-            "or _half(param, grad):\n"
-            f"        return _lowp({args}, {kws}, num_threads=num_threads, rounding=rounding, "
-            "seed=seed, index_offset=index_offset)\n"
-            "    try:\n"
+    fast = fast and fn not in CONSTRAINTS   # the compiled fast path (run_exact) comes first
+    to_lowp = (f"return _lowp({args}, {kws}, num_threads=num_threads, rounding=rounding, "
+               "seed=seed, index_offset=index_offset)")
+    src = head + ", rounding='nearest', seed=0, index_offset=0):\n"
+    if fast:   # run_exact: True ran, False not exact, None param/grad 2-byte or not arrays
+        src += ("    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO:\n"
+                f"        {to_lowp}\n"
+                "    try:\n"
+                f"        done = _fast(({args},), ({', '.join(h.name for h in public)},), "
+                "num_threads)\n"
+                "    except TypeError:\n"
+                f"        _layout(({args},))\n"
+                "        raise\n"
+                "    if done:\n"
+                "        return None\n"
+                f"    if done is None and _half(param, grad):\n        {to_lowp}\n")
+    else:
+        src += ("    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO "
+                f"or _half(param, grad):\n        {to_lowp}\n")
+    return (src + "    try:\n"
             + "".join(f"        {line}\n" for line in body)
             + "    except TypeError:\n"
             f"        _layout(({args},))\n"
