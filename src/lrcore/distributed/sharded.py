@@ -22,54 +22,11 @@ import numpy as np
 from ._comm import DEFAULT_TIMEOUT, DistributedError, agree, allgather_bytes, \
     import_mpi, mpi_type, wait, yield_cpu
 from ._layout import Layout, block_sumsq
+from ..optim import params as param_checks
 
 __all__ = ["ShardedOptimizer"]
 
 DEFAULT_BUCKET_ELEMENTS = 1 << 22   # elements per bucket, all ranks together (16 MiB of float32)
-
-
-def _normalise(params):
-    """params -> [(group spec without 'params', [arrays])]."""
-    if isinstance(params, np.ndarray):
-        return [({}, [params])]
-    if isinstance(params, dict):
-        raise TypeError("ShardedOptimizer: params must be an array, a list of arrays or a list "
-                        "of dicts (parameter groups), got a dict; wrap it in a list")
-    try:
-        items = list(params)
-    except TypeError:
-        raise TypeError(f"ShardedOptimizer: params must be an array, a list of arrays or a list "
-                        f"of dicts, got {type(params).__name__}") from None
-    if not items:
-        raise ValueError("ShardedOptimizer: params is empty; give at least one array")
-    if all(isinstance(x, dict) for x in items):
-        out = []
-        for g, d in enumerate(items):
-            if "params" not in d:
-                raise ValueError(f"ShardedOptimizer: parameter group {g} has no 'params' key")
-            ps = d["params"]
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-            if not ps:
-                raise ValueError(f"ShardedOptimizer: parameter group {g} has no params")
-            out.append(({k: v for k, v in d.items() if k != "params"}, ps))
-        return out
-    if any(isinstance(x, dict) for x in items):
-        raise TypeError("ShardedOptimizer: params mixes arrays and dicts; use one or the other")
-    return [({}, items)]
-
-
-def _check_param(i, p):
-    if not isinstance(p, np.ndarray):
-        raise TypeError(f"ShardedOptimizer: params[{i}] must be a numpy.ndarray, got "
-                        f"{type(p).__name__}")
-    if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
-        raise TypeError(f"ShardedOptimizer: params[{i}] must have dtype float32 or float64 "
-                        f"(native byte order), got {p.dtype}")
-    if not p.flags.c_contiguous:
-        raise ValueError(f"ShardedOptimizer: params[{i}] must be C-contiguous (it is updated "
-                         f"in place)")
-    if not p.flags.writeable:
-        raise ValueError(f"ShardedOptimizer: params[{i}] is read-only; it must be writeable")
 
 
 def _check_separate(params):
@@ -150,13 +107,19 @@ class ShardedOptimizer:
             if not isinstance(optimizer_class, type):
                 raise TypeError(f"ShardedOptimizer: optimizer_class must be an lrcore "
                                 f"optimizer class (e.g. lrcore.Adam), got {optimizer_class!r}")
-            self._specs = _normalise(params)
+            self._specs = []
+            for g, group in enumerate(param_checks.groups(params, "ShardedOptimizer")):
+                ps = group.pop("params")
+                if not ps:
+                    raise ValueError(f"ShardedOptimizer: parameter group {g} has no params")
+                self._specs.append((group, ps))
             self._params, self._group_of = [], []
             for g, (_, ps) in enumerate(self._specs):
                 for p in ps:
-                    _check_param(len(self._params), p)
+                    param_checks.check_param(len(self._params), p, "ShardedOptimizer")
                     self._params.append(p)
                     self._group_of.append(g)
+            param_checks.check_writeable(self._params, "ShardedOptimizer")
             _check_separate(self._params)
             signature = self._signature(hyperparameters)
         except (TypeError, ValueError) as exc:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backend, hyperparams
 from ..schedules import Schedule
+from . import params as _params
 from . import state_dict as _io
 
 __all__ = ["Optimizer", "plan_class"]
@@ -75,7 +76,7 @@ class Optimizer:
         self._groups = []
         self._params = []
         self._group_of = []
-        for g, spec in enumerate(self._normalise(params, owner)):
+        for g, spec in enumerate(_params.groups(params, owner)):
             group = dict(defaults)
             for key, value in spec.items():
                 if key == "params":
@@ -98,52 +99,13 @@ class Optimizer:
 
     # -- construction ------------------------------------------------------------------
 
-    @staticmethod
-    def _normalise(params, owner):
-        if isinstance(params, np.ndarray):
-            return [{"params": [params]}]
-        if isinstance(params, dict):
-            raise TypeError(f"{owner}: params must be an array, a list of arrays or a list of "
-                            f"dicts (parameter groups), got a dict; wrap it in a list")
-        try:
-            items = list(params)
-        except TypeError:
-            raise TypeError(f"{owner}: params must be an array, a list of arrays or a list of "
-                            f"dicts, got {type(params).__name__}") from None
-        if not items:
-            raise ValueError(f"{owner}: params is empty; give at least one array")
-        if all(isinstance(x, dict) for x in items):
-            groups = []
-            for g, d in enumerate(items):
-                if "params" not in d:
-                    raise ValueError(f"{owner}: parameter group {g} has no 'params' key")
-                ps = d["params"]
-                ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-                groups.append(dict(d, params=ps))
-            return groups
-        if any(isinstance(x, dict) for x in items):
-            raise TypeError(f"{owner}: params mixes arrays and dicts; use one or the other")
-        return [{"params": items}]
-
     def _check_params(self, owner):
         for i, p in enumerate(self._params):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"{owner}: params[{i}] must be a numpy.ndarray, got "
-                                f"{type(p).__name__}")
-            if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
-                raise TypeError(f"{owner}: params[{i}] must have dtype float32 or float64 "
-                                f"(native byte order), got {p.dtype}")
-            if not p.flags.c_contiguous:
-                raise ValueError(f"{owner}: params[{i}] must be C-contiguous (it is updated "
-                                 f"in place)")
+            _params.check_param(i, p, owner)
         self._check_writeable(owner)
 
     def _check_writeable(self, owner):
-        """Every param still writeable (a flag read per array: cheap enough for each step)."""
-        for i, p in enumerate(self._params):
-            if not p.flags.writeable:
-                raise ValueError(f"{owner}: params[{i}] is read-only; it must be writeable "
-                                 f"(it is updated in place)")
+        _params.check_writeable(self._params, owner)
 
     def _validated(self, group, owner, step=None):
         """Check a group's values; a schedule is checked at `step` (default: the next step)."""

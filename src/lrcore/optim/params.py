@@ -1,0 +1,61 @@
+"""What an optimizer accepts as `params`, checked in one place for every optimizer.
+
+`groups(params, owner)` reads an array, a list of arrays or a list of parameter-group dicts
+into a list of group dicts, each with its `params` list; `check_param(i, p, owner)` checks one
+parameter array (numpy, float32/float64 in native byte order, C-contiguous, writeable).
+Messages start with `owner` (the class the caller is building) and name the argument.
+Used by lrcore.optim's Optimizer and lrcore.distributed's ShardedOptimizer.
+"""
+import numpy as np
+
+__all__ = ["groups", "check_param", "check_writeable"]
+
+
+def groups(params, owner):
+    """params -> [{'params': [arrays], other group keys...}], in order."""
+    if isinstance(params, np.ndarray):
+        return [{"params": [params]}]
+    if isinstance(params, dict):
+        raise TypeError(f"{owner}: params must be an array, a list of arrays or a list of "
+                        f"dicts (parameter groups), got a dict; wrap it in a list")
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(f"{owner}: params must be an array, a list of arrays or a list of "
+                        f"dicts, got {type(params).__name__}") from None
+    if not items:
+        raise ValueError(f"{owner}: params is empty; give at least one array")
+    if all(isinstance(x, dict) for x in items):
+        out = []
+        for g, d in enumerate(items):
+            if "params" not in d:
+                raise ValueError(f"{owner}: parameter group {g} has no 'params' key")
+            ps = d["params"]
+            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+            out.append(dict(d, params=ps))
+        return out
+    if any(isinstance(x, dict) for x in items):
+        raise TypeError(f"{owner}: params mixes arrays and dicts; use one or the other")
+    return [{"params": items}]
+
+
+def check_param(i, p, owner):
+    """params[i] is a C-contiguous float32/float64 numpy array in native byte order (its
+    writeability is check_writeable's, which steps repeat)."""
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{owner}: params[{i}] must be a numpy.ndarray, got "
+                        f"{type(p).__name__}")
+    if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
+        raise TypeError(f"{owner}: params[{i}] must have dtype float32 or float64 "
+                        f"(native byte order), got {p.dtype}")
+    if not p.flags.c_contiguous:
+        raise ValueError(f"{owner}: params[{i}] must be C-contiguous (it is updated "
+                         f"in place)")
+
+
+def check_writeable(params, owner):
+    """Every param still writeable (a flag read per array: cheap enough for each step)."""
+    for i, p in enumerate(params):
+        if not p.flags.writeable:
+            raise ValueError(f"{owner}: params[{i}] is read-only; it must be writeable "
+                             f"(it is updated in place)")
