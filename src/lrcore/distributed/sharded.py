@@ -319,14 +319,7 @@ class ShardedOptimizer:
         return buf[:size]
 
     def _check_grads(self, grads):
-        if isinstance(grads, np.ndarray):
-            grads = [grads]
-        elif not isinstance(grads, list):
-            try:
-                grads = list(grads)
-            except TypeError:
-                raise TypeError(f"ShardedOptimizer.step(): grads must be an array or a list of "
-                                f"arrays, got {type(grads).__name__}") from None
+        grads = param_checks.grad_list(grads, "ShardedOptimizer.step()")
         if len(grads) != len(self._params):
             raise ValueError(f"ShardedOptimizer.step(): got {len(grads)} grads for "
                              f"{len(self._params)} params; pass one grad per param, in order")

@@ -260,14 +260,7 @@ class Optimizer:
         anything changes. Steps from several threads on one optimizer are serialised.
         """
         owner = type(self).__name__
-        if isinstance(grads, np.ndarray):
-            grads = [grads]
-        elif not isinstance(grads, list):
-            try:
-                grads = list(grads)
-            except TypeError:
-                raise TypeError(f"{owner}.step(): grads must be an array or a list of arrays, "
-                                f"got {type(grads).__name__}") from None
+        grads = _params.grad_list(grads, f"{owner}.step()")
         if len(grads) == len(self._params):
             for i, (g, p) in enumerate(zip(grads, self._params)):
                 if isinstance(g, np.ndarray) and g.shape != p.shape and g.size == p.size:

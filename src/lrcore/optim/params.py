@@ -8,7 +8,7 @@ Used by lrcore.optim's Optimizer and lrcore.distributed's ShardedOptimizer.
 """
 import numpy as np
 
-__all__ = ["groups", "check_param", "check_writeable"]
+__all__ = ["groups", "check_param", "check_writeable", "grad_list"]
 
 
 def groups(params, owner):
@@ -59,3 +59,17 @@ def check_writeable(params, owner):
         if not p.flags.writeable:
             raise ValueError(f"{owner}: params[{i}] is read-only; it must be writeable "
                              f"(it is updated in place)")
+
+
+def grad_list(grads, where):
+    """A step's grads as a list: one array, or any iterable of arrays (`where` starts the
+    message, e.g. 'Adam.step()')."""
+    if isinstance(grads, np.ndarray):
+        return [grads]
+    if isinstance(grads, list):
+        return grads
+    try:
+        return list(grads)
+    except TypeError:
+        raise TypeError(f"{where}: grads must be an array or a list of arrays, "
+                        f"got {type(grads).__name__}") from None
