@@ -18,7 +18,7 @@ import numpy as np
 from .rules import RULES, STEP_MAX, check_real, check_step
 
 __all__ = ["make_kernel", "check_hypers", "threads", "buffers", "plan_hypers",
-           "required_slots", "STEP_MAX"]
+           "required_slots", "check_array", "extent", "STEP_MAX"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -264,7 +264,7 @@ def plan_hypers(rule, group_hps):
 # Buffers (numpy backend; _core.pyx has the compiled twin of these checks)
 # ---------------------------------------------------------------------------
 
-def _array(fn, name, x, dtype, size, writeable):
+def check_array(fn, name, x, dtype, size, writeable):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{fn}(): {name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype.kind != "f" or x.dtype.newbyteorder("=") not in _FLOATS:
@@ -289,26 +289,26 @@ def _array(fn, name, x, dtype, size, writeable):
     return x
 
 
-def _extent(a):
+def extent(a):
     start = a.__array_interface__["data"][0]
     return start, start + a.nbytes
 
 
 def buffers(fn, names, objs, writeable):
     """Check param (first), grad (second) and the optional state buffers (None skipped)."""
-    param = _array(fn, names[0], objs[0], None, None, True)
+    param = check_array(fn, names[0], objs[0], None, None, True)
     checked = [(names[0], param)]
     for i, (name, x, w) in enumerate(zip(names[1:], objs[1:], writeable[1:])):
         if x is not None or i == 0:  # grad is required, the states after it may be None
-            checked.append((name, _array(fn, name, x, param.dtype, param.size, w)))
+            checked.append((name, check_array(fn, name, x, param.dtype, param.size, w)))
     for i, (na, a) in enumerate(checked):
         if a.nbytes == 0:
             continue
-        a0, a1 = _extent(a)
+        a0, a1 = extent(a)
         for nb, b in checked[i + 1:]:
             if b.nbytes == 0:
                 continue
-            b0, b1 = _extent(b)
+            b0, b1 = extent(b)
             if a0 < b1 and b0 < a1:
                 raise ValueError(f"{fn}(): {na} and {nb} share memory; "
                                  f"every buffer must be a separate array")

@@ -268,18 +268,18 @@ class StepPlan:
         extents = []
         self.params, self.states = [], []
         for i, p in enumerate(params):
-            v._array("step", f"params[{i}]", p, None, None, True)
+            v.check_array("step", f"params[{i}]", p, None, None, True)
             if len(states[i]) != 3:
                 raise ValueError("StepPlan: each states entry must have 3 slots")
             self.params.append(_flat(p))
             st = []
             for a in states[i]:
                 if a is not None:
-                    v._array("step", f"state of params[{i}]", a, p.dtype, p.size, True)
-                    extents.append(v._extent(a) + (f"state of params[{i}]",))
+                    v.check_array("step", f"state of params[{i}]", a, p.dtype, p.size, True)
+                    extents.append(v.extent(a) + (f"state of params[{i}]",))
                 st.append(None if a is None else _flat(a))
             self.states.append(st)
-            extents.append(v._extent(p) + (f"params[{i}]",))
+            extents.append(v.extent(p) + (f"params[{i}]",))
         extents = sorted(e for e in extents if e[1] > e[0])
         for a, b in zip(extents, extents[1:]):
             if b[0] < a[1]:
@@ -294,10 +294,10 @@ class StepPlan:
                              f"pass one grad per param, in the same order")
         for i, g in enumerate(grads):
             p = self.params[i]
-            v._array("step", f"grads[{i}]", g, p.dtype, p.size, False)
+            v.check_array("step", f"grads[{i}]", g, p.dtype, p.size, False)
             if g.nbytes == 0:
                 continue
-            g0, g1 = v._extent(g)
+            g0, g1 = v.extent(g)
             for e0, e1, name in self.extents:
                 if e0 < g1 and g0 < e1:
                     raise ValueError(f"step(): grads[{i}] shares memory with {name}; "
