@@ -463,6 +463,16 @@ def kernel(name, f32_kernel, native_run=None):
 
     call.__name__ = call.__qualname__ = name
     call.__wrapped__ = f32_kernel
+    # the signature a user sees (help, inspect) is the float32 kernel's plus the low-precision
+    # keywords, on both backends alike
+    try:
+        f32_sig = inspect.signature(f32_kernel)
+    except (TypeError, ValueError):
+        f32_sig = sig
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+             for k, v in (("rounding", "nearest"), ("seed", 0), ("index_offset", 0))
+             if k not in f32_sig.parameters]
+    call.__signature__ = f32_sig.replace(parameters=list(f32_sig.parameters.values()) + extra)
     call.__module__ = getattr(f32_kernel, "__module__", __name__)
     call.__doc__ = (f32_kernel.__doc__ or ref.__doc__ or "") + (
         "\n    bfloat16/float16 buffers (lrcore.lowp.LAYOUTS): every value is widened to float32,"
