@@ -76,7 +76,8 @@ def test_prefetching_loop_matches_reference_bitwise(isa, kspec):
 @pytest.mark.skipif(lrcore.backend() != "native", reason="descriptors of the compiled core")
 @pytest.mark.parametrize("rule", RULES.values(), ids=list(RULES))
 def test_c_structs_match_the_table(rule):
-    """The C side's field descriptors (csrc/jobs.h) list the table's hyperparameters in the
+    """The C side's field descriptors (made in csrc/jobs.h from the lists LRCORE_HP_FIELDS_<rule>
+    in lrcore.h, which the structs are made from too) list the table's hyperparameters in the
     same order with the same types, and the kernel has the table's number of states."""
     from lrcore.backend import core
     fields, nstates = core().hp_fields(rule.name)

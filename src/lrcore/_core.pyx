@@ -328,8 +328,10 @@ cdef int _buffers(str fn, lrcore_job *job, list names, list objs, list writeable
 # ---------------------------------------------------------------------------
 
 # Hyperparameters cross into C by name: lrcore_hp_fields (csrc/jobs.h) describes each
-# rule's struct (field name, offset, type); _pack writes a dict into it. tests/test_kernels.py
-# checks that the descriptors and lrcore.rules list the same fields in the same order.
+# rule's struct (field name, offset, type), from the rule's field list in lrcore.h
+# (LRCORE_HP_FIELDS_<rule>) that the struct itself is made from; _pack writes a dict
+# into it. tests/test_kernels.py checks that the descriptors and lrcore.rules list the
+# same fields in the same order.
 
 cdef dict _KIND = {}        # rule name -> kind id
 cdef dict _FIELDS = {}      # rule name -> tuple of (name, offset, type)

@@ -4,7 +4,8 @@
  * A job names its update rule (`kind`, numbered in the order of LRCORE_RULES in
  * lrcore.h), its element type, its buffers and its hyperparameters (the rule's
  * lrcore_<rule>_hp in a union). lrcore_hp_fields describes each struct's fields
- * by name, offset and type, so that _core.pyx packs hyperparameters by name with
+ * by name, offset and type (from the rule's field list in lrcore.h, which its
+ * struct is made from), so that _core.pyx packs hyperparameters by name with
  * one generic packer; tests/test_kernels.py checks these descriptors against the
  * table of rules (lrcore/rules.py).
  */
@@ -54,10 +55,6 @@ typedef struct {
     int type;            /* LRCORE_FIELD_* */
 } lrcore_field;
 
-#define LRCORE__D(S, f) {#f, offsetof(S, f), LRCORE_FIELD_DOUBLE}
-#define LRCORE__I64(S, f) {#f, offsetof(S, f), LRCORE_FIELD_INT64}
-#define LRCORE__I(S, f) {#f, offsetof(S, f), LRCORE_FIELD_INT}
-
 /* Names of the rules, by kind. */
 static inline const char *lrcore_kind_name(int kind)
 {
@@ -76,70 +73,30 @@ static inline int lrcore_kind_nstates(int kind)
     return kind >= 0 && kind < LRCORE_NKINDS ? counts[kind] : 0;
 }
 
-/* The fields of a rule's hyperparameter struct, in declaration order. */
+/* The fields of a rule's hyperparameter struct, in declaration order: made from the
+ * rule's LRCORE_HP_FIELDS_<rule> list in lrcore.h, the list its struct is made from, so
+ * a new rule needs nothing here. */
+#define LRCORE__FIELD_TYPE_double LRCORE_FIELD_DOUBLE
+#define LRCORE__FIELD_TYPE_int64_t LRCORE_FIELD_INT64
+#define LRCORE__FIELD_TYPE_int LRCORE_FIELD_INT
+#define LRCORE__FIELD(type, f) {#f, offsetof(S, f), LRCORE__FIELD_TYPE_##type},
 static inline const lrcore_field *lrcore_hp_fields(int kind, size_t *count)
 {
-    static const lrcore_field sgd[] = {
-        LRCORE__D(lrcore_sgd_hp, lr), LRCORE__D(lrcore_sgd_hp, momentum),
-        LRCORE__D(lrcore_sgd_hp, dampening), LRCORE__D(lrcore_sgd_hp, weight_decay),
-        LRCORE__D(lrcore_sgd_hp, grad_scale), LRCORE__I64(lrcore_sgd_hp, step),
-        LRCORE__I(lrcore_sgd_hp, nesterov), LRCORE__I(lrcore_sgd_hp, maximize),
-        LRCORE__I(lrcore_sgd_hp, init_buffer)};
-    static const lrcore_field adam[] = {
-        LRCORE__D(lrcore_adam_hp, lr), LRCORE__D(lrcore_adam_hp, beta1),
-        LRCORE__D(lrcore_adam_hp, beta2), LRCORE__D(lrcore_adam_hp, eps),
-        LRCORE__D(lrcore_adam_hp, weight_decay), LRCORE__D(lrcore_adam_hp, grad_scale),
-        LRCORE__I64(lrcore_adam_hp, step), LRCORE__I(lrcore_adam_hp, decoupled_weight_decay),
-        LRCORE__I(lrcore_adam_hp, maximize)};
-    static const lrcore_field adagrad[] = {
-        LRCORE__D(lrcore_adagrad_hp, lr), LRCORE__D(lrcore_adagrad_hp, lr_decay),
-        LRCORE__D(lrcore_adagrad_hp, weight_decay), LRCORE__D(lrcore_adagrad_hp, eps),
-        LRCORE__D(lrcore_adagrad_hp, grad_scale), LRCORE__I64(lrcore_adagrad_hp, step),
-        LRCORE__I(lrcore_adagrad_hp, maximize)};
-    static const lrcore_field rmsprop[] = {
-        LRCORE__D(lrcore_rmsprop_hp, lr), LRCORE__D(lrcore_rmsprop_hp, alpha),
-        LRCORE__D(lrcore_rmsprop_hp, eps), LRCORE__D(lrcore_rmsprop_hp, weight_decay),
-        LRCORE__D(lrcore_rmsprop_hp, momentum), LRCORE__D(lrcore_rmsprop_hp, grad_scale),
-        LRCORE__I64(lrcore_rmsprop_hp, step), LRCORE__I(lrcore_rmsprop_hp, maximize)};
-    static const lrcore_field adadelta[] = {
-        LRCORE__D(lrcore_adadelta_hp, lr), LRCORE__D(lrcore_adadelta_hp, rho),
-        LRCORE__D(lrcore_adadelta_hp, eps), LRCORE__D(lrcore_adadelta_hp, weight_decay),
-        LRCORE__D(lrcore_adadelta_hp, grad_scale), LRCORE__I64(lrcore_adadelta_hp, step),
-        LRCORE__I(lrcore_adadelta_hp, maximize)};
-    static const lrcore_field adamax[] = {
-        LRCORE__D(lrcore_adamax_hp, lr), LRCORE__D(lrcore_adamax_hp, beta1),
-        LRCORE__D(lrcore_adamax_hp, beta2), LRCORE__D(lrcore_adamax_hp, eps),
-        LRCORE__D(lrcore_adamax_hp, weight_decay), LRCORE__D(lrcore_adamax_hp, grad_scale),
-        LRCORE__I64(lrcore_adamax_hp, step), LRCORE__I(lrcore_adamax_hp, maximize)};
-    static const lrcore_field nadam[] = {
-        LRCORE__D(lrcore_nadam_hp, lr), LRCORE__D(lrcore_nadam_hp, beta1),
-        LRCORE__D(lrcore_nadam_hp, beta2), LRCORE__D(lrcore_nadam_hp, eps),
-        LRCORE__D(lrcore_nadam_hp, weight_decay), LRCORE__D(lrcore_nadam_hp, momentum_decay),
-        LRCORE__D(lrcore_nadam_hp, mu_product), LRCORE__D(lrcore_nadam_hp, grad_scale),
-        LRCORE__I64(lrcore_nadam_hp, step), LRCORE__I(lrcore_nadam_hp, decoupled_weight_decay),
-        LRCORE__I(lrcore_nadam_hp, maximize)};
-    static const lrcore_field radam[] = {
-        LRCORE__D(lrcore_radam_hp, lr), LRCORE__D(lrcore_radam_hp, beta1),
-        LRCORE__D(lrcore_radam_hp, beta2), LRCORE__D(lrcore_radam_hp, eps),
-        LRCORE__D(lrcore_radam_hp, weight_decay), LRCORE__D(lrcore_radam_hp, grad_scale),
-        LRCORE__I64(lrcore_radam_hp, step), LRCORE__I(lrcore_radam_hp, decoupled_weight_decay),
-        LRCORE__I(lrcore_radam_hp, maximize)};
-    static const lrcore_field lion[] = {
-        LRCORE__D(lrcore_lion_hp, lr), LRCORE__D(lrcore_lion_hp, beta1),
-        LRCORE__D(lrcore_lion_hp, beta2), LRCORE__D(lrcore_lion_hp, weight_decay),
-        LRCORE__D(lrcore_lion_hp, grad_scale), LRCORE__I64(lrcore_lion_hp, step),
-        LRCORE__I(lrcore_lion_hp, maximize)};
     switch (kind) {
 #define LRCORE__FIELDS(name, nstates) \
-    case LRCORE_KIND_##name: *count = sizeof name / sizeof name[0]; return name;
+    case LRCORE_KIND_##name: { \
+        typedef lrcore_##name##_hp S; \
+        static const lrcore_field fields[] = { LRCORE_HP_FIELDS_##name(LRCORE__FIELD) }; \
+        *count = sizeof fields / sizeof fields[0]; \
+        return fields; }
     LRCORE_RULES(LRCORE__FIELDS)
 #undef LRCORE__FIELDS
     default: *count = 0; return 0;
     }
 }
-
-#undef LRCORE__D
-#undef LRCORE__I64
-#undef LRCORE__I
+#undef LRCORE__FIELD
+#undef LRCORE__FIELD_TYPE_double
+#undef LRCORE__FIELD_TYPE_int64_t
+#undef LRCORE__FIELD_TYPE_int
 
 #endif

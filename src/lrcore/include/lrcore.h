@@ -9,7 +9,8 @@
  * for whatever instruction set the including file is built for.
  *
  * Layout of this header:
- *   - hyperparameter structs (one per update rule) and PyTorch's defaults;
+ *   - hyperparameter structs (one per update rule, each made from its field
+ *     list LRCORE_HP_FIELDS_<rule>) and PyTorch's defaults;
  *   - the block/prefetch scaffold and the element helpers, written once;
  *   - lrcore_body.h, included once per element type: each rule's loop (with its
  *     math in a comment above it) and the dispatch from the options that select
@@ -127,65 +128,67 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 /* Hyperparameters, in the order of lrcore/rules.py. `step` is 1 for the     */
 /* first step. Flags are 0 or 1.                                             */
+/*                                                                          */
+/* Each rule's fields are listed ONCE, in LRCORE_HP_FIELDS_<rule>(X), one    */
+/* X(type, name) per field; the struct lrcore_<rule>_hp right below it is    */
+/* made from that list, and so are the runtime's field descriptors (name,   */
+/* offset, type: csrc/jobs.h), by which Python packs hyperparameters by name. */
+/* Types: double, int64_t or int.                                           */
 /* ------------------------------------------------------------------------ */
 
-typedef struct {
-    double lr, momentum, dampening, weight_decay, grad_scale;
-    int64_t step;
-    int nesterov, maximize;
-    int init_buffer;      /* 1: momentum_buffer = g (torch's first step), not a running mean */
-} lrcore_sgd_hp;
+#define LRCORE__MEMBER(type, name) type name;
 
-typedef struct {
-    double lr, beta1, beta2, eps, weight_decay, grad_scale;
-    int64_t step;
-    int decoupled_weight_decay, maximize;
-} lrcore_adam_hp;
+#define LRCORE_HP_FIELDS_sgd(X) \
+    X(double, lr) X(double, momentum) X(double, dampening) X(double, weight_decay) \
+    X(double, grad_scale) X(int64_t, step) X(int, nesterov) X(int, maximize) \
+    X(int, init_buffer)   /* 1: momentum_buffer = g (torch's first step), not a running mean */
+typedef struct { LRCORE_HP_FIELDS_sgd(LRCORE__MEMBER) } lrcore_sgd_hp;
 
-typedef struct {
-    double lr, lr_decay, weight_decay, eps, grad_scale;
-    int64_t step;
-    int maximize;
-} lrcore_adagrad_hp;
+#define LRCORE_HP_FIELDS_adam(X) \
+    X(double, lr) X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
+    X(double, grad_scale) X(int64_t, step) X(int, decoupled_weight_decay) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_adam(LRCORE__MEMBER) } lrcore_adam_hp;
 
-typedef struct {
-    double lr, alpha, eps, weight_decay, momentum, grad_scale;
-    int64_t step;
-    int maximize;
-} lrcore_rmsprop_hp;
+#define LRCORE_HP_FIELDS_adagrad(X) \
+    X(double, lr) X(double, lr_decay) X(double, weight_decay) X(double, eps) \
+    X(double, grad_scale) X(int64_t, step) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_adagrad(LRCORE__MEMBER) } lrcore_adagrad_hp;
 
-typedef struct {
-    double lr, rho, eps, weight_decay, grad_scale;
-    int64_t step;
-    int maximize;
-} lrcore_adadelta_hp;
+#define LRCORE_HP_FIELDS_rmsprop(X) \
+    X(double, lr) X(double, alpha) X(double, eps) X(double, weight_decay) X(double, momentum) \
+    X(double, grad_scale) X(int64_t, step) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_rmsprop(LRCORE__MEMBER) } lrcore_rmsprop_hp;
 
-typedef struct {
-    double lr, beta1, beta2, eps, weight_decay, grad_scale;
-    int64_t step;
-    int maximize;
-} lrcore_adamax_hp;
+#define LRCORE_HP_FIELDS_adadelta(X) \
+    X(double, lr) X(double, rho) X(double, eps) X(double, weight_decay) \
+    X(double, grad_scale) X(int64_t, step) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_adadelta(LRCORE__MEMBER) } lrcore_adadelta_hp;
 
-typedef struct {
-    double lr, beta1, beta2, eps, weight_decay, momentum_decay;
-    double mu_product;    /* mu_1 * ... * mu_step, this step's mu included (torch's state:
-                           * a float32 running product, see lrcore_nadam_defaults) */
-    double grad_scale;
-    int64_t step;
-    int decoupled_weight_decay, maximize;
-} lrcore_nadam_hp;
+#define LRCORE_HP_FIELDS_adamax(X) \
+    X(double, lr) X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
+    X(double, grad_scale) X(int64_t, step) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_adamax(LRCORE__MEMBER) } lrcore_adamax_hp;
 
-typedef struct {
-    double lr, beta1, beta2, eps, weight_decay, grad_scale;
-    int64_t step;
-    int decoupled_weight_decay, maximize;
-} lrcore_radam_hp;
+/* mu_product: mu_1 * ... * mu_step, this step's mu included (torch's state: a float32
+ * running product, see lrcore_nadam_defaults). */
+#define LRCORE_HP_FIELDS_nadam(X) \
+    X(double, lr) X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
+    X(double, momentum_decay) X(double, mu_product) X(double, grad_scale) \
+    X(int64_t, step) X(int, decoupled_weight_decay) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_nadam(LRCORE__MEMBER) } lrcore_nadam_hp;
 
-typedef struct {
-    double lr, beta1, beta2, weight_decay, grad_scale;   /* weight decay is decoupled */
-    int64_t step;
-    int maximize;
-} lrcore_lion_hp;
+#define LRCORE_HP_FIELDS_radam(X) \
+    X(double, lr) X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
+    X(double, grad_scale) X(int64_t, step) X(int, decoupled_weight_decay) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_radam(LRCORE__MEMBER) } lrcore_radam_hp;
+
+/* Lion's weight decay is decoupled. */
+#define LRCORE_HP_FIELDS_lion(X) \
+    X(double, lr) X(double, beta1) X(double, beta2) X(double, weight_decay) \
+    X(double, grad_scale) X(int64_t, step) X(int, maximize)
+typedef struct { LRCORE_HP_FIELDS_lion(LRCORE__MEMBER) } lrcore_lion_hp;
+
+#undef LRCORE__MEMBER
 
 /* Every rule, with its number of state buffers: the runtime derives its tables from this. */
 #define LRCORE_RULES(X) \
