@@ -647,7 +647,7 @@ def test_bad_grads_change_nothing(plan, name, case, clip, skip):
 def test_grad_aliasing_a_state_buffer_is_rejected(plan):
     p = np.ones(6)
     opt = lrcore.Adam(p)
-    exp_avg = opt._states[0]["exp_avg"]          # the live buffer (internal)
+    exp_avg = opt.snapshot().states[0]["exp_avg"]   # the live buffer
     before = _snapshot(opt)
     with pytest.raises(ValueError, match=r"grads\[0\] shares memory with state"):
         opt.step(exp_avg)
@@ -806,7 +806,7 @@ def test_load_resets_state_the_file_does_not_have():
         dst.load_state_dict(sd)                                # needed by momentum > 0
     sd["groups"][0]["hyperparameters"]["momentum"] = 0.0
     dst.load_state_dict(sd)
-    assert np.all(dst._states[0]["momentum_buffer"] == 0)
+    assert np.all(dst.snapshot().states[0]["momentum_buffer"] == 0)
 
 
 def test_clip_with_an_overflowing_norm_scales_to_zero_like_torch():
@@ -1141,3 +1141,89 @@ def test_every_optimizer_of_the_table_is_exported():
     assert set(optim.CLASSES) == set(rules.PRESETS)
     for cls in optim.CLASSES.values():
         assert getattr(lrcore, cls.__name__) is cls and cls.__name__ in lrcore.__all__
+
+
+# --------------------------------------------------------------------------------------------
+# The snapshot/restore protocol: the only way lrcore.optim.state_dict (and lrcore.checkpoint)
+# see an optimizer
+# --------------------------------------------------------------------------------------------
+
+def test_snapshot_shows_the_live_state_and_copies_only_its_containers():
+    p = np.ones(5)
+    opt = lrcore.Adam([{"params": [p]}, {"params": [np.ones(3)], "lr": 0.5}], lr=0.1,
+                      amsgrad=True)
+    opt.step([np.full(5, 0.25), np.full(3, -0.5)])
+    snap = opt.snapshot()
+    assert snap.step == 1 and snap.group_of == [0, 1] and snap.params[0] is p
+    assert [g["lr"] for g in snap.groups] == [0.1, 0.5]
+    assert set(snap.states[0]) == {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    before = _snapshot(opt)
+    snap.groups[0]["lr"] = 9.0                       # the containers are the snapshot's own
+    snap.states[1].clear()
+    snap.group_of.append(7)
+    assert _snapshot(opt) == before
+    opt.step([np.full(5, 0.25), np.full(3, -0.5)])   # the buffers are the optimizer's own
+    np.testing.assert_array_equal(snap.states[0]["exp_avg"],
+                                  opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_restore_installs_a_checked_state_and_load_equals_check_then_apply():
+    from lrcore.optim import state_dict as io
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(7), rng.standard_normal(4)]
+    src = lrcore.NAdam([np.ones(7), np.ones(4)], lr=S.Cosine(0.1, 20))
+    for _ in range(3):
+        src.step(grads)
+    sd = src.state_dict()
+    a = lrcore.NAdam([np.ones(7), np.ones(4)], lr=S.Cosine(0.1, 20))
+    b = lrcore.NAdam([np.ones(7), np.ones(4)], lr=S.Cosine(0.1, 20))
+    a.load_state_dict(sd)
+    checked = io.check(b, sd)
+    assert _snapshot(b) == _snapshot(lrcore.NAdam([np.ones(7), np.ones(4)],
+                                                  lr=S.Cosine(0.1, 20)))   # check wrote nothing
+    checked.apply()
+    assert _snapshot(a)[0] == _snapshot(b)[0] == _snapshot(src)[0]
+    assert a.snapshot().scalars == b.snapshot().scalars == src.snapshot().scalars
+    for opt in (a, b, src):
+        opt.step(grads)
+    assert _snapshot(a)[1] == _snapshot(b)[1] == _snapshot(src)[1]
+
+
+def test_the_checks_of_the_protocol_change_nothing():
+    opt = lrcore.SGD(np.ones(3), lr=0.1, momentum=0.9)
+    opt.step(np.ones(3))
+    before = _snapshot(opt)
+    assert opt.validate_group({"lr": 0.2, "momentum": 0.0, "dampening": 0.0,
+                               "weight_decay": 0.0, "nesterov": False, "maximize": False},
+                              step=5)["lr"] == 0.2
+    with pytest.raises(ValueError, match="lr"):
+        opt.validate_group(dict(opt.snapshot().groups[0], lr=-1.0), step=5)
+    assert opt.states_needed({"momentum": 0.0}) == ()
+    assert opt.states_needed({"momentum": 0.9}) == ("momentum_buffer",)
+    assert opt.initial_scalars() == {} and lrcore.NAdam(np.ones(2)).initial_scalars() \
+        == {"mu_product": 1.0}
+    assert _snapshot(opt) == before
+
+
+def test_a_step_waits_for_the_public_lock():
+    from lrcore import checkpoint
+    opt = lrcore.SGD(np.ones(3), lr=0.1)
+    assert checkpoint.lock_of(opt) is opt.lock
+    done = threading.Event()
+    with opt.lock:
+        t = threading.Thread(target=lambda: (opt.step(np.ones(3)), done.set()))
+        t.start()
+        assert not done.wait(0.2) and opt.step_count == 0
+    t.join()
+    assert done.is_set() and opt.step_count == 1
+
+
+def test_state_dict_io_reads_no_private_name_of_another_object():
+    """lrcore.optim.state_dict works through the public protocol: no `x._name` in it."""
+    import ast
+    from lrcore.optim import state_dict as io
+    tree = ast.parse(inspect.getsource(io))
+    private = [(node.lineno, node.attr) for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+               and not node.attr.startswith("__")]
+    assert private == []

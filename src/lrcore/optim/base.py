@@ -13,6 +13,7 @@ stepped from several threads applies whole steps one after another.
 import math
 import numbers
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from ..schedules import Schedule
 from . import params as _params
 from . import state_dict as _io
 
-__all__ = ["Optimizer", "plan_class"]
+__all__ = ["Optimizer", "Snapshot", "plan_class"]
 
 
 def plan_class():
@@ -32,6 +33,17 @@ def plan_class():
 
 def _owner_range(rule, name):
     return hyperparams.range_of(rule, name)
+
+
+class Snapshot(NamedTuple):
+    """What :meth:`Optimizer.snapshot` returns: the optimizer's state, by field."""
+    step: int                # steps applied so far
+    groups: list             # per group: hyperparameter name -> stored value
+    params: list             # the parameter arrays, in order
+    group_of: list           # per param: its group's index
+    states: list             # per param: state buffer name -> the optimizer's own buffer
+    momentum_started: list   # per group: SGD's momentum buffer holds a first step
+    scalars: list            # per group: the rule's scalar state (NAdam's mu_product)
 
 
 class Optimizer:
@@ -298,7 +310,66 @@ class Optimizer:
         if any(self._scalars):   # rules without scalar state (most) keep their empty dicts
             self._scalars = [{k: v[k] for k in s} for s, v in zip(self._scalars, values)]
 
-    # -- checkpoints (lrcore.optim.state_dict) -------------------------------------------
+    # -- snapshot and restore: the protocol lrcore.optim.state_dict builds on ------------
+
+    @property
+    def lock(self):
+        """The lock every step, set() and load holds; hold it to keep other threads' steps
+        out of a sequence of calls (e.g. a checkpoint's check, read and apply)."""
+        return self._lock
+
+    def snapshot(self):
+        """Everything a state dict records, as this optimizer holds it now, without copies:
+        a :class:`Snapshot`. Its groups hold the stored values (numbers, or the live
+        schedule objects) and its states the optimizer's own buffers: read them, and change
+        the optimizer only through :meth:`restore`."""
+        with self._lock:
+            return Snapshot(step=self._step,
+                            groups=[dict(g) for g in self._groups],
+                            params=list(self._params),
+                            group_of=list(self._group_of),
+                            states=[dict(st) for st in self._states],
+                            momentum_started=list(self._momentum_started),
+                            scalars=[dict(s) for s in self._scalars])
+
+    def validate_group(self, group, step):
+        """``group`` (hyperparameter name -> number, flag or schedule) checked as the
+        constructor and set() check it, schedules at ``step``: the validated dict, or
+        TypeError/ValueError. Changes nothing."""
+        return self._validated(group, type(self).__name__, step=step)
+
+    def states_needed(self, group):
+        """Names of the state buffers a group with these hyperparameters needs."""
+        return self._needs(group)
+
+    def initial_scalars(self):
+        """The rule's per-group scalar state before any step (empty for most rules)."""
+        return self._initial_scalars()
+
+    def restore(self, step, groups, states, momentum_started, scalars):
+        """Install a state that passed every check (:func:`lrcore.optim.state_dict.check`):
+        the step count, every group's validated hyperparameters, per param the state buffers
+        by name (copied into the optimizer's own buffers; a buffer given that it lacks is
+        taken as a copy, one it has that is not given returns to its initial value), the
+        SGD momentum flags and the per-group scalar state. Nothing here can fail on checked
+        data, so a load is validate-then-apply."""
+        with self._lock:
+            self._groups = list(groups)
+            for i, st in enumerate(states):
+                live = self._states[i]
+                for name, arr in st.items():
+                    if name in live:
+                        np.copyto(live[name], arr)
+                    else:
+                        live[name] = np.array(arr, copy=True, order="C")
+                        self._plan = None
+                for name, buf in live.items():
+                    if name not in st:   # not in the state dict: back to its initial value
+                        np.copyto(buf, self._initial_state(name, buf))
+            self._step = step
+            self._momentum_started = list(momentum_started)
+            self._scalars = [dict(s) for s in scalars]
+            self._ensure_state()
 
     def state_dict(self):
         """A copy of everything needed to resume: step, hyperparameters (schedules as plain

@@ -5,6 +5,11 @@ holds everything the load will change (groups, step, state values, the SGD momen
 flags); only :meth:`Checked.apply` writes, and it cannot fail on the data, so a state
 dict that does not fit raises ValueError and leaves the optimizer as it was.
 Schedules travel as plain data (:func:`lrcore.hyperparams.to_data`).
+
+This module sees an optimizer only through its public snapshot/restore protocol:
+:meth:`~lrcore.optim.Optimizer.snapshot` (what to save and check against),
+:meth:`~lrcore.optim.Optimizer.validate_group`, ``states_needed``, ``initial_scalars``
+(the checks), and :meth:`~lrcore.optim.Optimizer.restore` (the apply).
 """
 import numbers
 
@@ -20,51 +25,40 @@ VERSION = 1
 
 def build(opt):
     """state_dict() of ``opt``: plain data plus copies of the state buffers."""
+    snap = opt.snapshot()
     groups = []
-    for g, group in enumerate(opt._groups):
+    for g, group in enumerate(snap.groups):
         hyper = {key: hyperparams.to_data(value) for key, value in group.items()}
         groups.append({"hyperparameters": hyper,
-                       "params": [i for i, gi in enumerate(opt._group_of) if gi == g],
-                       "momentum_started": opt._momentum_started[g],
-                       "scalars": dict(opt._scalars[g])})
+                       "params": [i for i, gi in enumerate(snap.group_of) if gi == g],
+                       "momentum_started": snap.momentum_started[g],
+                       "scalars": dict(snap.scalars[g])})
     return {
         "format": FORMAT, "version": VERSION,
-        "optimizer": type(opt).__name__, "step": opt._step, "groups": groups,
-        "params": [{"shape": list(p.shape), "dtype": p.dtype.name} for p in opt._params],
-        "state": [{k: v.copy() for k, v in st.items()} for st in opt._states],
+        "optimizer": type(opt).__name__, "step": snap.step, "groups": groups,
+        "params": [{"shape": list(p.shape), "dtype": p.dtype.name} for p in snap.params],
+        "state": [{k: v.copy() for k, v in st.items()} for st in snap.states],
     }
 
 
 class Checked:
-    """A state dict that fits ``opt``: :meth:`apply` installs it."""
+    """A state dict that fits ``opt``: :meth:`apply` installs it.
 
-    def __init__(self, opt, step, groups, states, started, scalars):
-        self.opt, self.step, self.groups = opt, step, groups
+    ``states`` (per param, buffer name -> array) is what will be copied in; a caller that
+    fills the buffers itself (lrcore.checkpoint reads a file into them) may replace an
+    entry by an array of the same shape and dtype before :meth:`apply`."""
+
+    def __init__(self, opt, live_groups, step, groups, states, started, scalars):
+        self.opt, self.live_groups, self.step, self.groups = opt, live_groups, step, groups
         self.states, self.started, self.scalars = states, started, scalars
 
     def apply(self):
-        opt = self.opt
         # a live schedule equal to the saved one is kept (its state loaded), so a caller's
         # own reference (e.g. to a ReduceOnPlateau) stays in use
         for g, group in enumerate(self.groups):
             for key, value in group.items():
-                group[key] = hyperparams.adopt(value, opt._groups[g][key])
-        opt._groups = self.groups
-        for i, st in enumerate(self.states):
-            live = opt._states[i]
-            for name, arr in st.items():
-                if name in live:
-                    np.copyto(live[name], arr)
-                else:
-                    live[name] = np.array(arr, copy=True, order="C")
-                    opt._plan = None
-            for name, buf in live.items():
-                if name not in st:   # not in the state dict: back to its initial value
-                    np.copyto(buf, opt._initial_state(name, buf))
-        opt._step = self.step
-        opt._momentum_started = self.started
-        opt._scalars = self.scalars
-        opt._ensure_state()
+                group[key] = hyperparams.adopt(value, self.live_groups[g][key])
+        self.opt.restore(self.step, self.groups, self.states, self.started, self.scalars)
 
 
 def check(opt, d):
@@ -75,6 +69,8 @@ def check(opt, d):
     def bad(msg):
         return ValueError(f"{owner}.load_state_dict(): {msg}")
     try:
+        snap = opt.snapshot()
+        live_groups, params, group_of = snap.groups, snap.params, snap.group_of
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise bad("not an lrcore optimizer state dict (format key missing or wrong)")
         if d.get("version") != VERSION:
@@ -87,48 +83,48 @@ def check(opt, d):
                 or step >= 2 ** 53:
             raise bad(f"step must be an integer in [0, 2**53), got {step!r}")
         step = int(step)
-        if len(d.get("groups", ())) != len(opt._groups):
+        if len(d.get("groups", ())) != len(live_groups):
             raise bad(f"it has {len(d.get('groups', ()))} parameter groups, this optimizer "
-                      f"has {len(opt._groups)}")
-        if len(d.get("params", ())) != len(opt._params):
+                      f"has {len(live_groups)}")
+        if len(d.get("params", ())) != len(params):
             raise bad(f"it has {len(d.get('params', ()))} parameters, this optimizer has "
-                      f"{len(opt._params)}")
-        for i, (info, p) in enumerate(zip(d["params"], opt._params)):
+                      f"{len(params)}")
+        for i, (info, p) in enumerate(zip(d["params"], params)):
             if tuple(info.get("shape", ())) != p.shape or info.get("dtype") != p.dtype.name:
                 raise bad(f"params[{i}] was {info.get('dtype')} "
                           f"{tuple(info.get('shape', ()))}, is {p.dtype.name} {p.shape}")
         for g, sg in enumerate(d["groups"]):
-            mine = [i for i, gi in enumerate(opt._group_of) if gi == g]
+            mine = [i for i, gi in enumerate(group_of) if gi == g]
             if list(sg.get("params", ())) != mine:
                 raise bad(f"group {g} holds params {sg.get('params')}, this optimizer's "
                           f"holds {mine}")
         new_groups = []
         for g, sg in enumerate(d["groups"]):
             hyper = dict(sg.get("hyperparameters", {}))
-            if set(hyper) != set(opt._groups[g]):
+            if set(hyper) != set(live_groups[g]):
                 raise bad(f"group {g} has hyperparameters {sorted(hyper)}, expected "
-                          f"{sorted(opt._groups[g])}")
+                          f"{sorted(live_groups[g])}")
             for key, value in hyper.items():
                 if hyperparams.is_data(value):
                     try:
                         hyper[key] = hyperparams.from_data(f"group {g}", key, value,
-                                                           live=opt._groups[g][key])
+                                                           live=live_groups[g][key])
                     except ValueError as exc:
                         raise bad(str(exc)) from None
             for key in opt.fixed:
-                if hyper[key] != opt._groups[g][key]:
+                if hyper[key] != live_groups[g][key]:
                     raise bad(f"group {g} has {key}={hyper[key]}, this optimizer has "
-                              f"{opt._groups[g][key]}; {key} is fixed at construction")
+                              f"{live_groups[g][key]}; {key} is fixed at construction")
             try:
-                new_groups.append(opt._validated(hyper, owner, step=step))
+                new_groups.append(opt.validate_group(hyper, step=step))
             except (TypeError, ValueError) as exc:
                 raise bad(f"group {g}: {exc}") from None
         states = d.get("state", ())
-        if len(states) != len(opt._params):
+        if len(states) != len(params):
             raise bad(f"it has state for {len(states)} parameters, expected "
-                      f"{len(opt._params)}")
-        for i, (st, p) in enumerate(zip(states, opt._params)):
-            needed = set(opt._needs(new_groups[opt._group_of[i]]))
+                      f"{len(params)}")
+        for i, (st, p) in enumerate(zip(states, params)):
+            needed = set(opt.states_needed(new_groups[group_of[i]]))
             unknown = set(st) - set(opt.state_slots)
             if unknown or not needed <= set(st):
                 raise bad(f"params[{i}] state has buffers {sorted(st)}, expected "
@@ -148,7 +144,7 @@ def check(opt, d):
             started.append(bool(flag))
         scalars = []
         for g, sg in enumerate(d["groups"]):
-            initial = opt._initial_scalars()
+            initial = opt.initial_scalars()
             saved = sg.get("scalars", initial if step == 0 or not initial else None)
             if not isinstance(saved, dict) or set(saved) != set(initial):
                 raise bad(f"group {g} scalars must be {sorted(initial)} (the rule's per-group "
@@ -162,7 +158,7 @@ def check(opt, d):
                 except (TypeError, ValueError) as exc:
                     raise bad(str(exc)) from None
             scalars.append(out)
-        for i, live in enumerate(opt._states):
+        for i, live in enumerate(snap.states):
             for name, buf in live.items():
                 if not buf.flags.writeable:
                     raise bad(f"params[{i}] state {name!r} is read-only")
@@ -170,4 +166,4 @@ def check(opt, d):
         raise
     except (TypeError, AttributeError, KeyError, IndexError) as exc:
         raise bad(f"malformed state dict ({type(exc).__name__}: {exc})") from None
-    return Checked(opt, step, new_groups, [dict(st) for st in states], started, scalars)
+    return Checked(opt, live_groups, step, new_groups, [dict(st) for st in states], started, scalars)
