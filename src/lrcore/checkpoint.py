@@ -588,7 +588,7 @@ def _state_dict_checker():
 
 def lock_of(optimizer):
     """The optimizer's own lock (its steps hold it), or a no-op context."""
-    return getattr(optimizer, "_lock", None) or contextlib.nullcontext()
+    return getattr(optimizer, "lock", None) or contextlib.nullcontext()
 
 
 def _refused(f, opt, exc):
@@ -652,7 +652,8 @@ class OptimizerLoad:
         """(entry name, array) for every saved buffer: the optimizer's own buffer, or a new
         one where it has none yet (all allocated before anything is read)."""
         opt, states = self.optimizer, self.checked.states
-        live = getattr(opt, "_states", None)
+        snapshot = getattr(opt, "snapshot", None)   # lrcore.optim.Optimizer's public view
+        live = snapshot().states if snapshot is not None else None
         for name, i, n in self.state:
             own = live[i].get(n) if live is not None else None
             if own is None or not own.flags.c_contiguous or not own.flags.writeable:
