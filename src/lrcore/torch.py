@@ -5,6 +5,9 @@ state (`step` as a scalar float tensor, `exp_avg`, ...) and state_dict, so it in
 with torch.optim both ways. Only `step()` differs: one threaded native call over all params.
 
 Design: each class subclasses its torch.optim counterpart and replaces `step()` alone.
+The classes are made, one per class of `lrcore.optim.CLASSES`, by `_drop_in` from the table
+(lrcore.rules: the torch class, hyperparameters, states) and torch's own constructor
+signature; a new rule needs no edit here.
 A step collects the params that have a grad, checks everything (params, grads,
 hyperparameters) before touching any memory, creates missing state the way torch does,
 and runs one `StepPlan` over numpy views (`t.detach().numpy()`, no copies) of the params
@@ -16,9 +19,11 @@ the number of steps the param has already taken (its `state["step"]` before the 
 for SGD, which keeps no per-param step, the group's `lrcore_steps` counter).
 Importing this module imports torch; `import lrcore` does not.
 """
+import inspect
 import math
 import numbers
 import sys
+import textwrap
 import threading
 
 import torch
@@ -27,9 +32,6 @@ import torch.optim
 from . import hyperparams, rules
 from . import optim as lrcore_optim
 from .schedules import Schedule
-
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam",
-           "Lion"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -160,10 +162,11 @@ class _Cache:
 class _LrcoreOptimizer:
     """Shared step() of the lrcore.torch optimizers (a mixin placed before torch's class).
 
-    Subclasses name their row of the table (`_rule`, lrcore.rules.RULES) and whether torch
-    keeps state["step"] (`_has_step`); the kernel, the state names (torch's) and their
-    conditions, the ranges and the hyperparameters come from the row, through the shared
-    injector (lrcore.hyperparams). Steps from several threads are serialised by a lock.
+    Subclasses (made by _drop_in) name their row of the table (`_rule`, lrcore.rules.RULES);
+    an entry of _OVERRIDES may say that torch keeps no state["step"] (`_has_step`). The
+    kernel, the state names (torch's) and their conditions, the ranges and the
+    hyperparameters come from the row, through the shared injector (lrcore.hyperparams).
+    Steps from several threads are serialised by a lock.
     """
     _rule = None
     _has_step = True
@@ -297,7 +300,14 @@ class _LrcoreOptimizer:
         return tuple(s.torch_name for s in self._rule.present_states(values))
 
     def _new_state(self, name, p, group):
-        return torch.zeros_like(p, memory_format=torch.preserve_format)
+        """A new state buffer, filled with the row's initial value (an Option's value, as
+        Adagrad's initial_accumulator_value, is read from the optimizer's defaults)."""
+        init = next(s.init for s in self._rule.states if s.torch_name == name)
+        if isinstance(init, str):
+            return torch.full_like(p, self.defaults[init], memory_format=torch.preserve_format)
+        if init == 0:
+            return torch.zeros_like(p, memory_format=torch.preserve_format)
+        return torch.full_like(p, init, memory_format=torch.preserve_format)
 
     # -- per-param scalar state (NAdam's mu_product): none by default -------------------
 
@@ -573,28 +583,19 @@ class _LrcoreOptimizer:
 
 
 # ---------------------------------------------------------------------------------------
-# The optimizers
+# The optimizers: one drop-in per class of lrcore.optim.CLASSES, made by _drop_in
 # ---------------------------------------------------------------------------------------
+# A new row of the table (with its lrcore.optim class) gets its drop-in here without an
+# edit: the torch class named by the row (or preset), its constructor's signature, the
+# row's hyperparameters and states. Only behaviour that no row can say lives below, in
+# _OVERRIDES, keyed by optimizer name.
 
-class SGD(_LrcoreOptimizer, torch.optim.SGD):
-    """torch.optim.SGD computed by lrcore (same arguments, state and state_dict).
-
-    foreach and fused are accepted and ignored (kept in param_groups for torch);
-    differentiable=True raises NotImplementedError. num_threads (lrcore) caps the threads.
-    Schedules are evaluated at group["lrcore_steps"], the group's count of steps taken.
-    The update rule is lrcore.optim.SGD's (its docstring is appended below).
-    """
-    _rule = rules.RULES["sgd"]
+class _SGDOverrides:
+    """SGD: torch keeps no per-param step; schedules are evaluated at the group's
+    lrcore_steps; nesterov needs momentum > 0 and dampening = 0 at every step."""
     _has_step = False
-
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None, num_threads=None):
-        self._lrcore_init(torch.optim.SGD, params,
-                          dict(lr=lr, momentum=momentum, dampening=dampening,
-                               weight_decay=weight_decay),
-                          dict(nesterov=nesterov, maximize=maximize, foreach=foreach,
-                               differentiable=differentiable, fused=fused), num_threads)
+    _doc = ('Schedules are evaluated at group["lrcore_steps"], the group\'s count of steps '
+            'taken.')
 
     def _hyper(self, group, step, first):
         values = super()._hyper(group, step, first)
@@ -605,134 +606,10 @@ class SGD(_LrcoreOptimizer, torch.optim.SGD):
         return values
 
 
-class Adam(_LrcoreOptimizer, torch.optim.Adam):
-    """torch.optim.Adam computed by lrcore (same arguments, state and state_dict).
-
-    foreach and fused are accepted and ignored (kept in param_groups for torch);
-    capturable/differentiable=True raise NotImplementedError.
-    The update rule is lrcore.optim.Adam's (its docstring is appended below).
-    """
-    _rule = rules.RULES["adam"]
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False,
-                 num_threads=None):
-        self._lrcore_init(torch.optim.Adam, params,
-                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-                          dict(amsgrad=amsgrad, foreach=foreach, maximize=maximize,
-                               capturable=capturable, differentiable=differentiable,
-                               fused=fused, decoupled_weight_decay=decoupled_weight_decay),
-                          num_threads)
-
-
-class AdamW(_LrcoreOptimizer, torch.optim.AdamW):
-    """torch.optim.AdamW computed by lrcore: Adam with decoupled weight decay (default 1e-2).
-
-    The update rule is lrcore.optim.AdamW's (its docstring is appended below).
-    """
-    _rule = rules.RULES["adam"]
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, num_threads=None):
-        self._lrcore_init(torch.optim.AdamW, params,
-                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-                          dict(amsgrad=amsgrad, maximize=maximize, foreach=foreach,
-                               capturable=capturable, differentiable=differentiable,
-                               fused=fused), num_threads)
-
-
-class Adagrad(_LrcoreOptimizer, torch.optim.Adagrad):
-    """torch.optim.Adagrad computed by lrcore (same arguments, state and state_dict).
-
-    The update rule is lrcore.optim.Adagrad's (its docstring is appended below).
-    """
-    _rule = rules.RULES["adagrad"]
-
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
-                 initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
-                 differentiable=False, fused=None, num_threads=None):
-        self._lrcore_init(torch.optim.Adagrad, params,
-                          dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps),
-                          dict(initial_accumulator_value=initial_accumulator_value,
-                               foreach=foreach, maximize=maximize,
-                               differentiable=differentiable, fused=fused), num_threads)
-
-    def _new_state(self, name, p, group):
-        return torch.full_like(p, self.defaults["initial_accumulator_value"],
-                               memory_format=torch.preserve_format)
-
-
-class RMSprop(_LrcoreOptimizer, torch.optim.RMSprop):
-    """torch.optim.RMSprop computed by lrcore (same arguments, state and state_dict).
-
-    The update rule is lrcore.optim.RMSprop's (its docstring is appended below).
-    """
-    _rule = rules.RULES["rmsprop"]
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, num_threads=None):
-        self._lrcore_init(torch.optim.RMSprop, params,
-                          dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                               momentum=momentum),
-                          dict(centered=centered, capturable=capturable, foreach=foreach,
-                               maximize=maximize, differentiable=differentiable),
-                          num_threads)
-
-
-class Adadelta(_LrcoreOptimizer, torch.optim.Adadelta):
-    """torch.optim.Adadelta computed by lrcore (same arguments, state and state_dict).
-
-    The update rule is lrcore.optim.Adadelta's (its docstring is appended below).
-    """
-    _rule = rules.RULES["adadelta"]
-
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
-                 capturable=False, maximize=False, differentiable=False, num_threads=None):
-        self._lrcore_init(torch.optim.Adadelta, params,
-                          dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay),
-                          dict(foreach=foreach, capturable=capturable, maximize=maximize,
-                               differentiable=differentiable), num_threads)
-
-
-class Adamax(_LrcoreOptimizer, torch.optim.Adamax):
-    """torch.optim.Adamax computed by lrcore (same arguments, state and state_dict).
-
-    foreach is accepted and ignored; capturable/differentiable=True raise
-    NotImplementedError. The update rule is lrcore.optim.Adamax's (appended below).
-    """
-    _rule = rules.RULES["adamax"]
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
-                 num_threads=None):
-        self._lrcore_init(torch.optim.Adamax, params,
-                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-                          dict(foreach=foreach, maximize=maximize,
-                               differentiable=differentiable, capturable=capturable),
-                          num_threads)
-
-
-class NAdam(_LrcoreOptimizer, torch.optim.NAdam):
-    """torch.optim.NAdam computed by lrcore (same arguments, state and state_dict).
-
-    state["mu_product"] is torch's 0-dim tensor, multiplied by each step's mu as torch
-    does (in its dtype) and handed to the kernel. The update rule is lrcore.optim.NAdam's
-    (appended below).
-    """
-    _rule = rules.RULES["nadam"]
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
-                 maximize=False, capturable=False, differentiable=False, num_threads=None):
-        self._lrcore_init(torch.optim.NAdam, params,
-                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                               momentum_decay=momentum_decay),
-                          dict(decoupled_weight_decay=decoupled_weight_decay,
-                               foreach=foreach, maximize=maximize, capturable=capturable,
-                               differentiable=differentiable), num_threads)
+class _NAdamOverrides:
+    """NAdam: torch's per-param scalar state mu_product."""
+    _doc = ('state["mu_product"] is torch\'s 0-dim tensor, multiplied by each step\'s mu as '
+            'torch does (in its dtype) and handed to the kernel.')
 
     def _mu_product(self, p):
         st = self.state.get(p)
@@ -754,52 +631,130 @@ class NAdam(_LrcoreOptimizer, torch.optim.NAdam):
             self.state[p]["mu_product"].copy_(v["_mu_product_tensor"])
 
 
-class RAdam(_LrcoreOptimizer, torch.optim.RAdam):
-    """torch.optim.RAdam computed by lrcore (same arguments, state and state_dict).
-
-    The update rule is lrcore.optim.RAdam's (appended below).
-    """
-    _rule = rules.RULES["radam"]
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
-                 capturable=False, differentiable=False, num_threads=None):
-        self._lrcore_init(torch.optim.RAdam, params,
-                          dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-                          dict(decoupled_weight_decay=decoupled_weight_decay,
-                               foreach=foreach, maximize=maximize, capturable=capturable,
-                               differentiable=differentiable), num_threads)
+_OVERRIDES = {"sgd": _SGDOverrides, "nadam": _NAdamOverrides}
 
 
-class _TorchLion(torch.optim.Optimizer):
-    """The torch.optim.Optimizer that torch lacks for Lion: its constructor and groups."""
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False):
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                      maximize=maximize))
+def _without_self(sig):
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-class Lion(_LrcoreOptimizer, _TorchLion):
-    """Lion (Chen et al. 2023) as a torch.optim.Optimizer, computed by lrcore: optax's and
-    timm's arguments (lr=1e-4, betas=(0.9, 0.99), decoupled weight_decay). torch.optim has
-    no Lion; the state per param is `step` and `exp_avg`, as in torch's other optimizers.
-    The update rule is lrcore.optim.Lion's (appended below).
-    """
-    _rule = rules.RULES["lion"]
+def _torch_base(name, lrcore_cls):
+    """The torch.optim.Optimizer that torch lacks for a rule (Lion): the lrcore.optim
+    class's constructor (names, order, defaults) without num_threads; every argument is a
+    default of the param groups."""
+    sig = inspect.signature(lrcore_cls.__init__)
+    sig = sig.replace(parameters=[p for p in sig.parameters.values()
+                                  if p.name != "num_threads"])
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False, num_threads=None):
-        self._lrcore_init(_TorchLion, params, dict(lr=lr, betas=betas, weight_decay=weight_decay),
-                          dict(maximize=maximize), num_threads)
+    def __init__(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        del values["self"]
+        params = values.pop("params")
+        torch.optim.Optimizer.__init__(self, params, values)
+
+    __init__.__signature__ = sig
+    __init__.__qualname__ = f"_Torch{name}.__init__"
+    return type(f"_Torch{name}", (torch.optim.Optimizer,),
+                {"__init__": __init__, "__module__": __name__,
+                 "__doc__": f"The torch.optim.Optimizer that torch lacks for {name}: "
+                            f"lrcore.optim.{name}'s constructor and groups."})
 
 
-def _with_rule(cls, rule):
-    """Append the update rule, written once in lrcore.optim, to a class docstring."""
-    math = rule.__doc__.split("\n", 1)[1] if rule.__doc__ else ""
-    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + math
+def _drop_in(key, lrcore_cls):
+    """The lrcore.torch class for lrcore.optim.CLASSES[key]: a subclass of the torch.optim
+    class the table names (rules.PRESETS[key].torch_class), or of _torch_base when torch
+    has none, with torch's constructor plus num_threads. The arguments that are the row's
+    real hyperparameters (betas for beta1/beta2, through the row's torch_hypers) may be
+    lrcore schedules; every other argument (flags, options) is passed to torch as given."""
+    name = lrcore_cls.__name__
+    rule = lrcore_cls.rule
+    torch_name = rules.PRESETS[key].torch_class
+    torch_cls = getattr(torch.optim, torch_name) if torch_name else _torch_base(name, lrcore_cls)
+    numeric = {h.name for h in rule.hypers if h.ctype == "double"}
+    numeric |= {rule.torch_hypers[n].split("[")[0] for n in list(numeric)
+                if n in rule.torch_hypers}
+    base_sig = inspect.signature(torch_cls.__init__)
+    plist = list(base_sig.parameters.values())
+    if "num_threads" in base_sig.parameters:
+        raise TypeError(f"torch.optim.{torch_name}'s constructor already has num_threads")
+    nt = inspect.Parameter("num_threads", inspect.Parameter.KEYWORD_ONLY, default=None,
+                           annotation=int | None)
+    at = next((i for i, p in enumerate(plist) if p.kind == p.VAR_KEYWORD), len(plist))
+    sig = base_sig.replace(parameters=plist[:at] + [nt] + plist[at:])
+
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(self).__name__}.__init__() {e}") from None
+        bound.apply_defaults()
+        args, flags = {}, {}
+        params = num_threads = None
+        for pname, value in bound.arguments.items():
+            kind = sig.parameters[pname].kind
+            if pname == "self":
+                continue
+            if pname == "params":
+                params = value
+            elif pname == "num_threads":
+                num_threads = value
+            elif kind == inspect.Parameter.VAR_KEYWORD:
+                flags.update(value)
+            elif kind == inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{name}: torch.optim.{torch_name}'s *{pname} is not supported")
+            elif pname in numeric:
+                args[pname] = value
+            else:
+                flags[pname] = value
+        self._lrcore_init(torch_cls, params, args, flags, num_threads)
+
+    __init__.__signature__ = sig
+    __init__.__qualname__ = f"{name}.__init__"
+    origin = "torch" if torch_name else "lrcore"
+    __init__.__doc__ = (f"{origin}.optim.{name}'s arguments and defaults, checked by lrcore "
+                        f"before torch sees them; num_threads caps lrcore's threads (None: "
+                        f"lrcore's default).")
+    override = _OVERRIDES.get(key)
+    names = set(sig.parameters)
+    ignored = [f for f in ("foreach", "fused") if f in names]
+    refused = [f for f in ("capturable", "differentiable") if f in names]
+    if torch_name:
+        doc = (f"torch.optim.{torch_name} computed by lrcore (same arguments, defaults, state "
+               f"and state_dict).")
+    else:
+        states = ", ".join(f"`{s.torch_name}`" for s in rule.states)
+        doc = (f"{name} as a torch.optim.Optimizer computed by lrcore. torch.optim has no "
+               f"{name}: the arguments and defaults are lrcore.optim.{name}'s; the state per "
+               f"param is `step` and {states}, as in torch's other optimizers.")
+    notes = []
+    if ignored:
+        notes.append(f"{' and '.join(ignored)} {'are' if len(ignored) > 1 else 'is'} accepted "
+                     f"and ignored (kept in param_groups for torch);")
+    if refused:
+        notes.append(f"{'/'.join(refused)}=True raise{'s' if len(refused) == 1 else ''} "
+                     f"NotImplementedError;")
+    notes.append("num_threads (lrcore) caps the threads.")
+    if override is not None:
+        notes.append(override._doc)
+    notes.append(f"The update rule is lrcore.optim.{name}'s, the table's row {rule.name!r}:")
+    doc = textwrap.fill(doc, 88, replace_whitespace=False) + "\n\n" + \
+        textwrap.fill(" ".join(notes), 88)
+    bases = ((override,) if override else ()) + (_LrcoreOptimizer, torch_cls)
+    return type(name, bases, {"__init__": __init__, "__doc__": doc, "__module__": __name__,
+                              "__qualname__": name, "_rule": rule})
 
 
-for _name in __all__:
-    _with_rule(globals()[_name], getattr(lrcore_optim, _name))
-del _name
+def _with_rule(cls):
+    """Append the row's update (written once, in the table) to a class docstring."""
+    body = "\n".join("    " + line if line else "" for line in cls._rule.math.splitlines())
+    cls.__doc__ = cls.__doc__.rstrip() + "\n\n    Update:\n\n" + body + "\n"
+    return cls
+
+
+__all__ = []
+for _key, _cls in lrcore_optim.CLASSES.items():
+    globals()[_cls.__name__] = _with_rule(_drop_in(_key, _cls))
+    __all__.append(_cls.__name__)
+del _key, _cls
