@@ -65,7 +65,8 @@ def _run(module, kspec, case, dtype, nonfinite, **extra):
 
 def _compiled_results(kspec, case, dtype, nonfinite):
     """{(isa, threads): buffers} for every build and thread count."""
-    from lrcore import _core
+    from lrcore import backend
+    _core = backend.core()                          # the compiled core's tuning hooks
     before_isa, before_min = _core.isa(), _core.min_bytes_per_thread()
     out = {}
     try:

@@ -80,13 +80,13 @@ def test_omp_num_threads_sets_the_default():
 
 @pytest.mark.skipif(lrcore.backend() != "native", reason="ISA builds exist only natively")
 def test_forcing_an_unsupported_isa_says_what_is_available():
-    from lrcore import _core
+    from lrcore import backend
     missing = [n for n in ("baseline", "avx2", "avx512") if n not in lrcore.available_isas()]
     if not missing:
         pytest.skip("this CPU runs every build")
     before = lrcore.isa()
     with pytest.raises(ValueError, match="not supported on this CPU; available"):
-        _core.set_isa(missing[0])
+        backend.set_isa(missing[0])
     assert lrcore.isa() == before
 
 
