@@ -423,17 +423,18 @@ PRESETS = {p.name: p for p in (
 )}
 
 
-def rule(name):
+def _lookup(table, name, what):
     try:
-        return RULES[name]
+        return table[name]
     except KeyError:
-        raise ValueError(f"unknown update rule {name!r}; choose from "
-                         f"{', '.join(RULES)}") from None
+        raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(table)}") from None
+
+
+def rule(name):
+    """The row of update rule `name` (ValueError naming the choices otherwise)."""
+    return _lookup(RULES, name, "update rule")
 
 
 def preset(name):
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose from "
-                         f"{', '.join(PRESETS)}") from None
+    """The optimizer preset `name` (a rule, or AdamW: Adam with decoupled decay)."""
+    return _lookup(PRESETS, name, "optimizer")
