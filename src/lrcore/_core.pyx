@@ -431,48 +431,12 @@ cdef _Info _info_of(rule):
     return info
 
 
-cdef int _pack_info(_Info info, dict hp, double grad_scale, lrcore_hp *out) except -1:
-    cdef size_t i
-    cdef const lrcore_field *f = info.desc
-    cdef char *base = <char *>out
-    cdef PyObject *ref
-    memset(out, 0, sizeof(lrcore_hp))
-    for i in range(info.count):
-        name = <str>PyTuple_GET_ITEM(info.fields, i)
-        if f[i].type == LRCORE_FIELD_DOUBLE and name == "grad_scale":
-            (<double *>(base + f[i].offset))[0] = grad_scale
-            continue
-        ref = PyDict_GetItem(hp, name)
-        if ref == NULL:
-            raise ValueError(f"step(): no value for the hyperparameter {name!r} of {info.rule}")
-        x = <object>ref
-        if f[i].type == LRCORE_FIELD_DOUBLE and PyFloat_CheckExact(x):   # the usual case
-            (<double *>(base + f[i].offset))[0] = PyFloat_AS_DOUBLE(x)
-            continue
-        try:
-            if f[i].type == LRCORE_FIELD_DOUBLE:
-                (<double *>(base + f[i].offset))[0] = x
-            elif f[i].type == LRCORE_FIELD_INT64:
-                (<int64_t *>(base + f[i].offset))[0] = x
-            else:
-                (<int *>(base + f[i].offset))[0] = 1 if x else 0
-        except OverflowError:
-            raise ValueError(f"step(): {name} of {info.rule} is out of range for a C "
-                             f"{'double' if f[i].type == LRCORE_FIELD_DOUBLE else 'int64'}") from None
-    return 0
-
-
-cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
-                      unsigned int *required) except -1:
-    """StepPlan.run's fast path: pack `obj` when it is a dict holding exactly the rule's
-    public fields as exact floats (double fields), ints within int64 (int64 fields) and bools
-    (flags), and set `required` (bit per state slot switched on by its hyperparameter > 0, as
-    _validate.required_slots). Returns False, writing nothing that matters, otherwise."""
-    if type(obj) is not dict:
-        return False
-    cdef dict hp = <dict>obj
-    if len(hp) != info.npublic:
-        return False
+cdef int _pack_fields(_Info info, dict hp, double grad_scale, lrcore_hp *out, bint exact) except -1:
+    """Write the rule's fields from `hp` into `out` (grad_scale from the argument). With
+    `exact` (StepPlan.run's fast path) only an exact float (double fields), an int within int64
+    (int64 fields) or a bool (flags) is taken, and anything else, a missing name included,
+    returns 0 with nothing that matters written. Without it a value is converted as C would,
+    and a missing name or an overflow raises ValueError. Returns 1 when packed."""
     cdef size_t i
     cdef const lrcore_field *f = info.desc
     cdef char *base = <char *>out
@@ -487,26 +451,54 @@ cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
             continue
         ref = PyDict_GetItem(hp, name)
         if ref == NULL:
-            return False
+            if exact:
+                return 0
+            raise ValueError(f"step(): no value for the hyperparameter {name!r} of {info.rule}")
         x = <object>ref
-        if f[i].type == LRCORE_FIELD_DOUBLE:
-            if not PyFloat_CheckExact(x):
-                return False
+        if f[i].type == LRCORE_FIELD_DOUBLE and PyFloat_CheckExact(x):   # the usual case
             (<double *>(base + f[i].offset))[0] = PyFloat_AS_DOUBLE(x)
-        elif f[i].type == LRCORE_FIELD_INT64:
-            if not PyLong_CheckExact(x):
-                return False
-            v = PyLong_AsLongLongAndOverflow(x, &overflow)
-            if overflow:
-                return False
-            (<int64_t *>(base + f[i].offset))[0] = v
-        else:
-            if x is True:
-                (<int *>(base + f[i].offset))[0] = 1
-            elif x is False:
-                (<int *>(base + f[i].offset))[0] = 0
+        elif exact:
+            if f[i].type == LRCORE_FIELD_INT64 and PyLong_CheckExact(x):
+                v = PyLong_AsLongLongAndOverflow(x, &overflow)
+                if overflow:
+                    return 0
+                (<int64_t *>(base + f[i].offset))[0] = v
+            elif f[i].type == LRCORE_FIELD_INT and (x is True or x is False):
+                (<int *>(base + f[i].offset))[0] = 1 if x is True else 0
             else:
-                return False
+                return 0
+        else:
+            try:
+                if f[i].type == LRCORE_FIELD_DOUBLE:
+                    (<double *>(base + f[i].offset))[0] = x
+                elif f[i].type == LRCORE_FIELD_INT64:
+                    (<int64_t *>(base + f[i].offset))[0] = x
+                else:
+                    (<int *>(base + f[i].offset))[0] = 1 if x else 0
+            except OverflowError:
+                raise ValueError(f"step(): {name} of {info.rule} is out of range for a C "
+                                 f"{'double' if f[i].type == LRCORE_FIELD_DOUBLE else 'int64'}") from None
+    return 1
+
+
+cdef int _pack_info(_Info info, dict hp, double grad_scale, lrcore_hp *out) except -1:
+    return _pack_fields(info, hp, grad_scale, out, False)
+
+
+cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
+                      unsigned int *required) except -1:
+    """StepPlan.run's fast path: pack `obj` when it is a dict holding exactly the rule's
+    public fields as exact floats (double fields), ints within int64 (int64 fields) and bools
+    (flags), and set `required` (bit per state slot switched on by its hyperparameter > 0, as
+    _validate.required_slots). Returns False, writing nothing that matters, otherwise."""
+    if type(obj) is not dict:
+        return False
+    cdef dict hp = <dict>obj
+    if len(hp) != info.npublic:
+        return False
+    if not _pack_fields(info, hp, grad_scale, out, True):
+        return False
+    cdef PyObject *ref
     required[0] = 0
     cdef Py_ssize_t slot
     for slot in range(info.nstates):
