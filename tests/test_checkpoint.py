@@ -163,7 +163,7 @@ def _mismatches():
     return [
         ("not a dict", lambda sd: "nope", "not an lrcore optimizer state dict"),
         ("format", lambda sd: sd.pop("format"), "format"),
-        ("version", lambda sd: sd.update(version=2), "version 2"),
+        ("version", lambda sd: sd.update(version=3), "version 3"),
         ("optimizer type", lambda sd: sd.update(optimizer="Other"), "'Other'"),
         ("step", lambda sd: sd.update(step=-1), "step"),
         ("group count", lambda sd: sd["groups"].pop(), "1 parameter groups"),

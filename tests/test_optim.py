@@ -579,8 +579,9 @@ def _bad_params():
     ro.flags.writeable = False
     return [
         ("non-array", [np.ones(3), [1.0, 2.0]], TypeError, r"params\[1\].*numpy.ndarray"),
-        ("int dtype", [np.arange(5)], TypeError, r"params\[0\].*float32 or float64"),
-        ("float16", [np.ones(5, np.float16)], TypeError, r"params\[0\].*float32 or float64"),
+        ("int dtype", [np.arange(5)], TypeError, r"params\[0\].*float32, float64, bfloat16"),
+        ("complex", [np.ones(5, np.complex64)], TypeError,
+         r"params\[0\].*float32, float64, bfloat16 or float16"),
         ("big-endian", [np.ones(5, ">f8")], TypeError, r"params\[0\]"),
         ("non-contiguous", [np.ones(3), base[::2]], ValueError, r"params\[1\].*C-contiguous"),
         ("fortran", [np.ones((3, 4), order="F")], ValueError, r"params\[0\].*C-contiguous"),

@@ -626,23 +626,27 @@ class OptimizerLoad:
                                   f" parameters (unique names per parameter), this optimizer "
                                   f"has {len(params)} parameters")
         self.state = []          # (entry name, param index, buffer name)
+        self.specs = []          # per param: state-dict key -> (shape, dtype)
         for i, (p, ns) in enumerate(zip(params, state_names)):
             f.check_destination(f"param/{i}", p, f"param {i}")
+            specs = {}
             for n in ns:
                 e = f.entry(f"state/{i}/{n}", f"state {n!r} of param {i}")
-                if e.shape != p.shape or e.dtype != p.dtype.newbyteorder("<"):
+                shape, dtype = specs[n] = _state_spec(optimizer, i, p, n)
+                if e.shape != shape or e.dtype != dtype.newbyteorder("<"):
                     raise CheckpointError(f"{where}: state {n!r} of param {i} is "
-                                          f"{e.describe()}, the param is {p.dtype.name} "
-                                          f"{p.shape}")
+                                          f"{e.describe()}, this optimizer holds it as "
+                                          f"{dtype.name} {shape}")
                 self.state.append((e.name, i, n))
+            self.specs.append(specs)
         self.sd, self.state_names = sd, state_names
         self.checked = None
         check = _state_dict_checker()
         if check is not None:
             # every buffer as a stand-in of the right shape and dtype, without memory: the
             # check looks at shapes and dtypes only; the data is read after it passed
-            stand_in = [{n: np.broadcast_to(np.zeros((), p.dtype), p.shape) for n in ns}
-                        for p, ns in zip(params, state_names)]
+            stand_in = [{n: np.broadcast_to(np.zeros((), dtype), shape)
+                         for n, (shape, dtype) in specs.items()} for specs in self.specs]
             try:
                 self.checked = check(optimizer, dict(sd, state=stand_in))
             except _STATE_DICT_ERRORS as exc:
@@ -653,11 +657,12 @@ class OptimizerLoad:
         one where it has none yet (all allocated before anything is read)."""
         opt, states = self.optimizer, self.checked.states
         snapshot = getattr(opt, "snapshot", None)   # lrcore.optim.Optimizer's public view
-        live = snapshot().states if snapshot is not None else None
+        live = [_flat_states(st) for st in snapshot().states] if snapshot is not None else None
         for name, i, n in self.state:
             own = live[i].get(n) if live is not None else None
             if own is None or not own.flags.c_contiguous or not own.flags.writeable:
-                own = np.empty_like(opt.params[i])
+                shape, dtype = self.specs[i][n]
+                own = np.empty(shape, dtype)
             states[i][n] = own
         return [(name, states[i][n]) for name, i, n in self.state]
 
@@ -692,6 +697,24 @@ class OptimizerLoad:
         else:
             self.load_state()
             self.f.read_into(params)
+
+
+def _state_spec(optimizer, i, p, key):
+    """(shape, dtype) the optimizer holds state-dict key ``key`` of param i in (an 8-bit
+    buffer's ``.codes`` / ``.absmax`` included); the param's own for an optimizer without
+    ``state_spec``, or a key it does not know (its check reports that)."""
+    spec = getattr(optimizer, "state_spec", None)
+    if spec is not None:
+        from .optim import precision
+        found = spec(i, precision.split_key(key)[0]).get(key)
+        if found is not None:
+            return found
+    return p.shape, p.dtype
+
+
+def _flat_states(states):
+    from .optim import precision
+    return precision.flat(states)
 
 
 def _as_named(params):

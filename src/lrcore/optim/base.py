@@ -7,8 +7,17 @@ their initial values) comes from its row of the table, :data:`lrcore.rules.RULES
 Hyperparameters are stored as given (numbers or schedules) and resolved once per step by
 :mod:`lrcore.hyperparams`, the injector shared with lrcore.torch and the update task;
 the update arithmetic lives only in the kernels. State-dict I/O is
-:mod:`lrcore.optim.state_dict`. A step holds the optimizer's lock, so one optimizer
-stepped from several threads applies whole steps one after another.
+:mod:`lrcore.optim.state_dict`.
+
+Element types (issues 12, 13): params may be float32, float64, bfloat16 (ml_dtypes) or
+float16 arrays, the state float32, bfloat16 or 8-bit (``state_dtype``), grads half precision
+where :data:`lrcore.lowp.LAYOUTS` allows; :mod:`lrcore.optim.precision` decides each param's
+layout at construction. An optimizer whose params and states are all float32 (or all
+float64) steps through its StepPlan in one native call; any other (or a step whose grads are
+half precision) calls the kernel once per param, with ``rounding``, ``seed`` and the param's
+``index_offset`` (its place in the concatenation of all params), after checking every grad.
+A step holds the optimizer's lock, so one optimizer stepped from several threads applies
+whole steps one after another.
 """
 import math
 import numbers
@@ -20,6 +29,7 @@ import numpy as np
 from .. import backend, hyperparams
 from ..schedules import Schedule
 from . import params as _params
+from . import precision
 from . import state_dict as _io
 
 __all__ = ["Optimizer", "Snapshot", "plan_class"]
@@ -44,6 +54,7 @@ class Snapshot(NamedTuple):
     states: list             # per param: state buffer name -> the optimizer's own buffer
     momentum_started: list   # per group: SGD's momentum buffer holds a first step
     scalars: list            # per group: the rule's scalar state (NAdam's mu_product)
+    options: dict = None     # state_dtype, rounding, seed
 
 
 class Optimizer:
@@ -75,8 +86,11 @@ class Optimizer:
                           if h.public and h.ctype == "int" and h.name not in cls.fixed)
         cls.state_slots = tuple(s.name for s in rule.states)
 
-    def __init__(self, params, defaults, num_threads=None):
+    def __init__(self, params, defaults, num_threads=None, *, state_dtype=None,
+                 rounding="nearest", seed=0):
         owner = type(self).__name__
+        self._state_dtype, self._rounding, self._seed = precision.check_options(
+            owner, state_dtype, rounding, seed)
         if num_threads is not None and (isinstance(num_threads, bool)
                                         or not isinstance(num_threads, numbers.Integral)
                                         or num_threads < 1):
@@ -102,6 +116,13 @@ class Optimizer:
                 self._params.append(p)
                 self._group_of.append(g)
         self._check_params(owner)
+        self._layouts = [precision.layout(owner, f"params[{i}]", self.rule, p,
+                                          self._state_dtype)
+                         for i, p in enumerate(self._params)]
+        self._offsets = precision.offsets(self._params)
+        self._plain = all(lay.plain for lay in self._layouts)
+        self._extents = None
+        self._built = False
         self._states = [dict() for _ in self._params]
         self._momentum_started = [False] * len(self._groups)
         self._scalars = [self._initial_scalars() for _ in self._groups]
@@ -113,7 +134,7 @@ class Optimizer:
 
     def _check_params(self, owner):
         for i, p in enumerate(self._params):
-            _params.check_param(i, p, owner)
+            _params.check_param(i, p, owner, half=True)
         self._check_writeable(owner)
 
     def _check_writeable(self, owner):
@@ -157,23 +178,51 @@ class Optimizer:
         """The group's scalar state for this step, given its hyperparameters (subclasses)."""
         return {}
 
-    def _initial_state(self, name, p):
+    def _initial_state(self, name, i):
+        """A new state buffer `name` of param i, at the row's initial value, in the param's
+        state layout (an array of the state dtype, or 8-bit codes and absmax)."""
         state = next(s for s in self.rule.states if s.name == name)
-        return np.full_like(p, self.rule.initial_value(state, self._options()))
+        return precision.new_state(self._layouts[i], name, self._params[i],
+                                   self.rule.initial_value(state, self._options()))
 
     def _ensure_state(self):
-        """Allocate missing state buffers and (re)build the native plan if anything changed."""
-        changed = self._plan is None
+        """Allocate missing state buffers and (re)build the native plan (float32/float64
+        optimizers) or the owned-memory map (others) if anything changed."""
+        changed = not self._built
         for i, p in enumerate(self._params):
             for name in self._needs(self._groups[self._group_of[i]]):
                 if name not in self._states[i]:
-                    self._states[i][name] = self._initial_state(name, p)
+                    self._states[i][name] = self._initial_state(name, i)
                     changed = True
-        if changed:
+        if not changed:
+            return
+        self._extents = None
+        if self._plain:
             states = [tuple(st.get(name) for name in self.state_slots) + (None,) *
                       (3 - len(self.state_slots)) for st in self._states]
             self._plan = plan_class()(self.kernel, list(self._params), states,
                                       list(self._group_of))
+        else:      # the per-param path: its memory map now (the plan's checks)
+            self._extents = self._owned_extents()
+        self._built = True
+
+    def _owned_extents(self):
+        """Sorted (start, end, name) of every param and state buffer's memory; checks that
+        no two share memory (the StepPlan's check, for the per-param path)."""
+        spans = []
+        for i, (p, st) in enumerate(zip(self._params, self._states)):
+            arrays = [(f"params[{i}]", p)] + [(f"state of params[{i}]", a) for a in
+                                             precision.flat(st).values()]
+            for name, a in arrays:
+                if a.nbytes:
+                    start = a.__array_interface__["data"][0]
+                    spans.append((start, start + a.nbytes, name))
+        spans.sort()
+        for (a0, a1, na), (b0, b1, nb) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ValueError(f"{type(self).__name__}: {na} and {nb} share memory; every "
+                                 f"parameter and state buffer must be a separate array")
+        return spans
 
     # -- hyperparameters -----------------------------------------------------------------
 
@@ -270,6 +319,12 @@ class Optimizer:
 
         Every argument, hyperparameter and param (still writeable) is checked before
         anything changes. Steps from several threads on one optimizer are serialised.
+
+        Half-precision grads (lrcore.lowp.LAYOUTS) or any param whose layout is not all
+        float32 / all float64 take the per-param path: there the norm is summed in float64
+        and a clipped grad is a scaled copy (float32 for a float32 param; for a bfloat16 or
+        float16 param, rounded to nearest in the grad's dtype, as torch's clip_grad_norm_
+        writes it).
         """
         owner = type(self).__name__
         grads = _params.grad_list(grads, f"{owner}.step()")
@@ -287,23 +342,68 @@ class Optimizer:
         with self._lock:
             self._check_writeable(f"{owner}.step()")
             values = self._step_values(owner)
-            hps = values                       # by name: StepPlan.run packs each dict
-            scale = 1.0
-            checked = False
-            if clip_norm is not None or skip_nonfinite:
-                sumsq, finite = self._plan.grad_sumsq(grads, self.num_threads)
-                checked = True
-                norm = math.sqrt(sumsq)
-                self.last_grad_norm = norm
-                if skip_nonfinite and not finite:
-                    return False
-                if clip_norm is not None:
-                    # an overflowed (inf) norm scales to 0 as in torch; NaN stays NaN
-                    scale = math.nan if math.isnan(norm) else min(1.0, clip_norm / (norm + 1e-6))
-            self._plan.run(grads, hps, scale, self.num_threads, checked)
-            self._after_step(values)
-            self._step += 1
-            return True
+            if self._plain:
+                try:
+                    return self._step_plan(grads, values, clip_norm, skip_nonfinite)
+                except TypeError:
+                    # the plan takes grads of the param's dtype only (it checks them before
+                    # it writes anything): other arrays go the per-param way, which runs
+                    # half-precision grads and names the supported layouts for the rest
+                    if not all(isinstance(g, np.ndarray) for g in grads):
+                        raise
+            return self._step_each(grads, values, clip_norm, skip_nonfinite, owner)
+
+    def _scale(self, norm, clip_norm):
+        # an overflowed (inf) norm scales to 0 as in torch; NaN stays NaN
+        self.last_grad_norm = norm
+        if clip_norm is None:
+            return 1.0
+        return math.nan if math.isnan(norm) else min(1.0, clip_norm / (norm + 1e-6))
+
+    def _step_plan(self, grads, values, clip_norm, skip_nonfinite):
+        """One native call over every buffer (float32 / float64 layouts)."""
+        scale = 1.0
+        checked = False
+        if clip_norm is not None or skip_nonfinite:
+            sumsq, finite = self._plan.grad_sumsq(grads, self.num_threads)
+            checked = True
+            scale = self._scale(math.sqrt(sumsq), clip_norm)
+            if skip_nonfinite and not finite:
+                return False
+        # values by name: StepPlan.run packs each dict
+        self._plan.run(grads, values, scale, self.num_threads, checked)
+        self._after_step(values)
+        self._step += 1
+        return True
+
+    def _step_each(self, grads, values, clip_norm, skip_nonfinite, owner):
+        """The kernel once per param (half-precision or 8-bit layouts): every grad is
+        checked against its param's layout and the optimizer's memory first."""
+        where = f"{owner}.step()"
+        if len(grads) != len(self._params):
+            raise ValueError(f"{where}: got {len(grads)} grads for {len(self._params)} "
+                             f"params; pass one grad per param, in the same order")
+        for i, (g, p) in enumerate(zip(grads, self._params)):
+            precision.check_grad(where, i, self._layouts[i], g, p.size)
+        if self._extents is None:
+            self._extents = self._owned_extents()
+        precision.check_grad_memory(where, grads, self._extents)
+        if clip_norm is not None or skip_nonfinite:
+            sumsq, finite = precision.grad_sumsq(grads)
+            scale = self._scale(math.sqrt(sumsq), clip_norm)
+            if skip_nonfinite and not finite:
+                return False
+            if scale != 1.0:
+                grads = [precision.scaled(g, scale, lay)
+                         for g, lay in zip(grads, self._layouts)]
+        for i, (p, g) in enumerate(zip(self._params, grads)):
+            precision.run(self.kernel, self._layouts[i], p, g, self._states[i],
+                          self.state_slots, values[self._group_of[i]],
+                          rounding=self._rounding, seed=self._seed,
+                          index_offset=self._offsets[i], num_threads=self.num_threads)
+        self._after_step(values)
+        self._step += 1
+        return True
 
     def _after_step(self, values):
         """Bookkeeping after a step landed: the groups' scalar state moves on."""
@@ -330,7 +430,8 @@ class Optimizer:
                             group_of=list(self._group_of),
                             states=[dict(st) for st in self._states],
                             momentum_started=list(self._momentum_started),
-                            scalars=[dict(s) for s in self._scalars])
+                            scalars=[dict(s) for s in self._scalars],
+                            options=self.options)
 
     def validate_group(self, group, step):
         """``group`` (hyperparameter name -> number, flag or schedule) checked as the
@@ -342,30 +443,76 @@ class Optimizer:
         """Names of the state buffers a group with these hyperparameters needs."""
         return self._needs(group)
 
+    def state_spec(self, i, name):
+        """{state-dict key: (shape, dtype)} of state buffer ``name`` of param i as this
+        optimizer holds it: one array of the state dtype, or (8-bit state) its
+        ``name.codes`` and ``name.absmax`` (lrcore.optim.precision)."""
+        return precision.spec(self._layouts[i], self._params[i], name)
+
+    @property
+    def options(self):
+        """The element-type options given at construction: {'state_dtype', 'rounding',
+        'seed'} (rounding and seed are replaced by a loaded state dict's)."""
+        return {"state_dtype": self._state_dtype, "rounding": self._rounding,
+                "seed": self._seed}
+
+    @property
+    def state_dtype(self):
+        """None, 'float32', 'bfloat16' or 'int8', as given at construction."""
+        return self._state_dtype
+
+    @property
+    def rounding(self):
+        """'nearest' or 'stochastic': how params and states narrower than float32 are
+        rounded."""
+        return self._rounding
+
+    @property
+    def seed(self):
+        """The stochastic-rounding stream's seed (0..2**64-1)."""
+        return self._seed
+
+    def state_nbytes(self):
+        """Bytes of optimizer state held now: every state buffer (8-bit ones as codes plus
+        absmax), not the params."""
+        with self._lock:
+            return sum(precision.nbytes(st) for st in self._states)
+
     def initial_scalars(self):
         """The rule's per-group scalar state before any step (empty for most rules)."""
         return self._initial_scalars()
 
-    def restore(self, step, groups, states, momentum_started, scalars):
+    def restore(self, step, groups, states, momentum_started, scalars, rounding=None,
+                seed=None):
         """Install a state that passed every check (:func:`lrcore.optim.state_dict.check`):
         the step count, every group's validated hyperparameters, per param the state buffers
         by name (copied into the optimizer's own buffers; a buffer given that it lacks is
         taken as a copy, one it has that is not given returns to its initial value), the
-        SGD momentum flags and the per-group scalar state. Nothing here can fail on checked
-        data, so a load is validate-then-apply."""
+        SGD momentum flags and the per-group scalar state; rounding and seed (checked)
+        replace the optimizer's when given. States are by state-dict key (an 8-bit buffer as
+        its ``.codes`` and ``.absmax``). Nothing here can fail on checked data, so a load is
+        validate-then-apply."""
         with self._lock:
             self._groups = list(groups)
             for i, st in enumerate(states):
                 live = self._states[i]
-                for name, arr in st.items():
-                    if name in live:
-                        np.copyto(live[name], arr)
+                given = {}
+                for key, arr in st.items():
+                    name, part = precision.split_key(key)
+                    given.setdefault(name, {})[part] = arr
+                for name, parts in given.items():
+                    if name not in live:
+                        live[name] = precision.adopt(self._layouts[i], name, parts)
+                        self._built = False
                     else:
-                        live[name] = np.array(arr, copy=True, order="C")
-                        self._plan = None
+                        precision.copy_into(live[name], parts)
                 for name, buf in live.items():
-                    if name not in st:   # not in the state dict: back to its initial value
-                        np.copyto(buf, self._initial_state(name, buf))
+                    if name not in given:   # not in the state dict: back to its initial value
+                        precision.copy_into(buf, precision.parts(self._initial_state(name, i)))
+            if rounding is not None:
+                self._rounding = rounding
+            if seed is not None:
+                self._seed = seed
             self._step = step
             self._momentum_started = list(momentum_started)
             self._scalars = [dict(s) for s in scalars]

@@ -3,8 +3,10 @@ Lion.
 
 Each class names its row of :data:`lrcore.rules.RULES` and keeps torch.optim's constructor
 (argument names, order and defaults; a test checks the defaults against the table; Lion,
-which torch lacks, follows optax/timm). Its docstring ends with the row's update, as the
-kernels compute it. `CLASSES` maps each optimizer name of the table (lrcore.rules.PRESETS)
+which torch lacks, follows optax/timm), plus the keyword-only options num_threads,
+state_dtype (None, "float32", "bfloat16" or "int8"), rounding ("nearest" or "stochastic")
+and seed (the stochastic-rounding stream's; lrcore.optim.precision). Its docstring ends
+with the row's update, as the kernels compute it. `CLASSES` maps each optimizer name of the table (lrcore.rules.PRESETS)
 to its class.
 """
 import numpy as np
@@ -15,6 +17,11 @@ from .base import Optimizer
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam",
            "Lion", "CLASSES"]
+
+
+def _element_options(state_dtype, rounding, seed):
+    """The element-type options every class passes on to Optimizer (lrcore.optim.precision)."""
+    return {"state_dtype": state_dtype, "rounding": rounding, "seed": seed}
 
 
 def _with_math(cls):
@@ -30,10 +37,12 @@ class SGD(Optimizer):
     rule = rules.RULES["sgd"]
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, num_threads=None):
+                 nesterov=False, *, maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), num_threads)
+                                      maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
     def _check_group(self, group, owner):
         if group["nesterov"]:
@@ -92,12 +101,14 @@ class Adam(_AdamBetas, Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-                 num_threads=None):
+                 num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         b1, b2 = self._betas(betas)
         super().__init__(self._split_betas(params),
                          dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
                               amsgrad=amsgrad, maximize=maximize,
-                              decoupled_weight_decay=decoupled_weight_decay), num_threads)
+                              decoupled_weight_decay=decoupled_weight_decay), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
 
 @_with_math
@@ -107,10 +118,12 @@ class AdamW(Adam):
     fixed = ("amsgrad", "decoupled_weight_decay")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, num_threads=None):
+                 amsgrad=False, *, maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         num_threads=num_threads)
+                         num_threads=num_threads, state_dtype=state_dtype, rounding=rounding,
+                         seed=seed)
 
 
 @_with_math
@@ -119,7 +132,8 @@ class Adagrad(Optimizer):
     rule = rules.RULES["adagrad"]
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, num_threads=None):
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         self._initial_accumulator = hyperparams.check(
             "Adagrad", "initial_accumulator_value", initial_accumulator_value,
             hyperparams.range_of(self.rule, "initial_accumulator_value"))
@@ -127,7 +141,8 @@ class Adagrad(Optimizer):
             raise TypeError("Adagrad: initial_accumulator_value must be a number, got a "
                             "schedule")
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      eps=eps, maximize=maximize), num_threads)
+                                      eps=eps, maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
     def _options(self):
         return {"initial_accumulator_value": self._initial_accumulator}
@@ -140,10 +155,11 @@ class RMSprop(Optimizer):
     fixed = ("centered",)
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, num_threads=None):
+                 centered=False, *, maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
-                         num_threads)
+                         num_threads, **_element_options(state_dtype, rounding, seed))
 
 
 @_with_math
@@ -152,9 +168,11 @@ class Adadelta(Optimizer):
     rule = rules.RULES["adadelta"]
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False,
-                 num_threads=None):
+                 num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize), num_threads)
+                                      maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
 
 @_with_math
@@ -163,11 +181,13 @@ class Adamax(_AdamBetas, Optimizer):
     rule = rules.RULES["adamax"]
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 maximize=False, num_threads=None):
+                 maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         b1, b2 = self._betas(betas)
         super().__init__(self._split_betas(params),
                          dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
-                              maximize=maximize), num_threads)
+                              maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
 
 @_with_math
@@ -181,13 +201,15 @@ class NAdam(_AdamBetas, Optimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
-                 num_threads=None):
+                 num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         b1, b2 = self._betas(betas)
         super().__init__(self._split_betas(params),
                          dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
                               momentum_decay=momentum_decay,
                               decoupled_weight_decay=decoupled_weight_decay,
-                              maximize=maximize), num_threads)
+                              maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
     def _initial_scalars(self):
         return {"mu_product": 1.0}
@@ -204,12 +226,14 @@ class RAdam(_AdamBetas, Optimizer):
     rule = rules.RULES["radam"]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, num_threads=None):
+                 decoupled_weight_decay=False, *, maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         b1, b2 = self._betas(betas)
         super().__init__(self._split_betas(params),
                          dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
                               decoupled_weight_decay=decoupled_weight_decay,
-                              maximize=maximize), num_threads)
+                              maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
 
 @_with_math
@@ -219,11 +243,13 @@ class Lion(_AdamBetas, Optimizer):
     rule = rules.RULES["lion"]
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False, num_threads=None):
+                 maximize=False, num_threads=None,
+                 state_dtype=None, rounding="nearest", seed=0):
         b1, b2 = self._betas(betas)
         super().__init__(self._split_betas(params),
                          dict(lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
-                              maximize=maximize), num_threads)
+                              maximize=maximize), num_threads,
+                         **_element_options(state_dtype, rounding, seed))
 
 
 CLASSES = {c.__name__.lower(): c for c in (SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta,

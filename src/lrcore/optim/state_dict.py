@@ -6,6 +6,13 @@ flags); only :meth:`Checked.apply` writes, and it cannot fail on the data, so a 
 dict that does not fit raises ValueError and leaves the optimizer as it was.
 Schedules travel as plain data (:func:`lrcore.hyperparams.to_data`).
 
+Every state buffer keeps its dtype (float32, float64, bfloat16); an 8-bit buffer is two
+arrays, ``"<name>.codes"`` (uint8) and ``"<name>.absmax"`` (float32), checked for dtype and
+size against the optimizer (:meth:`~lrcore.optim.Optimizer.state_spec`). Version 2 adds
+``state_dtype`` (must equal the optimizer's), ``rounding`` and ``seed`` (loaded, so a resumed
+run draws the stochastic-rounding bits of an uninterrupted one); version 1 dicts (float32 /
+float64 state only) still load.
+
 This module sees an optimizer only through its public snapshot/restore protocol:
 :meth:`~lrcore.optim.Optimizer.snapshot` (what to save and check against),
 :meth:`~lrcore.optim.Optimizer.validate_group`, ``states_needed``, ``initial_scalars``
@@ -15,12 +22,14 @@ import numbers
 
 import numpy as np
 
-from .. import hyperparams
+from .. import hyperparams, lowp
+from . import precision
 
 __all__ = ["FORMAT", "VERSION", "build", "check", "Checked"]
 
 FORMAT = "lrcore.optimizer"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 
 
 def build(opt):
@@ -37,7 +46,9 @@ def build(opt):
         "format": FORMAT, "version": VERSION,
         "optimizer": type(opt).__name__, "step": snap.step, "groups": groups,
         "params": [{"shape": list(p.shape), "dtype": p.dtype.name} for p in snap.params],
-        "state": [{k: v.copy() for k, v in st.items()} for st in snap.states],
+        "state_dtype": snap.options["state_dtype"], "rounding": snap.options["rounding"],
+        "seed": snap.options["seed"],
+        "state": [{k: v.copy() for k, v in precision.flat(st).items()} for st in snap.states],
     }
 
 
@@ -48,9 +59,10 @@ class Checked:
     fills the buffers itself (lrcore.checkpoint reads a file into them) may replace an
     entry by an array of the same shape and dtype before :meth:`apply`."""
 
-    def __init__(self, opt, live_groups, step, groups, states, started, scalars):
+    def __init__(self, opt, live_groups, step, groups, states, started, scalars, options):
         self.opt, self.live_groups, self.step, self.groups = opt, live_groups, step, groups
         self.states, self.started, self.scalars = states, started, scalars
+        self.options = options
 
     def apply(self):
         # a live schedule equal to the saved one is kept (its state loaded), so a caller's
@@ -58,7 +70,8 @@ class Checked:
         for g, group in enumerate(self.groups):
             for key, value in group.items():
                 group[key] = hyperparams.adopt(value, self.live_groups[g][key])
-        self.opt.restore(self.step, self.groups, self.states, self.started, self.scalars)
+        self.opt.restore(self.step, self.groups, self.states, self.started, self.scalars,
+                         **self.options)
 
 
 def check(opt, d):
@@ -73,9 +86,11 @@ def check(opt, d):
         live_groups, params, group_of = snap.groups, snap.params, snap.group_of
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise bad("not an lrcore optimizer state dict (format key missing or wrong)")
-        if d.get("version") != VERSION:
-            raise bad(f"format version {d.get('version')!r} is not supported "
-                      f"(this lrcore reads version {VERSION})")
+        version = d.get("version")
+        if isinstance(version, bool) or version not in READS:
+            raise bad(f"format version {version!r} is not supported "
+                      f"(this lrcore reads versions {', '.join(map(str, READS))})")
+        options = _options(opt, d, version, bad)
         if d.get("optimizer") != owner:
             raise bad(f"the state dict is for {d.get('optimizer')!r}, not {owner!r}")
         step = d.get("step")
@@ -125,17 +140,25 @@ def check(opt, d):
                       f"{len(params)}")
         for i, (st, p) in enumerate(zip(states, params)):
             needed = set(opt.states_needed(new_groups[group_of[i]]))
-            unknown = set(st) - set(opt.state_slots)
-            if unknown or not needed <= set(st):
-                raise bad(f"params[{i}] state has buffers {sorted(st)}, expected "
+            names = {precision.split_key(k)[0] for k in st}
+            unknown = names - set(opt.state_slots)
+            if unknown or not needed <= names:
+                raise bad(f"params[{i}] state has buffers {sorted(names)}, expected "
                           f"{sorted(needed)}")
-            for name, arr in st.items():
-                if not isinstance(arr, np.ndarray) or arr.shape != p.shape \
-                        or arr.dtype != p.dtype:
-                    desc = (f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray)
-                            else type(arr).__name__)
-                    raise bad(f"params[{i}] state {name!r} is {desc}, expected "
-                              f"{p.dtype} {p.shape}")
+            for name in names:
+                expected = opt.state_spec(i, name)
+                if set(expected) != {k for k in st if precision.split_key(k)[0] == name}:
+                    raise bad(f"params[{i}] state {name!r} has arrays "
+                              f"{sorted(k for k in st if precision.split_key(k)[0] == name)}, "
+                              f"expected {sorted(expected)}")
+                for key, (shape, dtype) in expected.items():
+                    arr = st[key]
+                    if not isinstance(arr, np.ndarray) or arr.shape != shape \
+                            or arr.dtype != dtype:
+                        desc = (f"{_dname(arr.dtype)} {arr.shape}"
+                                if isinstance(arr, np.ndarray) else type(arr).__name__)
+                        raise bad(f"params[{i}] state {key!r} is {desc}, expected "
+                                  f"{_dname(dtype)} {shape}")
         started = []
         for g, sg in enumerate(d["groups"]):
             flag = sg.get("momentum_started", False)
@@ -159,11 +182,33 @@ def check(opt, d):
                     raise bad(str(exc)) from None
             scalars.append(out)
         for i, live in enumerate(snap.states):
-            for name, buf in live.items():
+            for name, buf in precision.flat(live).items():
                 if not buf.flags.writeable:
                     raise bad(f"params[{i}] state {name!r} is read-only")
     except ValueError:
         raise
     except (TypeError, AttributeError, KeyError, IndexError) as exc:
         raise bad(f"malformed state dict ({type(exc).__name__}: {exc})") from None
-    return Checked(opt, live_groups, step, new_groups, [dict(st) for st in states], started, scalars)
+    return Checked(opt, live_groups, step, new_groups, [dict(st) for st in states], started,
+                   scalars, options)
+
+
+def _dname(dt):
+    return "bfloat16" if dt == lowp.bfloat16 else str(dt)
+
+
+def _options(opt, d, version, bad):
+    """rounding and seed to load (version 2; None: keep the optimizer's), after checking
+    that the state dtype is the optimizer's."""
+    if version == 1:
+        return {"rounding": None, "seed": None}
+    mine = opt.options
+    if d.get("state_dtype") != mine["state_dtype"]:
+        raise bad(f"the state dict has state_dtype={d.get('state_dtype')!r}, this optimizer "
+                  f"{mine['state_dtype']!r}; state_dtype is fixed at construction")
+    try:
+        _, rounding, seed = precision.check_options(
+            "", mine["state_dtype"], d.get("rounding"), d.get("seed"))
+    except (TypeError, ValueError) as exc:
+        raise bad(str(exc).lstrip(": ")) from None
+    return {"rounding": rounding, "seed": seed}

@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from .. import optim
+from ..optim import params as param_checks
 from ..schedules import Schedule
 from . import persistence
 from .vocabulary import (Event, MetricKey, ParameterKey, ProgressHandlers, TaskState,
@@ -71,21 +72,17 @@ _LOOP_DEFAULTS = {ParameterKey.MINI_BATCH_SIZE: 32, ParameterKey.EPOCHS: 1,
                   ParameterKey.SHUFFLE: True, ParameterKey.SEED: 0}
 
 
+# the optimizers' element-type options (lrcore.optim.precision), passed through by name
+_OPTIONS = frozenset({"state_dtype", "rounding", "seed"})
+
+
 def optimizer_keys(opt):
     """The ParameterKeys that map to hyperparameters of this optimizer."""
     return [k for k in ParameterKey if k.value.hyperparameter in type(opt).numeric]
 
 
 def check_params(params):
-    if isinstance(params, np.ndarray):
-        params = [params]
-    try:
-        params = list(params)
-    except TypeError:
-        raise TypeError(f"UpdateTask: params must be a list of numpy arrays, got "
-                        f"{type(params).__name__}") from None
-    if not params:
-        raise ValueError("UpdateTask: params is empty; give at least one array")
+    params = param_checks.items(params, "UpdateTask", "a list of numpy arrays")
     for i, p in enumerate(params):
         if not isinstance(p, np.ndarray):
             raise TypeError(f"UpdateTask: params[{i}] must be a numpy.ndarray, got "
@@ -105,14 +102,18 @@ class UpdateTask:
     lrcore Optimizer over the same arrays. ``parameters``: {ParameterKey: value}; keys the optimizer
     has no use for are an error; unset optimizer keys keep the optimizer's values; the loop
     defaults are MINI_BATCH_SIZE 32, EPOCHS 1, SHUFFLE True, SEED 0. The last mini-batch of an
-    epoch may be smaller.
+    epoch may be smaller. ``optimizer_options``: the element-type options of an optimizer
+    built by name, {"state_dtype": None | "float32" | "bfloat16" | "int8", "rounding":
+    "nearest" | "stochastic", "seed": stochastic rounding's seed} (lrcore.optim.precision;
+    not the loop's shuffle SEED); params may then be bfloat16 or float16 arrays, and the
+    grads are laid out like them. Saved tasks keep these options.
     """
 
     def __init__(self, params, loss_and_grad, data, optimizer="sgd", parameters=None,
-                 progress_handlers=None, *, num_threads=None):
+                 progress_handlers=None, *, num_threads=None, optimizer_options=None):
         self._params = check_params(params)
         self._init_common(loss_and_grad, data, progress_handlers)
-        self._optimizer = self._make_optimizer(optimizer, num_threads)
+        self._optimizer = self._make_optimizer(optimizer, num_threads, optimizer_options)
         self._keys = optimizer_keys(self._optimizer)
         self._loop = dict(_LOOP_DEFAULTS)
         self._apply(self._checked(parameters))
@@ -150,7 +151,14 @@ class UpdateTask:
         self._pending = None   # (step before, samples, loss) while a step is being applied
         self.meta = None
 
-    def _make_optimizer(self, optimizer, num_threads):
+    def _make_optimizer(self, optimizer, num_threads, options):
+        if options is not None:
+            if isinstance(optimizer, optim.Optimizer):
+                raise ValueError("UpdateTask: optimizer_options applies to an optimizer built "
+                                 "by name; give these options to the Optimizer instance")
+            if not isinstance(options, dict) or not set(options) <= _OPTIONS:
+                raise TypeError(f"UpdateTask: optimizer_options must be a dict with keys "
+                                f"among {sorted(_OPTIONS)}, got {options!r}")
         if isinstance(optimizer, optim.Optimizer):
             theirs = optimizer.params
             if len(theirs) != len(self._params) or any(a is not b for a, b in
@@ -159,7 +167,8 @@ class UpdateTask:
                                  "arrays as params, in the same order")
             return optimizer
         if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
-            return OPTIMIZERS[optimizer.lower()](self._params, num_threads=num_threads)
+            return OPTIMIZERS[optimizer.lower()](self._params, num_threads=num_threads,
+                                                 **(options or {}))
         raise ValueError(f"UpdateTask: optimizer must be one of {sorted(OPTIMIZERS)} or an "
                          f"lrcore Optimizer instance, got {optimizer!r}")
 

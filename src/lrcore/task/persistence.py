@@ -179,7 +179,10 @@ def _read(f, optimizers, params, check_params):
     groups = [dict(fx, params=[params[i] for i in g["params"]])
               for fx, g in zip(fixed, sd["groups"])]
     try:
-        opt = opt_class(groups, num_threads=opt_meta["num_threads"])
+        # the element-type options of a version-2 state dict (lrcore.optim.state_dict);
+        # its own check of them runs in the load below
+        options = {k: sd[k] for k in ("state_dtype", "rounding", "seed") if k in sd}
+        opt = opt_class(groups, num_threads=opt_meta["num_threads"], **options)
     except (TypeError, ValueError) as exc:
         raise bad(f"does not describe a valid {cls_name}: {exc}") from None
     checkpoint.OptimizerLoad(f, opt, sd, names).load_state()

@@ -1,0 +1,327 @@
+"""Element types of an optimizer's buffers: half-precision params and grads, bfloat16 and
+8-bit state (issues 12 and 13), shared by lrcore.optim and lrcore.torch.
+
+Design: a param's *layout* (:class:`Layout`) is decided once, at construction, from the
+param's dtype and the optimizer's ``state_dtype``; a step checks each grad against it
+(:func:`check_grad`) before anything is written, and :func:`run` applies one param's update
+through the backend's kernel (every layout of :data:`lrcore.lowp.LAYOUTS`) or, for 8-bit
+state, through :mod:`lrcore.quantization`.
+
+``state_dtype``:
+
+- ``None``: the param's dtype for float32, float64 and bfloat16 params; float32 for float16
+  params (float16 state is not supported: squares of gradients overflow it);
+- ``"float32"``: float32 state (float32, bfloat16 or float16 params);
+- ``"bfloat16"``: bfloat16 state, for bfloat16 params (everything bfloat16);
+- ``"int8"``: the 8-bit states of :data:`lrcore.quantization.INT8_RULES` (Adam's moments)
+  as :class:`~lrcore.quantization.QuantizedState` (codes and one float32 absmax per block)
+  for buffers of at least ``lrcore.quantization.MIN_ELEMENTS`` elements; smaller buffers and
+  the rule's other states stay float32.
+
+The random stream of stochastic rounding is keyed by ``(seed, step, buffer, element index)``
+(:func:`lrcore.lowp.random_bits`). An optimizer numbers the elements of all its params as one
+concatenation, in the order of its params: param i passes ``index_offset`` = the number of
+elements of params 0..i-1 (:func:`offsets`), so no two params, and no two elements, draw the
+same bits; within a param the kernel's buffer number tells param and state buffers apart.
+The step number is the optimizer's (1 for the first step), so a resumed run draws the bits
+an uninterrupted one would.
+
+State-dict keys (:func:`flat`): a float state buffer keeps its name; an 8-bit one becomes
+two arrays, ``"<name>.codes"`` (uint8, one per element) and ``"<name>.absmax"`` (float32,
+one per block).
+"""
+import bisect
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import backend, lowp, quantization
+
+__all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
+           "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
+           "nbytes", "new_state", "parts", "copy_into", "adopt", "check_grad_memory",
+           "grad_sumsq", "scaled"]
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+PARAM_DTYPES = ("float32", "float64", "bfloat16", "float16")
+_F32 = np.dtype(np.float32)
+_PARTS = ("codes", "absmax")
+
+
+def _dname(dt):
+    """A dtype's name as lrcore.lowp.LAYOUTS spells it ('bfloat16' for ml_dtypes')."""
+    dt = np.dtype(dt)
+    return "bfloat16" if dt == lowp.bfloat16 else dt.name
+
+
+class Layout(NamedTuple):
+    """One param's element types: ``param`` its dtype, ``state`` the dtype of its float state
+    buffers, ``quantized`` {state name: signed map} of its 8-bit states (empty if none)."""
+    param: np.dtype
+    state: np.dtype
+    quantized: dict
+
+    @property
+    def plain(self):
+        """float32 or float64 param and state, no 8-bit state: the one-call StepPlan path."""
+        return not self.quantized and self.param == self.state and \
+            self.param in (_F32, np.dtype(np.float64))
+
+
+def state_dtype_name(owner, state_dtype):
+    """``state_dtype`` as one of None, "float32", "bfloat16", "int8" (a numpy or ml_dtypes
+    dtype is accepted for the first two); ValueError otherwise, naming the argument."""
+    if state_dtype is None:
+        return None
+    name = state_dtype
+    if not isinstance(state_dtype, str):
+        try:
+            name = _dname(np.dtype(state_dtype))
+        except TypeError:
+            name = repr(state_dtype)
+    if name == "float16":
+        raise ValueError(f"{owner}: state_dtype='float16' is not supported: squares of "
+                         f"gradients overflow float16 (largest 65504); use 'float32', "
+                         f"'bfloat16' or 'int8'")
+    if name not in STATE_DTYPES:
+        raise ValueError(f"{owner}: state_dtype must be None, 'float32', 'bfloat16' or "
+                         f"'int8', got {state_dtype!r}")
+    return name
+
+
+def check_options(owner, state_dtype, rounding, seed):
+    """(state_dtype name, rounding, seed) checked; errors name the argument."""
+    name = state_dtype_name(owner, state_dtype)
+    if not isinstance(rounding, str) or rounding not in lowp.ROUNDINGS:
+        raise ValueError(f"{owner}: rounding must be 'nearest' or 'stochastic', got "
+                         f"{rounding!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{owner}: seed must be an integer in 0..2**64-1, got {seed!r}")
+    if not 0 <= int(seed) <= lowp.SEED_MAX:
+        raise ValueError(f"{owner}: seed must be in 0..2**64-1, got {seed}")
+    return name, rounding, int(seed)
+
+
+def int8_rules():
+    """{rule name: {state name: signed}} of the rules with 8-bit state
+    (:data:`lrcore.quantization.INT8_RULES`; Adam's moments while that table is absent)."""
+    table = getattr(quantization, "INT8_RULES", None)
+    if table is None:
+        return {"adam": {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}}
+    out = {}
+    for rule, states in table.items():
+        if isinstance(states, dict):
+            out[rule] = {k: bool(v if not hasattr(v, "signed") else v.signed)
+                         for k, v in states.items()}
+        else:   # a sequence of (name, signed) pairs or of objects with name and signed
+            out[rule] = {(s[0] if isinstance(s, tuple) else s.name):
+                         bool(s[1] if isinstance(s, tuple) else s.signed) for s in states}
+    return out
+
+
+def _layouts_text():
+    return lowp.layouts_text() + "; and 8-bit state (state_dtype='int8') with " + \
+        _int8_params_text() + " param and grad"
+
+
+def _int8_params_text():
+    return "float32 or bfloat16" if hasattr(quantization, "step") else "float32"
+
+
+def layout(owner, where, rule, p, state_dtype):
+    """The :class:`Layout` of param ``p`` (``where``: e.g. 'params[3]') under the optimizer's
+    ``state_dtype`` (already a name); TypeError listing the supported layouts otherwise."""
+    pname = _dname(p.dtype)
+    if pname not in PARAM_DTYPES or not p.dtype.isnative:
+        raise TypeError(f"{owner}: {where} has dtype {p.dtype}; lrcore params are float32, "
+                        f"float64, bfloat16 (ml_dtypes) or float16 in native byte order")
+    quantized = {}
+    if state_dtype == "int8":
+        table = int8_rules()
+        if rule.name not in table:
+            raise ValueError(f"{owner}: state_dtype='int8' is supported for the rules "
+                             f"{sorted(table)} (lrcore.quantization.INT8_RULES), not "
+                             f"{rule.name!r}")
+        allowed = ("float32", "bfloat16") if hasattr(quantization, "step") else ("float32",)
+        if pname not in allowed:
+            raise TypeError(f"{owner}: {where} is {pname}; 8-bit state (state_dtype='int8') "
+                            f"takes {_int8_params_text()} params. Supported layouts: "
+                            f"{_layouts_text()}")
+        if p.size >= quantization.MIN_ELEMENTS:
+            quantized = {s.name: table[rule.name][s.name] for s in rule.states
+                         if s.name in table[rule.name]}
+        state = _F32
+    elif state_dtype is None:
+        state = _F32 if pname == "float16" else p.dtype
+    else:
+        state = lowp.bfloat16 if state_dtype == "bfloat16" else _F32
+    sname = _dname(state)
+    if not any((lp, ls) == (pname, sname) for lp, _, ls in lowp.LAYOUTS):
+        raise TypeError(f"{owner}: {where} is {pname} and state_dtype={state_dtype!r} gives "
+                        f"{sname} state: an unsupported layout. Supported layouts: "
+                        f"{_layouts_text()}")
+    return Layout(p.dtype, np.dtype(state), quantized)
+
+
+def check_grad(owner, i, lay, g, n):
+    """grads[i] fits param i's layout: an ndarray of n elements, C-contiguous, whose dtype
+    makes a supported (param, grad, state) layout (8-bit state: the grad has the param's
+    dtype). TypeError/ValueError naming grads[i] otherwise."""
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{owner}: grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
+    if g.size != n:
+        raise ValueError(f"{owner}: grads[{i}] has {g.size} elements but params[{i}] has {n}")
+    if not g.flags.c_contiguous:
+        raise ValueError(f"{owner}: grads[{i}] must be C-contiguous")
+    gname = _dname(g.dtype) if lowp.dtype_ok(g.dtype) else str(g.dtype)
+    pname, sname = _dname(lay.param), _dname(lay.state)
+    ok = (pname, gname, sname) in lowp.LAYOUTS
+    if lay.quantized:
+        ok = gname == pname
+    if not ok:
+        what = "8-bit" if lay.quantized else sname
+        raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with {what} "
+                        f"state: an unsupported layout. Supported layouts: {_layouts_text()}")
+
+
+def offsets(params):
+    """index_offset of each param: its first element's position in the concatenation of all
+    params, in order (the stochastic-rounding stream's element index)."""
+    out, total = [], 0
+    for p in params:
+        out.append(total)
+        total += p.size
+    return out
+
+
+def new_state(lay, name, p, init):
+    """A new state buffer for a param of layout ``lay``, every value ``init``: an array of
+    the state dtype and the param's shape, or a QuantizedState (codes of ``init``)."""
+    if name in lay.quantized:
+        signed = lay.quantized[name]
+        if init == 0:
+            return quantization.QuantizedState.zeros(p.size, signed)
+        return quantization.QuantizedState.from_float(np.full(p.size, init, np.float32), signed)
+    return np.full(p.shape, init, dtype=lay.state)
+
+
+def flat(states):
+    """{name: buffer} -> {state-dict key: array}: an 8-bit buffer as its codes and absmax."""
+    out = {}
+    for name, buf in states.items():
+        if isinstance(buf, quantization.QuantizedState):
+            out[name + ".codes"], out[name + ".absmax"] = buf.codes, buf.absmax
+        else:
+            out[name] = buf
+    return out
+
+
+def split_key(key):
+    """A state-dict key -> (buffer name, part): part 'codes'/'absmax', or None."""
+    name, dot, part = key.rpartition(".")
+    if dot and part in _PARTS:
+        return name, part
+    return key, None
+
+
+def spec(lay, p, name):
+    """{state-dict key: (shape, dtype)} of state buffer ``name`` of param ``p``."""
+    if name in lay.quantized:
+        nb = -(-p.size // quantization.BLOCK)
+        return {name + ".codes": ((p.size,), np.dtype(np.uint8)),
+                name + ".absmax": ((nb,), _F32)}
+    return {name: (p.shape, lay.state)}
+
+
+def nbytes(states):
+    """Bytes held by the buffers of {name: buffer}."""
+    return sum(b.nbytes for b in states.values())
+
+
+def _kernel(kernel):
+    return getattr(backend.kernels, kernel)
+
+
+def run(kernel, lay, p, g, states, slots, values, *, rounding, seed, index_offset,
+        num_threads):
+    """One param's update, in place: ``states`` {name: buffer}, ``slots`` the rule's state
+    names in kernel order, ``values`` the kernel's hyperparameters by name (step included).
+    Everything was checked before (layout, sizes, hyperparameters)."""
+    if not lay.quantized:
+        bufs = [states.get(s) for s in slots]
+        _kernel(kernel)(p, g, *bufs, num_threads=num_threads, rounding=rounding, seed=seed,
+                        index_offset=index_offset, **values)
+        return
+    step_fn = getattr(quantization, "step", None)
+    if step_fn is not None:
+        hp = dict(values)
+        step = hp.pop("step")
+        step_fn(kernel, p.reshape(-1), g.reshape(-1),
+                {s: (b if isinstance(b, quantization.QuantizedState) else b.reshape(-1))
+                 for s, b in states.items()},
+                step=step, rounding=rounding, seed=seed, index_offset=index_offset,
+                num_threads=num_threads, **hp)
+        return
+    # lrcore.quantization.adam8 (float32 params): Adam / AdamW / AMSGrad
+    bufs = [states.get(s) for s in slots]
+    quantization.adam8(p.reshape(-1), g.reshape(-1), *bufs, num_threads=num_threads, **values)
+
+
+def parts(buf):
+    """A buffer as {part: array}: {None: array}, or {'codes', 'absmax'} of an 8-bit one."""
+    if isinstance(buf, quantization.QuantizedState):
+        return {"codes": buf.codes, "absmax": buf.absmax}
+    return {None: buf}
+
+
+def copy_into(buf, given):
+    """Copy checked arrays {part: array} (:func:`parts`) into a live buffer."""
+    for part, dest in parts(buf).items():
+        np.copyto(dest, np.asarray(given[part]).reshape(dest.shape))
+
+
+def adopt(lay, name, given):
+    """A new live buffer holding copies of checked arrays {part: array}."""
+    if name in lay.quantized:
+        return quantization.QuantizedState(
+            np.array(given["codes"], np.uint8, copy=True, order="C").reshape(-1),
+            np.array(given["absmax"], np.float32, copy=True, order="C").reshape(-1),
+            lay.quantized[name])
+    return np.array(given[None], copy=True, order="C")
+
+
+def check_grad_memory(where, grads, extents):
+    """No grad shares memory with a param or state buffer (``extents``: sorted (start, end,
+    name) of the optimizer's buffers)."""
+    ends = [e[1] for e in extents]
+    for i, g in enumerate(grads):
+        if not g.nbytes:
+            continue
+        g0 = g.__array_interface__["data"][0]
+        k = bisect.bisect_right(ends, g0)      # the first extent ending after g0
+        if k < len(extents) and extents[k][0] < g0 + g.nbytes:
+            raise ValueError(f"{where}: grads[{i}] shares memory with {extents[k][2]}; "
+                             f"gradients must be separate arrays")
+
+
+def grad_sumsq(grads):
+    """(sum of squares of every grad, widened to float64; every element finite)."""
+    total = 0.0
+    for g in grads:
+        w = np.asarray(g, np.float64).reshape(-1)
+        total += float(np.dot(w, w))
+    finite = bool(np.isfinite(total)) or all(
+        np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
+    return total, finite
+
+
+def scaled(g, scale, lay):
+    """A clipped copy of grad g (times ``scale``): float64 for float64 grads, float32 for a
+    float32 param (or a float32 grad), else rounded to nearest in the grad's dtype."""
+    if g.dtype == np.float64:
+        return g * scale
+    w = np.asarray(g, np.float32) * np.float32(scale)
+    if g.dtype == _F32 or lay.param == _F32:
+        return w
+    return lowp.round_nearest(w.reshape(-1), g.dtype).reshape(g.shape)
