@@ -423,3 +423,157 @@ def test_adam8_optimizer_bad_arguments_change_nothing():
         now = opt.state_dict()
         assert np.array_equal(now["state"][1]["exp_avg"]["codes"],
                               sd["state"][1]["exp_avg"]["codes"])
+
+
+# ---------------------------------------------------------------------------
+# step(): every rule of INT8_RULES, float32 and bfloat16 param/grad, both roundings
+# ---------------------------------------------------------------------------
+
+from lrcore import lowp  # noqa: E402
+
+# (rule, hyperparameters, states kept float32 besides those of INT8_RULES)
+STEP_CASES = [
+    ("adam", dict(), ()),
+    ("adamw", dict(weight_decay=0.05), ()),
+    ("adam", dict(amsgrad=True, beta1=0.3, maximize=True), ()),
+    ("adam", dict(weight_decay=0.01), ("exp_avg",)),          # mixed: exp_avg float32
+    ("nadam", dict(weight_decay=0.01, decoupled_weight_decay=True), ()),
+    ("radam", dict(), ()),
+    ("sgd", dict(momentum=0.9, nesterov=True), ()),
+    ("sgd", dict(momentum=0.9, dampening=0.1, weight_decay=0.01), ()),
+    ("rmsprop", dict(), ()),
+    ("rmsprop", dict(momentum=0.9, alpha=0.3), ()),
+    ("lion", dict(weight_decay=0.1), ()),
+]
+
+
+def _step_states(rule, hp, keep32, n):
+    from lrcore import rules
+    row = rules.RULES[rules.preset(rule).rule]
+    hp = dict(hp)
+    opts = {o.name: hp.pop(o.name) for o in row.options if o.name in hp}
+    values = dict(hp, **opts)
+    out = {}
+    for s in row.present_states(values):
+        if s.name in q.INT8_RULES[row.name] and s.name not in keep32:
+            out[s.name] = q.QuantizedState.zeros(n, q.INT8_RULES[row.name][s.name])
+        else:
+            out[s.name] = np.zeros(n, np.float32)
+    return out, hp
+
+
+def _step_run(fn, rule, hp, keep32, n, dtype=np.float32, steps=3, **kw):
+    rng = np.random.default_rng(n)
+    st, hp = _step_states(rule, hp, keep32, n)
+    p = rng.standard_normal(n).astype(np.float32).astype(dtype)
+    for t in range(1, steps + 1):
+        g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 1, n)).astype(np.float32)
+        fn(rule, p, g.astype(dtype), st, step=t, lr=1e-2, seed=7, **hp, **kw)
+    out = [p.view(np.uint16 if p.dtype.itemsize == 2 else np.uint32)]
+    for s in st.values():
+        out += ([s.codes, s.absmax.view(np.uint32)] if isinstance(s, q.QuantizedState)
+                else [s.view(np.uint32)])
+    return out
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+@pytest.mark.parametrize("rule,hp,keep32", STEP_CASES)
+@pytest.mark.parametrize("n", [15, 256, 257, 40000])
+def test_step_equals_numpy_twin(isa, rule, hp, keep32, n):
+    ref = _step_run(q.step_reference, rule, hp, keep32, n)
+    for nt in (1, 3):
+        got = _step_run(q.step, rule, hp, keep32, n, num_threads=nt)
+        for a, b in zip(got, ref):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("rule,hp", [("adamw", dict(weight_decay=0.05)),
+                                     ("adam", dict(amsgrad=True)), ("lion", dict()),
+                                     ("sgd", dict(momentum=0.9))])
+@pytest.mark.parametrize("n", [17, 257, 40000])
+def test_step_bfloat16_equals_numpy_twin(isa, rounding, rule, hp, n):
+    ref = _step_run(q.step_reference, rule, hp, (), n, dtype=lowp.bfloat16, rounding=rounding)
+    for nt in (1, 3):
+        got = _step_run(q.step, rule, hp, (), n, dtype=lowp.bfloat16, rounding=rounding,
+                        num_threads=nt)
+        for a, b in zip(got, ref):
+            assert np.array_equal(a, b)
+
+
+def test_step_bfloat16_param_is_rounded_float32_step():
+    """bfloat16 param: the float32 step on the widened param, rounded by lrcore.lowp's
+    rule (stochastic: buffer 0 of the stream, index_offset + i); a slice with its offset
+    gets the same bits as the whole."""
+    rng = np.random.default_rng(11)
+    n = 3 * q.BLOCK
+    p = rng.standard_normal(n).astype(lowp.bfloat16)
+    g = rng.standard_normal(n).astype(lowp.bfloat16)
+    m, v = q.QuantizedState.zeros(n, True), q.QuantizedState.zeros(n, False)
+    p32, g32 = lowp.widen(p), lowp.widen(g)
+    m2, v2 = m.dequantize(), v.dequantize()
+    lrcore.kernels.adam(p32, g32, m2, v2, lr=1e-2, step=3)
+    want = lowp.round_to(p32, lowp.bfloat16, "stochastic", 9, 3, 0, 1000)
+    q.step("adam", p, g, {"exp_avg": m, "exp_avg_sq": v}, step=3, lr=1e-2,
+           rounding="stochastic", seed=9, index_offset=1000)
+    assert np.array_equal(p.view(np.uint16), want.view(np.uint16))
+    # the second block alone, at its offset: the same bits
+    p1 = lowp.widen(p)  # any values: compare the rounding of one slice with the whole
+    a = p1.astype(lowp.bfloat16)
+    whole = a.copy()
+    st = {"exp_avg": q.QuantizedState.zeros(n, True), "exp_avg_sq": q.QuantizedState.zeros(n, False)}
+    q.step("adam", whole, g, st, step=2, lr=1e-3, rounding="stochastic", seed=1)
+    part = a[q.BLOCK:2 * q.BLOCK].copy()
+    st = {"exp_avg": q.QuantizedState.zeros(q.BLOCK, True),
+          "exp_avg_sq": q.QuantizedState.zeros(q.BLOCK, False)}
+    q.step("adam", part, g[q.BLOCK:2 * q.BLOCK].copy(), st, step=2, lr=1e-3,
+           rounding="stochastic", seed=1, index_offset=q.BLOCK)
+    assert np.array_equal(part.view(np.uint16), whole[q.BLOCK:2 * q.BLOCK].view(np.uint16))
+
+
+def test_int8_rules_table():
+    from lrcore import rules
+    for name, states in q.INT8_RULES.items():
+        row = rules.RULES[name]
+        assert set(states) <= {s.name for s in row.states}
+        assert all(isinstance(x, bool) for x in states.values())
+    assert q.INT8_RULES["adam"] == {"exp_avg": True, "exp_avg_sq": False,
+                                    "max_exp_avg_sq": False}
+    assert not {"adagrad", "adadelta", "adamax"} & set(q.INT8_RULES)
+
+
+@pytest.mark.parametrize("fn", [q.step, q.step_reference])
+def test_step_bad_input_changes_nothing(fn):
+    n = 1000
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    m = q.QuantizedState.from_float(rng.standard_normal(n).astype(np.float32), True)
+    v = q.QuantizedState.from_float(rng.random(n).astype(np.float32), False)
+    snap = [p.copy(), m.codes.copy(), m.absmax.copy(), v.codes.copy(), v.absmax.copy()]
+    good = {"exp_avg": m, "exp_avg_sq": v}
+    cases = [
+        ("adagrad", p, g, {"state_sum": m}, {}, ValueError, "no 8-bit state"),
+        ("nope", p, g, good, {}, ValueError, "unknown optimizer"),
+        ("adam", p, g, {"exp_avg": m}, {}, ValueError, "'exp_avg_sq'"),
+        ("adam", p, g, dict(good, bogus=m), {}, ValueError, "no state 'bogus'"),
+        ("adam", p, g, {"exp_avg": v, "exp_avg_sq": m}, {}, ValueError, "signed map"),
+        ("adam", p, g[:-1], good, {}, ValueError, "grad must have 1000"),
+        ("adam", p.astype(np.float64), g, good, {}, TypeError, "float32 or bfloat16"),
+        ("adam", p, g, good, dict(lr=-1.0), ValueError, "lr"),
+        ("adam", p, g, good, dict(foo=1.0), TypeError, "'foo'"),
+        ("adam", p, g, good, dict(rounding="up"), ValueError, "rounding"),
+        ("adam", p, g, good, dict(seed=-1), ValueError, "seed"),
+        ("adamw", p, g, good, dict(decoupled_weight_decay=False), ValueError, "fixes"),
+        ("sgd", p, g, {"momentum_buffer": m}, {}, ValueError, "momentum=0.0"),
+        ("rmsprop", p, g, {"square_avg": v, "grad_avg": np.zeros(n, np.float32)}, {},
+         ValueError, "centered"),
+        ("adam", p, p, good, {}, ValueError, "share memory"),
+    ]
+    for rule, pp, gg, st, kw, exc, match in cases:
+        kw = dict(dict(lr=1e-3, step=1), **kw)
+        with pytest.raises(exc, match=match):
+            fn(rule, pp, gg, st, **kw)
+        for a, b in zip([p, m.codes, m.absmax, v.codes, v.absmax], snap):
+            assert np.array_equal(a, b)

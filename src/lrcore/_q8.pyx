@@ -6,17 +6,27 @@ these. `level` is lrcore's active instruction set (0 baseline, 1 AVX2, 2 AVX-512
 split into tasks of whole blocks run on a thread pool (csrc/pool.c), so the bytes written do
 not depend on the thread count.
 """
-from libc.stdint cimport int32_t, uint8_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, int64_t, uint64_t
+from libc.string cimport memset
 
 cdef extern from "pool.h" nogil:
     ctypedef void (*lrcore_task_fn)(void *arg, size_t task) noexcept nogil
     void lrcore_pool_run(int nthreads, size_t ntasks, lrcore_task_fn fn, void *arg)
 
 cdef extern from "q8_jobs.h" nogil:
-    ctypedef struct lrcore_adam_hp:
-        double lr, beta1, beta2, eps, weight_decay, grad_scale
-        int64_t step
-        int decoupled_weight_decay, maximize
+    enum:
+        LRCORE_FIELD_DOUBLE, LRCORE_FIELD_INT64, LRCORE_FIELD_INT
+        LRCORE_ET_F32, LRCORE_ET_BF16, LRCORE_ROUND_NEAREST, LRCORE_ROUND_STOCHASTIC
+    ctypedef struct lrcore_hp:
+        pass
+    ctypedef struct lrcore_field:
+        const char *name
+        size_t offset
+        int type
+    const lrcore_field *lrcore_hp_fields(int kind, size_t *count)
+    ctypedef struct lrcore_lowp:
+        int param, grad, state, rounding
+        uint64_t seed, step, index_offset
     ctypedef struct lrcore_q8_codec:
         const float *map
         const float *thr
@@ -25,23 +35,29 @@ cdef extern from "q8_jobs.h" nogil:
     ctypedef struct lrcore_q8_state:
         uint8_t *codes
         float *absmax
-    ctypedef struct lrcore_q8_adam_job:
+    ctypedef struct lrcore_q8_buf:
+        float *f32
+        lrcore_q8_state q
+        int map
+    ctypedef struct lrcore_q8_job:
+        int kind
         size_t n
-        float *param
-        const float *grad
-        lrcore_q8_state m, v, vmax
-        lrcore_q8_codec cs, cu
-        lrcore_adam_hp hp
+        void *param
+        const void *grad
+        lrcore_q8_buf state[3]
+        lrcore_hp hp
+        lrcore_lowp lowp
+        lrcore_q8_codec codec[2]
     ctypedef struct lrcore_q8_code_job:
         size_t n
         float *values
         lrcore_q8_state q
         lrcore_q8_codec c
-    ctypedef void (*lrcore_q8_adam_fn)(const lrcore_q8_adam_job *job, size_t b0, size_t b1) noexcept nogil
+    ctypedef void (*lrcore_q8_step_fn)(const lrcore_q8_job *job, size_t b0, size_t b1) noexcept nogil
     ctypedef void (*lrcore_q8_code_fn)(const lrcore_q8_code_job *job, size_t b0, size_t b1) noexcept nogil
-    void lrcore_q8_adam_baseline(const lrcore_q8_adam_job *job, size_t b0, size_t b1)
-    void lrcore_q8_adam_avx2(const lrcore_q8_adam_job *job, size_t b0, size_t b1)
-    void lrcore_q8_adam_avx512(const lrcore_q8_adam_job *job, size_t b0, size_t b1)
+    void lrcore_q8_step_baseline(const lrcore_q8_job *job, size_t b0, size_t b1)
+    void lrcore_q8_step_avx2(const lrcore_q8_job *job, size_t b0, size_t b1)
+    void lrcore_q8_step_avx512(const lrcore_q8_job *job, size_t b0, size_t b1)
     void lrcore_q8_encode_baseline(const lrcore_q8_code_job *job, size_t b0, size_t b1)
     void lrcore_q8_encode_avx2(const lrcore_q8_code_job *job, size_t b0, size_t b1)
     void lrcore_q8_encode_avx512(const lrcore_q8_code_job *job, size_t b0, size_t b1)
@@ -53,120 +69,149 @@ cdef extern from "q8_jobs.h" nogil:
 # Blocks per task: 64 blocks = 16384 elements, a few hundred microseconds of work.
 DEF TASK_BLOCKS = 64
 
-cdef struct adam_call:
-    const lrcore_q8_adam_job *job
-    lrcore_q8_adam_fn fn
+# One call of either kind: the job, the per-ISA function, the blocks.
+cdef struct call_t:
+    const void *job
+    void *fn
     size_t nblocks
 
-cdef struct code_call:
-    const lrcore_q8_code_job *job
-    lrcore_q8_code_fn fn
-    size_t nblocks
+ctypedef void (*range_fn)(const void *job, size_t b0, size_t b1) noexcept nogil
 
-cdef void adam_task(void *arg, size_t t) noexcept nogil:
-    cdef adam_call *c = <adam_call *>arg
+cdef void run_task(void *arg, size_t t) noexcept nogil:
+    cdef call_t *c = <call_t *>arg
     cdef size_t b0 = t * TASK_BLOCKS
     cdef size_t b1 = b0 + TASK_BLOCKS
     if b1 > c.nblocks:
         b1 = c.nblocks
-    c.fn(c.job, b0, b1)
+    (<range_fn>c.fn)(c.job, b0, b1)
 
-cdef void code_task(void *arg, size_t t) noexcept nogil:
-    cdef code_call *c = <code_call *>arg
-    cdef size_t b0 = t * TASK_BLOCKS
-    cdef size_t b1 = b0 + TASK_BLOCKS
-    if b1 > c.nblocks:
-        b1 = c.nblocks
-    c.fn(c.job, b0, b1)
-
-cdef lrcore_q8_adam_fn ADAM_FNS[3]
-ADAM_FNS[0] = lrcore_q8_adam_baseline
-ADAM_FNS[1] = lrcore_q8_adam_avx2
-ADAM_FNS[2] = lrcore_q8_adam_avx512
-cdef lrcore_q8_code_fn ENCODE_FNS[3]
-ENCODE_FNS[0] = lrcore_q8_encode_baseline
-ENCODE_FNS[1] = lrcore_q8_encode_avx2
-ENCODE_FNS[2] = lrcore_q8_encode_avx512
-cdef lrcore_q8_code_fn DECODE_FNS[3]
-DECODE_FNS[0] = lrcore_q8_decode_baseline
-DECODE_FNS[1] = lrcore_q8_decode_avx2
-DECODE_FNS[2] = lrcore_q8_decode_avx512
+cdef void *STEP_FNS[3]
+STEP_FNS[0] = <void *>lrcore_q8_step_baseline
+STEP_FNS[1] = <void *>lrcore_q8_step_avx2
+STEP_FNS[2] = <void *>lrcore_q8_step_avx512
+cdef void *ENCODE_FNS[3]
+ENCODE_FNS[0] = <void *>lrcore_q8_encode_baseline
+ENCODE_FNS[1] = <void *>lrcore_q8_encode_avx2
+ENCODE_FNS[2] = <void *>lrcore_q8_encode_avx512
+cdef void *DECODE_FNS[3]
+DECODE_FNS[0] = <void *>lrcore_q8_decode_baseline
+DECODE_FNS[1] = <void *>lrcore_q8_decode_avx2
+DECODE_FNS[2] = <void *>lrcore_q8_decode_avx512
 
 BLOCK = LRCORE_Q8_BLOCK
 
 
-cdef lrcore_q8_codec _codec(const float[::1] map, const float[::1] thr, const int32_t[::1] base,
-                           const uint64_t[::1] packed):
-    cdef lrcore_q8_codec c
-    c.map = &map[0]
-    c.thr = &thr[0]
-    c.base = &base[0]
-    c.packed = &packed[0]
-    return c
+cdef lrcore_q8_codec _codec(c):
+    """The C view of a lrcore.quantization._Codec (its arrays outlive the call)."""
+    cdef const float[::1] map = c.map
+    cdef const float[::1] thr = c.thr
+    cdef const int32_t[::1] base = c.base
+    cdef const uint64_t[::1] packed = c.packed
+    cdef lrcore_q8_codec out
+    out.map = &map[0]
+    out.thr = &thr[0]
+    out.base = &base[0]
+    out.packed = &packed[0]
+    return out
 
 
-cdef int _threads(int nthreads, size_t ntasks):
+cdef void _run(const void *job, void *fn, size_t n, int nthreads) noexcept nogil:
+    """Run fn over the blocks of n elements, TASK_BLOCKS blocks per task."""
+    cdef call_t call
+    call.job = job
+    call.fn = fn
+    call.nblocks = (n + LRCORE_Q8_BLOCK - 1) // LRCORE_Q8_BLOCK
+    cdef size_t ntasks = (call.nblocks + TASK_BLOCKS - 1) // TASK_BLOCKS
     if nthreads < 1:
         nthreads = 1
     if <size_t>nthreads > ntasks:
         nthreads = <int>ntasks if ntasks > 0 else 1
-    return nthreads
+    lrcore_pool_run(nthreads, ntasks, run_task, &call)
 
 
-def adam(int level, int nthreads, float[::1] param, const float[::1] grad,
-         uint8_t[::1] m_codes, float[::1] m_absmax, uint8_t[::1] v_codes, float[::1] v_absmax,
-         w_codes, w_absmax, const float[::1] smap, const float[::1] sthr,
-         const int32_t[::1] sbase, const uint64_t[::1] spacked, const float[::1] umap,
-         const float[::1] uthr, const int32_t[::1] ubase, const uint64_t[::1] upacked, dict hp):
-    """One fused 8-bit Adam step (arguments checked by lrcore.quantization.adam8)."""
-    cdef lrcore_q8_adam_job job
-    cdef adam_call call
-    cdef uint8_t[::1] wc
-    cdef float[::1] wa
+cdef int _pack(int kind, dict hp, lrcore_hp *out) except -1:
+    """The rule's hyperparameters by name into its C struct (descriptors of jobs.h);
+    grad_scale is 1. Values were checked by lrcore.quantization."""
+    cdef size_t count, i
+    cdef const lrcore_field *f = lrcore_hp_fields(kind, &count)
+    cdef char *base = <char *>out
+    memset(out, 0, sizeof(lrcore_hp))
+    for i in range(count):
+        name = f[i].name.decode()
+        x = 1.0 if name == "grad_scale" else hp[name]
+        if f[i].type == LRCORE_FIELD_DOUBLE:
+            (<double *>(base + f[i].offset))[0] = x
+        elif f[i].type == LRCORE_FIELD_INT64:
+            (<int64_t *>(base + f[i].offset))[0] = x
+        else:
+            (<int *>(base + f[i].offset))[0] = 1 if x else 0
+    return 0
+
+
+def step(int level, int nthreads, int kind, param, grad, list states, dict hp, codecs,
+         bint stochastic, uint64_t seed, uint64_t index_offset):
+    """One step of rule `kind` (arguments checked by lrcore.quantization.step).
+
+    param, grad: 1-d float32 or bfloat16 arrays (bfloat16 seen as uint16); states: per kernel
+    state, None, a float32 array, or (codes, absmax, map) with map 0 signed / 1 unsigned;
+    codecs: the signed and unsigned lrcore.quantization._Codec."""
+    cdef lrcore_q8_job job
+    cdef float[::1] pf, sf
+    cdef const float[::1] gf
+    cdef uint16_t[::1] ph
+    cdef const uint16_t[::1] gh
+    cdef uint8_t[::1] qc
+    cdef float[::1] qa
     cdef size_t n = param.shape[0]
     if n == 0:
         return
+    memset(&job, 0, sizeof(job))
+    job.kind = kind
     job.n = n
-    job.param = &param[0]
-    job.grad = &grad[0]
-    job.m.codes = &m_codes[0]
-    job.m.absmax = &m_absmax[0]
-    job.v.codes = &v_codes[0]
-    job.v.absmax = &v_absmax[0]
-    if w_codes is None:
-        job.vmax.codes = NULL
-        job.vmax.absmax = NULL
+    if param.dtype.itemsize == 4:
+        pf = param
+        job.param = &pf[0]
+        job.lowp.param = LRCORE_ET_F32
     else:
-        wc = w_codes
-        wa = w_absmax
-        job.vmax.codes = &wc[0]
-        job.vmax.absmax = &wa[0]
-    job.cs = _codec(smap, sthr, sbase, spacked)
-    job.cu = _codec(umap, uthr, ubase, upacked)
-    job.hp.lr = hp["lr"]
-    job.hp.beta1 = hp["beta1"]
-    job.hp.beta2 = hp["beta2"]
-    job.hp.eps = hp["eps"]
-    job.hp.weight_decay = hp["weight_decay"]
-    job.hp.grad_scale = 1.0
-    job.hp.step = hp["step"]
-    job.hp.decoupled_weight_decay = 1 if hp["decoupled_weight_decay"] else 0
-    job.hp.maximize = 1 if hp["maximize"] else 0
-    call.job = &job
-    call.fn = ADAM_FNS[level]
-    call.nblocks = (n + LRCORE_Q8_BLOCK - 1) // LRCORE_Q8_BLOCK
-    cdef size_t ntasks = (call.nblocks + TASK_BLOCKS - 1) // TASK_BLOCKS
-    nthreads = _threads(nthreads, ntasks)
+        ph = param.view("u2")
+        job.param = &ph[0]
+        job.lowp.param = LRCORE_ET_BF16
+    if grad.dtype.itemsize == 4:
+        gf = grad
+        job.grad = &gf[0]
+        job.lowp.grad = LRCORE_ET_F32
+    else:
+        gh = grad.view("u2")
+        job.grad = &gh[0]
+        job.lowp.grad = LRCORE_ET_BF16
+    job.lowp.state = LRCORE_ET_F32
+    job.lowp.rounding = LRCORE_ROUND_STOCHASTIC if stochastic else LRCORE_ROUND_NEAREST
+    job.lowp.seed = seed
+    job.lowp.step = <uint64_t>hp["step"]
+    job.lowp.index_offset = index_offset
+    for k, s in enumerate(states):
+        if s is None:
+            continue
+        if isinstance(s, tuple):
+            qc = s[0]
+            qa = s[1]
+            job.state[k].q.codes = &qc[0]
+            job.state[k].q.absmax = &qa[0]
+            job.state[k].map = s[2]
+        else:
+            sf = s
+            job.state[k].f32 = &sf[0]
+    _pack(kind, hp, &job.hp)
+    job.codec[0] = _codec(codecs[0])
+    job.codec[1] = _codec(codecs[1])
     with nogil:
-        lrcore_pool_run(nthreads, ntasks, adam_task, &call)
+        _run(&job, STEP_FNS[level], n, nthreads)
 
 
 def code(bint decode, int level, int nthreads, float[::1] values, uint8_t[::1] codes,
-         float[::1] absmax, const float[::1] map, const float[::1] thr, const int32_t[::1] base,
-         const uint64_t[::1] packed):
+         float[::1] absmax, codec):
     """Encode values into (codes, absmax), or decode them into values."""
     cdef lrcore_q8_code_job job
-    cdef code_call call
     cdef size_t n = values.shape[0]
     if n == 0:
         return
@@ -174,11 +219,6 @@ def code(bint decode, int level, int nthreads, float[::1] values, uint8_t[::1] c
     job.values = &values[0]
     job.q.codes = &codes[0]
     job.q.absmax = &absmax[0]
-    job.c = _codec(map, thr, base, packed)
-    call.job = &job
-    call.fn = DECODE_FNS[level] if decode else ENCODE_FNS[level]
-    call.nblocks = (n + LRCORE_Q8_BLOCK - 1) // LRCORE_Q8_BLOCK
-    cdef size_t ntasks = (call.nblocks + TASK_BLOCKS - 1) // TASK_BLOCKS
-    nthreads = _threads(nthreads, ntasks)
+    job.c = _codec(codec)
     with nogil:
-        lrcore_pool_run(nthreads, ntasks, code_task, &call)
+        _run(&job, DECODE_FNS[level] if decode else ENCODE_FNS[level], n, nthreads)

@@ -17,8 +17,8 @@ import numpy as np
 from . import _validate
 from .rules import RULES
 
-__all__ = ["BLOCK", "MIN_ELEMENTS", "dynamic_map", "QuantizedState", "quantize", "dequantize",
-           "encode", "adam8", "adam8_reference", "state_nbytes", "Adam8", "to_bitsandbytes",
+__all__ = ["BLOCK", "MIN_ELEMENTS", "INT8_RULES", "dynamic_map", "QuantizedState", "quantize",
+           "dequantize", "encode", "step", "step_reference", "adam8", "adam8_reference", "state_nbytes", "Adam8", "to_bitsandbytes",
            "from_bitsandbytes"]
 
 #: Elements per block (one float32 absmax each), as bitsandbytes and torchao.
@@ -322,10 +322,9 @@ def quantize(x, signed=True):
 
 def _native_code(decode, values, codes, absmax, signed, level=None, num_threads=None):
     from . import _q8, backend
-    c = _codec(bool(signed))
     _q8.code(decode, _isa_level() if level is None else level,
-             num_threads or backend.default_threads(), values, codes, absmax, c.map, c.thr,
-             c.base, c.packed)
+             num_threads or backend.default_threads(), values, codes, absmax,
+             _codec(bool(signed)))
 
 
 def dequantize(codes, absmax, signed=True):
@@ -359,12 +358,9 @@ def state_nbytes(n, state_dtype="int8", nstates=2):
 # ---------------------------------------------------------------------------
 
 _ADAM = RULES["adam"]
-_HP_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
-                "decoupled_weight_decay": False, "maximize": False}
 
-
-def _check_buffer(fn, name, a, n, writeable):
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+def _check_buffer(fn, name, a, n, writeable, dtype_checked=False):
+    if not dtype_checked and (not isinstance(a, np.ndarray) or a.dtype != np.float32):
         raise TypeError(f"{fn}(): {name} must be a numpy.ndarray of float32, got {_describe(a)}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{fn}(): {name} must be C-contiguous")
@@ -390,70 +386,238 @@ def _check_state(fn, name, s, n, signed):
             raise ValueError(f"{fn}(): {name}.{part} must be C-contiguous and writeable")
 
 
-def _adam8_args(fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp, num_threads):
-    _check_buffer(fn, "param", param, None, True)
+# ---------------------------------------------------------------------------
+# One step of a rule with 8-bit states
+# ---------------------------------------------------------------------------
+
+#: The rules whose states may be kept in 8 bits: rule -> {state name: signed map?}. A state
+#: listed here may be a QuantizedState (signed: first-moment-like, values of either sign;
+#: unsigned: second-moment-like, values >= 0) or a float32 array; the others stay float32.
+#: Not listed (README, "8-bit optimizer state"): adagrad (its sum only grows, and once a
+#: step's g*g is below half a code step, 0.35%..3.5% of the value, it rounds away: the sum
+#: and with it the learning-rate decay stop after some hundred steps), adadelta (both states
+#: sit near eps, 1e-6, where the map's lowest decade has 7% steps, and the ratio of the two
+#: feeds back into acc_delta every step), adamax (exp_inf is the denominator itself, not its
+#: square root, so a code's relative error passes to the step undamped). RMSprop's
+#: centered variant is refused: square_avg - grad_avg**2 of two independently rounded
+#: states can fall below zero.
+INT8_RULES = {
+    "adam": {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False},
+    "nadam": {"exp_avg": True, "exp_avg_sq": False},
+    "radam": {"exp_avg": True, "exp_avg_sq": False},
+    "sgd": {"momentum_buffer": True},
+    "rmsprop": {"square_avg": False, "momentum_buffer": True},
+    "lion": {"exp_avg": True},
+}
+
+
+def _is_bf16(a):
+    from .lowp import bfloat16
+    return bfloat16 is not None and a.dtype == bfloat16
+
+
+def _check_pg(fn, name, a, n, writeable):
+    """param / grad: float32 or bfloat16, C-contiguous (param writeable), n elements."""
+    if not isinstance(a, np.ndarray) or not (a.dtype == np.float32 or _is_bf16(a)):
+        raise TypeError(f"{fn}(): {name} must be a numpy.ndarray of float32 or bfloat16, got "
+                        f"{_describe(a)}")
+    _check_buffer(fn, name, a.view(np.float32) if a.dtype.itemsize == 4 else a, n, writeable,
+                  dtype_checked=True)
+
+
+def _step_args(fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads,
+               hp, label="states[{!r}]"):
+    """Check every argument of step() (nothing is modified here); returns (rule row, the
+    states in kernel order: None, float32 array or QuantizedState, the complete checked
+    hyperparameters, rounding, seed, index_offset, threads)."""
+    from . import lowp, rules
+    if not isinstance(rule, str):
+        raise TypeError(f"{fn}(): rule must be a str, got {type(rule).__name__}")
+    pre = rules.preset(rule)                    # ValueError naming the choices
+    row = RULES[pre.rule]
+    if row.name not in INT8_RULES:
+        raise ValueError(f"{fn}(): rule {rule!r} has no 8-bit state; rules with 8-bit state: "
+                         f"{', '.join(INT8_RULES)}")
+    _check_pg(fn, "param", param, None, True)
     n = param.size
-    _check_buffer(fn, "grad", grad, n, False)
-    _check_state(fn, "exp_avg", exp_avg, n, True)
-    _check_state(fn, "exp_avg_sq", exp_avg_sq, n, False)
-    if max_exp_avg_sq is not None:
-        _check_state(fn, "max_exp_avg_sq", max_exp_avg_sq, n, False)
-    bufs = [param, grad, exp_avg.codes, exp_avg.absmax, exp_avg_sq.codes, exp_avg_sq.absmax]
-    if max_exp_avg_sq is not None:
-        bufs += [max_exp_avg_sq.codes, max_exp_avg_sq.absmax]
+    _check_pg(fn, "grad", grad, n, False)
+    if not isinstance(states, dict):
+        raise TypeError(f"{fn}(): states must be a dict of state name -> float32 array or "
+                        f"QuantizedState, got {type(states).__name__}")
+    names = [s.name for s in row.states]
+    extra = sorted(set(states) - set(names), key=str)
+    if extra:
+        raise ValueError(f"{fn}(): {rule} has no state {extra[0]!r}; its states: "
+                         f"{', '.join(names)}")
+    public = {h.name for h in row.public_hypers}
+    unknown = sorted(set(hp) - public, key=str)
+    if unknown:
+        raise TypeError(f"{fn}(): unexpected hyperparameter {unknown[0]!r} for {rule}")
+    full = dict(pre.defaults)
+    full.update(hp)
+    for k, x in pre.fixed.items():
+        if k in hp and bool(hp[k]) != bool(x):
+            raise ValueError(f"{fn}(): {rule} fixes {k}={x!r}, got {hp[k]!r}")
+        full[k] = x
+    full["step"] = step
+    for h in row.public_hypers:
+        if h.name not in full:
+            if h.default is None and (row.name, h.name) not in _validate.DERIVED:
+                raise TypeError(f"{fn}(): missing hyperparameter {h.name!r} of {rule}")
+            full[h.name] = h.default
+    _validate.check_hypers(row, full, fn=fn)
+    kernel_states, int8 = [], INT8_RULES[row.name]
+    for s in row.states:
+        x = states.get(s.name)
+        opt = s.when is not None and any(o.name == s.when for o in row.options)
+        if s.when is None or opt:
+            need = s.when is None or x is not None
+        else:
+            need = (full[s.when] or 0.0) > 0.0
+        if need and x is None:
+            raise ValueError(f"{fn}(): states must hold {s.name!r} for these hyperparameters")
+        if not need and x is not None:
+            raise ValueError(f"{fn}(): states holds {s.name!r}, but {s.when}="
+                             f"{full[s.when]!r} does not use it")
+        if x is None:
+            kernel_states.append(None)
+        elif isinstance(x, QuantizedState):
+            if s.name not in int8:
+                raise ValueError(f"{fn}(): {s.name!r} of {rule} cannot be 8-bit (8-bit states "
+                                 f"of {rule}: {', '.join(int8)})")
+            _check_state(fn, label.format(s.name), x, n, int8[s.name])
+            kernel_states.append(x)
+        else:
+            _check_buffer(fn, label.format(s.name), x, n, True)
+            kernel_states.append(x)
+    if row.name == "rmsprop" and states.get("grad_avg") is not None and any(
+            isinstance(x, QuantizedState) for x in kernel_states):
+        raise ValueError(f"{fn}(): centered RMSprop (grad_avg) cannot keep 8-bit state: "
+                         f"square_avg - grad_avg**2 of rounded states can fall below 0")
+    bufs = [param, grad]
+    for x in kernel_states:
+        if isinstance(x, QuantizedState):
+            bufs += [x.codes, x.absmax]
+        elif x is not None:
+            bufs.append(x)
     for i, a in enumerate(bufs):        # contiguous: bounds overlap == shared memory
         if any(np.may_share_memory(a, b) for b in bufs[i + 1:]):
             raise ValueError(f"{fn}(): param, grad and the states must not share memory")
-    hp = dict(_HP_DEFAULTS, **hp)
-    _validate.check_hypers(_ADAM, hp, fn=fn)
-    return hp, _validate.threads(fn, num_threads)
+    lowp.check_rounding(fn, rounding)
+    seed = lowp.check_seed(fn, seed)
+    index_offset = lowp.check_index_offset(fn, index_offset, n)
+    return (row, kernel_states, full, rounding, seed, index_offset,
+            _validate.threads(fn, num_threads))
+
+
+def _twin(fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads, hp,
+          label="states[{!r}]"):
+    from . import lowp, reference
+    row, st, hp, rounding, seed, index_offset, _ = _step_args(
+        fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads, hp,
+        label)
+    p = param.reshape(-1)
+    p32 = p if p.dtype == np.float32 else lowp.widen(p)
+    g32 = lowp.widen(grad.reshape(-1)) if _is_bf16(grad) else grad.reshape(-1)
+    vals = [x.dequantize() if isinstance(x, QuantizedState) else
+            (None if x is None else x.reshape(-1)) for x in st]
+    getattr(reference, row.name)(p32, g32, *vals, **hp)
+    for x, v in zip(st, vals):
+        if isinstance(x, QuantizedState):
+            _quantize_into(v, x.codes, x.absmax, x.signed)
+    if p32 is not p:
+        p.view(np.uint16)[...] = lowp.round_to(p32, p.dtype, rounding, seed, hp["step"], 0,
+                                               index_offset).view(np.uint16)
+
+
+def _native(fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads,
+            hp, label="states[{!r}]"):
+    from . import backend
+    if backend.name == "python":
+        return _twin(fn, rule, param, grad, states, step, rounding, seed, index_offset,
+                     num_threads, hp, label)
+    row, st, hp, rounding, seed, index_offset, nt = _step_args(
+        fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads, hp,
+        label)
+    from . import _q8
+    cst = [(x.codes, x.absmax, 0 if x.signed else 1) if isinstance(x, QuantizedState) else
+           (None if x is None else x.reshape(-1)) for x in st]
+    _q8.step(_isa_level(), nt or backend.default_threads(), row.kind, param.reshape(-1),
+             grad.reshape(-1), cst, hp, (_codec(True), _codec(False)),
+             rounding == "stochastic", seed, index_offset)
+
+
+def step_reference(rule, param, grad, states, *, step, rounding="nearest", seed=0,
+                   index_offset=0, num_threads=None, **hp):
+    """numpy twin of `step`: widen param and grad to float32, decode the 8-bit states, run
+    lrcore.reference's float32 rule, encode the states (per block: absmax, exact nearest
+    codes) and round a bfloat16 param back (lrcore.lowp.round_to, buffer 0); bit for bit
+    the compiled kernel."""
+    _twin("step_reference", rule, param, grad, states, step, rounding, seed, index_offset,
+          num_threads, hp)
+
+
+def step(rule, param, grad, states, *, step, rounding="nearest", seed=0, index_offset=0,
+         num_threads=None, **hp):
+    """One step of update rule `rule` (a name of lrcore.rules.PRESETS whose rule is in
+    INT8_RULES: adam, adamw, nadam, radam, sgd, rmsprop, lion) in place, with 8-bit states.
+
+    param, grad: numpy arrays of n elements, float32 or bfloat16 (ml_dtypes); states: the
+    rule's present states by name (lrcore.rules: exp_avg, exp_avg_sq, max_exp_avg_sq for
+    AMSGrad, ...), each a float32 array or, if INT8_RULES lists it, a QuantizedState of the
+    listed map. hp: the rule's hyperparameters (lr, ...), as lrcore.kernels.<rule> takes them.
+    Per block of BLOCK elements: decode the 8-bit states, run the rule's float32 update of
+    lrcore.kernels, absmax = max |value|, encode (exact nearest codes, ties towards zero).
+    A bfloat16 param is rounded back by `rounding` ('nearest' or 'stochastic': the random
+    stream of lrcore.lowp, buffer 0, element index index_offset + i, keyed by seed and step).
+    The result does not depend on num_threads or the instruction set, and equals
+    `step_reference` bit for bit. Bad input raises before anything is modified.
+    """
+    _native("step", rule, param, grad, states, step, rounding, seed, index_offset,
+            num_threads, hp)
+
+
+def _adam_states(exp_avg, exp_avg_sq, max_exp_avg_sq):
+    d = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if max_exp_avg_sq is not None:
+        d["max_exp_avg_sq"] = max_exp_avg_sq
+    return d
+
+
+def _adam8_check(fn, exp_avg, exp_avg_sq, max_exp_avg_sq):
+    for name, s in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
+                    ("max_exp_avg_sq", max_exp_avg_sq)):
+        if s is not None and not isinstance(s, QuantizedState):
+            raise TypeError(f"{fn}(): {name} must be a lrcore.quantization.QuantizedState, "
+                            f"got {type(s).__name__}")
 
 
 def adam8_reference(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step,
                     num_threads=None, **hp):
-    """numpy twin of `adam8`: decode the states, run lrcore.reference.adam (the float32 twin),
-    encode; bit for bit the compiled kernel."""
-    from . import reference
-    hp, _ = _adam8_args("adam8_reference", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                        dict(hp, lr=lr, step=step), num_threads)
-    p, g = param.reshape(-1), grad.reshape(-1)
-    states = [exp_avg, exp_avg_sq] + ([max_exp_avg_sq] if max_exp_avg_sq is not None else [])
-    vals = [s.dequantize() for s in states]
-    kw = {k: hp[k] for k in ("lr", "step", "beta1", "beta2", "eps", "weight_decay",
-                             "decoupled_weight_decay", "maximize")}
-    reference.adam(p, g, vals[0], vals[1], vals[2] if len(vals) > 2 else None, **kw)
-    for s, v in zip(states, vals):
-        _quantize_into(v, s.codes, s.absmax, s.signed)
+    """numpy twin of `adam8` (step_reference('adam', ...)); bit for bit the compiled kernel."""
+    _adam8_check("adam8_reference", exp_avg, exp_avg_sq, max_exp_avg_sq)
+    _twin("adam8_reference", "adam", param, grad,
+          _adam_states(exp_avg, exp_avg_sq, max_exp_avg_sq), step, "nearest", 0, 0,
+          num_threads, dict(hp, lr=lr), "{}")
 
 
 def adam8(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, step, beta1=0.9,
           beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
           maximize=False, num_threads=None):
-    """One Adam / AdamW / AMSGrad step with 8-bit moments, in place.
+    """One Adam / AdamW / AMSGrad step with 8-bit moments, in place: step('adam', ...).
 
-    param, grad: float32 arrays of n elements; exp_avg: QuantizedState (signed map);
-    exp_avg_sq and max_exp_avg_sq (AMSGrad, optional): QuantizedState (unsigned map).
+    param, grad: float32 (or bfloat16) arrays of n elements; exp_avg: QuantizedState (signed
+    map); exp_avg_sq and max_exp_avg_sq (AMSGrad, optional): QuantizedState (unsigned map).
     For each block of BLOCK elements: decode the moments, apply lrcore.kernels.adam's float32
     update (same hyperparameters and ranges), absmax = max |value| of the block, encode.
     The result does not depend on num_threads or the instruction set, and equals
     `adam8_reference` bit for bit.
     """
-    hp = {"beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+    _adam8_check("adam8", exp_avg, exp_avg_sq, max_exp_avg_sq)
+    hp = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
           "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize}
-    from . import backend
-    if backend.name == "python":
-        return adam8_reference(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr,
-                               step=step, num_threads=num_threads, **hp)
-    hp, nt = _adam8_args("adam8", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                         dict(hp, lr=lr, step=step), num_threads)
-    from . import _q8
-    cs, cu = _codec(True), _codec(False)
-    vm = max_exp_avg_sq
-    _q8.adam(_isa_level(), nt or backend.default_threads(), param.reshape(-1),
-             grad.reshape(-1), exp_avg.codes, exp_avg.absmax, exp_avg_sq.codes,
-             exp_avg_sq.absmax, None if vm is None else vm.codes,
-             None if vm is None else vm.absmax, cs.map, cs.thr, cs.base, cs.packed, cu.map,
-             cu.thr, cu.base, cu.packed, hp)
+    _native("adam8", "adam", param, grad, _adam_states(exp_avg, exp_avg_sq, max_exp_avg_sq),
+            step, "nearest", 0, 0, num_threads, hp, "{}")
 
 
 _LEVELS = {"baseline": 0, "avx2": 1, "avx512": 2}

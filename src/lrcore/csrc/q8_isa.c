@@ -16,49 +16,80 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-static inline size_t block_len(size_t n, size_t b)
+/* The float32 kernel of the job's rule on one chunk: lrcore_<rule>_f32(m, p, g, s..., &hp). */
+#define Q8_S1 s[0]
+#define Q8_S2 Q8_S1, s[1]
+#define Q8_S3 Q8_S2, s[2]
+#define Q8_RULE(name, nstates) \
+    case LRCORE_KIND_##name: lrcore_##name##_f32(m, p, g, Q8_S##nstates, &hp->name); break;
+
+static void rule_f32(int kind, const lrcore_hp *hp, size_t m, float *p, const float *g,
+                     float *s[3])
 {
-    const size_t s = b * LRCORE_Q8_BLOCK;
-    return n - s < LRCORE_Q8_BLOCK ? n - s : LRCORE_Q8_BLOCK;
+    switch (kind) { LRCORE_RULES(Q8_RULE) }
 }
 
-void Q8_FN(lrcore_q8_adam_)(const lrcore_q8_adam_job *job, size_t b0, size_t b1)
+/*
+ * Blocks [b0, b1) of one step, LRCORE_Q8_CHUNK blocks at a time:
+ *   widen the chunk of a bfloat16 param / grad into float32 scratch (float32: in place);
+ *   decode each 8-bit state's blocks into float32 scratch (float32 states: in place);
+ *   run the rule's float32 kernel of lrcore.h on the chunk, unchanged;
+ *   encode each 8-bit state's blocks (new absmax, exact nearest codes);
+ *   round a bfloat16 param back (lrcore_round_half, buffer 0, index index_offset + e).
+ * Every block is computed the same way whatever [b0, b1) is, so threads splitting a call
+ * on block boundaries write the same bytes.
+ */
+void Q8_FN(lrcore_q8_step_)(const lrcore_q8_job *job, size_t b0, size_t b1)
 {
-    lrcore_q8_adam_f32(job->n, b0, b1, job->param, job->grad, job->m, job->v, job->vmax,
-                       &job->cs, &job->cu, &job->hp);
+    enum { CH = LRCORE_Q8_CHUNK * LRCORE_Q8_BLOCK };
+    float tp[CH] __attribute__((aligned(64))), tg[CH] __attribute__((aligned(64)));
+    float ts[3][CH] __attribute__((aligned(64)));
+    const lrcore_lowp *lp = &job->lowp;
+    const size_t n = job->n;
+    for (size_t c0 = b0; c0 < b1; c0 += LRCORE_Q8_CHUNK) {
+        const size_t c1 = b1 - c0 > LRCORE_Q8_CHUNK ? c0 + LRCORE_Q8_CHUNK : b1;
+        const size_t e0 = c0 * LRCORE_Q8_BLOCK;
+        const size_t e1 = c1 * LRCORE_Q8_BLOCK < n ? c1 * LRCORE_Q8_BLOCK : n;
+        const size_t m = e1 - e0;
+        float *p = lp->param == LRCORE_ET_F32 ? (float *)job->param + e0 : tp;
+        const float *g = lp->grad == LRCORE_ET_F32 ? (const float *)job->grad + e0 : tg;
+        if (lp->param != LRCORE_ET_F32) lrcore_widen_bf16(m, (const uint16_t *)job->param + e0, tp);
+        if (lp->grad != LRCORE_ET_F32) lrcore_widen_bf16(m, (const uint16_t *)job->grad + e0, tg);
+        float *s[3];
+        for (int k = 0; k < 3; k++) {
+            const lrcore_q8_buf *b = &job->state[k];
+            s[k] = b->f32 ? b->f32 + e0 : (b->q.codes ? ts[k] : (float *)0);
+            if (b->q.codes)
+                lrcore_q8_decode_blocks(&job->codec[b->map], n, c0, c1, b->q, ts[k]);
+        }
+        rule_f32(job->kind, &job->hp, m, p, g, s);
+        for (int k = 0; k < 3; k++) {
+            const lrcore_q8_buf *b = &job->state[k];
+            if (b->q.codes) lrcore_q8_encode_blocks(&job->codec[b->map], n, c0, c1, ts[k], b->q);
+        }
+        if (lp->param != LRCORE_ET_F32)
+            lrcore_round_half(LRCORE_ET_BF16, m, tp, (uint16_t *)job->param + e0, lp->rounding,
+                              lp->seed, lp->step, 0u, lp->index_offset + e0);
+    }
 }
 
 void Q8_FN(lrcore_q8_encode_)(const lrcore_q8_code_job *job, size_t b0, size_t b1)
 {
-    for (size_t b = b0; b < b1; b++) {
-        const size_t s = b * LRCORE_Q8_BLOCK;
-        job->q.absmax[b] = lrcore_q8_encode_block(&job->c, block_len(job->n, b),
-                                                  job->values + s, job->q.codes + s);
-    }
+    lrcore_q8_encode_blocks(&job->c, job->n, b0, b1, job->values + b0 * LRCORE_Q8_BLOCK, job->q);
 }
 
 void Q8_FN(lrcore_q8_decode_)(const lrcore_q8_code_job *job, size_t b0, size_t b1)
 {
-    for (size_t b = b0; b < b1; b++) {
-        const size_t s = b * LRCORE_Q8_BLOCK;
-        lrcore_q8_decode_block(&job->c, block_len(job->n, b), job->q.codes + s,
-                               job->q.absmax[b], job->values + s);
-    }
+    lrcore_q8_decode_blocks(&job->c, job->n, b0, b1, job->q, job->values + b0 * LRCORE_Q8_BLOCK);
 }
 
 /* Elsewhere than x86-64 only the baseline build exists (setup.py); lrcore never selects
  * the other levels there, but the wrapper links against their names. */
 #if !defined(__x86_64__) && !defined(_M_X64)
-void lrcore_q8_adam_avx2(const lrcore_q8_adam_job *job, size_t b0, size_t b1)
-{ lrcore_q8_adam_baseline(job, b0, b1); }
-void lrcore_q8_adam_avx512(const lrcore_q8_adam_job *job, size_t b0, size_t b1)
-{ lrcore_q8_adam_baseline(job, b0, b1); }
-void lrcore_q8_encode_avx2(const lrcore_q8_code_job *job, size_t b0, size_t b1)
-{ lrcore_q8_encode_baseline(job, b0, b1); }
-void lrcore_q8_encode_avx512(const lrcore_q8_code_job *job, size_t b0, size_t b1)
-{ lrcore_q8_encode_baseline(job, b0, b1); }
-void lrcore_q8_decode_avx2(const lrcore_q8_code_job *job, size_t b0, size_t b1)
-{ lrcore_q8_decode_baseline(job, b0, b1); }
-void lrcore_q8_decode_avx512(const lrcore_q8_code_job *job, size_t b0, size_t b1)
-{ lrcore_q8_decode_baseline(job, b0, b1); }
+#define Q8_ALIAS(fn, J) \
+    void fn##avx2(const J *job, size_t b0, size_t b1) { fn##baseline(job, b0, b1); } \
+    void fn##avx512(const J *job, size_t b0, size_t b1) { fn##baseline(job, b0, b1); }
+Q8_ALIAS(lrcore_q8_step_, lrcore_q8_job)
+Q8_ALIAS(lrcore_q8_encode_, lrcore_q8_code_job)
+Q8_ALIAS(lrcore_q8_decode_, lrcore_q8_code_job)
 #endif

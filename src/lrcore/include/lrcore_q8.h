@@ -151,39 +151,29 @@ typedef struct {
     float *absmax;
 } lrcore_q8_state;
 
-/* Adam / AdamW / AMSGrad (vmax.codes != NULL) over blocks [b0, b1) of n elements:
- * per chunk of blocks, decode exp_avg (signed map), exp_avg_sq and max_exp_avg_sq
- * (unsigned map), run lrcore_adam_f32 on param, grad and the decoded values (the float32
- * update of lrcore.h, unchanged), then encode each block of each moment. */
-static inline void lrcore_q8_adam_f32(size_t n, size_t b0, size_t b1,
-    float *LRCORE_RESTRICT param, const float *LRCORE_RESTRICT grad,
-    lrcore_q8_state m, lrcore_q8_state v, lrcore_q8_state vmax,
-    const lrcore_q8_codec *cs, const lrcore_q8_codec *cu, const lrcore_adam_hp *hp)
+LRCORE_INLINE size_t lrcore_q8_block_len(size_t n, size_t b)
 {
-    float mb[LRCORE_Q8_CHUNK * LRCORE_Q8_BLOCK] __attribute__((aligned(64)));
-    float vb[LRCORE_Q8_CHUNK * LRCORE_Q8_BLOCK] __attribute__((aligned(64)));
-    float wb[LRCORE_Q8_CHUNK * LRCORE_Q8_BLOCK] __attribute__((aligned(64)));
-    const int ams = vmax.codes != NULL;
-    for (size_t c0 = b0; c0 < b1; c0 += LRCORE_Q8_CHUNK) {
-        const size_t c1 = b1 - c0 > LRCORE_Q8_CHUNK ? c0 + LRCORE_Q8_CHUNK : b1;
-        const size_t e0 = c0 * LRCORE_Q8_BLOCK;
-        const size_t e1 = c1 * LRCORE_Q8_BLOCK < n ? c1 * LRCORE_Q8_BLOCK : n;
-        for (size_t b = c0; b < c1; b++) {
-            const size_t s = b * LRCORE_Q8_BLOCK, k = (b - c0) * LRCORE_Q8_BLOCK;
-            const size_t len = n - s < LRCORE_Q8_BLOCK ? n - s : LRCORE_Q8_BLOCK;
-            lrcore_q8_decode_block(cs, len, m.codes + s, m.absmax[b], mb + k);
-            lrcore_q8_decode_block(cu, len, v.codes + s, v.absmax[b], vb + k);
-            if (ams) lrcore_q8_decode_block(cu, len, vmax.codes + s, vmax.absmax[b], wb + k);
-        }
-        lrcore_adam_f32(e1 - e0, param + e0, grad + e0, mb, vb, ams ? wb : NULL, hp);
-        for (size_t b = c0; b < c1; b++) {
-            const size_t s = b * LRCORE_Q8_BLOCK, k = (b - c0) * LRCORE_Q8_BLOCK;
-            const size_t len = n - s < LRCORE_Q8_BLOCK ? n - s : LRCORE_Q8_BLOCK;
-            m.absmax[b] = lrcore_q8_encode_block(cs, len, mb + k, m.codes + s);
-            v.absmax[b] = lrcore_q8_encode_block(cu, len, vb + k, v.codes + s);
-            if (ams) vmax.absmax[b] = lrcore_q8_encode_block(cu, len, wb + k, vmax.codes + s);
-        }
-    }
+    const size_t s = b * LRCORE_Q8_BLOCK;
+    return n - s < LRCORE_Q8_BLOCK ? n - s : LRCORE_Q8_BLOCK;
+}
+
+/* Decode blocks [c0, c1) of q (a buffer of n values) into out (block c0 first). */
+LRCORE_INLINE void lrcore_q8_decode_blocks(const lrcore_q8_codec *c, size_t n, size_t c0,
+    size_t c1, lrcore_q8_state q, float *LRCORE_RESTRICT out)
+{
+    for (size_t b = c0; b < c1; b++)
+        lrcore_q8_decode_block(c, lrcore_q8_block_len(n, b), q.codes + b * LRCORE_Q8_BLOCK,
+                               q.absmax[b], out + (b - c0) * LRCORE_Q8_BLOCK);
+}
+
+/* Encode blocks [c0, c1) of a buffer of n values from v (block c0 first) into q. */
+LRCORE_INLINE void lrcore_q8_encode_blocks(const lrcore_q8_codec *c, size_t n, size_t c0,
+    size_t c1, const float *LRCORE_RESTRICT v, lrcore_q8_state q)
+{
+    for (size_t b = c0; b < c1; b++)
+        q.absmax[b] = lrcore_q8_encode_block(c, lrcore_q8_block_len(n, b),
+                                             v + (b - c0) * LRCORE_Q8_BLOCK,
+                                             q.codes + b * LRCORE_Q8_BLOCK);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)
