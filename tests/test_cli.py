@@ -765,3 +765,262 @@ def test_python_m_lrcore_reports_an_environment_error_in_one_line(argv):
                        text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr
     assert r.stderr.splitlines()[-1].startswith("ImportError: LRCORE_BACKEND must be")
+
+
+# -------------------------------------------------------------------- element and state types
+# (issues 12 and 13: lrcore train --precision / --state-dtype, lrcore bench --dtype ...)
+
+N_PARAMS = 64 * 64 + 64 + 64 * 10 + 10        # the default MLP 64-64-10
+
+
+def _int8_state_bytes(sizes, nstates=2):
+    """Bytes of `nstates` states per param: 8-bit (codes + a float32 absmax per 256) from
+    4096 elements on, float32 below."""
+    from lrcore import quantization as q
+    return nstates * sum(n + 4 * -(-n // q.BLOCK) if n >= q.MIN_ELEMENTS else 4 * n
+                         for n in sizes)
+
+
+@pytest.mark.parametrize("precision, param, state_bytes", [
+    ("float32", "float32", 8 * N_PARAMS),
+    ("bfloat16", "bfloat16", 4 * N_PARAMS),
+    ("bfloat16-sr", "bfloat16", 4 * N_PARAMS),
+    ("float16", "float16", 8 * N_PARAMS),      # float16 params keep float32 state
+])
+def test_precision_trains_and_the_summary_shows_it(capsys, tmp_path, precision, param,
+                                                   state_bytes):
+    """--precision P: the model's params (and the checkpoint's) are P's dtype, the run
+    learns, the header and summary say what is stored, and the state's bytes are those of
+    Adam's two moments in the state's dtype."""
+    path = tmp_path / "c.lrc"
+    code, out, err = train(capsys, "--precision", precision, "--epochs", "2", "--save",
+                           str(path))
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert lines[2].startswith(f"precision {precision}: params and grads {param}, state ")
+    assert f"\nprecision {precision}; optimizer state {state_bytes:,} bytes, " in out
+    assert final_accuracy(out) > 0.85
+    assert max(len(line) for line in lines[:-1]) <= 80
+    assert {str(a.dtype) for a in params_in(path)} == {param}
+
+
+def test_the_default_precision_is_float64_with_its_state_bytes(capsys):
+    code, out, _ = train(capsys, "--epochs", "1")
+    assert code == 0 and "\nprecision float64; optimizer state " \
+        f"{16 * N_PARAMS:,} bytes, float64\n" in out
+    assert not out.splitlines()[2].startswith("precision")   # header as before
+
+
+def test_state_dtype_int8_shows_the_8bit_bytes(capsys, tmp_path):
+    """--state-dtype int8 alone trains float32 params; buffers from 4096 elements on hold
+    8-bit moments, the smaller ones float32."""
+    code, out, err = train(capsys, "--state-dtype", "int8", "--epochs", "2")
+    assert code == 0 and err == "", err
+    expected = _int8_state_bytes([64 * 64, 64, 64 * 10, 10])
+    assert expected < 8 * N_PARAMS / 2
+    assert out.splitlines()[2].startswith("precision float32: params and grads float32, "
+                                          "state int8")
+    assert f"optimizer state {expected:,} bytes, int8" in out
+    assert final_accuracy(out) > 0.85
+
+
+def test_state_dtype_float32_with_bfloat16_params(capsys):
+    code, out, err = train(capsys, "--precision", "bfloat16", "--state-dtype", "float32",
+                           "--epochs", "1")
+    assert code == 0, err
+    assert f"optimizer state {8 * N_PARAMS:,} bytes, float32" in out
+    assert "params and grads bfloat16, state float32, nearest rounding" in out
+
+
+@pytest.mark.parametrize("options", [
+    ["--precision", "bfloat16-sr"],
+    ["--state-dtype", "int8"],
+    ["--precision", "bfloat16-sr", "--state-dtype", "int8"],
+], ids=["bf16-sr", "int8", "bf16-sr-int8"])
+def test_resume_keeps_types_and_the_random_stream_bitwise(capsys, tmp_path, options):
+    """A run saved after one epoch and resumed equals the uninterrupted run bit for bit
+    (params, stochastic-rounding stream, 8-bit state), and keeps the types without
+    repeating the options."""
+    if "int8" in options and "bfloat16-sr" in options and \
+            "bfloat16" not in __import__("lrcore.bench").bench.int8_param_dtypes():
+        pytest.skip("this build's 8-bit state takes float32 params only")
+    whole, half = tmp_path / "whole.lrc", tmp_path / "half.lrc"
+    assert train(capsys, *options, "--epochs", "2", "--save", str(whole))[0] == 0
+    assert train(capsys, *options, "--epochs", "1", "--save", str(half))[0] == 0
+    code, out, err = train(capsys, "--resume", str(half), "--epochs", "2", "--save", str(half))
+    assert code == 0, err
+    assert "resuming at epoch 2" in out
+    given = dict(zip(options[::2], options[1::2]))
+    assert f"precision {given.get('--precision', 'float32')}: " in out
+    assert f"state {given.get('--state-dtype', 'bfloat16')}" in out
+    a, b = checkpoint.read(whole)[0], checkpoint.read(half)[0]
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if key.startswith(("param/", "state/")) or "/state/" in key:
+            assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(params_in(whole), params_in(half)))
+
+
+def test_resume_refuses_other_types(capsys, tmp_path):
+    path = tmp_path / "c.lrc"
+    assert train(capsys, "--precision", "bfloat16-sr", "--epochs", "1", "--save", str(path))[0] == 0
+    for argv, message in [
+            (["--precision", "float32"], "--precision float32 conflicts with the checkpoint's "
+                                         "bfloat16-sr"),
+            (["--state-dtype", "float32"], "--state-dtype float32 conflicts with the "
+                                           "checkpoint's default")]:
+        code, out, err = train(capsys, "--resume", str(path), "--epochs", "2", *argv)
+        assert code == 2 and out == "" and message in err, err
+        assert len(err.strip().splitlines()) == 1
+    # the same values are accepted
+    code, _, err = train(capsys, "--resume", str(path), "--epochs", "2", "--precision",
+                         "bfloat16-sr")
+    assert code == 0, err
+
+
+def _not_int8():
+    return next(name for name in sorted(OPTIMIZERS) if name not in train_cmd.int8_optimizers())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "bf16"], "argument --precision: invalid choice: 'bf16'"),
+    (["--state-dtype", "float16"], "argument --state-dtype: invalid choice: 'float16'"),
+    (["--state-dtype", "int8", "--optimizer", "{not_int8}"],
+     "--state-dtype int8 does not apply to --optimizer {not_int8}; 8-bit state is for "),
+    (["--state-dtype", "int8", "--precision", "float16"],
+     "--state-dtype int8 needs float32"),
+    (["--state-dtype", "int8", "--precision", "float64"],
+     "--state-dtype int8 needs float32"),
+    (["--state-dtype", "bfloat16", "--precision", "float32"],
+     "--state-dtype bfloat16 needs bfloat16 params (--precision bfloat16 or bfloat16-sr), "
+     "got --precision float32"),
+    (["--state-dtype", "bfloat16"],
+     "--state-dtype bfloat16 needs bfloat16 params (--precision bfloat16 or bfloat16-sr), "
+     "got --precision float64 (the default)"),
+    (["--state-dtype", "float32"],
+     "--state-dtype float32 needs float32, bfloat16 or float16 params"),
+    (["--state-dtype", "bfloat16", "--precision", "float16"],
+     "--state-dtype bfloat16 needs bfloat16 params"),
+    (["--distributed", "--precision", "bfloat16"], "--precision does not apply to --distributed"),
+    (["--distributed", "--state-dtype", "int8"], "--state-dtype does not apply to --distributed"),
+])
+def test_bad_precision_options_are_one_line_before_any_work(capsys, tmp_path, argv, message):
+    argv = [a.format(not_int8=_not_int8()) for a in argv]
+    save = tmp_path / "c.lrc"
+    code, out, err = train(capsys, *argv, "--save", str(save))
+    assert code == 2 and out == "", out
+    assert message.format(not_int8=_not_int8()) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not save.exists()
+
+
+def test_bad_precision_option_from_the_console_has_no_traceback():
+    r = lrcore_cmd("train", "--state-dtype", "int8", "--optimizer", _not_int8())
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("lrcore train: error: ")
+
+
+def test_precision_help_says_what_the_model_computes():
+    help_text = " ".join(lrcore_cmd("train", "--help").stdout.split())
+    for phrase in ("--precision {float64,float32,bfloat16,bfloat16-sr,float16}",
+                   "compute in float32 and round each gradient element to nearest",
+                   "--state-dtype {float32,bfloat16,int8}", "blocks of 256"):
+        assert phrase in help_text, phrase
+
+
+def test_half_precision_model_computes_in_float32_and_rounds_the_gradient():
+    """lrcore.demo.models with bfloat16/float16 params: the loss and the gradient are the
+    float32 model's on the widened params, each gradient element rounded to nearest."""
+    from lrcore import lowp
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 5)), np.arange(20) % 3
+    for dtype in (lowp.bfloat16, np.float16):
+        for make in (lambda d: models.MLP(5, 7, 3, dtype=d, seed=1),
+                     lambda d: models.SoftmaxRegression(5, 3, dtype=d, seed=1)):
+            half, f32 = make(dtype), make(np.float32)
+            f32.flat_params[...] = half.flat_params.astype(np.float32)
+            g_half, g32 = half.new_grads(), f32.new_grads()
+            assert half.loss_and_grad(X, y, g_half) == f32.loss_and_grad(X, y, g32)
+            for a, b in zip(g_half, g32):
+                assert a.dtype == dtype and np.any(b != 0)
+                assert a.tobytes() == lowp.round_nearest(b, dtype).tobytes()
+            assert half.accuracy(X, y) == f32.accuracy(X, y)
+
+
+def _bench_json(tmp_path, *argv):
+    import json
+    if lrcore.backend() != "native":
+        pytest.skip("benchmarks need the compiled backend")
+    out = tmp_path / "bench.json"
+    r = lrcore_cmd("bench", "--quick", "--threads", "1", "--json", str(out), *argv)
+    assert r.returncode == 0, r.stderr
+    return r.stdout, json.loads(out.read_text())["rows"]
+
+
+def test_bench_half_precision_rows(tmp_path):
+    """--dtype bfloat16 --rounding stochastic: all-bfloat16 rows at 14 bytes per element
+    for Adam, 10 for SGD with momentum (a smoke test: no timing is asserted)."""
+    out, rows = _bench_json(tmp_path, "--optimizer", "sgd", "--dtype", "bfloat16",
+                            "--rounding", "stochastic")
+    assert [(r["layout"], r["elements"], r["bytes_per_element"], r["rounding"]) for r in rows] \
+        == [("bf16 sr", 1 << 20, 10, "stochastic"), ("bf16 sr", 1 << 22, 10, "stochastic")]
+    assert all(r["gbps"] > 0 and r["fraction"] > 0 and r["probe_on"] == "same buffers"
+               for r in rows)
+    assert "bf16 sr" in out and "of probe" in out
+
+
+def test_bench_int8_rows(tmp_path):
+    out, rows = _bench_json(tmp_path, "--optimizer", "adamw", "--state-dtype", "int8")
+    assert [(r["layout"], r["bytes_per_element"]) for r in rows] == \
+        [("f32/f32/int8", 16.0625)] * 2
+    assert all(r["gbps"] > 0 and r["fraction"] > 0 and r["probe_on"] == "float32"
+               for r in rows)
+    assert "f32/f32/int8" in out and "*:" in out
+
+
+def test_bench_layouts_and_bytes_model():
+    from lrcore import bench
+    adam = bench.spec("adam")
+    case = adam.cases[0]
+    expect = {("float32", "float32", "float32"): 28, ("bfloat16", "bfloat16", "bfloat16"): 14,
+              ("bfloat16", "bfloat16", "float32"): 22, ("float16", "float16", "float32"): 22,
+              ("float32", "bfloat16", "float32"): 26, ("float32", "float32", "int8"): 16.0625,
+              ("bfloat16", "bfloat16", "int8"): 10.0625}
+    for (p, g, s), nbytes in expect.items():
+        assert bench.Layout(p, g, s).bytes_per_element(adam, case) == nbytes
+    assert [lay.rounding for lay in bench.layouts("bfloat16")] == ["nearest", "stochastic"]
+    assert [lay.rounding for lay in bench.layouts("float32", "bfloat16")] == [None]
+    assert bench.layouts("float16")[0].state == "float32"
+    with pytest.raises(ValueError, match="not a supported layout"):
+        bench.layouts("float32", state_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "bf16"], "argument --dtype: invalid choice: 'bf16'"),
+    (["--state-dtype", "float16"], "argument --state-dtype: invalid choice: 'float16'"),
+    (["--dtype", "float16", "--state-dtype", "bfloat16"],
+     "param float16, grad float16, state bfloat16 is not a supported layout"),
+    (["--dtype", "float32", "--state-dtype", "bfloat16"], "is not a supported layout"),
+    (["--rounding", "stochastic"], "--rounding applies when params or state are stored in "
+                                   "bfloat16 or float16"),
+    (["--state-dtype", "int8", "--optimizer", "{not_int8}"],
+     "--state-dtype int8 does not apply to --optimizer {not_int8}"),
+    (["--state-dtype", "int8", "--dtype", "float64"], "8-bit state takes float32"),
+    (["--state-dtype", "int8", "--grad-dtype", "bfloat16"],
+     "8-bit state takes grads of the params' type"),
+])
+def test_bench_bad_layout_options_are_one_line_before_any_work(capsys, tmp_path, argv,
+                                                                message):
+    if lrcore.backend() != "native":
+        pytest.skip("benchmarks need the compiled backend")
+    not_int8 = next(label for label, kspec, _ in __import__("lrcore.bench").bench.BENCH_CASES
+                    if not __import__("lrcore.bench").bench.int8_states(kspec.name))
+    argv = [a.format(not_int8=not_int8) for a in argv]
+    try:
+        code = main(["bench", *argv, "--json", str(tmp_path / "b.json")])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and message.format(not_int8=not_int8) in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "b.json").exists()

@@ -133,18 +133,29 @@ def describe_lr(lr):
 
 
 def header(model, source, n_train, n_val, optimizer, lr, epochs, per_epoch, batch_size,
-           resuming_at=None):
+           resuming_at=None, precision=None):
+    """Two lines (each wrapped): model and data; optimizer, lr and the run's length; then
+    `precision` (element types in words) on a third when given."""
     first = f"{model} on {source}: {n_train} train / {n_val} val samples"
     second = (f"{optimizer} lr {describe_lr(lr)}; {epochs} epoch{'s' * (epochs != 1)} of "
               f"{per_epoch} mini-batches of {batch_size}")
     if resuming_at is not None:
         second += f", resuming at epoch {resuming_at}"
-    return wrap(first) + "\n" + wrap(second)
+    lines = [wrap(first), wrap(second)]
+    if precision is not None:
+        lines.append(wrap(f"precision {precision}"))
+    return "\n".join(lines)
 
 
-def summary(state, steps, samples, elapsed, accuracy, written):
+def summary(outcome, steps, samples, elapsed, accuracy, written, precision=None,
+            state=None):
+    """The last lines: steps, samples and speed; final accuracy; the precision and the
+    optimizer state's memory in words (when given); the files written."""
     rate = samples / elapsed if elapsed > 0 else math.inf
-    lines = [f"{state}: {steps} steps, {samples:,} samples in {elapsed:.2f} s "
+    lines = [f"{outcome}: {steps} steps, {samples:,} samples in {elapsed:.2f} s "
              f"({rate:,.0f} samples/s)", f"final val_acc {accuracy:.4f}"]
+    if precision is not None:
+        lines.append(f"precision {precision}" + ("" if state is None else
+                                                 f"; optimizer state {state}"))
     # one line per file, never wrapped: a path stays whole for copying
     return "\n".join([wrap(line) for line in lines] + [f"wrote {w}" for w in written])

@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from .. import checkpoint
+from .. import bench, checkpoint, lowp
 from ..demo import datasets, models
+from ..optim import precision as optim_precision
 from ..rules import RULES, preset
 from ..schedules import Schedule
 from ..task import OPTIMIZERS, Event, ParameterKey, ProgressHandlers, UpdateTask
@@ -37,6 +38,22 @@ HELP = "train a classifier with an update task (default: built-in digits, MLP, A
 META_CONFIG = "lrcore train"
 
 DEFAULTS = {"optimizer": "adam", "epochs": 10, "batch_size": 32, "seed": 0, "hidden": 64}
+
+#: --precision -> (dtype of the model's params and grads, rounding of every stored value).
+#: float64 is the default (float32 with --state-dtype int8, which needs float32 or bfloat16
+#: params). The state's dtype is lrcore.optim's default for the params (their own dtype;
+#: float32 for float16 params) unless --state-dtype says otherwise: so `bfloat16` and
+#: `bfloat16-sr` keep *everything* in bfloat16 (param, grad, both Adam moments: 14 bytes per
+#: element), and `bfloat16 --state-dtype float32` is bfloat16 params and grads with float32
+#: state.
+PRECISIONS = {
+    "float64": ("float64", "nearest"),
+    "float32": ("float32", "nearest"),
+    "bfloat16": ("bfloat16", "nearest"),
+    "bfloat16-sr": ("bfloat16", "stochastic"),
+    "float16": ("float16", "nearest"),
+}
+STATE_DTYPES = ("float32", "bfloat16", "int8")
 
 # ----------------------------------------------------------------------------------------
 # Options, derived from the table of update rules and the task's parameter keys.
@@ -176,6 +193,9 @@ def _check_options(args):
         except ImportError:
             raise CLIError(f"--progress needs tqdm, an optional dependency: {TQDM_HINT}") \
                 from None
+    if args.resume is None:
+        check_precision(args.precision, args.state_dtype,
+                        args.optimizer or DEFAULTS["optimizer"])
     if args.resume is not None:
         input_file("--resume", args.resume, "a checkpoint file written by --save")
     if args.save is not None:
@@ -230,21 +250,95 @@ def add_runtime_arguments(group):
     group.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI ranks: mpiexec -n N python -m mpi4py -m "
                             "lrcore train --distributed (lrcore.distributed.train)")
+    group.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
+                       help="element type of the model's params and grads, which the "
+                            "optimizer updates in place: float64 (default; float32 with "
+                            "--state-dtype int8), float32, bfloat16 (rounded to nearest), "
+                            "bfloat16-sr (stochastic rounding, seeded by --seed) or float16. "
+                            "bfloat16 and float16 params are stored in that type; the forward "
+                            "and backward passes widen them to float32, compute in float32 and "
+                            "round each gradient element to nearest into a buffer of the "
+                            "params' type. The optimizer's state is bfloat16 for bfloat16 "
+                            "params (everything bfloat16), float32 for float16 params, unless "
+                            "--state-dtype says otherwise")
+    group.add_argument("--state-dtype", choices=STATE_DTYPES, default=None, dest="state_dtype",
+                       help="element type of the optimizer's state (default: as --precision "
+                            "says): float32 (with float32, bfloat16 or float16 params), "
+                            "bfloat16 (with bfloat16 params) or int8: 8-bit codes in blocks of "
+                            "256 with one float32 absmax each, for buffers of at least 4096 "
+                            "elements (smaller ones keep float32 state), with "
+                            + _either(list(bench.int8_param_dtypes())) + " params, for the "
+                            "optimizers " + ", ".join(int8_optimizers()) + "; the summary "
+                            "shows the state's bytes")
+
+
+def int8_optimizers():
+    """The optimizers `--state-dtype int8` applies to (those whose rule is in
+    lrcore.quantization.INT8_RULES), in the table's order."""
+    rules = optim_precision.int8_rules()
+    return [name for name in OPTIMIZERS if _rule_of(name)[1].name in rules]
+
+
+def resolved_precision(precision, state_dtype):
+    """--precision as given, or its default: float64, float32 with --state-dtype int8."""
+    if precision is not None:
+        return precision
+    return "float32" if state_dtype == "int8" else "float64"
+
+
+def check_precision(precision, state_dtype, optimizer):
+    """--precision, --state-dtype and the optimizer fit together (a layout lrcore.optim
+    supports), else a one-line CLIError naming the options; checked before any work."""
+    param = PRECISIONS[resolved_precision(precision, state_dtype)][0]
+    shown = f"--precision {resolved_precision(precision, state_dtype)}" + (
+        " (the default)" if precision is None else "")
+    if state_dtype == "int8":
+        usable = int8_optimizers()
+        if optimizer not in usable:
+            raise CLIError(f"--state-dtype int8 does not apply to --optimizer {optimizer}; "
+                           f"8-bit state is for {', '.join(usable) or 'no optimizer here'}")
+        allowed = bench.int8_param_dtypes()
+        if param not in allowed:
+            fits = [name for name, (p, _) in PRECISIONS.items() if p in allowed]
+            raise CLIError(f"--state-dtype int8 needs {_either(list(allowed))} params "
+                           f"(--precision {_either(fits)}), got {shown}")
+    elif state_dtype is not None and (param, param, state_dtype) not in lowp.LAYOUTS:
+        fits = [name for name, (p, _) in PRECISIONS.items()
+                if (p, p, state_dtype) in lowp.LAYOUTS]
+        params = list(dict.fromkeys(PRECISIONS[name][0] for name in fits))
+        raise CLIError(f"--state-dtype {state_dtype} needs {_either(params)} params "
+                       f"(--precision {_either(fits)}), got {shown}")
+
+
+def _either(names):
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def precision_options(args):
+    """The optimizer's keyword arguments for --precision and --state-dtype ({} when neither
+    is given: the optimizer's own defaults, as before these options)."""
+    if args.precision is None and args.state_dtype is None:
+        return {}
+    rounding = PRECISIONS[resolved_precision(args.precision, args.state_dtype)][1]
+    seed = DEFAULTS["seed"] if args.seed is None else args.seed
+    return {"state_dtype": args.state_dtype, "rounding": rounding, "seed": seed}
 
 
 def make_optimizer(args, name, params, loaded=None):
     """The optimizer the task steps with: a new `name` over `params`, or the one a
     checkpoint restored (`loaded`), with the options that change how it runs applied.
 
-    The hook for such options: --threads today; --distributed (issue 14), --precision
-    (issue 12) and --state-dtype (issue 13) belong here. Hyperparameters are not set here
-    (optimizer_parameters gives them to the task)."""
+    The hook for such options: --threads, --precision and --state-dtype (the params
+    already have the --precision dtype: the model made them so); --distributed (issue 14)
+    is handed to lrcore.distributed before this. A checkpoint's optimizer keeps its state
+    dtype, rounding and seed (the random stream continues). Hyperparameters are not set
+    here (optimizer_parameters gives them to the task)."""
     if loaded is not None:
         if args.threads is not None:
             loaded.num_threads = args.threads
         return loaded
     try:
-        return OPTIMIZERS[name](params, num_threads=args.threads)
+        return OPTIMIZERS[name](params, num_threads=args.threads, **precision_options(args))
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
 
@@ -260,7 +354,9 @@ def _config_from_args(args):
         raise CLIError(f"--seed must be an integer in [0, 2**63), got {seed}")
     return {"data": os.path.abspath(args.data) if args.data else None, "target": args.target,
             "val_fraction": args.val_fraction, "split_seed": seed,
-            "model": args.model or "mlp", "hidden": args.hidden or DEFAULTS["hidden"]}
+            "model": args.model or "mlp", "hidden": args.hidden or DEFAULTS["hidden"],
+            "precision": resolved_precision(args.precision, args.state_dtype),
+            "state_dtype": args.state_dtype}
 
 
 def _read_checkpoint(args):
@@ -275,10 +371,17 @@ def _read_checkpoint(args):
     config = user.get(META_CONFIG)
     if not isinstance(config, dict):
         raise CLIError(f"--resume {args.resume!r} was not written by `lrcore train --save`")
-    for option, attr in (("--model", "model"), ("--hidden", "hidden")):
+    # checkpoints written before --precision and --state-dtype: float64, the default state
+    config = dict({"precision": "float64", "state_dtype": None}, **config)
+    for option, attr in (("--model", "model"), ("--hidden", "hidden"),
+                         ("--precision", "precision"), ("--state-dtype", "state_dtype")):
         given = getattr(args, attr)
         if given is not None and given != config[attr]:
-            raise CLIError(f"{option} {given} conflicts with the checkpoint's {config[attr]}")
+            raise CLIError(f"{option} {given} conflicts with the checkpoint's "
+                           f"{config[attr] or 'default'} (the params and the optimizer's "
+                           f"state keep their types in a resumed run)"
+                           if attr in ("precision", "state_dtype") else
+                           f"{option} {given} conflicts with the checkpoint's {config[attr]}")
     if args.data:
         config = dict(config, data=os.path.abspath(args.data),
                       target=args.target if args.target is not None else config["target"])
@@ -314,12 +417,35 @@ def _load_data(config):
     return X_train, y_train, X_val, y_val, n_classes
 
 
+def _param_dtype(config):
+    name = PRECISIONS[config["precision"]][0]
+    return lowp.bfloat16 if name == "bfloat16" else np.dtype(name)
+
+
 def _make_model(config):
+    """The model, its params in the --precision dtype (lrcore.demo.models: bfloat16 and
+    float16 params are stored in that type, computed in float32)."""
     if config["model"] == "mlp":
         return models.MLP(config["n_features"], config["hidden"], config["n_classes"],
-                          seed=config["split_seed"])
+                          dtype=_param_dtype(config), seed=config["split_seed"])
     return models.SoftmaxRegression(config["n_features"], config["n_classes"],
-                                    seed=config["split_seed"])
+                                    dtype=_param_dtype(config), seed=config["split_seed"])
+
+
+def _state_text(config):
+    param = PRECISIONS[config["precision"]][0]
+    state = config["state_dtype"] or ("float32" if param == "float16" else param)
+    return state + (" (float32 below 4096 elements)" if state == "int8" else "")
+
+
+def describe_precision(config):
+    """--precision and --state-dtype in words, for the header."""
+    name = config["precision"]
+    param, rounding = PRECISIONS[name]
+    text = f"{name}: params and grads {param}, state {_state_text(config)}"
+    if param in ("bfloat16", "float16") or config["state_dtype"] == "bfloat16":
+        text += f", {rounding} rounding"
+    return text
 
 
 def _model_name(config):
@@ -528,9 +654,15 @@ def _plan(args, run):
 def _announce(args, run, note):
     print(header(_model_name(run.config), _data_name(run.config), run.n_train, len(run.y_val),
                  type(run.task.optimizer).__name__, run.lr, run.epochs, run.per_epoch,
-                 run.batch_size, run.task.epoch + 1 if args.resume else None), flush=True)
+                 run.batch_size, run.task.epoch + 1 if args.resume else None,
+                 precision=None if _default_precision(run.config)
+                 else describe_precision(run.config)), flush=True)
     if note:
         print(wrap(f"lrcore train: {note}"), file=sys.stderr, flush=True)
+
+
+def _default_precision(config):
+    return config["precision"] == "float64" and config["state_dtype"] is None
 
 
 def _has_tqdm():
@@ -609,12 +741,18 @@ def _finish(args, run, plot, reporter, elapsed):
     accuracy = (run.history.val_acc[-1] if run.history.val_acc
                 else run.model.accuracy(run.X_val, run.y_val))
     print(summary(run.task.state.name.lower(), reporter.steps, reporter.samples, elapsed,
-                  accuracy, written))
+                  accuracy, written, precision=run.config["precision"],
+                  state=f"{run.task.optimizer.state_nbytes():,} bytes, "
+                        f"{_state_text(run.config)}"))
 
 
 def run(args):
     if args.distributed and args.threads is not None:   # checked here, before any work
         check_threads("--threads", [args.threads])
+    if args.distributed and (args.precision or args.state_dtype):
+        raise CLIError(f"{'--precision' if args.precision else '--state-dtype'} does not "
+                       f"apply to --distributed (lrcore.distributed.train trains float64 "
+                       f"params with float64 state)")
     if args.distributed:   # issue 14: the data-parallel loop lives in lrcore.distributed
         from ..distributed.train import run as run_distributed
         return run_distributed(args)

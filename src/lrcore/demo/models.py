@@ -10,7 +10,15 @@ import numpy as np
 
 __all__ = ["SoftmaxRegression", "MLP", "log_softmax"]
 
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+try:
+    import ml_dtypes as _ml
+    _BFLOAT16 = np.dtype(_ml.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency of lrcore
+    _BFLOAT16 = None
+
+#: Storage types computed in float32 (see the module docstring).
+HALF_DTYPES = tuple(d for d in (_BFLOAT16, np.dtype(np.float16)) if d is not None)
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64)) + HALF_DTYPES
 ACTIVATIONS = ("relu", "tanh")
 
 
@@ -27,12 +35,22 @@ class FlatParameterModel:
     name in ``param_names``, in order and with no gaps. Updating ``params[i]`` in place therefore
     updates ``flat_params`` and vice versa; never rebind them (``model.params[0] = ...``) or the
     model stops seeing the optimizer's work. ``new_grads()`` returns a list with the same layout.
+
+    Element types: float64 and float32 parameters are computed in their own type. bfloat16
+    (``ml_dtypes.bfloat16``) and float16 parameters are *stored* in that type and computed in
+    float32: every forward and backward pass widens the parameters to float32 (exact), runs
+    the float32 arithmetic, and rounds each gradient element once, to nearest (ties to even),
+    into the caller's gradient buffer of the parameters' type (a float16 gradient beyond
+    65504 becomes Inf). Initial weights are the same draws, rounded to the storage type. The
+    optimizer then updates the half-precision buffers in place.
     """
 
     param_names: tuple[str, ...] = ()
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], dtype, n_features: int, n_classes: int):
         self.dtype = _check_dtype(dtype)
+        #: the type the forward and backward passes compute in (float32 for half storage)
+        self.compute_dtype = np.dtype(np.float32) if self.dtype in HALF_DTYPES else self.dtype
         self.n_features = _check_positive_int("n_features", n_features)
         self.n_classes = _check_positive_int("n_classes", n_classes, minimum=2)
         self.param_names = tuple(shapes)
@@ -53,7 +71,7 @@ class FlatParameterModel:
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """Class scores, shape (n_samples, n_classes)."""
-        return self._forward(self._check_features(X))[0]
+        return self._forward(self._check_features(X), self._compute_params())[0]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most likely class of every row of X, int64."""
@@ -63,25 +81,29 @@ class FlatParameterModel:
         """Fraction of rows of X whose predicted class equals y."""
         X = self._check_features(X)
         y = self._check_labels(y, X.shape[0])
-        return float(np.mean(self._forward(X)[0].argmax(axis=1) == y))
+        return float(np.mean(self._forward(X, self._compute_params())[0].argmax(axis=1) == y))
 
     def loss(self, X: np.ndarray, y: np.ndarray) -> float:
         """Mean cross-entropy of the model on (X, y), without gradients."""
         X = self._check_features(X)
         y = self._check_labels(y, X.shape[0])
-        logits = self._forward(X)[0]
+        logits = self._forward(X, self._compute_params())[0]
         return float(-log_softmax(logits)[np.arange(y.size), y].mean())
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray, grads: list[np.ndarray]) -> float:
         """Return the mean cross-entropy on (X, y) and write its gradient into ``grads`` in place.
 
         ``grads`` must match ``params`` in length, shapes and dtype (``new_grads()`` makes one);
-        every element is overwritten.
+        every element is overwritten. With bfloat16 or float16 parameters the gradient is
+        computed in float32 and each element rounded to nearest into ``grads``.
         """
         X = self._check_features(X)
         y = self._check_labels(y, X.shape[0])
         self._check_grads(grads)
-        logits, cache = self._forward(X)
+        params = self._compute_params()
+        out = grads if self.compute_dtype == self.dtype else \
+            [np.empty(g.shape, self.compute_dtype) for g in grads]
+        logits, cache = self._forward(X, params)
         log_probs = log_softmax(logits)
         rows = np.arange(y.size)
         loss = -log_probs[rows, y].mean()
@@ -89,13 +111,24 @@ class FlatParameterModel:
         grad_logits = np.exp(log_probs)
         grad_logits[rows, y] -= 1.0
         grad_logits /= y.size
-        self._backward(grad_logits, cache, grads)
+        self._backward(grad_logits, cache, out, params)
+        if out is not grads:
+            for g, g32 in zip(grads, out):
+                g[...] = g32          # numpy's cast: round to nearest, ties to even
         return float(loss)
 
-    def _forward(self, X: np.ndarray):
+    def _compute_params(self) -> list[np.ndarray]:
+        """The parameters in the compute type: the views themselves, or float32 copies
+        widened from half-precision storage."""
+        if self.compute_dtype == self.dtype:
+            return self.params
+        return [p.astype(self.compute_dtype) for p in self.params]
+
+    def _forward(self, X: np.ndarray, params: list[np.ndarray]):
         raise NotImplementedError
 
-    def _backward(self, grad_logits: np.ndarray, cache, grads: list[np.ndarray]) -> None:
+    def _backward(self, grad_logits: np.ndarray, cache, grads: list[np.ndarray],
+                  params: list[np.ndarray]) -> None:
         raise NotImplementedError
 
     def _check_features(self, X) -> np.ndarray:
@@ -104,7 +137,7 @@ class FlatParameterModel:
             raise ValueError(f"X has shape {X.shape}; expected (n_samples, {self.n_features})")
         if X.shape[0] == 0:
             raise ValueError("X has 0 rows; expected at least one sample")
-        return X.astype(self.dtype, copy=False)
+        return X.astype(self.compute_dtype, copy=False)
 
     def _check_labels(self, y, n_samples: int) -> np.ndarray:
         y = np.asarray(y)
@@ -144,10 +177,11 @@ class SoftmaxRegression(FlatParameterModel):
         rng = np.random.default_rng(seed)
         self.weight[...] = rng.normal(0.0, 0.01, size=self.weight.shape)
 
-    def _forward(self, X):
-        return X @ self.weight + self.bias, X
+    def _forward(self, X, params):
+        weight, bias = params
+        return X @ weight + bias, X
 
-    def _backward(self, grad_logits, X, grads):
+    def _backward(self, grad_logits, X, grads, params):
         grad_weight, grad_bias = grads
         np.matmul(X.T, grad_logits, out=grad_weight)
         grad_bias[...] = grad_logits.sum(axis=0)
@@ -183,20 +217,21 @@ class MLP(FlatParameterModel):
         self.hidden_weight[...] = rng.normal(0.0, np.sqrt(gain / self.n_features), size=self.hidden_weight.shape)
         self.output_weight[...] = rng.normal(0.0, np.sqrt(1.0 / n_hidden), size=self.output_weight.shape)
 
-    def _forward(self, X):
-        pre_activation = X @ self.hidden_weight + self.hidden_bias
+    def _forward(self, X, params):
+        hidden_weight, hidden_bias, output_weight, output_bias = params
+        pre_activation = X @ hidden_weight + hidden_bias
         if self.activation == "relu":
             hidden = np.maximum(pre_activation, 0)
         else:
             hidden = np.tanh(pre_activation)
-        return hidden @ self.output_weight + self.output_bias, (X, pre_activation, hidden)
+        return hidden @ output_weight + output_bias, (X, pre_activation, hidden)
 
-    def _backward(self, grad_logits, cache, grads):
+    def _backward(self, grad_logits, cache, grads, params):
         X, pre_activation, hidden = cache
         grad_hidden_weight, grad_hidden_bias, grad_output_weight, grad_output_bias = grads
         np.matmul(hidden.T, grad_logits, out=grad_output_weight)
         grad_output_bias[...] = grad_logits.sum(axis=0)
-        grad_hidden = grad_logits @ self.output_weight.T
+        grad_hidden = grad_logits @ params[2].T
         if self.activation == "relu":
             grad_hidden *= pre_activation > 0
         else:
@@ -211,7 +246,8 @@ def _check_dtype(dtype) -> np.dtype:
     except TypeError:
         resolved = None
     if resolved not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype={dtype!r}; expected float32 or float64")
+        raise ValueError(f"dtype={dtype!r}; expected float32 or float64, or bfloat16 or float16 "
+                         f"(stored in that type, computed in float32)")
     return resolved
 
 
