@@ -283,7 +283,7 @@ def test_seeded_initialisation_is_reproducible():
     "make, message",
     [
         (lambda: MLP(4, 5, 3, dtype=np.int32), r"dtype=.*expected float32 or float64"),
-        (lambda: MLP(4, 5, 3, dtype=np.float16), r"dtype=.*expected float32 or float64"),
+        (lambda: MLP(4, 5, 3, dtype=np.complex64), r"dtype=.*expected float32 or float64"),
         (lambda: MLP(0, 5, 3), r"n_features=0; expected an int >= 1"),
         (lambda: MLP(4, 0, 3), r"n_hidden=0; expected an int >= 1"),
         (lambda: SoftmaxRegression(4, 1), r"n_classes=1; expected an int >= 2"),
