@@ -446,10 +446,11 @@ def _param(*shape, dtype=torch.float32):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("bad,exc,match", [
     (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.complex64)), TypeError, "complex"),
-    (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.float16)), TypeError, "float16"),
+    (lambda: torch.nn.Parameter(torch.ones(3).to(torch.float8_e4m3fn)), TypeError,
+     "float8_e4m3fn; lrcore supports torch.float32, torch.float64, torch.bfloat16"),
     (lambda: torch.nn.Parameter(torch.ones(4, 3).t()), ValueError, "contiguous"),
     (lambda: torch.nn.Parameter(torch.ones(3, device="meta")), ValueError, "CPU"),
-], ids=["complex", "float16", "non-contiguous", "non-cpu"])
+], ids=["complex", "float8", "non-contiguous", "non-cpu"])
 def test_bad_params_rejected_at_construction(name, bad, exc, match):
     with pytest.raises(exc, match=match):
         getattr(lt, name)([_param(3), bad()], **DEFAULT_KW[name])
@@ -495,9 +496,15 @@ def test_errors_at_step_change_nothing(name, after_steps):
     _unchanged_after(opt, [a, b], opt.step, ValueError, "contiguous")
     # dtype changed behind the optimizer's back
     a, b, opt = fresh()
-    b.data = b.data.half()
-    b.grad = torch.ones(5, dtype=torch.half)
-    _unchanged_after(opt, [a, b], opt.step, TypeError, "float16")
+    b.data = b.data.to(torch.float8_e4m3fn)
+    b.grad = torch.ones(5).to(torch.float8_e4m3fn)
+    _unchanged_after(opt, [a, b], opt.step, TypeError, "float8")
+    # bfloat16 now, while the state (after steps) is float32: a state of the wrong dtype
+    a, b, opt = fresh()
+    b.data = b.data.bfloat16()
+    b.grad = torch.ones(5, dtype=torch.bfloat16)
+    if after_steps and opt.state[b].keys() - {"step", "mu_product"}:
+        _unchanged_after(opt, [a, b], opt.step, ValueError, "expected bfloat16")
     # a hyperparameter edited by hand to a bad value (in the second group's place: only one)
     a, b, opt = fresh()
     opt.param_groups[0]["lr"] = -1.0

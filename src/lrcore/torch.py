@@ -18,6 +18,16 @@ values set by torch.optim.lr_scheduler, or lrcore schedules; a schedule is evalu
 the number of steps the param has already taken (its `state["step"]` before the step;
 for SGD, which keeps no per-param step, the group's `lrcore_steps` counter).
 Importing this module imports torch; `import lrcore` does not.
+
+Half precision and 8-bit state (issues 12, 13): params and grads may also be torch.bfloat16 or
+torch.float16 (viewed as ml_dtypes.bfloat16 / numpy.float16 arrays, no copies), and every class
+takes `state_dtype` (None, "float32", "bfloat16", "int8", or torch.float32 / torch.bfloat16),
+`rounding` ("nearest" or "stochastic") and `seed`, as lrcore.optim's classes
+(lrcore.optim.precision). Such a step runs the kernel once per param (`_lrcore_step_each`),
+with index_offset = the param's place in the concatenation of every group's params, and its
+state tensors keep their dtype: float32 or bfloat16, or for 8-bit state the uint8
+`state["<name>.codes"]` and float32 `state["<name>.absmax"]`. load_state_dict keeps them
+(torch would cast floating state to the param's dtype) after checking them.
 """
 import inspect
 import math
@@ -29,11 +39,58 @@ import threading
 import torch
 import torch.optim
 
-from . import hyperparams, rules
+import numpy as np
+
+from . import hyperparams, lowp, quantization, rules
 from . import optim as lrcore_optim
+from .optim import precision
 from .schedules import Schedule
 
 _DTYPES = (torch.float32, torch.float64)
+_HALF = (torch.bfloat16, torch.float16)
+# torch dtypes given as state_dtype, by lrcore.optim.precision's names
+_STATE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _state_dtype_name(owner, state_dtype):
+    """state_dtype (a string or torch.float32 / torch.bfloat16) as lrcore.optim's name."""
+    if isinstance(state_dtype, torch.dtype):
+        if state_dtype not in _STATE_DTYPES:
+            raise ValueError(f"{owner}: state_dtype must be None, 'float32', 'bfloat16', "
+                             f"'int8', torch.float32 or torch.bfloat16, got {state_dtype}")
+        state_dtype = _STATE_DTYPES[state_dtype]
+    return state_dtype
+
+
+def _np_dtype(dtype):
+    """The numpy dtype of a torch floating dtype lrcore reads."""
+    if dtype == torch.bfloat16:
+        return lowp.bfloat16
+    return np.dtype({torch.float32: np.float32, torch.float64: np.float64,
+                     torch.float16: np.float16}[dtype])
+
+
+def _view(t):
+    """A numpy view (no copy) of a contiguous CPU tensor, bfloat16 as ml_dtypes.bfloat16."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(lowp.bfloat16)
+    return t.numpy()
+
+
+def _torch_dtype(np_dtype):
+    if np_dtype == lowp.bfloat16:
+        return torch.bfloat16
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+            np.dtype(np.float16): torch.float16}[np.dtype(np_dtype)]
+
+
+class _Shape:
+    """What lrcore.optim.precision reads of a param: dtype, size and shape."""
+    __slots__ = ("dtype", "size", "shape")
+
+    def __init__(self, p):
+        self.dtype, self.size, self.shape = _np_dtype(p.dtype), p.numel(), tuple(p.shape)
 
 
 def _scalar_dtype():
@@ -176,6 +233,7 @@ class _LrcoreOptimizer:
         if cls._rule is not None:
             cls._kind = cls._rule.name
             cls._slots = tuple(s.torch_name for s in cls._rule.states)
+            cls._lrcore_names = {s.torch_name: s.name for s in cls._rule.states}
 
     # -- torch schedulers ---------------------------------------------------------------
 
@@ -196,8 +254,12 @@ class _LrcoreOptimizer:
 
     # -- construction ------------------------------------------------------------------
 
-    def _lrcore_init(self, torch_cls, params, args, flags, num_threads):
+    def _lrcore_init(self, torch_cls, params, args, flags, num_threads, options):
         owner = type(self).__name__
+        (self._lrcore_state_dtype, self._lrcore_rounding,
+         self._lrcore_seed) = precision.check_options(
+            owner, _state_dtype_name(owner, options["state_dtype"]), options["rounding"],
+            options["seed"])
         for name in ("capturable", "differentiable"):
             if flags.get(name):
                 raise NotImplementedError(
@@ -248,10 +310,10 @@ class _LrcoreOptimizer:
         if p.device.type != "cpu":
             raise ValueError(f"{owner}: {where} is not on the CPU; lrcore.torch updates CPU "
                              f"tensors (use torch.optim for {p.device.type})")
-        if p.dtype not in _DTYPES:
+        if p.dtype not in _DTYPES and p.dtype not in _HALF:
             kind = "complex " if p.is_complex() else ""
             raise TypeError(f"{owner}: {where} has {kind}dtype {p.dtype}; lrcore supports "
-                            f"torch.float32 and torch.float64")
+                            f"torch.float32, torch.float64, torch.bfloat16 and torch.float16")
         if not p.is_contiguous():
             raise ValueError(f"{owner}: {where} is not contiguous (strides {p.stride()}); "
                              f"lrcore updates parameters in place in their own memory, so they "
@@ -260,6 +322,8 @@ class _LrcoreOptimizer:
     def _check_group(self, group):
         """Validate a group's hyperparameters as they would be at its next step."""
         self._hyper(group, 0, False)
+        precision.check_int8_group(type(self).__name__, self._rule, group,
+                                   getattr(self, "_lrcore_state_dtype", None))
 
     # -- hyperparameters (subclasses) ----------------------------------------------------
 
@@ -388,6 +452,10 @@ class _LrcoreOptimizer:
         params, grads, gidx = self._collect()
         if not params:
             return
+        if self._lrcore_state_dtype is not None or any(
+                p.dtype not in _DTYPES or g.dtype != p.dtype for p, g in zip(params, grads)):
+            self._lrcore_step_each(params, grads, gidx)
+            return
         groups = self.param_groups
         needs = [tuple(self._needs(g)) for g in groups]
         sig = self._signature(params, gidx, needs)
@@ -473,6 +541,164 @@ class _LrcoreOptimizer:
                 groups[gi]["lrcore_steps"] = int(groups[gi].get("lrcore_steps", 0)) + 1
         self._lrcore_cache = cache
 
+    # -- half precision and 8-bit state: the kernel once per param -------------------------
+
+    def _lrcore_layout(self, where, p):
+        return precision.layout(type(self).__name__, where, self._rule, _Shape(p),
+                                self._lrcore_state_dtype)
+
+    def _lrcore_expected(self, lay, p, name):
+        """{state key: (shape, torch dtype)} of state buffer `name` (a torch name)."""
+        lname = self._lrcore_names[name]
+        out = {}
+        for key, (shape, dtype) in precision.spec(lay, _Shape(p), lname).items():
+            tkey = name + key[len(lname):]
+            out[tkey] = (shape, torch.uint8 if dtype == np.uint8 else _torch_dtype(dtype))
+        return out
+
+    def _lrcore_offsets(self):
+        """index_offset of every param (by id): its place in the concatenation of all groups'
+        params, in order (as lrcore.optim numbers its params)."""
+        out, total = {}, 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                out[id(p)] = total
+                total += p.numel()
+        return out
+
+    def _lrcore_step_each(self, params, grads, gidx):
+        """One step of params whose layout is not all float32 / float64 (or whose grads are
+        half precision): everything is checked, missing state created (undone on failure),
+        then each param's kernel runs (lrcore.optim.precision.run)."""
+        owner = type(self).__name__
+        where = f"{owner}.step()"
+        groups = self.param_groups
+        state = self.state
+        places = {id(p): (gi, k) for gi, g in enumerate(groups) for k, p in enumerate(g["params"])}
+        layouts, g_arrays, steps, hps = [], [], [], []
+        for i, (p, g, gi) in enumerate(zip(params, grads, gidx)):
+            self._check_param(*places[id(p)], p)
+            lay = self._lrcore_layout(f"param_groups[{places[id(p)][0]}]['params']"
+                                      f"[{places[id(p)][1]}] ({_describe(p)})", p)
+            if g.layout != torch.strided:
+                raise RuntimeError(f"{owner} does not support sparse gradients (the grad of "
+                                   f"a {_describe(p)} param has layout {g.layout})")
+            if g.device.type != "cpu" or g.shape != p.shape or \
+                    (g.dtype not in _DTYPES and g.dtype not in _HALF):
+                raise TypeError(f"{owner}: a grad is {_describe(g)} but its param is "
+                                f"{_describe(p)}; grads must have their param's shape and "
+                                f"device, and a dtype of a supported layout: "
+                                f"{lowp.layouts_text()}")
+            ga = _view(g if g.is_contiguous() else g.contiguous())
+            precision.check_grad(where, i, lay, ga, p.numel())
+            layouts.append(lay)
+            g_arrays.append(ga)
+            st = state.get(p) or {}
+            group = groups[gi]
+            if self._has_step:
+                s = st.get("step")
+                taken = 0.0 if s is None else float(s)
+                if not (math.isfinite(taken) and taken >= 0 and taken == int(taken)):
+                    raise ValueError(f"{owner}: state['step'] of a {_describe(p)} param is "
+                                     f"{taken!r}; expected a whole number >= 0")
+                values = self._hyper(group, int(taken), False)
+                values.update(self._next_scalars(p, values))
+            else:
+                first = "momentum_buffer" in self._needs(group) and \
+                    st.get("momentum_buffer") is None and \
+                    st.get("momentum_buffer.codes") is None
+                values = self._hyper(group, int(group.get("lrcore_steps", 0)), first)
+            steps.append(values["step"])
+            hps.append(values)
+        for i, (p, lay) in enumerate(zip(params, layouts)):
+            st = state.get(p) or {}
+            for name in self._needs(groups[gidx[i]]):
+                for key, (shape, dtype) in self._lrcore_expected(lay, p, name).items():
+                    t = st.get(key)
+                    if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != dtype
+                                          or t.device.type != "cpu"
+                                          or tuple(t.shape) != shape):
+                        raise ValueError(
+                            f"{owner}: state[{key!r}] of a {_describe(p)} param is "
+                            f"{_describe(t) if isinstance(t, torch.Tensor) else repr(t)}; "
+                            f"expected {str(dtype).replace('torch.', '')} {shape} on cpu "
+                            f"(state_dtype={self._lrcore_state_dtype!r})")
+        created = []
+        try:
+            arrays = []
+            for i, (p, lay) in enumerate(zip(params, layouts)):
+                arrays.append(self._lrcore_state_arrays(p, lay, groups[gidx[i]], created))
+            extents = []
+            for i, (p, bufs) in enumerate(zip(params, arrays)):
+                for name, a in [(f"params[{i}]", _view(p))] + [
+                        (f"state of params[{i}]", a) for a in precision.flat(bufs).values()]:
+                    if a.nbytes:
+                        start = a.__array_interface__["data"][0]
+                        extents.append((start, start + a.nbytes, name))
+            extents.sort()
+            precision.check_grad_memory(where, g_arrays, extents)
+        except Exception:
+            for st, name in created:
+                st.pop(name, None)
+            for p in params:
+                if p in state and not state[p]:
+                    del state[p]
+            raise
+        offsets = self._lrcore_offsets()
+        slots = tuple(s.name for s in self._rule.states)
+        for p, g, lay, bufs, values in zip(params, g_arrays, layouts, arrays, hps):
+            values = {k: x for k, x in values.items() if k[0] != "_"}
+            precision.run(self._kind, lay, _view(p), g, bufs, slots, values,
+                          rounding=self._lrcore_rounding, seed=self._lrcore_seed,
+                          index_offset=offsets[id(p)], num_threads=self.num_threads)
+        if self._rule.scalar_states:
+            self._store_scalars(params, hps)
+        if self._has_step:
+            for p, t in zip(params, steps):
+                state[p]["step"].fill_(float(t))
+        else:
+            for gi in set(gidx):
+                groups[gi]["lrcore_steps"] = int(groups[gi].get("lrcore_steps", 0)) + 1
+        self._lrcore_cache = None
+
+    def _lrcore_state_arrays(self, p, lay, group, created):
+        """{lrcore state name: numpy view or QuantizedState over the state tensors} of one
+        param, creating what is missing (recorded in `created`)."""
+        st = self.state[p]
+        if self._has_step and st.get("step") is None:
+            st["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            created.append((st, "step"))
+        for name in self._rule.scalar_states:
+            if st.get(name) is None:
+                st[name] = torch.ones((), dtype=_scalar_dtype())
+                created.append((st, name))
+        out = {}
+        for name in self._needs(group):
+            lname = self._lrcore_names[name]
+            if name in st or name + ".codes" in st:
+                pass
+            else:
+                init = next(s.init for s in self._rule.states if s.torch_name == name)
+                value = self.defaults[init] if isinstance(init, str) else init
+                buf = precision.new_state(lay, lname, _Shape(p), value)
+                if isinstance(buf, quantization.QuantizedState):
+                    st[name + ".codes"] = torch.from_numpy(buf.codes)
+                    st[name + ".absmax"] = torch.from_numpy(buf.absmax)
+                    created += [(st, name + ".codes"), (st, name + ".absmax")]
+                else:
+                    st[name] = torch.full(p.shape, value, dtype=_torch_dtype(lay.state))
+                    created.append((st, name))
+            if lname in lay.quantized:
+                out[lname] = quantization.QuantizedState(
+                    _view(st[name + ".codes"]), _view(st[name + ".absmax"]),
+                    lay.quantized[lname])
+            else:
+                t = st[name]
+                if not t.is_contiguous():
+                    st[name] = t = t.contiguous()
+                out[lname] = _view(t)
+        return out
+
     def _rebuild(self, params, gidx, needs, group_of, representative):
         """Create missing state (as torch would) and a new StepPlan; undo on failure."""
         state = self.state
@@ -552,6 +778,7 @@ class _LrcoreOptimizer:
         next step."""
         owner = type(self).__name__
         with self._lrcore_lock:
+            kept = self._lrcore_kept_state(state_dict)
             try:
                 saved = state_dict["param_groups"]
                 groups = [_from_data(owner, g, group,
@@ -569,12 +796,66 @@ class _LrcoreOptimizer:
                 for key, value in mine.items():
                     if key != "params" and hyperparams.schedules_in([value]):
                         group[key] = value
+            for p, st in kept.items():   # in their own dtype, not cast to the param's
+                self.state[p].update(st)
             self._lrcore_cache = None
+
+    def _lrcore_kept_state(self, state_dict):
+        """The saved state tensors of an optimizer with bfloat16/float16 params or a
+        state_dtype, by param, checked against each param's layout (dtype, shape; 8-bit:
+        codes and absmax of the right sizes, both present): ValueError otherwise, before
+        anything changes. Empty for float32/float64 optimizers (torch's load as it is)."""
+        owner = type(self).__name__
+        params = [p for g in self.param_groups for p in g["params"]]
+        if self._lrcore_state_dtype is None and all(p.dtype in _DTYPES for p in params):
+            return {}
+        try:
+            ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+            saved = state_dict["state"]
+        except (KeyError, TypeError):
+            return {}      # torch's own checks report it
+        if len(ids) != len(params):
+            return {}
+        out = {}
+        for sid, p in zip(ids, params):
+            st = saved.get(sid)
+            if not st:
+                continue
+            where = f"{owner}.load_state_dict(): state of param {sid} ({_describe(p)})"
+            lay = self._lrcore_layout(where, p)
+            expected = {}
+            for name in self._slots:
+                expected.update(self._lrcore_expected(lay, p, name))
+            keep = {}
+            for key, value in st.items():
+                if key == "step" or key in self._rule.scalar_states:
+                    continue
+                if key not in expected:
+                    raise ValueError(f"{where} has {key!r}; with state_dtype="
+                                     f"{self._lrcore_state_dtype!r} it holds "
+                                     f"{sorted(expected)}")
+                shape, dtype = expected[key]
+                if not isinstance(value, torch.Tensor) or value.dtype != dtype or \
+                        tuple(value.shape) != shape:
+                    got = _describe(value) if isinstance(value, torch.Tensor) else repr(value)
+                    raise ValueError(f"{where}: {key!r} is {got}, expected "
+                                     f"{str(dtype).replace('torch.', '')} {shape}")
+                keep[key] = value.detach().to("cpu").contiguous().clone()
+            for name in lay.quantized:
+                tname = next(s.torch_name for s in self._rule.states if s.name == name)
+                if (tname + ".codes" in keep) != (tname + ".absmax" in keep):
+                    raise ValueError(f"{where} has only one of {tname}.codes and "
+                                     f"{tname}.absmax")
+            out[p] = keep
+        return out
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("num_threads", None)
         self.__dict__.setdefault("_lrcore_schedules", {})
+        self.__dict__.setdefault("_lrcore_state_dtype", None)
+        self.__dict__.setdefault("_lrcore_rounding", "nearest")
+        self.__dict__.setdefault("_lrcore_seed", 0)
         self.__dict__["_lrcore_lock"] = threading.RLock()
         self._lrcore_cache = None
 
@@ -644,7 +925,7 @@ def _torch_base(name, lrcore_cls):
     default of the param groups."""
     sig = inspect.signature(lrcore_cls.__init__)
     sig = sig.replace(parameters=[p for p in sig.parameters.values()
-                                  if p.name != "num_threads"])
+                                  if p.name not in _LRCORE_ONLY])
 
     def __init__(self, *args, **kwargs):
         bound = sig.bind(self, *args, **kwargs)
@@ -662,6 +943,10 @@ def _torch_base(name, lrcore_cls):
                             f"lrcore.optim.{name}'s constructor and groups."})
 
 
+# lrcore's own keyword-only constructor arguments (after torch's), with their defaults
+_LRCORE_ONLY = {"num_threads": None, "state_dtype": None, "rounding": "nearest", "seed": 0}
+
+
 def _drop_in(key, lrcore_cls):
     """The lrcore.torch class for lrcore.optim.CLASSES[key]: a subclass of the torch.optim
     class the table names (rules.PRESETS[key].torch_class), or of _torch_base when torch
@@ -677,12 +962,13 @@ def _drop_in(key, lrcore_cls):
                 if n in rule.torch_hypers}
     base_sig = inspect.signature(torch_cls.__init__)
     plist = list(base_sig.parameters.values())
-    if "num_threads" in base_sig.parameters:
-        raise TypeError(f"torch.optim.{torch_name}'s constructor already has num_threads")
-    nt = inspect.Parameter("num_threads", inspect.Parameter.KEYWORD_ONLY, default=None,
-                           annotation=int | None)
+    clash = set(_LRCORE_ONLY) & set(base_sig.parameters)
+    if clash:
+        raise TypeError(f"torch.optim.{torch_name}'s constructor already has {sorted(clash)}")
+    ours = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+            for n, d in _LRCORE_ONLY.items()]
     at = next((i for i, p in enumerate(plist) if p.kind == p.VAR_KEYWORD), len(plist))
-    sig = base_sig.replace(parameters=plist[:at] + [nt] + plist[at:])
+    sig = base_sig.replace(parameters=plist[:at] + ours + plist[at:])
 
     def __init__(self, *args, **kwargs):
         try:
@@ -690,16 +976,16 @@ def _drop_in(key, lrcore_cls):
         except TypeError as e:
             raise TypeError(f"{type(self).__name__}.__init__() {e}") from None
         bound.apply_defaults()
-        args, flags = {}, {}
-        params = num_threads = None
+        args, flags, options = {}, {}, {}
+        params = None
         for pname, value in bound.arguments.items():
             kind = sig.parameters[pname].kind
             if pname == "self":
                 continue
             if pname == "params":
                 params = value
-            elif pname == "num_threads":
-                num_threads = value
+            elif pname in _LRCORE_ONLY:
+                options[pname] = value
             elif kind == inspect.Parameter.VAR_KEYWORD:
                 flags.update(value)
             elif kind == inspect.Parameter.VAR_POSITIONAL:
@@ -708,14 +994,16 @@ def _drop_in(key, lrcore_cls):
                 args[pname] = value
             else:
                 flags[pname] = value
-        self._lrcore_init(torch_cls, params, args, flags, num_threads)
+        num_threads = options.pop("num_threads")
+        self._lrcore_init(torch_cls, params, args, flags, num_threads, options)
 
     __init__.__signature__ = sig
     __init__.__qualname__ = f"{name}.__init__"
     origin = "torch" if torch_name else "lrcore"
     __init__.__doc__ = (f"{origin}.optim.{name}'s arguments and defaults, checked by lrcore "
                         f"before torch sees them; num_threads caps lrcore's threads (None: "
-                        f"lrcore's default).")
+                        f"lrcore's default); state_dtype (None, 'float32', 'bfloat16', "
+                        f"'int8' or a torch dtype), rounding and seed as lrcore.optim.{name}'s.")
     override = _OVERRIDES.get(key)
     names = set(sig.parameters)
     ignored = [f for f in ("foreach", "fused") if f in names]
@@ -735,7 +1023,8 @@ def _drop_in(key, lrcore_cls):
     if refused:
         notes.append(f"{'/'.join(refused)}=True raise{'s' if len(refused) == 1 else ''} "
                      f"NotImplementedError;")
-    notes.append("num_threads (lrcore) caps the threads.")
+    notes.append("num_threads (lrcore) caps the threads; state_dtype, rounding and seed "
+                 "are lrcore.optim's (bfloat16/float16 params, bfloat16 or 8-bit state).")
     if override is not None:
         notes.append(override._doc)
     notes.append(f"The update rule is lrcore.optim.{name}'s, the table's row {rule.name!r}:")

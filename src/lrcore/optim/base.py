@@ -155,6 +155,7 @@ class Optimizer:
             else:
                 out[key] = value
         self._check_group(out, owner)
+        precision.check_int8_group(owner, self.rule, out, getattr(self, "_state_dtype", None))
         return out
 
     def _check_group(self, group, owner):
@@ -396,8 +397,11 @@ class Optimizer:
             if scale != 1.0:
                 grads = [precision.scaled(g, scale, lay)
                          for g, lay in zip(grads, self._layouts)]
+        needs = [self._needs(group) for group in self._groups]
         for i, (p, g) in enumerate(zip(self._params, grads)):
-            precision.run(self.kernel, self._layouts[i], p, g, self._states[i],
+            used = needs[self._group_of[i]]
+            precision.run(self.kernel, self._layouts[i], p, g,
+                          {k: v for k, v in self._states[i].items() if k in used},
                           self.state_slots, values[self._group_of[i]],
                           rounding=self._rounding, seed=self._seed,
                           index_offset=self._offsets[i], num_threads=self.num_threads)

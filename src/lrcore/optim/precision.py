@@ -41,12 +41,13 @@ from .. import backend, lowp, quantization
 __all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
            "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
            "nbytes", "new_state", "parts", "copy_into", "adopt", "check_grad_memory",
-           "grad_sumsq", "scaled"]
+           "grad_sumsq", "scaled", "check_int8_group"]
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 PARAM_DTYPES = ("float32", "float64", "bfloat16", "float16")
 _F32 = np.dtype(np.float32)
 _PARTS = ("codes", "absmax")
+_INT8_PARAMS = ("float32", "bfloat16")
 
 
 def _dname(dt):
@@ -143,7 +144,7 @@ def layout(owner, where, rule, p, state_dtype):
             raise ValueError(f"{owner}: state_dtype='int8' is supported for the rules "
                              f"{sorted(table)} (lrcore.quantization.INT8_RULES), not "
                              f"{rule.name!r}")
-        allowed = ("float32", "bfloat16") if hasattr(quantization, "step") else ("float32",)
+        allowed = _INT8_PARAMS if hasattr(quantization, "step") else ("float32",)
         if pname not in allowed:
             raise TypeError(f"{owner}: {where} is {pname}; 8-bit state (state_dtype='int8') "
                             f"takes {_int8_params_text()} params. Supported layouts: "
@@ -177,8 +178,8 @@ def check_grad(owner, i, lay, g, n):
     gname = _dname(g.dtype) if lowp.dtype_ok(g.dtype) else str(g.dtype)
     pname, sname = _dname(lay.param), _dname(lay.state)
     ok = (pname, gname, sname) in lowp.LAYOUTS
-    if lay.quantized:
-        ok = gname == pname
+    if lay.quantized:       # lrcore.quantization.step: float32 or bfloat16 param and grad
+        ok = gname in _INT8_PARAMS if hasattr(quantization, "step") else gname == pname
     if not ok:
         what = "8-bit" if lay.quantized else sname
         raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with {what} "
@@ -243,11 +244,22 @@ def _kernel(kernel):
     return getattr(backend.kernels, kernel)
 
 
+def check_int8_group(owner, rule, group, state_dtype):
+    """8-bit state and a group's fixed options: centered RMSprop keeps grad_avg, and
+    square_avg - grad_avg**2 of two rounded states can fall below 0 (ValueError)."""
+    if state_dtype == "int8" and rule.name == "rmsprop" and group.get("centered"):
+        raise ValueError(f"{owner}: centered RMSprop cannot keep 8-bit state "
+                         f"(state_dtype='int8'): square_avg - grad_avg**2 of two rounded "
+                         f"states can fall below 0; use centered=False or another "
+                         f"state_dtype")
+
+
 def run(kernel, lay, p, g, states, slots, values, *, rounding, seed, index_offset,
         num_threads):
-    """One param's update, in place: ``states`` {name: buffer}, ``slots`` the rule's state
-    names in kernel order, ``values`` the kernel's hyperparameters by name (step included).
-    Everything was checked before (layout, sizes, hyperparameters)."""
+    """One param's update, in place: ``states`` {name: buffer} (those the step uses),
+    ``slots`` the rule's state names in kernel order, ``values`` the kernel's
+    hyperparameters by name (step included). Everything was checked before (layout, sizes,
+    hyperparameters)."""
     if not lay.quantized:
         bufs = [states.get(s) for s in slots]
         _kernel(kernel)(p, g, *bufs, num_threads=num_threads, rounding=rounding, seed=seed,
