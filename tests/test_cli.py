@@ -1024,3 +1024,17 @@ def test_bench_bad_layout_options_are_one_line_before_any_work(capsys, tmp_path,
     assert code == 2 and out == "" and message.format(not_int8=not_int8) in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.slow
+def test_8bit_adamw_trains_within_one_point_of_float32():
+    """The README's 8-bit claim (issue 13), through the command line: the digits MLP
+    (64-256-10) with `lrcore train --optimizer adamw --state-dtype int8` ends within 1
+    percentage point of float32 state, holding less than 40% of its state bytes."""
+    from lrcore.demo import q8_quality, runs
+    curves = {name: runs.train_curve(q8_quality.options(name, **q8_quality.SETTINGS))
+              for name in ("float32 state", "8-bit state")}
+    f32, q8 = curves["float32 state"], curves["8-bit state"]
+    assert f32.final > 0.95 and len(f32.val_acc) == q8_quality.SETTINGS["epochs"]
+    assert abs(q8.final - f32.final) <= 0.01
+    assert q8.state_bytes < 0.4 * f32.state_bytes
