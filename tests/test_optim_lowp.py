@@ -1,0 +1,349 @@
+"""lrcore.optim with bfloat16 / float16 buffers (issue 12): every rule in every layout against
+the contract's twin, the random stream's keying, resume, state_nbytes, bad input.
+
+The twin is the contract itself, built from other parts of lrcore: widen the half-precision
+param, state and grad to float32, run one step of the float32 optimizer (its compiled
+StepPlan) on them, round param and state back with lrcore.lowp.round_to (buffer 0 the param,
+1, 2, ... the states in kernel order; index_offset = the param's place in the concatenation
+of all params; the step number). Every comparison is bitwise, on non-zero random data.
+"""
+import numpy as np
+import pytest
+
+from lrcore import backend, checkpoint, lowp, optim
+
+BF16, F16, F32 = lowp.bfloat16, np.dtype(np.float16), np.dtype(np.float32)
+SIZES = (37, 300)                      # around SIMD widths, and a multi-vector buffer
+STEPS = 3
+
+CASES = {                              # class name -> constructor keywords
+    "SGD": dict(lr=1e-2, momentum=0.9, weight_decay=0.01),
+    "SGD-nesterov": dict(lr=1e-2, momentum=0.9, nesterov=True),
+    "Adam": dict(lr=1e-2, weight_decay=0.01),
+    "Adam-amsgrad": dict(lr=1e-2, amsgrad=True),
+    "AdamW": dict(lr=1e-2),
+    "Adagrad": dict(lr=1e-2, lr_decay=0.01),
+    "RMSprop": dict(lr=1e-2, momentum=0.5, centered=True),
+    "Adadelta": dict(lr=0.5),
+    "Adamax": dict(lr=1e-2),
+    "NAdam": dict(lr=1e-2),
+    "RAdam": dict(lr=1e-2),
+    "Lion": dict(lr=1e-3, weight_decay=0.1),
+}
+# (param dtype, grad dtype, state_dtype option): layouts (a), (b), (c) of lrcore.lowp.LAYOUTS
+LAYOUTS = {
+    "a-bf16": (BF16, BF16, None),
+    "b-bf16": (BF16, BF16, "float32"),
+    "b-f16": (F16, F16, None),
+    "c-bf16": (F32, BF16, None),
+    "c-f16": (F32, F16, "float32"),
+}
+
+
+def _cls(case):
+    return getattr(optim, case.split("-")[0])
+
+
+def _rand(rng, n, dtype):
+    x = rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)
+    return x.astype(np.float32).astype(dtype)
+
+
+def _widen(a):
+    return lowp.widen(a.reshape(-1)).reshape(a.shape) if a.dtype.itemsize == 2 \
+        else a.astype(np.float32)
+
+
+def _bits(a):
+    return a.view(np.uint8)
+
+
+class Twin:
+    """The contract of a half-precision step: widen, the float32 optimizer, round once."""
+
+    def __init__(self, cls, params, kw, state_dtype, rounding, seed):
+        self.pdt = [p.dtype for p in params]
+        self.sdt = [BF16 if (state_dtype is None and p.dtype == BF16) else F32 for p in params]
+        self.half = [p.copy() for p in params]
+        self.p32 = [_widen(p) for p in params]
+        self.opt = cls(self.p32, **kw)
+        self.slots = self.opt.state_slots
+        self.rounding, self.seed = rounding, seed
+        self.offsets = list(np.cumsum([0] + [p.size for p in params])[:-1])
+        self.states = [dict() for _ in params]
+
+    def step(self, grads):
+        for p32, h in zip(self.p32, self.half):
+            p32[...] = _widen(h)
+        sd = self.opt.state_dict()
+        for i, st in enumerate(self.states):
+            for name, a in st.items():
+                sd["state"][i][name] = _widen(a)
+        self.opt.load_state_dict(sd)
+        self.opt.step([_widen(g) for g in grads])
+        t = self.opt.step_count
+        sd = self.opt.state_dict()
+        for i, off in enumerate(self.offsets):
+            self.half[i] = self._round(self.p32[i], self.pdt[i], 0, t, off)
+            self.states[i] = {name: self._round(a, self.sdt[i], self.slots.index(name) + 1,
+                                                t, off)
+                              for name, a in sd["state"][i].items()}
+
+    def _round(self, x, dtype, buffer, t, off):
+        if dtype == F32:
+            return x.copy()
+        r = lowp.round_to(x.reshape(-1), dtype, self.rounding, self.seed, t, buffer, off)
+        return r.view(dtype).reshape(x.shape)
+
+
+def _run(case, layout, rounding, seed=11, steps=STEPS, sizes=SIZES, num_threads=None):
+    pdt, gdt, state_dtype = LAYOUTS[layout]
+    rng = np.random.default_rng(5)
+    params = [_rand(rng, n, pdt) for n in sizes]
+    grads = [[_rand(rng, n, gdt) for n in sizes] for _ in range(steps)]
+    kw = CASES[case]
+    twin = Twin(_cls(case), params, kw, state_dtype, rounding, seed)
+    opt = _cls(case)(params, state_dtype=state_dtype, rounding=rounding, seed=seed,
+                     num_threads=num_threads, **kw)
+    for g in grads:
+        opt.step(g)
+        twin.step(g)
+    return params, opt, twin
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_rule_and_layout_equals_the_twin(case, layout, rounding):
+    params, opt, twin = _run(case, layout, rounding)
+    sd = opt.state_dict()
+    for i, p in enumerate(params):
+        assert p.dtype == LAYOUTS[layout][0]
+        assert np.array_equal(_bits(p), _bits(twin.half[i])), f"params[{i}]"
+        assert set(sd["state"][i]) == set(twin.states[i])
+        for name, a in sd["state"][i].items():
+            assert a.dtype == twin.sdt[i], name
+            assert np.array_equal(_bits(a), _bits(twin.states[i][name])), f"{name} of {i}"
+    # the steps did something
+    start = [_rand(np.random.default_rng(5), n, LAYOUTS[layout][0]) for n in SIZES]
+    assert not np.array_equal(_bits(params[1]), _bits(start[1]))
+
+
+def test_isas_and_threads_agree(isa):
+    ref, _, twin = _run("AdamW", "a-bf16", "stochastic", sizes=(5000, 70001))
+    for nt in (1, 2, 3):
+        got, _, _ = _run("AdamW", "a-bf16", "stochastic", sizes=(5000, 70001), num_threads=nt)
+        for a, b, c in zip(got, ref, twin.half):
+            assert np.array_equal(_bits(a), _bits(b)) and np.array_equal(_bits(a), _bits(c))
+
+
+def test_float32_optimizer_takes_half_grads_and_float32_grads():
+    """Layout (c) in an all-float32 optimizer: half grads take the per-param path, float32
+    grads the StepPlan, and one continues the other."""
+    rng = np.random.default_rng(1)
+    p = [_rand(rng, n, F32) for n in SIZES]
+    q = [x.copy() for x in p]
+    gs = [[_rand(rng, n, BF16) for n in SIZES] for _ in range(4)]
+    a, b = optim.Adam(p, lr=1e-2), optim.Adam(q, lr=1e-2)
+    for t, g in enumerate(gs):
+        a.step(g if t % 2 else [_widen(x) for x in g])
+        b.step([_widen(x) for x in g])
+    for x, y in zip(p, q):
+        assert np.array_equal(_bits(x), _bits(y))
+
+
+def test_stream_is_keyed_by_the_concatenation():
+    """Param i draws the bits of elements offset_i.. of the concatenation of all params: two
+    params equal one param holding both; equal values in two params round differently."""
+    rng = np.random.default_rng(2)
+    a, b = _rand(rng, 300, BF16), _rand(rng, 300, BF16)
+    b[...] = a
+    whole = np.concatenate([a, b])
+    gs = [_rand(rng, 300, BF16) for _ in range(3)]
+    two = optim.AdamW([a, b], lr=1e-3, rounding="stochastic", seed=9)
+    one = optim.AdamW([whole], lr=1e-3, rounding="stochastic", seed=9)
+    for g in gs:
+        two.step([g, g.copy()])
+        one.step([np.concatenate([g, g])])
+    assert np.array_equal(_bits(np.concatenate([a, b])), _bits(whole))
+    assert not np.array_equal(_bits(a), _bits(b))
+    # another seed, another stream
+    c = whole.copy()
+    c[...] = np.concatenate([_rand(np.random.default_rng(2), 300, BF16)] * 2)
+    other = optim.AdamW([c], lr=1e-3, rounding="stochastic", seed=10)
+    for g in gs:
+        other.step([np.concatenate([g, g])])
+    assert not np.array_equal(_bits(c), _bits(whole))
+
+
+@pytest.mark.parametrize("how", ["state_dict", "file"])
+@pytest.mark.parametrize("layout", ["a-bf16", "b-f16"])
+def test_resume_is_bitwise(tmp_path, layout, how):
+    pdt, gdt, state_dtype = LAYOUTS[layout]
+    rng = np.random.default_rng(3)
+    start = [_rand(rng, n, pdt) for n in SIZES]
+    grads = [[_rand(rng, n, gdt) for n in SIZES] for _ in range(6)]
+    kw = dict(lr=1e-2, state_dtype=state_dtype, rounding="stochastic", seed=2 ** 64 - 1)
+    full = [p.copy() for p in start]
+    opt = optim.NAdam(full, **kw)
+    for g in grads:
+        opt.step(g)
+    part = [p.copy() for p in start]
+    opt = optim.NAdam(part, **kw)
+    for g in grads[:3]:
+        opt.step(g)
+    resumed = [np.zeros_like(p) for p in start]
+    new = optim.NAdam(resumed, **dict(kw, seed=0, rounding="nearest"))
+    if how == "state_dict":
+        sd = opt.state_dict()
+        assert {a.dtype for st in sd["state"] for a in st.values()} == \
+            {BF16 if state_dtype is None and pdt == BF16 else F32}
+        new.load_state_dict(sd)
+        for x, y in zip(resumed, part):
+            x[...] = y
+    else:
+        checkpoint.save(tmp_path / "c.lrcore", opt)
+        checkpoint.load(tmp_path / "c.lrcore", new)
+    assert (new.seed, new.rounding) == (2 ** 64 - 1, "stochastic")   # loaded with the state
+    for g in grads[3:]:
+        new.step(g)
+    for x, y in zip(resumed, full):
+        assert np.array_equal(_bits(x), _bits(y))
+
+
+def test_state_nbytes():
+    n = 1 << 16
+    for pdt, state_dtype, per in ((F32, None, 8), (BF16, None, 4), (BF16, "float32", 8),
+                                  (F16, None, 8)):
+        opt = optim.Adam([np.zeros(n, pdt)], state_dtype=state_dtype)
+        assert opt.state_nbytes() == per * n
+    assert optim.SGD([np.zeros(n, BF16)]).state_nbytes() == 0
+    assert optim.SGD([np.zeros(n, BF16)], momentum=0.9).state_nbytes() == 2 * n
+
+
+def _state(opt):
+    return {(i, k): _bits(v).copy() for i, st in enumerate(opt.state_dict()["state"])
+            for k, v in st.items()}
+
+
+@pytest.mark.parametrize("kw,params,exc,match", [
+    (dict(state_dtype="float16"), [np.ones(5, F16)], ValueError,
+     "state_dtype='float16' is not supported: squares of gradients overflow"),
+    (dict(state_dtype="bfloat16"), [np.ones(5, F32)], TypeError,
+     r"params\[0\] is float32 and state_dtype='bfloat16'.*Supported layouts: param float32"),
+    (dict(state_dtype="float32"), [np.ones(5, np.float64)], TypeError, "unsupported layout"),
+    (dict(state_dtype="int4"), [np.ones(5, F32)], ValueError, "state_dtype must be None"),
+    (dict(rounding="up"), [np.ones(5, F32)], ValueError, "rounding must be 'nearest' or"),
+    (dict(seed=-1), [np.ones(5, F32)], ValueError, r"seed must be in 0..2\*\*64-1"),
+    (dict(seed=2 ** 64), [np.ones(5, F32)], ValueError, r"seed must be in 0..2\*\*64-1"),
+    (dict(seed=1.0), [np.ones(5, F32)], TypeError, "seed must be an integer"),
+    (dict(), [np.ones(5, np.dtype(">f4"))], TypeError, "native byte order"),
+])
+def test_bad_construction(kw, params, exc, match):
+    before = [p.tobytes() for p in params]
+    with pytest.raises(exc, match=match):
+        optim.Adam(params, **kw)
+    assert [p.tobytes() for p in params] == before
+
+
+@pytest.mark.parametrize("layout", ["a-bf16", "b-f16", "c-bf16"])
+def test_bad_grads_change_nothing(layout):
+    pdt, gdt, state_dtype = LAYOUTS[layout]
+    rng = np.random.default_rng(4)
+    params = [_rand(rng, n, pdt) for n in SIZES]
+    opt = optim.Adam(params, lr=1e-2, state_dtype=state_dtype, rounding="stochastic")
+    opt.step([_rand(rng, n, gdt) for n in SIZES])
+    good = [_rand(rng, n, gdt) for n in SIZES]
+    other = {BF16: F16, F16: BF16, F32: np.dtype(np.float64)}[gdt] if pdt != F32 else \
+        np.dtype(np.int32)
+    bad = [
+        ([good[0], good[1].astype(other)], TypeError, r"grads\[1\].*Supported layouts"),
+        ([good[0], good[1][:-1]], ValueError, r"grads\[1\] has 299 elements"),
+        ([good[0]], ValueError, "1 grads for 2 params"),
+        ([good[0], np.zeros((300, 2), gdt)[:, 0]], ValueError, "C-contiguous"),
+        ([good[0], params[1]], ValueError, "shares memory"),
+    ]
+    for grads, exc, match in bad:
+        before = [_bits(p).copy() for p in params]
+        state = _state(opt)
+        with pytest.raises(exc, match=match):
+            opt.step(grads)
+        assert all(np.array_equal(_bits(p), b) for p, b in zip(params, before))
+        st = _state(opt)
+        assert st.keys() == state.keys() and all(np.array_equal(st[k], state[k]) for k in st)
+        assert opt.step_count == 1
+
+
+def test_bad_state_dict_changes_nothing():
+    rng = np.random.default_rng(6)
+    params = [_rand(rng, n, BF16) for n in SIZES]
+    opt = optim.Adam(params, lr=1e-2, rounding="stochastic", seed=3)
+    opt.step([_rand(rng, n, BF16) for n in SIZES])
+    base = opt.state_dict()
+    breakers = [
+        (lambda sd: sd["state"][1].update(exp_avg=sd["state"][1]["exp_avg"].astype(F32)),
+         r"state 'exp_avg' is float32 \(300,\), expected bfloat16"),
+        (lambda sd: sd.update(state_dtype="float32"), "state_dtype is fixed at construction"),
+        (lambda sd: sd.update(seed=-5), r"seed must be in 0..2\*\*64-1"),
+        (lambda sd: sd.update(rounding="down"), "rounding must be"),
+    ]
+    for breaker, match in breakers:
+        sd = opt.state_dict()
+        breaker(sd)
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        now = opt.state_dict()
+        assert (opt.seed, opt.rounding, now["step"]) == (3, "stochastic", 1)
+        for a, b in zip(now["state"], base["state"]):
+            assert all(np.array_equal(_bits(a[k]), _bits(b[k])) for k in a)
+
+
+def test_version_1_state_dict_still_loads():
+    p = [np.linspace(-1, 1, 50).astype(np.float32)]
+    opt = optim.Adam(p, lr=1e-2)
+    opt.step([np.ones(50, np.float32)])
+    sd = opt.state_dict()
+    for key in ("state_dtype", "rounding", "seed"):
+        del sd[key]
+    sd["version"] = 1
+    q = [p[0].copy()]
+    other = optim.Adam(q, lr=1e-2, seed=4)
+    other.load_state_dict(sd)
+    assert other.seed == 4 and other.step_count == 1
+
+
+def test_clip_and_skip_nonfinite_on_half_grads():
+    rng = np.random.default_rng(8)
+    p = [_rand(rng, n, BF16) for n in SIZES]
+    q = [x.copy() for x in p]
+    g = [_rand(rng, n, BF16) for n in SIZES]
+    a = optim.SGD(p, lr=0.1)
+    b = optim.SGD(q, lr=0.1)
+    assert a.step(g, clip_norm=1.0)
+    norm = np.sqrt(sum(float(np.sum(_widen(x).astype(np.float64) ** 2)) for x in g))
+    assert a.last_grad_norm == pytest.approx(norm, rel=1e-12)
+    scale = np.float32(1.0 / (norm + 1e-6))
+    b.step([lowp.round_nearest(_widen(x) * scale, BF16) for x in g])
+    for x, y in zip(p, q):
+        assert np.array_equal(_bits(x), _bits(y))
+    before = [_bits(x).copy() for x in p]
+    g[1][3] = np.inf
+    assert not a.step(g, skip_nonfinite=True)
+    assert all(np.array_equal(_bits(x), y) for x, y in zip(p, before)) and a.step_count == 1
+
+
+def test_backend_kernels_are_the_ones_used(monkeypatch):
+    """The per-param path calls the backend's kernel with the param's index_offset."""
+    seen = []
+    real = backend.kernels.adam
+
+    def spy(*args, **kw):
+        seen.append((kw["index_offset"], kw["seed"], kw["rounding"], kw["step"]))
+        return real(*args, **kw)
+    monkeypatch.setattr(backend.kernels, "adam", spy)
+    params = [np.zeros(n, BF16) for n in (10, 20, 30)]
+    opt = optim.Adam(params, rounding="stochastic", seed=5)
+    opt.step([np.ones(n, BF16) for n in (10, 20, 30)])
+    opt.step([np.ones(n, BF16) for n in (10, 20, 30)])
+    assert seen == [(0, 5, "stochastic", 1), (10, 5, "stochastic", 1), (30, 5, "stochastic", 1),
+                    (0, 5, "stochastic", 2), (10, 5, "stochastic", 2), (30, 5, "stochastic", 2)]
