@@ -12,6 +12,10 @@ parameters from the options (`optimizer_parameters`) and the optimizer itself
 (`make_optimizer`, the hook for options that change how it runs), the task, the schedule's
 fit to the run's length, the loop, then the outputs. Optimizer choices, default learning
 rates and the hyperparameter options come from the table of update rules (lrcore.rules).
+Element types (issues 12, 13): --precision is the dtype of the model's params and grads
+(lrcore.demo.models stores bfloat16/float16 and computes in float32) and the rounding;
+--state-dtype the optimizer's state (lrcore.optim's state_dtype); both are checked together
+before any work (check_precision) and kept in the checkpoint's configuration.
 """
 import dataclasses
 import math
