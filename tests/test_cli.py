@@ -520,7 +520,7 @@ def test_readme_documents_the_train_options():
                   encoding="utf-8").read()
     section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
     for option in ("--val-fraction", "--model", "--hidden", "--weight-decay", "--plot",
-                   "--resume", "--schedule", "standardis"):
+                   "--resume", "--schedule", "standardis", "--precision", "--state-dtype"):
         assert option in section, option
     assert section.count("pip install") == 1 and PLOT_HINT in section
 
