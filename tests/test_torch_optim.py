@@ -814,3 +814,171 @@ def test_a_schedule_put_in_later_is_refused_at_the_scheduler_step(one_thread):
     with pytest.raises(TypeError, match=r"lr is the lrcore schedule"):
         s.step()
     assert opt.param_groups[0]["lr"] is sched
+
+
+# --------------------------------------------------------------------------------------------
+# Half precision and 8-bit state (issues 12, 13): bitwise lrcore.optim's class, resumable
+# --------------------------------------------------------------------------------------------
+
+LOWP_KW = {"SGD": dict(lr=1e-2, momentum=0.9), "Adam": dict(lr=1e-2, amsgrad=True),
+           "AdamW": dict(lr=1e-2), "Adagrad": dict(lr=1e-2),
+           "RMSprop": dict(lr=1e-2, momentum=0.5, centered=True), "Adadelta": dict(lr=0.5),
+           "Adamax": dict(lr=1e-2), "NAdam": dict(lr=1e-2), "RAdam": dict(lr=1e-2),
+           "Lion": dict(lr=1e-3)}
+LOWP_CASES = {   # (param dtype, grad dtype, state_dtype for lrcore.torch, for lrcore.optim)
+    "bf16": (torch.bfloat16, torch.bfloat16, None, None),
+    "bf16-state-f32": (torch.bfloat16, torch.bfloat16, torch.float32, "float32"),
+    "f16": (torch.float16, torch.float16, None, None),
+    "f32-bf16grad": (torch.float32, torch.bfloat16, None, None),
+    "bf16-state-bf16": (torch.bfloat16, torch.bfloat16, torch.bfloat16, "bfloat16"),
+    "f32-int8": (torch.float32, torch.float32, "int8", "int8"),
+    "bf16-int8": (torch.bfloat16, torch.bfloat16, "int8", "int8"),
+}
+
+
+def _as_numpy(t):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _tbits(t):
+    return t.detach().contiguous().view(torch.uint8).numpy() if t.dim() else \
+        t.detach().reshape(1).view(torch.uint8).numpy()
+
+
+def _lowp_pair(name, case, steps, seed=0):
+    pdt, gdt, tsd, osd = LOWP_CASES[case]
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(37,), (50, 100)]
+    params = [torch.nn.Parameter((torch.rand(s, generator=gen) - 0.5).to(pdt)) for s in shapes]
+    if gdt != pdt:      # optimizer offload: half-precision grads of float32 params
+        for p in params:
+            p.grad_dtype = gdt
+    grads = [[(torch.rand(s, generator=gen) * 2 - 1).to(gdt) for s in shapes]
+             for _ in range(steps)]
+    mine = [_as_numpy(p).copy() for p in params]
+    kw = dict(LOWP_KW[name], rounding="stochastic", seed=2 ** 63 + 5)
+    return params, grads, mine, kw, tsd, osd
+
+
+@pytest.mark.parametrize("case", list(LOWP_CASES))
+@pytest.mark.parametrize("name", list(LOWP_KW))
+def test_lowp_drop_in_equals_lrcore_optim(name, case):
+    if "int8" in case and name.lower() not in lrcore.quantization.INT8_RULES and \
+            name not in ("AdamW",):
+        with pytest.raises(ValueError, match="state_dtype='int8' is supported for the rules"):
+            getattr(lt, name)([torch.zeros(5000)], state_dtype="int8", **LOWP_KW[name])
+        return
+    kw_extra = dict(centered=False) if name == "RMSprop" and "int8" in case else {}
+    params, grads, mine, kw, tsd, osd = _lowp_pair(name, case, 3)
+    kw.update(kw_extra)
+    opt = getattr(lt, name)(params, state_dtype=tsd, **kw)
+    ref = getattr(lrcore.optim, name)(mine, state_dtype=osd, **kw)
+    for g in grads:
+        for p, x in zip(params, g):
+            p.grad = x
+        opt.step()
+        ref.step([_as_numpy(x) for x in g])
+    for p, m in zip(params, mine):
+        assert p.dtype == LOWP_CASES[case][0]
+        assert np.array_equal(_as_numpy(p).view(np.uint8), m.view(np.uint8))
+    sd = ref.state_dict()
+    torch_name = {s.name: s.torch_name for s in opt._rule.states}
+    for i, p in enumerate(params):
+        st = opt.state[p]
+        for key, a in sd["state"][i].items():
+            name_, dot, part = key.partition(".")
+            t = st[torch_name[name_] + dot + part]
+            assert np.array_equal(_as_numpy(t).view(np.uint8).reshape(-1),
+                                  a.view(np.uint8).reshape(-1)), key
+    assert sum(t.numel() * t.element_size() for st in opt.state.values()
+               for k, t in st.items() if k not in ("step", "mu_product")) == ref.state_nbytes()
+
+
+@pytest.mark.parametrize("case", ["bf16", "f16", "bf16-int8", "f32-int8"])
+def test_lowp_state_dict_round_trip_is_bitwise(tmp_path, case):
+    name = "AdamW"
+    params, grads, _, kw, tsd, _ = _lowp_pair(name, case, 6)
+    start = [p.detach().clone() for p in params]
+    opt = getattr(lt, name)(params, state_dtype=tsd, **kw)
+    for g in grads:
+        for p, x in zip(params, g):
+            p.grad = x
+        opt.step()
+    part = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = getattr(lt, name)(part, state_dtype=tsd, **kw)
+    for g in grads[:3]:
+        for p, x in zip(part, g):
+            p.grad = x
+        opt.step()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in part]},
+               tmp_path / "o.pt")
+    saved = torch.load(tmp_path / "o.pt", weights_only=True)
+    dtypes = {t.dtype for st in saved["opt"]["state"].values() for k, t in st.items()
+              if k != "step"}
+    if "int8" in case:
+        assert dtypes == {torch.uint8, torch.float32}
+    else:
+        assert dtypes == {LOWP_CASES[case][0] if case == "bf16" else torch.float32}
+    resumed = [torch.nn.Parameter(t.clone()) for t in saved["params"]]
+    new = getattr(lt, name)(resumed, state_dtype=tsd, **kw)
+    new.load_state_dict(saved["opt"])
+    for g in grads[3:]:
+        for p, x in zip(resumed, g):
+            p.grad = x
+        new.step()
+    for a, b in zip(resumed, params):
+        assert np.array_equal(_as_numpy(a).view(np.uint8), _as_numpy(b).view(np.uint8))
+
+
+def test_lowp_bad_state_dict_and_grads_change_nothing():
+    params, grads, _, kw, _, _ = _lowp_pair("Adam", "bf16-int8", 2)
+    opt = lt.Adam(params, state_dtype="int8", **kw)
+    for p, x in zip(params, grads[0]):
+        p.grad = x
+    opt.step()
+
+    def frozen():
+        return ([_tbits(p).copy() for p in params],
+                {(i, k): _tbits(t).copy() for i, p in enumerate(params)
+                 for k, t in opt.state[p].items()})
+
+    before = frozen()
+    for key, value, match in [
+        ("exp_avg.codes", torch.zeros(4999, dtype=torch.uint8),
+         r"'exp_avg.codes' is uint8 \(4999,\) on cpu, expected uint8 \(5000,\)"),
+        ("exp_avg_sq.absmax", torch.zeros(20, dtype=torch.bfloat16),
+         r"'exp_avg_sq.absmax' is bfloat16 \(20,\) on cpu, expected float32 \(20,\)"),
+        ("exp_avg", torch.zeros(50, 100), r"has 'exp_avg'; with state_dtype='int8'"),
+    ]:
+        sd = copy.deepcopy(opt.state_dict())   # torch's holds the live state dicts
+        sd["state"][1][key] = value
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        now = frozen()
+        assert all(np.array_equal(a, b) for a, b in zip(now[0], before[0]))
+        assert now[1].keys() == before[1].keys()
+        assert all(np.array_equal(now[1][k], before[1][k]) for k in now[1])
+    params[1].grad_dtype = None
+    params[1].grad = grads[1][1].to(torch.float16)
+    params[0].grad = grads[1][0]
+    with pytest.raises(TypeError, match=r"grads\[1\] is float16 .*8-bit state.*Supported"):
+        opt.step()
+    now = frozen()
+    assert all(np.array_equal(a, b) for a, b in zip(now[0], before[0]))
+    assert all(np.array_equal(now[1][k], before[1][k]) for k in now[1])
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(state_dtype=torch.float16), ValueError, "squares of gradients overflow"),
+    (dict(state_dtype=torch.bfloat16), TypeError, "is float32 and state_dtype='bfloat16'"),
+    (dict(state_dtype=torch.int8), ValueError, "state_dtype must be None"),
+    (dict(rounding="odd"), ValueError, "rounding must be"),
+    (dict(seed=-1), ValueError, "seed must be in"),
+])
+def test_lowp_bad_options(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        lt.Adam([torch.zeros(3)], **kw)

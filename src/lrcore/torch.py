@@ -284,6 +284,16 @@ class _LrcoreOptimizer:
             self._check_group(group)
         # lrcore's step reads grads as they are; GradScaler must unscale them first
         self._step_supports_amp_scaling = False
+        # state torch made at construction (Adagrad's sum) in the param's dtype, where this
+        # optimizer keeps another (state_dtype): dropped, made again at the first step
+        for p, st in self.state.items():
+            if self._lrcore_state_dtype is None and p.dtype not in _HALF:
+                continue
+            lay = self._lrcore_layout("a param", p)
+            for name in [n for n in st if n in self._lrcore_names]:
+                shape, dtype = self._lrcore_expected(lay, p, name).get(name, (None, None))
+                if st[name].dtype != dtype:
+                    del st[name]
 
     def add_param_group(self, param_group):
         """torch's add_param_group, then lrcore's checks (CPU, float32/float64, contiguous,
@@ -318,6 +328,8 @@ class _LrcoreOptimizer:
             raise ValueError(f"{owner}: {where} is not contiguous (strides {p.stride()}); "
                              f"lrcore updates parameters in place in their own memory, so they "
                              f"must be contiguous (e.g. param.data = param.data.contiguous())")
+        if getattr(self, "_lrcore_state_dtype", None) is not None or p.dtype in _HALF:
+            self._lrcore_layout(where, p)      # a supported (param, state) layout
 
     def _check_group(self, group):
         """Validate a group's hyperparameters as they would be at its next step."""
