@@ -30,7 +30,7 @@ float64 = np.dtype(np.float64)
 
 __all__ = ["bfloat16", "float16", "LAYOUTS", "ROUNDINGS", "layout_of", "widen", "round_nearest",
            "round_stochastic", "round_to", "random_bits", "stream_key", "check_seed",
-           "check_rounding", "check_index_offset", "twin_step"]
+           "check_rounding", "check_index_offset", "twin_step", "separate"]
 
 ROUNDINGS = ("nearest", "stochastic")
 
@@ -330,14 +330,25 @@ def _check_buffers(fn, names, arrays):
         if a.size != n:
             raise ValueError(f"{fn}(): {name} has {a.size} elements but param has {n}; "
                              f"all buffers must have the same size")
+        spans.append((name, a))
+    separate(f"{fn}()", spans, "every buffer")
+
+
+def separate(where, named, what):
+    """Sorted (start, end, name) of the memory of the arrays in `named` ((name, array)
+    pairs, C-contiguous; empty ones left out), or ValueError "<where>: <a> and <b> share
+    memory; <what> must be a separate array" naming two that overlap."""
+    spans = []
+    for name, a in named:
         if a.nbytes:
             start = a.__array_interface__["data"][0]
             spans.append((start, start + a.nbytes, name))
     spans.sort()
     for (a0, a1, na), (b0, b1, nb) in zip(spans, spans[1:]):
         if b0 < a1:
-            raise ValueError(f"{fn}(): {na} and {nb} share memory; every buffer must be a "
+            raise ValueError(f"{where}: {na} and {nb} share memory; {what} must be a "
                              f"separate array")
+    return spans
 
 
 def twin_step(kernel, names, arrays, *, rounding="nearest", seed=0, index_offset=0, step, **hp):

@@ -640,21 +640,10 @@ class _LrcoreOptimizer:
             arrays = []
             for i, (p, lay) in enumerate(zip(params, layouts)):
                 arrays.append(self._lrcore_state_arrays(p, lay, groups[gidx[i]], created))
-            extents = []
-            for i, (p, bufs) in enumerate(zip(params, arrays)):
-                for name, a in [(f"params[{i}]", _view(p))] + [
-                        (f"state of params[{i}]", a) for a in precision.flat(bufs).values()]:
-                    if a.nbytes:
-                        start = a.__array_interface__["data"][0]
-                        extents.append((start, start + a.nbytes, name))
-            extents.sort()
+            extents = precision.extents(where, [_view(p) for p in params], arrays)
             precision.check_grad_memory(where, g_arrays, extents)
         except Exception:
-            for st, name in created:
-                st.pop(name, None)
-            for p in params:
-                if p in state and not state[p]:
-                    del state[p]
+            self._lrcore_undo(params, created)
             raise
         offsets = self._lrcore_offsets()
         slots = tuple(s.name for s in self._rule.states)
@@ -672,6 +661,14 @@ class _LrcoreOptimizer:
             for gi in set(gidx):
                 groups[gi]["lrcore_steps"] = int(groups[gi].get("lrcore_steps", 0)) + 1
         self._lrcore_cache = None
+
+    def _lrcore_undo(self, params, created):
+        """Remove the state a failed step created ((state dict, key) pairs in `created`)."""
+        for st, name in created:
+            st.pop(name, None)
+        for p in params:
+            if p in self.state and not self.state[p]:
+                del self.state[p]
 
     def _lrcore_state_arrays(self, p, lay, group, created):
         """{lrcore state name: numpy view or QuantizedState over the state tensors} of one
@@ -757,11 +754,7 @@ class _LrcoreOptimizer:
                 tensors.append((p, [st.get(name) for name in needs[gi]]))
             cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays, list(group_of))
         except Exception:
-            for st, name in created:
-                st.pop(name, None)
-            for p in params:
-                if p in state and not state[p]:
-                    del state[p]
+            self._lrcore_undo(params, created)
             self._lrcore_cache = None
             raise
         cache.tensors = tensors  # keeps every viewed tensor alive with the plan

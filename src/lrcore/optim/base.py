@@ -210,20 +210,7 @@ class Optimizer:
     def _owned_extents(self):
         """Sorted (start, end, name) of every param and state buffer's memory; checks that
         no two share memory (the StepPlan's check, for the per-param path)."""
-        spans = []
-        for i, (p, st) in enumerate(zip(self._params, self._states)):
-            arrays = [(f"params[{i}]", p)] + [(f"state of params[{i}]", a) for a in
-                                             precision.flat(st).values()]
-            for name, a in arrays:
-                if a.nbytes:
-                    start = a.__array_interface__["data"][0]
-                    spans.append((start, start + a.nbytes, name))
-        spans.sort()
-        for (a0, a1, na), (b0, b1, nb) in zip(spans, spans[1:]):
-            if b0 < a1:
-                raise ValueError(f"{type(self).__name__}: {na} and {nb} share memory; every "
-                                 f"parameter and state buffer must be a separate array")
-        return spans
+        return precision.extents(type(self).__name__, self._params, self._states)
 
     # -- hyperparameters -----------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from .. import backend, lowp, quantization
 __all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
            "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
            "nbytes", "new_state", "parts", "copy_into", "adopt", "check_grad_memory",
-           "grad_sumsq", "scaled", "check_int8_group"]
+           "grad_sumsq", "scaled", "check_int8_group", "extents"]
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 PARAM_DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -301,6 +301,16 @@ def adopt(lay, name, given):
             np.array(given["absmax"], np.float32, copy=True, order="C").reshape(-1),
             lay.quantized[name])
     return np.array(given[None], copy=True, order="C")
+
+
+def extents(where, params, states):
+    """Sorted (start, end, name) of the memory of params and their state buffers
+    ({name: buffer} per param); ValueError if two share memory."""
+    named = []
+    for i, (p, st) in enumerate(zip(params, states)):
+        named.append((f"params[{i}]", p))
+        named += [(f"state of params[{i}]", a) for a in flat(st).values()]
+    return lowp.separate(where, named, "every parameter and state buffer")
 
 
 def check_grad_memory(where, grads, extents):
