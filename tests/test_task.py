@@ -493,3 +493,57 @@ def test_every_optimizer_of_the_table_can_run_a_task():
         task = run_task(name, {K.LEARNING_RATE: rules.PRESETS[name].cli_lr, K.EPOCHS: 2})
         assert task.resume() is TaskState.COMPLETED and type(task.optimizer) is cls
         assert task.step_count > 0
+
+
+# -------------------------------------------------------------- half precision, 8-bit state
+
+
+def _bf16_problem(size=5000, seed=0):
+    """Least squares in bfloat16 params (one buffer big enough for 8-bit state)."""
+    import ml_dtypes
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(40, size)).astype(np.float32)
+    y = rng.normal(size=40).astype(np.float32)
+
+    def fn(batch, params, grads):
+        xb, yb = batch
+        r = xb @ params[0].astype(np.float32) - yb
+        grads[0][...] = (xb.T @ r / len(yb)).astype(ml_dtypes.bfloat16)
+        return float(np.mean(r * r))
+    return [np.zeros(size, ml_dtypes.bfloat16)], fn, (X, y)
+
+
+@pytest.mark.parametrize("options", [dict(state_dtype="int8", rounding="stochastic", seed=3),
+                                     dict(rounding="stochastic", seed=2 ** 64 - 1)])
+def test_optimizer_options_pass_through_and_survive_save(tmp_path, options):
+    params, fn, data = _bf16_problem()
+    parameters = {K.EPOCHS: 2, K.MINI_BATCH_SIZE: 8, K.LEARNING_RATE: 0.01}
+    full = UpdateTask(params, fn, data, "adamw", parameters, optimizer_options=options)
+    full.resume()
+    assert full.optimizer.options == dict(dict(state_dtype=None), **options)
+    assert full.params[0].dtype.name == "bfloat16"
+    path = tmp_path / "t.lrc"
+
+    def on_batch(ctx):
+        if ctx.task.step_count == 6:
+            ctx.task.save(path)
+            ctx.task.pause()
+    p2, fn2, data2 = _bf16_problem()
+    part = UpdateTask(p2, fn2, data2, "adamw", parameters, optimizer_options=options,
+                      progress_handlers=ProgressHandlers(Event.MINI_BATCH_END, on_batch))
+    part.resume()
+    loaded = UpdateTask.load(path, fn2, data2)
+    assert loaded.optimizer.options == full.optimizer.options
+    assert loaded.resume() is TaskState.COMPLETED
+    assert np.array_equal(loaded.params[0].view(np.uint16), full.params[0].view(np.uint16))
+
+
+def test_optimizer_options_are_checked():
+    params, fn, data = make_problem()
+    with pytest.raises(TypeError, match="optimizer_options must be a dict with keys among"):
+        UpdateTask(params, fn, data, "adam", optimizer_options={"lr": 1.0})
+    with pytest.raises(ValueError, match="state_dtype='float16' is not supported"):
+        UpdateTask(params, fn, data, "adam", optimizer_options={"state_dtype": "float16"})
+    opt = lrcore.Adam(params)
+    with pytest.raises(ValueError, match="optimizer_options applies to an optimizer built"):
+        UpdateTask(params, fn, data, opt, optimizer_options={"seed": 1})

@@ -640,6 +640,12 @@ class Adam8:
     params keep float32 moments and are stepped by lrcore.kernels.adam, as bitsandbytes and
     torchao do. Hyperparameters are numbers (one group). `state_dict()` holds codes and absmax
     (copies); `load_state_dict` checks every buffer's dtype and size before changing anything.
+
+    The full optimizer is `lrcore.optim.Adam` / `AdamW` with `state_dtype="int8"` (parameter
+    groups, schedules, bfloat16 params, clipping, checkpoint files, lrcore.torch, and every
+    rule of INT8_RULES); its params follow this class's bit for bit
+    (tests/test_optim_int8.py). Adam8 stays as the minimal standalone form, with its own
+    state-dict layout ({'step', 'amsgrad', 'state'}, 8-bit buffers as {'codes', 'absmax'}).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
