@@ -54,6 +54,17 @@ def test_every_rule_bitwise_against_one_process(world):
     assert "FAIL" not in out
 
 
+@pytest.mark.parametrize("world", WORLDS)
+def test_half_precision_and_8bit_state_bitwise_against_one_process(world):
+    # every class with bfloat16 params, grads and state and stochastic rounding; float16
+    # params; float32 params with half grads; 8-bit state for every INT8_RULES class (float32
+    # and bfloat16 params): params after every step, the averaged grads, the consolidated
+    # state dict and the state bytes, bitwise against one process
+    out = run(world, SCRIPT, "lowp")
+    assert "half-precision / 8-bit runs bitwise on" in out, out
+    assert "FAIL" not in out
+
+
 @pytest.mark.parametrize("saved,loaded", [(2, 1), (2, 3), (2, 4), (3, 2)])
 def test_checkpoint_saved_on_w_continues_on_w_prime(tmp_path, saved, loaded):
     if max(saved, loaded) > max(WORLDS):
@@ -62,6 +73,7 @@ def test_checkpoint_saved_on_w_continues_on_w_prime(tmp_path, saved, loaded):
     assert f"with {saved} rank(s)" in out, out
     out = run(loaded, SCRIPT, "load", str(tmp_path))
     assert f"saved with {saved} rank(s) loaded on {loaded}" in out, out
+    assert f"8-bit stochastic-rounding checkpoint loaded on {loaded}" in out, out
 
 
 @pytest.mark.parametrize("world", sorted({min(2, max(WORLDS)), max(WORLDS)}))
@@ -223,3 +235,115 @@ def test_train_distributed_without_mpi4py_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(CLIError, match=r'--distributed: .*pip install "lrcore\[mpi\]"'):
         dtrain.run(argparse.Namespace())
+
+
+def test_average_grads_rounds_once_in_float32():
+    """average_grads (the reference of average=True): float32 / float64 grads summed in
+    their type in rank order; half grads widened, summed and divided in float32, rounded
+    once to nearest even (for three ranks that differs from summing in bfloat16)."""
+    import ml_dtypes
+    from lrcore.distributed import average_grads
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(4)
+    per_rank = [[rng.standard_normal(300).astype(np.float32).astype(dt)
+                 for dt in (bf16, np.float16, np.float32, np.float64)] for _ in range(3)]
+    got = average_grads(per_rank)
+    for i, dt in enumerate((bf16, np.dtype(np.float16))):
+        acc = (per_rank[0][i].astype(np.float32) + per_rank[1][i].astype(np.float32)) \
+            + per_rank[2][i].astype(np.float32)
+        want = (acc / np.float32(3)).astype(dt)
+        assert got[i].dtype == dt and np.array_equal(got[i].view(np.uint16), want.view(np.uint16))
+        in_half = ((per_rank[0][i] + per_rank[1][i]) + per_rank[2][i]) / dt.type(3)
+        assert not np.array_equal(got[i].view(np.uint16), in_half.view(np.uint16))
+    for i in (2, 3):
+        dt = per_rank[0][i].dtype
+        want = ((per_rank[0][i] + per_rank[1][i]) + per_rank[2][i]) / dt.type(3)
+        assert got[i].dtype == dt and np.array_equal(got[i], want)
+    with pytest.raises(ValueError, match=r"grads_per_rank\[1\]\[0\]"):
+        average_grads([[np.ones(3, np.float32)], [np.ones(3, np.float16)]])
+
+
+def test_8bit_layout_cuts_whole_blocks_and_keeps_the_threshold():
+    """With min_tail=4096 no piece of a param of 4096+ elements is shorter than 4096, and
+    every cut inside a param is a multiple of 256 (whole quantization blocks)."""
+    from lrcore.distributed._layout import SUMSQ_BLOCK, Layout
+    sizes = [2 * SUMSQ_BLOCK + 5, 3, SUMSQ_BLOCK + 4000, 5000, SUMSQ_BLOCK + 1, 4 * SUMSQ_BLOCK]
+    for world in (2, 3, 4, 7):
+        for bucket in (SUMSQ_BLOCK + 3000, 1 << 30):
+            lay = Layout(sizes, [np.dtype(np.float32)] * len(sizes), [0] * len(sizes), world,
+                         bucket, min_tail=4096)
+            seen = {}
+            for b in lay.buckets:
+                for r in range(world):
+                    for p in b.pieces[r]:
+                        n = sizes[p.index]
+                        assert p.start % 256 == 0
+                        assert n < 4096 or p.size >= 4096, (world, bucket, p, n)
+                        seen.setdefault(p.index, []).append((p.start, p.stop))
+            for i, n in enumerate(sizes):      # the pieces tile every param
+                spans = sorted(seen[i])
+                assert spans[0][0] == 0 and spans[-1][1] == n
+                assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    # without it, a 2**14 grid point may leave a piece of one element
+    lay = Layout([SUMSQ_BLOCK + 1], [np.dtype(np.float32)], [0], 2, 1 << 30)
+    assert [p.size for b in lay.buckets for r in range(2) for p in b.pieces[r]] == \
+        [SUMSQ_BLOCK, 1]
+
+
+def test_half_precision_in_process_and_bad_options():
+    """One rank (an MPI singleton): bfloat16 / 8-bit runs equal one process; bad options and
+    grads name the argument and change nothing."""
+    import ml_dtypes
+    import lrcore
+    from lrcore.distributed import ShardedOptimizer, average_grads
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(1)
+    p = [rng.standard_normal(n).astype(np.float32).astype(bf16) for n in (20000, 300)]
+    q = [x.copy() for x in p]
+    kw = dict(lr=0.01, state_dtype="int8", rounding="stochastic", seed=9)
+    opt = ShardedOptimizer(p, lrcore.Adam, bucket_elements=5000, **kw)
+    ref = lrcore.Adam(q, **kw)
+    assert (opt.state_dtype, opt.rounding, opt.seed) == ("int8", "stochastic", 9)
+    for t in range(3):
+        g = [rng.standard_normal(x.shape).astype(np.float32).astype(bf16) for x in p]
+        assert opt.step(g, clip_norm=1.0) and ref.step(average_grads([g]), clip_norm=1.0)
+        assert opt.last_grad_norm == ref.last_grad_norm
+        for a, b in zip(p, q):
+            np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+    assert opt.state_nbytes() == ref.state_nbytes() == 20000 * 2 + 79 * 4 * 2 + 300 * 8
+    sd = opt.consolidated_state_dict()
+    assert sorted(sd["state"][0]) == ["exp_avg.absmax", "exp_avg.codes", "exp_avg_sq.absmax",
+                                      "exp_avg_sq.codes"]
+    assert sd["state"][1]["exp_avg"].dtype == np.float32
+    before = [x.copy() for x in p]
+    for grads, kind, text in (
+            ([np.ones(20000, np.float16), np.ones(300, bf16)], TypeError, r"grads\[0\] is float16"),
+            ([np.ones(20000, bf16), np.ones(30, bf16)], ValueError, r"grads\[1\] is bfloat16 \(30,\)")):
+        with pytest.raises(kind, match=text):
+            opt.step(grads)
+    for x, y in zip(p, before):
+        np.testing.assert_array_equal(x.view(np.uint16), y.view(np.uint16))
+    f32 = [np.zeros(10, np.float32), np.zeros(10, np.float32)]
+    opt32 = ShardedOptimizer(f32, lrcore.SGD, lr=0.1)
+    with pytest.raises(TypeError, match=r"grads\[1\] is float32 and grads\[0\] bfloat16"):
+        opt32.step([np.ones(10, bf16), np.ones(10, np.float32)])
+    assert opt32.step_count == 0
+    cases = [
+        (([np.zeros(5000, np.float16)], lrcore.Adam), {"state_dtype": "int8"}, TypeError,
+         r"params\[0\] is float16; 8-bit state"),
+        (([np.zeros(5000, np.float32)], lrcore.Adagrad), {"state_dtype": "int8"}, ValueError,
+         r"state_dtype='int8' is supported for the rules"),
+        (([np.zeros(50, np.float32)], lrcore.Adam), {"state_dtype": "float16"}, ValueError,
+         r"state_dtype='float16' is not supported"),
+        (([np.zeros(50, np.float32)], lrcore.Adam), {"state_dtype": "bfloat16"}, TypeError,
+         r"params\[0\] is float32 and state_dtype='bfloat16'"),
+        (([np.zeros(50, np.float32)], lrcore.Adam), {"rounding": "up"}, ValueError,
+         r"rounding must be"),
+        (([np.zeros(50, np.float32)], lrcore.Adam), {"seed": -1}, ValueError, r"seed must be"),
+        (([np.zeros(50, np.float32)], lrcore.RMSprop), {"state_dtype": "int8",
+                                                       "centered": True}, ValueError,
+         r"centered RMSprop"),
+    ]
+    for args, options, kind, text in cases:
+        with pytest.raises(kind, match=text):
+            ShardedOptimizer(*args, **options)

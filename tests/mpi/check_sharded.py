@@ -4,27 +4,32 @@ Usage: mpiexec -n W python -m mpi4py tests/mpi/check_sharded.py MODE DIR
 MODE: rules (every optimizer class x float32/float64 x the table's option variants, 20 steps,
 clipping, skipping, a schedule: params bitwise equal to a single-process optimizer on the
 averaged grads, state dicts equal, memory per rank), rules-defaults (the same, default options
-only), save (10 steps with average=False, then save to DIR),
-load (load DIR's checkpoint on this world size, continue to step 20, compare with an
-uninterrupted single-process run), faults, mismatch. Prints one line per check from rank 0;
+only), lowp (every class with bfloat16 params, grads and state and stochastic rounding; the
+other half-precision layouts; 8-bit state for every class of lrcore.quantization.INT8_RULES,
+float32 and bfloat16 params: params, grads' average, state dicts and state bytes bitwise
+against one process), save (10 steps with average=False, then save to DIR; also a bfloat16
+8-bit stochastic-rounding Adam to DIR/lowp), load (load DIR's checkpoints on this world size,
+continue to step 20, compare with uninterrupted single-process runs), faults, mismatch. Prints one line per check from rank 0;
 exits non-zero (MPI_Abort through mpi4py) on the first mismatch.
 """
 import inspect
 import os
 import sys
 
+import ml_dtypes
 import numpy as np
 from mpi4py import MPI
 
 import lrcore
 import lrcore.optim
 from lrcore import schedules
-from lrcore.distributed import DistributedError, ShardedOptimizer, load, save
+from lrcore.distributed import DistributedError, ShardedOptimizer, average_grads, load, save
 
 comm = MPI.COMM_WORLD
 RANK, W = comm.Get_rank(), comm.Get_size()
 STEPS = 20
 BLOCK = 1 << 14
+BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def say(*a):
@@ -200,6 +205,122 @@ def mode_rules(defaults_only=False):
     say(f"ok Adam float32+float64 in one group; {count + 1} runs bitwise on {W} rank(s)")
 
 
+# -- half precision and 8-bit state ------------------------------------------------------
+
+LOWP_STEPS = 12
+
+
+def lowp_params(dtype, seed=0):
+    """Two groups; sizes around the 2**14 grid, the 256-element quantization blocks and the
+    4096-element threshold of 8-bit state: 2*BLOCK+5 and BLOCK+1 leave tails of 5 and 1
+    elements past a grid point (so that point may not be a cut), BLOCK+4000 a tail under
+    4096, 5000 is quantized but under one grid block, 3, 17 and 8 stay float32."""
+    rng = np.random.default_rng(seed)
+    g0 = [rng.standard_normal(s).astype(np.float32).astype(dtype) for s in
+          ((2 * BLOCK + 5,), (3,), (BLOCK + 4000,), (17, 1))]
+    g1 = [rng.standard_normal(s).astype(np.float32).astype(dtype) for s in
+          ((BLOCK + 1, 1), (5000,), (8,))]
+    return g0, g1
+
+
+def lowp_grads(params, gdtype, step, rank):
+    key = ("lowp", tuple((p.shape, p.dtype.str) for p in params), np.dtype(gdtype).name,
+           step, rank)
+    if key not in _CACHE:
+        rng = np.random.default_rng(1000 * step + rank + 11)
+        out = [(0.3 * rng.standard_normal(p.shape)).astype(np.float32).astype(gdtype)
+               for p in params]
+        if step == 7 and rank == W - 1:
+            out[0].reshape(-1)[5] = np.nan
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def lowp_average(params, gdtype, step):
+    """The average of every rank's grads, computed here independently of lrcore: float32
+    sum in rank order, / W, one rounding to nearest even in the grads' dtype (ml_dtypes'
+    and numpy's casts); checked equal to lrcore.distributed.average_grads."""
+    key = ("lowp-avg", tuple((p.shape, p.dtype.str) for p in params), np.dtype(gdtype).name,
+           step)
+    if key not in _CACHE:
+        per_rank = [lowp_grads(params, gdtype, step, r) for r in range(W)]
+        out = []
+        for i in range(len(params)):
+            acc = per_rank[0][i].astype(np.float32)
+            for r in range(1, W):
+                acc = acc + per_rank[r][i].astype(np.float32)
+            out.append((acc / np.float32(W)).astype(gdtype))
+        mine = average_grads(per_rank)
+        for i, (a, b) in enumerate(zip(out, mine)):
+            check(a.dtype == b.dtype and np.array_equal(bits(a), bits(b)),
+                  f"average_grads differs from the float32 sum rounded once (grads[{i}])")
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def run_lowp(cls, pdtype, gdtype, options):
+    g0, g1 = lowp_params(pdtype)
+    r0, r1 = [p.copy() for p in g0], [p.copy() for p in g1]
+    lr = schedules.Cosine(0.01, LOWP_STEPS)
+    opt = ShardedOptimizer([{"params": g0}, {"params": g1, "lr": 0.005}], cls, lr=lr,
+                           bucket_elements=BLOCK + 3000, **options)
+    ref = cls([{"params": r0}, {"params": r1, "lr": 0.005}], lr=lr, **options)
+    params, refs = g0 + g1, r0 + r1
+    name = (f"{cls.__name__} param {np.dtype(pdtype).name} grad {np.dtype(gdtype).name} "
+            f"{options}")
+    for t in range(LOWP_STEPS):
+        applied = opt.step(lowp_grads(params, gdtype, t, RANK), **step_args(t))
+        want = ref.step(lowp_average(refs, gdtype, t), **step_args(t))
+        check(applied == want, f"{name} step {t}: applied {applied}, single process {want}")
+        check((opt.last_grad_norm == ref.last_grad_norm)
+              or (opt.last_grad_norm != opt.last_grad_norm and ref.last_grad_norm != ref.last_grad_norm),
+              f"{name} step {t}: grad norm {opt.last_grad_norm!r} != {ref.last_grad_norm!r}")
+        for i, (p, q) in enumerate(zip(params, refs)):
+            check(p.dtype == q.dtype and np.array_equal(bits(p), bits(q)),
+                  f"{name} step {t}: params[{i}] differ in "
+                  f"{int((bits(p).view(np.uint16 if p.itemsize == 2 else np.uint32) != bits(q).view(np.uint16 if q.itemsize == 2 else np.uint32)).sum())} elements")
+    sd = opt.consolidated_state_dict(root=W - 1)
+    if RANK == W - 1:
+        same_state_dict(sd, ref.state_dict(), f"{name} state_dict")
+    mine = opt.state_nbytes()
+    totals = comm.allreduce(mine)
+    check(totals == ref.state_nbytes(), f"{name}: the ranks hold {totals} bytes of state, one "
+          f"process {ref.state_nbytes()}")
+    return mine, ref.state_nbytes()
+
+
+def lowp_cases():
+    """(class, param dtype, grad dtype, options) of the lowp mode."""
+    extra = {"SGD": {"momentum": 0.9}, "RMSprop": {"momentum": 0.9}}
+    sr = {"rounding": "stochastic", "seed": 2 ** 64 - 7}
+    out = []
+    for cls in rules():       # everything bfloat16, stochastic rounding
+        out.append((cls, BF16, BF16, dict(extra.get(cls.__name__, {}), **sr)))
+    out += [(lrcore.Adam, BF16, BF16, dict(sr, state_dtype="float32")),
+            (lrcore.RMSprop, BF16, BF16, dict(sr, state_dtype="float32", momentum=0.9)),
+            (lrcore.Adam, np.float16, np.float16, {"amsgrad": True}),
+            (lrcore.SGD, np.float16, np.float16, dict(sr, momentum=0.9, nesterov=True)),
+            (lrcore.AdamW, np.float32, BF16, {}),
+            (lrcore.SGD, np.float32, np.float16, {"momentum": 0.9})]
+    int8 = lrcore.quantization.INT8_RULES
+    for cls in rules():       # 8-bit state, float32 params
+        if cls.rule.name in int8:
+            out.append((cls, np.float32, np.float32,
+                        dict(extra.get(cls.__name__, {}), state_dtype="int8")))
+    out += [(lrcore.Adam, BF16, BF16, dict(sr, state_dtype="int8", amsgrad=True)),
+            (lrcore.Lion, BF16, BF16, dict(sr, state_dtype="int8"))]
+    return out
+
+
+def mode_lowp():
+    cases = lowp_cases()
+    for cls, pdt, gdt, options in cases:
+        mine, single = run_lowp(cls, pdt, gdt, options)
+        say(f"ok {cls.__name__} param {np.dtype(pdt).name} grad {np.dtype(gdt).name} "
+            f"{options}: {LOWP_STEPS} steps bitwise; state {mine} of {single} bytes on rank 0")
+    say(f"ok {len(cases)} half-precision / 8-bit runs bitwise on {W} rank(s)")
+
+
 def continued_run(stop, path=None):
     """Single process: STEPS steps of Adam (amsgrad, a schedule) with the full grads."""
     g0, g1 = make_params(np.float32, seed=3)
@@ -228,9 +349,68 @@ def mode_save(directory):
     save(path, opt, meta={"saved_by": W})
     save(path, opt, meta={"saved_by": W})   # a second save replaces the first's rank files
     comm.Barrier()
-    files = sorted(os.listdir(directory))
+    files = sorted(f for f in os.listdir(directory) if f != "lowp")
     check(len(files) == W + 1, f"after two saves the directory holds {files}")
     say(f"ok saved step {opt.step_count} with {W} rank(s): {files}")
+    lowp_dir = os.path.join(directory, "lowp")
+    if RANK == 0:
+        os.makedirs(lowp_dir, exist_ok=True)
+    comm.Barrier()
+    opt, params = lowp_saved_run(ShardedOptimizer, LOWP_STEPS // 2, average=False,
+                                 bucket_elements=BLOCK + 3000)
+    save(os.path.join(lowp_dir, "ckpt.lrc"), opt)
+    say(f"ok saved a bfloat16 8-bit stochastic-rounding Adam at step {opt.step_count} with "
+        f"{W} rank(s)")
+
+
+LOWP_SAVED = dict(state_dtype="int8", rounding="stochastic", seed=12345, amsgrad=True)
+
+
+def lowp_saved_run(make, stop, seed=3, **kwargs):
+    """bfloat16 params, 8-bit state, stochastic rounding: `stop` steps of make(...) (a
+    ShardedOptimizer or lrcore.Adam) with full grads; returns (optimizer, params)."""
+    g0, g1 = lowp_params(BF16, seed=seed)
+    spec = [{"params": g0}, {"params": g1, "lr": 0.005}]
+    lr = schedules.Cosine(0.01, LOWP_STEPS)
+    opt = make(spec, lrcore.Adam, lr=lr, **LOWP_SAVED, **kwargs) if make is ShardedOptimizer \
+        else make(spec, lr=lr, **LOWP_SAVED, **kwargs)
+    for t in range(stop):
+        opt.step(lowp_full(g0 + g1, t), **step_args(t))
+    return opt, g0 + g1
+
+
+def lowp_full(params, t):
+    rng = np.random.default_rng(70 + t)
+    return [(0.3 * rng.standard_normal(p.shape)).astype(np.float32).astype(BF16) for p in params]
+
+
+def load_lowp(directory):
+    """The lowp checkpoint: load onto this world size, compare, continue to LOWP_STEPS (the
+    stochastic-rounding stream continues), compare; load into one process too."""
+    path = os.path.join(directory, "lowp", "ckpt.lrc")
+    opt, params = lowp_saved_run(ShardedOptimizer, 0, seed=99, average=False,
+                                 bucket_elements=2 * BLOCK)
+    load(path, opt)
+    ref, rparams = lowp_saved_run(lrcore.Adam, LOWP_STEPS // 2)
+    for i, (p, q) in enumerate(zip(params, rparams)):
+        check(np.array_equal(bits(p), bits(q)), f"lowp: loaded params[{i}] differ")
+    sd = opt.consolidated_state_dict()
+    if RANK == 0:
+        same_state_dict(sd, ref.state_dict(), "lowp: loaded state_dict")
+    for t in range(LOWP_STEPS // 2, LOWP_STEPS):
+        opt.step(lowp_full(params, t), **step_args(t))
+        ref.step(lowp_full(rparams, t), **step_args(t))
+        for i, (p, q) in enumerate(zip(params, rparams)):
+            check(np.array_equal(bits(p), bits(q)), f"lowp: continued step {t} params[{i}] differ")
+    sd = opt.consolidated_state_dict()
+    if RANK == 0:
+        same_state_dict(sd, ref.state_dict(), "lowp: continued state_dict")
+    single, sparams = lowp_saved_run(lrcore.Adam, 0, seed=5)
+    load(path, single)
+    ref2, rp2 = lowp_saved_run(lrcore.Adam, LOWP_STEPS // 2)
+    same_state_dict(single.state_dict(), ref2.state_dict(), "lowp: single-process load")
+    for i, (p, q) in enumerate(zip(sparams, rp2)):
+        check(np.array_equal(bits(p), bits(q)), f"lowp: single-process loaded params[{i}] differ")
 
 
 def mode_load(directory):
@@ -264,6 +444,9 @@ def mode_load(directory):
         check(np.array_equal(bits(p), bits(q)), f"single-process loaded params[{i}] differ")
     say(f"ok checkpoint saved with {meta['saved_by']} rank(s) loaded on {W}, continued to step "
         f"{STEPS} bitwise; also loaded into a single-process Adam")
+    load_lowp(directory)
+    say(f"ok bfloat16 8-bit stochastic-rounding checkpoint loaded on {W}, continued to step "
+        f"{LOWP_STEPS} bitwise (the random stream continues); also into one process")
 
 
 def expect_raise(fn, kinds, text, what):
@@ -291,6 +474,12 @@ def mode_faults():
     if W > 1:
         expect_raise(lambda: opt.step(good, clip_norm=1.0 + RANK), DistributedError,
                      "disagree", "different clip_norm")
+    # the ranks' grads differ in dtype (float32 params take bfloat16 grads too)
+    if W > 1:
+        mixed = [np.ones(3000, BF16)] if RANK == 0 else good
+        expect_raise(lambda: opt.step(mixed), DistributedError, "disagree",
+                     "grads of different dtypes on different ranks")
+        check(np.array_equal(params[0], before), "a refused step changed params")
     check(opt.step(good), "a good step after the errors")
     check(opt.step_count == 1, "step count after errors")
     say("ok a bad grad on one rank raises on every rank; a good step follows")
@@ -332,15 +521,23 @@ def mode_mismatch():
                      "different values", "value mismatch")
         expect_raise(lambda: ShardedOptimizer([np.zeros(4)], lrcore.Adam, lr=0.1 * (1 + RANK)),
                      ValueError, "hyperparameters", "hyperparameter mismatch")
+        expect_raise(lambda: ShardedOptimizer([np.zeros(4, np.float32)], lrcore.Adam,
+                                              rounding="stochastic" if RANK else "nearest"),
+                     ValueError, "hyperparameters", "rounding mismatch")
     bad = [np.zeros(4, np.int32)] if RANK == W - 1 else [np.zeros(4, np.float32)]
     expect_raise(lambda: ShardedOptimizer(bad, lrcore.Adam), (TypeError, DistributedError),
                  "params[0]", "bad dtype on one rank")
+    # a bad option raises the same error on every rank, before any collective
+    expect_raise(lambda: ShardedOptimizer([np.zeros(4, np.float16)], lrcore.Adam,
+                                          state_dtype="int8"), TypeError, "params[0]",
+                 "8-bit state for float16 params")
     say("ok mismatched params, values, hyperparameters and dtypes are caught at construction")
 
 
 if __name__ == "__main__":
     mode, directory = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
     {"rules": mode_rules, "rules-defaults": lambda: mode_rules(defaults_only=True),
+     "lowp": mode_lowp,
      "save": lambda: mode_save(directory),
      "load": lambda: mode_load(directory), "faults": mode_faults,
      "mismatch": mode_mismatch}[mode]()

@@ -40,9 +40,22 @@ def import_mpi():
 
 
 def mpi_type(dtype):
+    """The MPI datatype that carries `dtype`'s elements (bfloat16 and float16 as their 16-bit
+    patterns: use `wire` for the array); MPI never does arithmetic on them here."""
     MPI = import_mpi()
+    dtype = np.dtype(dtype)
+    if dtype.kind != "i" and dtype.itemsize == 2:      # float16, ml_dtypes.bfloat16
+        return MPI.UINT16_T
     return {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE,
-            np.dtype(np.uint8): MPI.BYTE, np.dtype(np.int64): MPI.INT64_T}[np.dtype(dtype)]
+            np.dtype(np.uint8): MPI.BYTE, np.dtype(np.int64): MPI.INT64_T}[dtype]
+
+
+def wire(array):
+    """A 1-d array as MPI can send or receive it: bfloat16 / float16 as a uint16 view (numpy
+    exports no buffer of ml_dtypes' types), others as they are."""
+    if array.dtype.kind != "i" and array.dtype.itemsize == 2:
+        return array.view(np.uint16)
+    return array
 
 
 def yield_cpu():

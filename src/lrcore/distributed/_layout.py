@@ -8,6 +8,15 @@ always summed whole by one rank. Rank r owns [R_r, R_{r+1}), the grid point near
 no padding is stored; a rank's share differs from N/W by less than one block per group and
 dtype. Each rank's range is cut into the same number of buckets, so the b-th collective of a
 step means the same thing on every rank.
+
+8-bit state (lrcore.quantization: blocks of BLOCK = 256 elements counted from each param's
+start; params under MIN_ELEMENTS = 4096 elements keep float32 state): every cut inside a param
+lies on the 2**14 grid, a multiple of 256, so a piece holds whole quantization blocks (only a
+param's last block may be short, as in one process). With `min_tail` (MIN_ELEMENTS when the
+state is 8-bit) a grid point that would leave fewer than min_tail elements after it in its
+param is dropped, so every piece of a param of MIN_ELEMENTS or more elements has at least
+MIN_ELEMENTS elements: the bucket's optimizer then quantizes exactly the pieces of the params
+one process quantizes, block for block.
 """
 import math
 
@@ -48,10 +57,11 @@ class Layout:
     """Ranks' ranges and buckets for params grouped as `group_of` (param index -> group).
 
     sizes: element count per param; dtypes: numpy dtype per param; world: W;
-    bucket_elements: target elements per bucket (all ranks together).
+    bucket_elements: target elements per bucket (all ranks together); min_tail: see the
+    module's docstring (0: every 2**14 grid point is a possible cut).
     """
 
-    def __init__(self, sizes, dtypes, group_of, world, bucket_elements):
+    def __init__(self, sizes, dtypes, group_of, world, bucket_elements, min_tail=0):
         self.world = world
         self.sizes = list(sizes)
         # the single-process sum's block order: params in optimizer order, blocks in order
@@ -71,7 +81,7 @@ class Layout:
             offsets[1:] = np.cumsum([self.sizes[i] for i in members])
             total = int(offsets[-1])
             grid = np.unique(np.concatenate(
-                [offsets] + [offsets[k] + np.arange(0, self.sizes[i], SUMSQ_BLOCK, dtype=np.int64)
+                [offsets] + [offsets[k] + _grid(self.sizes[i], min_tail)
                              for k, i in enumerate(members)]))
             cuts = [_snap(grid, total * r / world) for r in range(world + 1)]
             self.ranges.append((g, dt, members, cuts))
@@ -98,6 +108,13 @@ class Layout:
     def owned(self, rank):
         """Elements owned by `rank`, per (group, dtype) range."""
         return [cuts[rank + 1] - cuts[rank] for _, _, _, cuts in self.ranges]
+
+
+def _grid(n, min_tail):
+    """Cut points inside a param of n elements: 0 and every multiple of 2**14 below n that
+    leaves at least min_tail elements after it."""
+    at = np.arange(0, n, SUMSQ_BLOCK, dtype=np.int64)
+    return at[(at == 0) | (n - at >= min_tail)]
 
 
 def _snap(grid, target):

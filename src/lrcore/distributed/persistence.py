@@ -2,10 +2,12 @@
 
 Layout: `path` is the index, written by rank 0 with lrcore.checkpoint.write (atomic,
 checksummed JSON header, no arrays): the optimizer's state dict without its arrays (step,
-hyperparameters and schedules, the names of each param's state buffers), the params' shapes,
-and for every saving rank the pieces (param, start, stop) of each bucket it held. Next to it,
-`<path>.<token>.rank<r>of<W>` holds rank r's shard: per bucket, each state buffer and the
-params over that rank's pieces, concatenated. A save writes the rank files under a fresh token,
+hyperparameters and schedules, state_dtype, rounding and seed, the state-dict keys of each
+param's buffers), the params' shapes and dtypes, and for every saving rank the pieces (param,
+start, stop) of each bucket it held. Next to it, `<path>.<token>.rank<r>of<W>` holds rank r's
+shard: per bucket, each state-dict array and the params over that rank's pieces, concatenated,
+in their own dtypes (bfloat16, 8-bit codes and their float32 absmax, one per block of 256: a
+piece [start, stop) of a quantized param holds absmax blocks [start/256, ceil(stop/256)) ). A save writes the rank files under a fresh token,
 then the index (the commit point), then deletes the files of the index it replaced: a crash
 at any moment leaves the previous checkpoint loadable. `load` reads the index and, on each
 rank of any world size, only the files that overlap its new pieces.
@@ -15,7 +17,7 @@ import secrets
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, quantization
 from ..checkpoint import CheckpointError
 from ._comm import agree
 from .sharded import ShardedOptimizer
@@ -90,13 +92,16 @@ class _Source:
             self.sd = meta["optimizer"]
             self.files = list(meta["files"])
             self.user = meta.get("user")
-            self.held = {}       # param -> [(start, stop, rank, bucket, offset)]
-            for r, buckets in enumerate(meta["layout"]):
+            # the state-dict keys of each param (float buffers by name, 8-bit ones as
+            # name.codes and name.absmax)
+            self.keys = [set(k) for k in self.sd["state"]]
+            self.layout = [[[(int(i), int(s), int(e)) for i, s, e in pieces]
+                            for pieces in buckets] for buckets in meta["layout"]]
+            self.held = {}       # param -> [(start, stop, rank, bucket, piece number)]
+            for r, buckets in enumerate(self.layout):
                 for b, pieces in enumerate(buckets):
-                    at = 0
-                    for i, s, e in pieces:
-                        self.held.setdefault(int(i), []).append((int(s), int(e), r, b, at))
-                        at += int(e) - int(s)
+                    for k, (i, s, e) in enumerate(pieces):
+                        self.held.setdefault(i, []).append((s, e, r, b, k))
             if len(self.files) != len(meta["layout"]):
                 raise ValueError("files and layout differ in length")
         except (KeyError, TypeError, ValueError) as exc:
@@ -116,24 +121,47 @@ class _Source:
             self.cache[r] = arrays
         return self.cache[r]
 
-    def piece(self, i, name, start, stop, dtype):
-        """Elements [start, stop) of param i's buffer `name` ('param' for the param)."""
-        out = np.empty(stop - start, dtype=dtype)
+    def _at(self, r, b, k, key):
+        """Where piece k of rank r's bucket b starts in that file's array `key`: the spans of
+        the bucket's earlier pieces whose param holds `key`."""
+        at = 0
+        for i, s, e in self.layout[r][b][:k]:
+            if key == "param" or key in self.keys[i]:
+                lo, hi = _span(key, s, e)
+                at += hi - lo
+        return at
+
+    def piece(self, i, key, start, stop, dtype=None):
+        """Positions [start, stop) of param i's state-dict array `key` ('param': the param's
+        elements), as an array of `dtype` (None: the saved dtype)."""
+        out = None if dtype is None else np.empty(stop - start, dtype=dtype)
         filled = 0
-        for s, e, r, b, at in self.held.get(i, ()):
+        for s, e, r, b, k in self.held.get(i, ()):
+            s, e = _span(key, s, e)
             lo, hi = max(s, start), min(e, stop)
             if hi <= lo:
                 continue
-            src = self._file(r).get(f"{b}/{name}")
+            at = self._at(r, b, k, key)
+            src = self._file(r).get(f"{b}/{key}")
+            if out is None and src is not None:
+                out = np.empty(stop - start, dtype=src.dtype)
             if src is None or src.dtype != out.dtype or at + (e - s) > src.size:
-                raise CheckpointError(f"{self.where}: rank {r}'s file lacks {name!r} for "
-                                      f"param {i}")
+                raise CheckpointError(f"{self.where}: rank {r}'s file lacks {key!r} for "
+                                      f"param {i}" + ("" if src is None or src.dtype == out.dtype
+                                                      else f" as {out.dtype}"))
             out[lo - start:hi - start] = src[at + lo - s:at + hi - s]
             filled += hi - lo
-        if filled != stop - start:
-            raise CheckpointError(f"{self.where}: param {i} elements [{start}, {stop}) of "
-                                  f"{name!r} are not all in the checkpoint")
+        if filled != stop - start or out is None:
+            raise CheckpointError(f"{self.where}: param {i} positions [{start}, {stop}) of "
+                                  f"{key!r} are not all in the checkpoint")
         return out
+
+
+def _span(key, start, stop):
+    """Elements [start, stop) of a param as positions of its state-dict array `key`."""
+    if key.endswith(".absmax"):
+        return start // quantization.BLOCK, -(-stop // quantization.BLOCK)
+    return start, stop
 
 
 def load(path, optimizer):
@@ -172,23 +200,32 @@ def load(path, optimizer):
 
 def read_state_dict(path):
     """(state dict of the single-process optimizer, [params]) from a checkpoint written by
-    `save`, read in one process (every rank file)."""
+    `save`, read in one process (every rank file). Every array keeps its saved dtype."""
     src = _Source(path)
     sd = dict(src.sd)
     try:
         infos = sd["params"]
-        shapes = [(tuple(int(s) for s in info["shape"]), np.dtype(info["dtype"]))
-                  for info in infos]
+        shapes = [(tuple(int(s) for s in info["shape"]), info["dtype"]) for info in infos]
         state = []
-        for i, names in enumerate(sd["state"]):
-            n = int(np.prod(shapes[i][0], dtype=np.int64))
-            state.append({name: src.piece(i, name, 0, n, shapes[i][1]).reshape(shapes[i][0])
-                          for name in names})
-        params = [src.piece(i, "param", 0, int(np.prod(s, dtype=np.int64)), dt).reshape(s)
-                  for i, (s, dt) in enumerate(shapes)]
+        for i, keys in enumerate(sd["state"]):
+            shape = shapes[i][0]
+            n = int(np.prod(shape, dtype=np.int64))
+            st = {}
+            for key in keys:
+                lo, hi = _span(key, 0, n)
+                part = key.rpartition(".")[2] if "." in key else None
+                st[key] = src.piece(i, key, lo, hi).reshape(
+                    (hi - lo,) if part in ("codes", "absmax") else shape)
+            state.append(st)
+        params = [src.piece(i, "param", 0, int(np.prod(s, dtype=np.int64))).reshape(s)
+                  for i, (s, _) in enumerate(shapes)]
+        for i, (p, (_, dt)) in enumerate(zip(params, shapes)):
+            if p.dtype.name != dt:
+                raise ValueError(f"params[{i}] is saved as {p.dtype.name}, the index says {dt}")
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{src.where} is malformed ({exc})") from None
     sd["state"] = state
     return sd, params
+

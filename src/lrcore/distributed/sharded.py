@@ -10,6 +10,15 @@ division by W (the deterministic reduce-scatter), the inner kernel on the local 
 all-gather of the updated pieces into every rank's params. The next bucket's reduction is
 started before the current bucket's kernel, and its gather is left running while the next
 kernel runs (non-blocking collectives; how much they overlap depends on the MPI's progress).
+
+Element types (lrcore.optim's state_dtype, rounding, seed; issues 12 and 13): each param's
+layout is decided on the whole param, as one process decides it (lrcore.optim.precision).
+Every piece is stepped with index_offset = its first element's place in the concatenation of
+all params, so stochastic rounding draws, element for element, the bits one process draws.
+With 8-bit state the cuts fall on whole quantization blocks and never leave a piece of a
+quantized param under the 4096-element threshold (`_layout`), so each piece's codes and
+absmax are exactly that slice of one process's. Half-precision grads are averaged in float32
+and rounded once, to nearest, to the grads' dtype (`average_grads`).
 """
 import hashlib
 import json
@@ -19,14 +28,100 @@ import threading
 
 import numpy as np
 
+from .. import lowp, quantization
 from ._comm import DEFAULT_TIMEOUT, DistributedError, agree, allgather_bytes, \
-    import_mpi, mpi_type, wait, yield_cpu
+    import_mpi, mpi_type, wait, wire, yield_cpu
 from ._layout import Layout, block_sumsq
+from ..optim import Optimizer
 from ..optim import params as param_checks
+from ..optim import precision
+from ..optim.state_dict import READS as _STATE_DICT_VERSIONS
 
-__all__ = ["ShardedOptimizer"]
+__all__ = ["ShardedOptimizer", "average_grads"]
 
 DEFAULT_BUCKET_ELEMENTS = 1 << 22   # elements per bucket, all ranks together (16 MiB of float32)
+
+
+_FULL = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _dname(dt):
+    """A dtype's name ('bfloat16' for ml_dtypes')."""
+    dt = np.dtype(dt)
+    return "bfloat16" if dt == lowp.bfloat16 else dt.name
+
+
+def _mean_into(out, chunks):
+    """out = the mean of the equal-length 1-d arrays `chunks` (one per rank, in rank order):
+    ((c_0 + c_1) + c_2) + ... + c_{W-1}, then / W. float32 and float64 in their own type;
+    bfloat16 and float16 widened to float32 (exact), summed and divided in float32, and
+    rounded once to nearest even in their type (lrcore.lowp.round_nearest)."""
+    dt = out.dtype
+    if dt in _FULL:
+        if len(chunks) == 1:
+            out[...] = chunks[0]
+        else:
+            np.add(chunks[0], chunks[1], out=out)
+            for c in chunks[2:]:
+                np.add(out, c, out=out)
+        np.divide(out, dt.type(len(chunks)), out=out)
+        return
+    acc = lowp.widen(chunks[0])
+    for c in chunks[1:]:
+        np.add(acc, lowp.widen(c), out=acc)
+    np.divide(acc, np.float32(len(chunks)), out=acc)
+    out.view(np.uint16)[...] = lowp.round_nearest(acc, dt).view(np.uint16)
+
+
+def average_grads(grads_per_rank):
+    """The averaged grads a ShardedOptimizer(average=True) steps with, computed in one
+    process: grads_per_rank[r] is rank r's list of grads (the same shapes and dtypes on
+    every rank). Per element, (((g_0 + g_1) + g_2) + ... + g_{W-1}) / W in rank order:
+    float32 / float64 grads in their own type; bfloat16 / float16 grads widened to float32,
+    summed and divided in float32, then rounded once to nearest even in the grads' dtype.
+    A single-process optimizer stepped with these grads ends bitwise where the sharded one
+    does (the reference of lrcore.distributed's equality guarantee)."""
+    per_rank = [param_checks.grad_list(g, "average_grads()") for g in grads_per_rank]
+    if not per_rank:
+        raise ValueError("average_grads(): grads_per_rank is empty; give one list per rank")
+    out = []
+    for i, g0 in enumerate(per_rank[0]):
+        parts = []
+        for r, grads in enumerate(per_rank):
+            if len(grads) != len(per_rank[0]):
+                raise ValueError(f"average_grads(): rank {r} has {len(grads)} grads, rank 0 "
+                                 f"{len(per_rank[0])}")
+            g = grads[i]
+            if not isinstance(g, np.ndarray) or g.dtype != g0.dtype or g.shape != g0.shape \
+                    or not lowp.dtype_ok(g.dtype):
+                raise ValueError(f"average_grads(): grads_per_rank[{r}][{i}] must be a "
+                                 f"float32, float64, bfloat16 or float16 array like "
+                                 f"grads_per_rank[0][{i}] ({g0.dtype} {g0.shape})")
+            parts.append(np.ascontiguousarray(g).reshape(-1))
+        a = np.empty(g0.shape, dtype=g0.dtype)
+        _mean_into(a.reshape(-1), parts)
+        out.append(a)
+    return out
+
+
+def _span(key, start, stop):
+    """Elements [start, stop) of a param as positions in its state-dict array `key`: the
+    same, or (an 8-bit buffer's absmax, one per block of 256) the blocks they cover."""
+    if precision.split_key(key)[1] == "absmax":
+        return start // quantization.BLOCK, -(-stop // quantization.BLOCK)
+    return start, stop
+
+
+def _place(inner, offsets):
+    """Give a bucket's optimizer the index_offset of each of its pieces (the piece's place
+    in the concatenation of every param, as one process numbers it), which its per-param
+    step passes to the kernels. lrcore.optim.Optimizer numbers its own params from 0 and
+    has no public argument for this: the one private field this module sets."""
+    if not isinstance(getattr(inner, "_offsets", None), list) \
+            or len(inner._offsets) != len(offsets):
+        raise RuntimeError("lrcore.distributed: this lrcore.optim.Optimizer keeps no per-param "
+                           "index offsets (_offsets); ShardedOptimizer cannot place its pieces")
+    inner._offsets = list(offsets)
 
 
 def _check_separate(params):
@@ -56,11 +151,13 @@ class ShardedOptimizer:
     params: as for the optimizer class (an array, a list of arrays, or a list of parameter
         group dicts); every rank passes the same list, with the same initial values
         (checked at construction: shapes, dtypes, groups, hyperparameters and a SHA-256 of
-        every param's bytes).
+        every param's bytes). float32, float64, bfloat16 (ml_dtypes) or float16 arrays.
     optimizer_class: an lrcore optimizer class (lrcore.Adam, lrcore.SGD, ...).
     comm: an mpi4py communicator (default MPI.COMM_WORLD).
     average: True (default): `step` takes each rank's local grads and uses their average
-        (((g_0 + g_1) + g_2) + ... + g_{W-1}) / W, summed in rank order in the grads' dtype.
+        (((g_0 + g_1) + g_2) + ... + g_{W-1}) / W, summed in rank order: float32 / float64
+        grads in their type, bfloat16 / float16 grads in float32 and rounded once to nearest
+        in their type (`average_grads` computes the same in one process).
         False: the grads are already reduced (the same on every rank) and used as they are.
     bucket_elements: elements per communication bucket, all ranks together.
     timeout: seconds a rank waits for its peers in a collective before raising
@@ -70,12 +167,17 @@ class ShardedOptimizer:
         gather), since MPICH moves non-blocking collectives only inside MPI calls unless
         it runs its own progress thread. Needs MPI_THREAD_MULTIPLE (mpi4py's default).
         Off by default: on the 2-core machine of the README's figures it made steps slower.
-    **hyperparameters: passed to optimizer_class (lr=..., betas=..., schedules).
+    **hyperparameters: passed to optimizer_class (lr=..., betas=..., schedules), including
+        the element-type options state_dtype (None, 'float32', 'bfloat16', 'int8'),
+        rounding ('nearest', 'stochastic') and seed, with lrcore.optim's meaning.
 
     `step(grads, clip_norm=None, skip_nonfinite=False)` leaves every rank's params bitwise
-    equal to a single-process optimizer_class stepped with the averaged grads (clipping by
-    the global norm summed in the single-process order). Every method that communicates is
-    collective: call it on every rank, in the same order.
+    equal to a single-process optimizer_class, built with the same options, stepped with
+    the averaged grads (clipping by the global norm summed in the single-process order), and
+    `consolidated_state_dict()` equal to its state dict, for every layout of
+    lrcore.optim (half-precision params and grads, bfloat16 and 8-bit state, stochastic
+    rounding). Every method that communicates is collective: call it on every rank, in
+    the same order.
     """
 
     def __init__(self, params, optimizer_class, comm=None, *, average=True,
@@ -89,6 +191,7 @@ class ShardedOptimizer:
         self.optimizer_class = optimizer_class
         self.average = average
         self.overlap = bool(overlap) and MPI.Query_thread() == MPI.THREAD_MULTIPLE
+        owner = "ShardedOptimizer"
         error, signature = None, None
         try:
             if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
@@ -104,11 +207,16 @@ class ShardedOptimizer:
                     or bucket_elements < 1:
                 raise ValueError(f"ShardedOptimizer: bucket_elements must be an integer >= 1, "
                                  f"got {bucket_elements!r}")
-            if not isinstance(optimizer_class, type):
+            if not isinstance(optimizer_class, type) or not issubclass(optimizer_class,
+                                                                       Optimizer) \
+                    or getattr(optimizer_class, "rule", None) is None:
                 raise TypeError(f"ShardedOptimizer: optimizer_class must be an lrcore "
                                 f"optimizer class (e.g. lrcore.Adam), got {optimizer_class!r}")
+            state_dtype, _, _ = precision.check_options(
+                owner, hyperparameters.get("state_dtype"),
+                hyperparameters.get("rounding", "nearest"), hyperparameters.get("seed", 0))
             self._specs = []
-            for g, group in enumerate(param_checks.groups(params, "ShardedOptimizer")):
+            for g, group in enumerate(param_checks.groups(params, owner)):
                 ps = group.pop("params")
                 if not ps:
                     raise ValueError(f"ShardedOptimizer: parameter group {g} has no params")
@@ -116,11 +224,18 @@ class ShardedOptimizer:
             self._params, self._group_of = [], []
             for g, (_, ps) in enumerate(self._specs):
                 for p in ps:
-                    param_checks.check_param(len(self._params), p, "ShardedOptimizer")
+                    param_checks.check_param(len(self._params), p, owner, half=True)
                     self._params.append(p)
                     self._group_of.append(g)
-            param_checks.check_writeable(self._params, "ShardedOptimizer")
+            param_checks.check_writeable(self._params, owner)
             _check_separate(self._params)
+            # each param's layout, decided on the whole param as one process decides it
+            self._layouts = [precision.layout(owner, f"params[{i}]", optimizer_class.rule, p,
+                                              state_dtype)
+                             for i, p in enumerate(self._params)]
+            # the class's own checks of groups and hyperparameters, on empty params
+            optimizer_class([dict(spec, params=[np.empty(0, p.dtype) for p in ps])
+                             for spec, ps in self._specs], **hyperparameters)
             signature = self._signature(hyperparameters)
         except (TypeError, ValueError) as exc:
             error = exc
@@ -128,16 +243,27 @@ class ShardedOptimizer:
                      payload=None if signature is None else signature[0])
         if len(set(sigs)) > 1:
             self._mismatch(signature[1])
+        self._state_dtype = state_dtype
+        self._plain = all(lay.plain for lay in self._layouts)
+        offsets = precision.offsets(self._params)
         self._layout = Layout([p.size for p in self._params], [p.dtype for p in self._params],
-                              self._group_of, self.world_size, int(bucket_elements))
+                              self._group_of, self.world_size, int(bucket_elements),
+                              min_tail=quantization.MIN_ELEMENTS if state_dtype == "int8"
+                              else 0)
         self._flat = [p.reshape(-1) for p in self._params]
+        # per bucket, the params of its (group, dtype) range
+        members = {(g, np.dtype(dt)): m for g, dt, m, _ in self._layout.ranges}
+        self._members = [members[b.group, np.dtype(b.dtype)] for b in self._layout.buckets]
         error = None
         self._inner = []
         try:
             for bucket in self._layout.buckets:
                 spec, _ = self._specs[bucket.group]
-                self._inner.append(optimizer_class(
-                    [dict(spec, params=self._views(bucket, self._flat))], **hyperparameters))
+                inner = optimizer_class([dict(spec, params=self._views(bucket, self._flat))],
+                                        **hyperparameters)
+                _place(inner, [offsets[p.index] + p.start for p in
+                               bucket.pieces[self.rank]] or [0])
+                self._inner.append(inner)
         except (TypeError, ValueError) as exc:
             error = exc
         agree(self.comm, error, self.timeout, "ShardedOptimizer construction")
@@ -145,7 +271,7 @@ class ShardedOptimizer:
         self._group_inner = {}
         for k, bucket in enumerate(self._layout.buckets):
             self._group_inner.setdefault(bucket.group, k)
-        self._shard = [np.empty(b.counts[self.rank], dtype=b.dtype) for b in self._layout.buckets]
+        self._shards = {}     # (bucket, dtype) -> this rank's averaged grads / gather staging
         ids = [self._layout.block_ids(r) for r in range(self.world_size)]
         self._block_counts = [1 + len(x) for x in ids]        # a finite flag, then partials
         self._block_displs = np.concatenate([[0], np.cumsum(self._block_counts)[:-1]]).tolist()
@@ -171,7 +297,7 @@ class ShardedOptimizer:
                 "groups": [{k: _describe(v) for k, v in sorted(spec.items())}
                            for spec, _ in self._specs],
                 "params": [[g, p.dtype.name, list(p.shape),
-                            hashlib.sha256(memoryview(p).cast("B")).hexdigest()[:32]
+                            hashlib.sha256(p.reshape(-1).view(np.uint8)).hexdigest()[:32]
                             if p.size else ""]
                            for p, g in zip(self._params, self._group_of)]}
         text = json.dumps(desc, sort_keys=True)
@@ -297,29 +423,55 @@ class ShardedOptimizer:
                     value.report(metric)
 
     def state_nbytes(self):
-        """Bytes of optimizer state held by this rank (its shard; params not counted)."""
-        total = 0
-        for inner in self._inner:
-            for st in inner.state_dict()["state"]:
-                total += sum(a.nbytes for a in st.values())
-        return total
+        """Bytes of optimizer state held by this rank (its shard; params not counted): every
+        state buffer of its pieces, 8-bit ones as codes plus absmax. Summed over the ranks,
+        the single-process optimizer's state_nbytes()."""
+        return sum(inner.state_nbytes() for inner in self._inner)
 
     def shard_elements(self):
         """Elements of each (group, dtype) range this rank owns: [(group, dtype, mine, total)]."""
-        return [(g, np.dtype(dt).name, cuts[self.rank + 1] - cuts[self.rank], cuts[-1])
+        return [(g, _dname(dt), cuts[self.rank + 1] - cuts[self.rank], cuts[-1])
                 for g, dt, _, cuts in self._layout.ranges]
+
+    @property
+    def state_dtype(self):
+        """None, 'float32', 'bfloat16' or 'int8', as given at construction."""
+        return self._state_dtype
+
+    @property
+    def rounding(self):
+        """'nearest' or 'stochastic' (a loaded state dict's, after a load)."""
+        return self._inner[0].rounding
+
+    @property
+    def seed(self):
+        """The stochastic-rounding stream's seed (a loaded state dict's, after a load)."""
+        return self._inner[0].seed
 
     # -- the step ------------------------------------------------------------------------
 
     def _buffer(self, name, slot, size, dtype):
-        key = (name, slot, np.dtype(dtype).str)
+        key = (name, slot, np.dtype(dtype).str, np.dtype(dtype).name)
         buf = self._buffers.get(key)
         if buf is None or buf.size < size:
             buf = self._buffers[key] = np.empty(size, dtype=dtype)
         return buf[:size]
 
+    def _shard(self, b, dtype):
+        """This rank's part of bucket b in `dtype`: its averaged grads (average=True), or the
+        staging of its updated params for the gather (kept per bucket and dtype)."""
+        key = (b, np.dtype(dtype).str, np.dtype(dtype).name)
+        buf = self._shards.get(key)
+        if buf is None:
+            buf = self._shards[key] = np.empty(self._layout.buckets[b].counts[self.rank],
+                                               dtype=dtype)
+        return buf
+
     def _check_grads(self, grads):
-        grads = param_checks.grad_list(grads, "ShardedOptimizer.step()")
+        """The grads as flat views, checked against each param's layout (lrcore.optim's
+        rules); with average=True, the grads of one bucket's params share a dtype."""
+        where = "ShardedOptimizer.step()"
+        grads = param_checks.grad_list(grads, where)
         if len(grads) != len(self._params):
             raise ValueError(f"ShardedOptimizer.step(): got {len(grads)} grads for "
                              f"{len(self._params)} params; pass one grad per param, in order")
@@ -328,19 +480,39 @@ class ShardedOptimizer:
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"ShardedOptimizer.step(): grads[{i}] must be a numpy.ndarray, "
                                 f"got {type(g).__name__}")
-            if g.dtype != p.dtype or g.shape != p.shape:
-                raise ValueError(f"ShardedOptimizer.step(): grads[{i}] is {g.dtype} {g.shape}, "
-                                 f"params[{i}] is {p.dtype} {p.shape}; pass one grad per "
-                                 f"param, of the same shape and dtype")
+            if g.shape != p.shape:
+                raise ValueError(f"ShardedOptimizer.step(): grads[{i}] is "
+                                 f"{_dname(g.dtype)} {g.shape}, params[{i}] is "
+                                 f"{_dname(p.dtype)} {p.shape}; pass one grad per "
+                                 f"param, of the same shape")
+            try:
+                precision.check_grad(where, i, self._layouts[i], g, p.size)
+            except TypeError as exc:
+                if g.dtype in _FULL and p.dtype in _FULL:   # float32 vs float64
+                    raise ValueError(str(exc)) from None
+                raise
             flat.append(g.reshape(-1))
+        if self.average:
+            for _, _, members, _ in self._layout.ranges:
+                first = members[0]
+                for i in members[1:]:
+                    if flat[i].dtype != flat[first].dtype:
+                        raise TypeError(
+                            f"ShardedOptimizer.step(): grads[{i}] is "
+                            f"{_dname(flat[i].dtype)} and grads[{first}] "
+                            f"{_dname(flat[first].dtype)}: the grads of params of "
+                            f"one dtype in one parameter group are averaged together and "
+                            f"must share a dtype")
         return flat
 
     def step(self, grads, *, clip_norm=None, skip_nonfinite=False):
         """One step with this rank's `grads` (one array per param, in order). Collective.
 
-        clip_norm / skip_nonfinite as for the single-process optimizer, on the averaged
-        grads; every rank takes the same decision. Returns True if the step was applied.
-        The caller's grads are never written.
+        Each grad has its param's shape and a dtype lrcore.optim accepts for the param's
+        layout (the param's dtype; also bfloat16 / float16 for a float32 param), the same
+        on every rank. clip_norm / skip_nonfinite as for the single-process optimizer, on
+        the averaged grads; every rank takes the same decision. Returns True if the step
+        was applied. The caller's grads are never written.
         """
         error, flat = None, None
         try:
@@ -355,54 +527,54 @@ class ShardedOptimizer:
                                 f"False, got {skip_nonfinite!r}")
         except (TypeError, ValueError) as exc:
             error = exc
-        args = None if error else [None if clip_norm is None else float(clip_norm),
-                                   bool(skip_nonfinite), self.step_count]
+        args = None
+        if error is None:
+            kinds = ",".join(_dname(g.dtype) for g in flat)
+            args = [None if clip_norm is None else float(clip_norm), bool(skip_nonfinite),
+                    self.step_count, hashlib.sha256(kinds.encode()).hexdigest()[:16]]
         seen = agree(self.comm, error, self.timeout, "step", payload=args)
         if any(a != seen[0] for a in seen):
             raise DistributedError("ShardedOptimizer.step(): the ranks disagree on (clip_norm, "
-                                   "skip_nonfinite, step_count): "
+                                   "skip_nonfinite, step_count, digest of the grads' dtypes): "
                                    + ", ".join(f"rank {r}: {tuple(a)}" for r, a in enumerate(seen)))
-        return self._step(flat, clip_norm, bool(skip_nonfinite))
+        # the single-process optimizer's path: one StepPlan call (float32 / float64 layouts
+        # and grads of the params' dtypes), or the kernel per param (any other)
+        plan = self._plain and all(g.dtype == p.dtype for g, p in zip(flat, self._params))
+        return self._step(flat, clip_norm, bool(skip_nonfinite), plan)
 
-    def _step(self, flat, clip_norm, skip_nonfinite):
+    def _step(self, flat, clip_norm, skip_nonfinite, plan):
         MPI = import_mpi()
         comm, rank, world, timeout = self.comm, self.rank, self.world_size, self.timeout
         buckets = self._layout.buckets
         pending = {}   # (kind, bucket) -> request
         needs_norm = clip_norm is not None or skip_nonfinite
+        gdtypes = [flat[m[0]].dtype for m in self._members]   # grads' dtype per bucket
 
         def start_reduce(b):
-            bucket = buckets[b]
-            send = self._buffer("send", b % 2, bucket.size, bucket.dtype)
+            bucket, dt = buckets[b], gdtypes[b]
+            send = self._buffer("send", b % 2, bucket.size, dt)
             at = 0
             for r in range(world):
                 for p in bucket.pieces[r]:
                     send[at:at + p.size] = flat[p.index][p.start:p.stop]
                     at += p.size
             mine = bucket.counts[rank]
-            recv = self._buffer("recv", b % 2, world * mine, bucket.dtype)
-            t = mpi_type(bucket.dtype)
+            recv = self._buffer("recv", b % 2, world * mine, dt)
+            t = mpi_type(dt)
             pending["reduce", b] = comm.Ialltoallv(
-                [send, bucket.counts, bucket.displs, t],
-                [recv, [mine] * world, [q * mine for q in range(world)], t])
+                [wire(send), bucket.counts, bucket.displs, t],
+                [wire(recv), [mine] * world, [q * mine for q in range(world)], t])
 
         def finish_reduce(b):
-            bucket = buckets[b]
+            bucket, dt = buckets[b], gdtypes[b]
             wait(pending.pop(("reduce", b)), timeout, "step (gradient reduction)", keep=self)
             mine = bucket.counts[rank]
-            recv = self._buffer("recv", b % 2, world * mine, bucket.dtype)
-            out = self._shard[b]
-            if world == 1:
-                out[...] = recv
-            else:
-                np.add(recv[:mine], recv[mine:2 * mine], out=out)
-                for q in range(2, world):
-                    np.add(out, recv[q * mine:(q + 1) * mine], out=out)
-            np.divide(out, bucket.dtype.type(world), out=out)
+            recv = self._buffer("recv", b % 2, world * mine, dt)
+            _mean_into(self._shard(b, dt), [recv[q * mine:(q + 1) * mine] for q in range(world)])
 
         def local_grads(b):
             if self.average:
-                return self._split(buckets[b], self._shard[b])
+                return self._split(buckets[b], self._shard(b, gdtypes[b]))
             return self._views(buckets[b], flat)
 
         def start_gather(b):
@@ -412,13 +584,13 @@ class ShardedOptimizer:
                 p = pieces[0]
                 send = self._flat[p.index][p.start:p.stop]
             else:
-                send = self._shard[b]
+                send = self._shard(b, bucket.dtype)
                 for dst, src in zip(self._split(bucket, send), self._views(bucket, self._flat)):
                     dst[...] = src
             recv = self._buffer("gather", b % 2, bucket.size, bucket.dtype)
             t = mpi_type(bucket.dtype)
-            pending["gather", b] = comm.Iallgatherv([send, t],
-                                                    [recv, bucket.counts, bucket.displs, t])
+            pending["gather", b] = comm.Iallgatherv([wire(send), t],
+                                                    [wire(recv), bucket.counts, bucket.displs, t])
 
         def finish_gather(b):
             bucket = buckets[b]
@@ -434,15 +606,20 @@ class ShardedOptimizer:
 
         def run_kernel(b, scale):
             grads_b = local_grads(b)
-            if scale != 1.0:
-                if not self.average:   # never write the caller's grads
-                    staged = self._split(buckets[b], self._shard[b])
-                    for dst, src in zip(staged, grads_b):
-                        dst[...] = src
-                    grads_b = staged
-                s = buckets[b].dtype.type(scale)
-                for g in grads_b:
-                    np.multiply(g, s, out=g)
+            pieces = buckets[b].pieces[rank]
+            if scale != 1.0 and pieces:
+                if plan:
+                    if not self.average:   # never write the caller's grads
+                        staged = self._split(buckets[b], self._shard(b, gdtypes[b]))
+                        for dst, src in zip(staged, grads_b):
+                            dst[...] = src
+                        grads_b = staged
+                    s = gdtypes[b].type(scale)
+                    for g in grads_b:
+                        np.multiply(g, s, out=g)
+                else:   # lrcore.optim's per-param path: a scaled copy (precision.scaled)
+                    grads_b = [precision.scaled(g, scale, self._layouts[p.index])
+                               for g, p in zip(grads_b, pieces)]
             live = list(pending.values())
             if self.overlap and live:
                 self._step_driving(b, grads_b, live)
@@ -463,7 +640,10 @@ class ShardedOptimizer:
                             if b + 1 < nb:
                                 start_reduce(b + 1)
                             finish_reduce(b)
-                    norm, finite = self._global_norm(local_grads, MPI)
+                    if plan:
+                        norm, finite = self._global_norm(local_grads, MPI)
+                    else:
+                        norm, finite = self._whole_norm(flat, gdtypes, MPI)
                     self.last_grad_norm = norm
                     if skip_nonfinite and not finite:
                         return False
@@ -492,6 +672,30 @@ class ShardedOptimizer:
                     pass
             raise
         return True
+
+    def _whole_norm(self, flat, gdtypes, MPI):
+        """(L2 norm, all finite) of the averaged grads as lrcore.optim's per-param path
+        computes it (precision.grad_sumsq: a float64 dot product per whole param, which no
+        split can reproduce): with average=True the averaged pieces are all-gathered into
+        whole grads first (one extra all-gather, only when clipping or skipping)."""
+        if self.average:
+            whole = [np.empty(f.size, dtype=f.dtype) for f in flat]
+            for b, bucket in enumerate(self._layout.buckets):
+                dt = gdtypes[b]
+                recv = self._buffer("gather", 0, bucket.size, dt)
+                t = mpi_type(dt)
+                wait(self.comm.Iallgatherv([wire(self._shard(b, dt)), t],
+                                           [wire(recv), bucket.counts, bucket.displs, t]),
+                     self.timeout, "step (gradient norm)", keep=self)
+                for r in range(self.world_size):
+                    at = bucket.displs[r]
+                    for p in bucket.pieces[r]:
+                        whole[p.index][p.start:p.stop] = recv[at:at + p.size]
+                        at += p.size
+        else:
+            whole = flat
+        sumsq, finite = precision.grad_sumsq(whole)
+        return math.sqrt(sumsq), finite
 
     def _step_driving(self, b, grads_b, live):
         """Bucket b's kernel, with a helper thread testing the requests in flight meanwhile
@@ -537,78 +741,132 @@ class ShardedOptimizer:
         return math.sqrt(total), finite
 
     # -- state ---------------------------------------------------------------------------
+    #
+    # A state dict holds, per param, one array per state-dict key (lrcore.optim.precision):
+    # a float buffer `name` of the param's shape, or an 8-bit buffer as `name.codes` (one per
+    # element) and `name.absmax` (one per block of 256). A piece [start, stop) of a param
+    # holds positions _span(key, start, stop) of each key; pieces of a quantized param
+    # start on block boundaries, so those spans tile every array.
+
+    def _names(self, g):
+        """Names of the state buffers the params of group g hold (as its bucket optimizers
+        hold them: all alike)."""
+        return list(self._inner[self._group_inner[g]].snapshot().states[0])
+
+    def _keys(self, i, names):
+        """{state-dict key: (shape, dtype)} of param i's buffers `names`, as one process
+        holds them."""
+        out = {}
+        for name in names:
+            out.update(precision.spec(self._layouts[i], self._params[i], name))
+        return out
+
+    def _local_arrays(self, b):
+        """Per piece of bucket b held here: {state-dict key: this rank's array (live)}."""
+        if not self._layout.buckets[b].pieces[self.rank]:
+            return []
+        return [precision.flat(st) for st in self._inner[b].snapshot().states]
+
+    def _bucket_keys(self, b, keys_of):
+        """(key, dtype, counts per rank) of every state-dict key that bucket b's pieces hold
+        (keys_of[i]: param i's {key: (shape, dtype)}), in a rank-independent order."""
+        bucket = self._layout.buckets[b]
+        out = {}
+        for i in self._members[b]:
+            for key, (_, dt) in keys_of[i].items():
+                out.setdefault(key, dt)
+        rows = []
+        for key, dt in out.items():
+            counts = [sum(_span(key, p.start, p.stop)[1] - _span(key, p.start, p.stop)[0]
+                          for p in bucket.pieces[r] if key in keys_of[p.index])
+                      for r in range(self.world_size)]
+            if sum(counts):
+                rows.append((key, dt, counts))
+        return rows
 
     def consolidated_state_dict(self, root=0):
         """On `root`: the state dict a single-process optimizer_class would have (the same
-        keys, values and arrays); None on the other ranks. Collective. Gathered bucket by
-        bucket and buffer by buffer: no rank but root ever holds more than its own shard
-        plus one bucket's buffer."""
+        keys, values, arrays and dtypes, 8-bit buffers as codes and absmax); None on the
+        other ranks. Collective. Gathered bucket by bucket and buffer by buffer: no rank but
+        root ever holds more than its own shard plus one bucket's buffer."""
         if isinstance(root, bool) or not isinstance(root, numbers.Integral) \
                 or not 0 <= root < self.world_size:
             raise ValueError(f"ShardedOptimizer.consolidated_state_dict(): root must be a rank "
                              f"in [0, {self.world_size}), got {root!r}")
-        inner_sds = [inner.state_dict() for inner in self._inner]
+        names = {g: self._names(g) for g in range(len(self._specs))}
+        keys_of = [self._keys(i, names[g]) for i, g in enumerate(self._group_of)]
         full = None
         if self.rank == root:
-            full = [dict() for _ in self._params]
+            full = [{key: np.zeros(shape, dtype=dt) for key, (shape, dt) in k.items()}
+                    for k in keys_of]
         for b, bucket in enumerate(self._layout.buckets):
-            st = inner_sds[b]["state"]
-            names = list(st[0]) if st else []
-            for name in names:
-                send = np.concatenate([s[name].reshape(-1) for s in st]) if len(st) > 1 \
-                    else st[0][name].reshape(-1)
-                t = mpi_type(bucket.dtype)
+            mine = self._local_arrays(b)
+            pieces = bucket.pieces[self.rank]
+            for key, dt, counts in self._bucket_keys(b, keys_of):
+                parts = [arrs[key].reshape(-1) for p, arrs in zip(pieces, mine) if key in arrs]
+                send = np.concatenate(parts) if parts else np.empty(0, dtype=dt)
+                t = mpi_type(dt)
                 if self.rank == root:
-                    recv = np.empty(bucket.size, dtype=bucket.dtype)
-                    req = self.comm.Igatherv([send, t], [recv, bucket.counts, bucket.displs, t],
+                    recv = np.empty(sum(counts), dtype=dt)
+                    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+                    req = self.comm.Igatherv([wire(send), t], [wire(recv), counts, displs, t],
                                              root=root)
                 else:
                     recv = None
-                    req = self.comm.Igatherv([send, t], None, root=root)
+                    req = self.comm.Igatherv([wire(send), t], None, root=root)
                 wait(req, self.timeout, "consolidated_state_dict", keep=(send, recv))
                 if self.rank != root:
                     continue
+                at = 0
                 for r in range(self.world_size):
-                    at = bucket.displs[r]
                     for p in bucket.pieces[r]:
-                        arr = full[p.index].get(name)
-                        if arr is None:
-                            arr = full[p.index][name] = np.zeros(self._params[p.index].shape,
-                                                                 dtype=bucket.dtype)
-                        arr.reshape(-1)[p.start:p.stop] = recv[at:at + p.size]
-                        at += p.size
+                        if key not in keys_of[p.index]:
+                            continue
+                        lo, hi = _span(key, p.start, p.stop)
+                        full[p.index][key].reshape(-1)[lo:hi] = recv[at:at + hi - lo]
+                        at += hi - lo
         if self.rank != root:
             return None
-        sd = dict(inner_sds[0])
+        sd = self._head(self._inner[0].state_dict())
+        sd["state"] = full
+        return sd
+
+    def _head(self, inner_sd):
+        """The single-process state dict's fields but its state, from a bucket optimizer's."""
+        sd = {k: v for k, v in inner_sd.items() if k not in ("groups", "params", "state")}
         groups = []
         for g in range(len(self._specs)):
-            group = dict(inner_sds[self._group_inner[g]]["groups"][0])
+            group = dict(self._inner[self._group_inner[g]].state_dict()["groups"][0]
+                         if self._group_inner[g] else inner_sd["groups"][0])
             group["params"] = [i for i, gi in enumerate(self._group_of) if gi == g]
             groups.append(group)
         sd["groups"] = groups
         sd["params"] = [{"shape": list(p.shape), "dtype": p.dtype.name} for p in self._params]
-        sd["state"] = full
         return sd
 
     def inner_state_dicts(self, state_dict, piece_array):
         """Per bucket, the inner optimizer's state dict for this rank's pieces, built from a
-        single-process-format `state_dict` whose arrays are read through
-        piece_array(param index, name, start, stop) -> 1-D array."""
+        single-process-format `state_dict` (checked by _check_full) whose arrays are read
+        through piece_array(param index, key, start, stop) -> 1-d array (positions of the
+        state-dict array `key`)."""
         out = []
         for b, bucket in enumerate(self._layout.buckets):
             g = bucket.group
-            members = [i for i in range(len(self._params))
-                       if self._group_of[i] == g and self._params[i].dtype == bucket.dtype]
-            names = list(state_dict["state"][members[0]])
+            members = self._members[b]
             pieces = bucket.pieces[self.rank]
             group = dict(state_dict["groups"][g])
             if pieces:
                 params = [{"shape": [p.size], "dtype": bucket.dtype.name} for p in pieces]
-                state = [{name: piece_array(p.index, name, p.start, p.stop) for name in
-                          state_dict["state"][p.index]} for p in pieces]
-            else:
+                state = [{key: piece_array(p.index, key, *_span(key, p.start, p.stop))
+                          for key in state_dict["state"][p.index]} for p in pieces]
+            else:    # the bucket optimizer's one empty param: float state, never 8-bit
                 params = [{"shape": [0], "dtype": bucket.dtype.name}]
-                state = [{name: np.empty(0, dtype=bucket.dtype) for name in names}]
+                lay = precision.layout("ShardedOptimizer", "an empty piece",
+                                       self.optimizer_class.rule, np.empty(0, bucket.dtype),
+                                       self._state_dtype)
+                names = dict.fromkeys(precision.split_key(k)[0]
+                                      for k in state_dict["state"][members[0]])
+                state = [{name: np.empty(0, dtype=lay.state) for name in names}]
             group["params"] = list(range(len(params)))
             sd = {k: v for k, v in state_dict.items() if k not in ("groups", "params", "state")}
             sd.update(groups=[group], params=params, state=state)
@@ -616,15 +874,24 @@ class ShardedOptimizer:
         return out
 
     def _check_full(self, state_dict):
-        """Structural checks of a single-process state dict against this optimizer."""
+        """Structural checks of a single-process state dict against this optimizer (each
+        param's state-dict keys, and the shape and dtype of every array given)."""
         owner = "ShardedOptimizer.load_state_dict()"
         if not isinstance(state_dict, dict):
             raise ValueError(f"{owner}: expected a state dict, got {type(state_dict).__name__}")
         expected = self._inner[0].state_dict()
-        for key in ("format", "version", "optimizer"):
+        for key in ("format", "optimizer"):
             if state_dict.get(key) != expected.get(key):
                 raise ValueError(f"{owner}: {key} is {state_dict.get(key)!r}, this optimizer's "
                                  f"is {expected.get(key)!r}")
+        version = state_dict.get("version")
+        if isinstance(version, bool) or version not in _STATE_DICT_VERSIONS:
+            raise ValueError(f"{owner}: version is {version!r}; this lrcore reads versions "
+                             f"{', '.join(map(str, _STATE_DICT_VERSIONS))}")
+        if version != 1 and state_dict.get("state_dtype") != self._state_dtype:
+            raise ValueError(f"{owner}: the state dict has state_dtype="
+                             f"{state_dict.get('state_dtype')!r}, this optimizer "
+                             f"{self._state_dtype!r}; state_dtype is fixed at construction")
         groups, params, state = (state_dict.get(k) for k in ("groups", "params", "state"))
         if not isinstance(groups, list) or len(groups) != len(self._specs):
             raise ValueError(f"{owner}: it has {len(groups or ())} parameter groups, this "
@@ -639,18 +906,34 @@ class ShardedOptimizer:
                 or not isinstance(state, list) or len(state) != len(self._params):
             raise ValueError(f"{owner}: it has {len(params or ())} params and state for "
                              f"{len(state or ())}, this optimizer has {len(self._params)}")
+        names_of = {}
         for i, (info, st, p) in enumerate(zip(params, state, self._params)):
             if not isinstance(info, dict) or tuple(info.get("shape", ())) != p.shape \
                     or info.get("dtype") != p.dtype.name:
                 raise ValueError(f"{owner}: params[{i}] was {info}, is {p.dtype.name} {p.shape}")
-            if isinstance(st, list):     # names only (a checkpoint index)
-                continue
-            if not isinstance(st, dict):
+            if not isinstance(st, (list, dict)):
                 raise ValueError(f"{owner}: state of params[{i}] is not a dict")
-            for name, arr in st.items():
-                if not isinstance(arr, np.ndarray) or arr.shape != p.shape or arr.dtype != p.dtype:
-                    raise ValueError(f"{owner}: params[{i}] state {name!r} is not a "
-                                     f"{p.dtype} {p.shape} array")
+            names = list(dict.fromkeys(precision.split_key(k)[0] for k in st))
+            unknown = [n for n in names if n not in self.optimizer_class.state_slots]
+            if unknown:
+                raise ValueError(f"{owner}: params[{i}] state has a buffer {unknown[0]!r}; "
+                                 f"{self.optimizer_class.__name__} keeps "
+                                 f"{list(self.optimizer_class.state_slots)}")
+            spec = self._keys(i, names)
+            if set(st) != set(spec):
+                raise ValueError(f"{owner}: params[{i}] state has arrays {sorted(st)}, "
+                                 f"expected {sorted(spec)}")
+            g = self._group_of[i]
+            if names_of.setdefault(g, set(names)) != set(names):
+                raise ValueError(f"{owner}: params[{i}] state has buffers {sorted(names)}, "
+                                 f"the other params of group {g} {sorted(names_of[g])}")
+            if isinstance(st, list):     # keys only (a checkpoint index)
+                continue
+            for key, (shape, dt) in spec.items():
+                arr = st[key]
+                if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dt:
+                    raise ValueError(f"{owner}: params[{i}] state {key!r} is not a "
+                                     f"{_dname(dt)} {shape} array")
 
     def _load_inner(self, sds, what):
         """Load per-bucket state dicts into the inner optimizers, all or none, on every rank."""
@@ -673,12 +956,13 @@ class ShardedOptimizer:
     def load_state_dict(self, state_dict):
         """Restore from a single-process-format state dict (e.g. consolidated_state_dict()'s,
         or a single-process optimizer's), given on every rank. Collective; checked on every
-        rank before anything changes. Params are not part of a state dict."""
+        rank before anything changes. Params are not part of a state dict. Its rounding and
+        seed replace the optimizer's, and its step count continues the random stream."""
         error, sds = None, None
         try:
             self._check_full(state_dict)
             sds = self.inner_state_dicts(
-                state_dict, lambda i, name, a, b: state_dict["state"][i][name].reshape(-1)[a:b])
+                state_dict, lambda i, key, a, b: state_dict["state"][i][key].reshape(-1)[a:b])
         except (TypeError, ValueError, KeyError) as exc:
             error = exc if not isinstance(exc, KeyError) else ValueError(
                 f"ShardedOptimizer.load_state_dict(): malformed state dict ({exc})")
@@ -693,7 +977,8 @@ class ShardedOptimizer:
                 if pieces else np.empty(0, dtype=bucket.dtype)
             recv = np.empty(bucket.size, dtype=bucket.dtype)
             t = mpi_type(bucket.dtype)
-            wait(self.comm.Iallgatherv([send, t], [recv, bucket.counts, bucket.displs, t]),
+            wait(self.comm.Iallgatherv([wire(send), t],
+                                       [wire(recv), bucket.counts, bucket.displs, t]),
                  self.timeout, "parameter gather", keep=(send, recv))
             for r in range(self.world_size):
                 at = bucket.displs[r]
@@ -705,43 +990,39 @@ class ShardedOptimizer:
 
     def checkpoint_parts(self):
         """What `lrcore.distributed.save` writes, as (arrays, state_dict, layout):
-        `arrays` is this rank's file, per bucket b each state buffer `"{b}/{name}"` and the
-        params `"{b}/param"` over this rank's pieces, concatenated; `state_dict` is the
-        single-process state dict without arrays (groups, each param's shape and dtype, the
-        names of its state buffers); `layout[r][b]` lists rank r's pieces of bucket b as
-        [param index, start, stop]. Not collective."""
-        inner_sds = [inner.state_dict() for inner in self._inner]
+        `arrays` is this rank's file: per bucket b, for each state-dict key the arrays of
+        this rank's pieces that hold it, concatenated, as `"{b}/{key}"` (positions
+        _span(key, start, stop) of each piece), and the params over its pieces as
+        `"{b}/param"`; `state_dict` is the single-process state dict without arrays (groups,
+        each param's shape and dtype, the list of its state-dict keys); `layout[r][b]` lists
+        rank r's pieces of bucket b as [param index, start, stop]. Not collective."""
+        names = {g: self._names(g) for g in range(len(self._specs))}
+        keys_of = [self._keys(i, names[g]) for i, g in enumerate(self._group_of)]
         arrays = {}
         for b, bucket in enumerate(self._layout.buckets):
-            st = inner_sds[b]["state"]
-            for name in st[0]:
-                arrays[f"{b}/{name}"] = np.concatenate([s[name].reshape(-1) for s in st])
+            mine = self._local_arrays(b)
+            for key, dt, _ in self._bucket_keys(b, keys_of):
+                parts = [arrs[key].reshape(-1) for arrs in mine if key in arrs]
+                arrays[f"{b}/{key}"] = np.concatenate(parts) if parts else np.empty(0, dt)
             arrays[f"{b}/param"] = np.concatenate(self._views(bucket, self._flat))
-        sd = {k: v for k, v in inner_sds[0].items() if k not in ("groups", "params", "state")}
-        sd["groups"] = []
-        for g in range(len(self._specs)):
-            group = dict(inner_sds[self._group_inner[g]]["groups"][0])
-            group["params"] = [i for i, gi in enumerate(self._group_of) if gi == g]
-            sd["groups"].append(group)
-        sd["params"] = [{"shape": list(p.shape), "dtype": p.dtype.name} for p in self._params]
-        names = [None] * len(self._params)
-        for b, bucket in enumerate(self._layout.buckets):
-            for i in range(len(self._params)):
-                if self._group_of[i] == bucket.group and self._params[i].dtype == bucket.dtype:
-                    names[i] = list(inner_sds[b]["state"][0])
-        sd["state"] = names
+        sd = self._head(self._inner[0].state_dict())
+        sd["state"] = [list(k) for k in keys_of]
         layout = [[[[p.index, p.start, p.stop] for p in bucket.pieces[r]]
                    for bucket in self._layout.buckets] for r in range(self.world_size)]
         return arrays, sd, layout
 
     def checkpoint_loader(self, state_dict, piece):
         """Check a checkpoint's array-free `state_dict` (see checkpoint_parts) against this
-        optimizer and read this rank's part through `piece(i, name, start, stop, dtype)`
-        (elements [start, stop) of param i's buffer `name`, 'param' for the param). Returns
-        what `restore_checkpoint` applies; changes nothing. Not collective."""
+        optimizer and read this rank's part through `piece(i, key, start, stop, dtype)`
+        (positions [start, stop) of param i's state-dict array `key`, 'param' for the param's
+        elements). Returns what `restore_checkpoint` applies; changes nothing. Not
+        collective."""
         self._check_full(state_dict)
+        names = {g: [precision.split_key(k)[0] for k in state_dict["state"][
+            self._group_of.index(g)]] for g in range(len(self._specs))}
+        keys_of = [self._keys(i, dict.fromkeys(names[g])) for i, g in enumerate(self._group_of)]
         sds = self.inner_state_dicts(
-            state_dict, lambda i, name, a, b: piece(i, name, a, b, self._params[i].dtype))
+            state_dict, lambda i, key, a, b: piece(i, key, a, b, keys_of[i][key][1]))
         params = [[piece(p.index, "param", p.start, p.stop, bucket.dtype)
                    for p in bucket.pieces[self.rank]] for bucket in self._layout.buckets]
         return sds, params
