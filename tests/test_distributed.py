@@ -164,6 +164,14 @@ def test_train_distributed_reaches_the_one_process_accuracy():
     assert accuracy[1] > 0.85 and abs(accuracy[2] - accuracy[1]) <= 0.02, accuracy
 
 
+def test_train_distributed_bfloat16_with_8bit_state():
+    """`--precision bfloat16-sr --state-dtype int8` through lrcore.distributed.train.run on 2
+    ranks: bfloat16 params and grads, 8-bit Adam state, stochastic rounding."""
+    out = run(2, TRAIN, "lowp")
+    assert "bfloat16-sr: params and grads bfloat16, state int8" in out, out
+    assert float(out.split("RESULT lowp accuracy ")[1].split()[0]) > 0.85, out
+
+
 @pytest.mark.parametrize("mode,world", [("fail", max(2, min(3, max(WORLDS)))), ("handler", 2)])
 def test_train_distributed_error_on_one_rank_ends_every_rank(mode, world):
     if not _lrcore_cli_has_distributed():

@@ -8,7 +8,9 @@ and one optimizer step (state sharded 1/W per rank) follows. Every local piece o
 (data, loss and gradient, reporting) runs under a per-step agreement: an exception on any
 rank makes every rank stop at the same step with the failing rank's message; a rank that
 stops answering makes the others give up after the timeout (then MPI_Abort ends it). Only
-rank 0 prints.
+rank 0 prints. --precision and --state-dtype act as in one process (lrcore train's check and
+optimizer options; the model stores its params in that dtype and its grads are rounded to
+it), the ShardedOptimizer averaging half-precision grads in float32.
 """
 import math
 import os
@@ -33,17 +35,20 @@ class _Silent:
 
 def train(X_train, y_train, X_val, y_val, model, optimizer_class, *, lr, hyperparameters=None,
           epochs=10, batch_size=32, seed=0, shuffle=True, num_threads=None, comm=None,
-          timeout=DEFAULT_TIMEOUT, out=None, on_epoch=None):
+          timeout=DEFAULT_TIMEOUT, out=None, on_epoch=None, optimizer_options=None):
     """Train `model` (lrcore.demo.models, params updated in place) data-parallel on `comm`.
 
-    Returns {"val_accuracy", "steps", "samples", "seconds", "epoch_losses"} on every rank.
-    `out`: where rank 0 writes one line per epoch (None: nothing). `on_epoch(epoch, loss,
-    accuracy)` runs on every rank after each epoch (a raise there stops every rank)."""
+    Returns {"val_accuracy", "steps", "samples", "seconds", "epoch_losses", "state_nbytes"}
+    on every rank. `out`: where rank 0 writes one line per epoch (None: nothing).
+    `on_epoch(epoch, loss, accuracy)` runs on every rank after each epoch (a raise there
+    stops every rank). `optimizer_options`: the optimizer's state_dtype, rounding and seed
+    (lrcore.optim; the model's params already have their dtype, bfloat16 or float16 too:
+    the grads are made in it and averaged in float32, rounded once)."""
     MPI = import_mpi()
     comm = MPI.COMM_WORLD if comm is None else comm
     rank, world = comm.Get_rank(), comm.Get_size()
     opt = ShardedOptimizer(model.params, optimizer_class, comm, lr=lr, num_threads=num_threads,
-                           timeout=timeout)
+                           timeout=timeout, **(optimizer_options or {}))
     if hyperparameters:
         opt.set(**hyperparameters)
     grads = [np.zeros_like(p) for p in model.params]
@@ -103,8 +108,10 @@ def run(args):
     sense data-parallel; rank 0 prints. Returns the exit code."""
     from ..cli import EXIT_FAILED, CLIError
     from ..cli.schedule import build as build_schedule
-    from ..cli.train import DEFAULTS, default_lr, hyperparameter_names
+    from ..cli.train import DEFAULTS, PRECISIONS, check_precision, default_lr, \
+        describe_precision, hyperparameter_names, precision_options, resolved_precision
     from ..demo import datasets, models
+    from ..lowp import bfloat16
     from ..task import OPTIMIZERS
     try:
         MPI = import_mpi()
@@ -124,6 +131,15 @@ def run(args):
                                f"a script with lrcore.distributed.save)")
         name = args.optimizer or DEFAULTS["optimizer"]
         seed = DEFAULTS["seed"] if args.seed is None else args.seed
+        # --precision / --state-dtype: lrcore train's check and options (one process's)
+        precision, state_dtype = getattr(args, "precision", None), getattr(args, "state_dtype",
+                                                                           None)
+        check_precision(precision, state_dtype, name)
+        options = precision_options(args)
+        dtype = {}
+        if options:
+            param = PRECISIONS[resolved_precision(precision, state_dtype)][0]
+            dtype = {"dtype": bfloat16 if param == "bfloat16" else np.dtype(param)}
         if args.data:
             X, y = datasets.load_table(args.data, args.target)
         else:
@@ -135,10 +151,10 @@ def run(args):
         X_train, X_val = datasets.standardize(X_train, X_val)
         hidden = args.hidden or DEFAULTS["hidden"]
         if (args.model or "mlp") == "mlp":
-            model = models.MLP(X_train.shape[1], hidden, n_classes, seed=seed)
+            model = models.MLP(X_train.shape[1], hidden, n_classes, seed=seed, **dtype)
             model_name = f"MLP {X_train.shape[1]}-{hidden}-{n_classes}"
         else:
-            model = models.SoftmaxRegression(X_train.shape[1], n_classes, seed=seed)
+            model = models.SoftmaxRegression(X_train.shape[1], n_classes, seed=seed, **dtype)
             model_name = f"softmax regression {X_train.shape[1]}-{n_classes}"
         epochs = DEFAULTS["epochs"] if args.epochs is None else args.epochs
         batch_size = DEFAULTS["batch_size"] if args.batch_size is None else args.batch_size
@@ -152,7 +168,10 @@ def run(args):
                                  "total_steps": total})
         hyper = {h: getattr(args, h) for h in hyperparameter_names(name)
                  if h != "lr" and getattr(args, h, None) is not None}
-        setup = (OPTIMIZERS[name], model, model_name, epochs, batch_size, lr, hyper, seed)
+        shown = "" if not options else "; " + describe_precision(
+            {"precision": resolved_precision(precision, state_dtype), "state_dtype": state_dtype})
+        setup = (OPTIMIZERS[name], model, model_name, epochs, batch_size, lr, hyper, seed,
+                 options, shown)
     except CLIError as exc:
         error = exc
     except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -162,17 +181,18 @@ def run(args):
             agree(comm, error, timeout, "lrcore train --distributed set-up")
         except DistributedError as exc:
             raise CLIError(f"rank {min(exc.failed)}: {exc.failed[min(exc.failed)]}") from None
-        cls, model, model_name, epochs, batch_size, lr, hyper, seed = setup
+        cls, model, model_name, epochs, batch_size, lr, hyper, seed, options, shown = setup
         print(f"lrcore train --distributed: {model_name} on "
               f"{os.path.basename(args.data) if args.data else 'digits (built-in)'}, "
               f"{cls.__name__}, lr {lr if not isinstance(lr, float) else f'{lr:g}'}, "
               f"{epochs} epochs of {len(y_train)} samples, mini-batch {batch_size} split over "
-              f"{world} rank(s)", flush=True)
+              f"{world} rank(s){shown}", flush=True)
         try:
             result = train(X_train, y_train, X_val, y_val, model, cls, lr=lr,
                            hyperparameters=hyper, epochs=epochs, batch_size=batch_size,
                            seed=seed, shuffle=not args.no_shuffle, num_threads=args.threads,
-                           comm=comm, timeout=timeout, out=sys.stdout)
+                           comm=comm, timeout=timeout, out=sys.stdout,
+                           optimizer_options=options)
         except DistributedError as exc:
             if not exc.failed:      # a timeout: the silent rank cannot be reached; end it
                 print(f"lrcore train: error: {exc}", file=sys.stderr if rank == 0 else _Silent())
