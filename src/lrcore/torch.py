@@ -833,8 +833,8 @@ class _LrcoreOptimizer:
                 expected.update(self._lrcore_expected(lay, p, name))
             keep = {}
             for key, value in st.items():
-                if key == "step" or key in self._rule.scalar_states:
-                    continue
+                if key == "step" or key in self._rule.scalar_states or value is None:
+                    continue        # (torch's SGD may hold momentum_buffer None)
                 if key not in expected:
                     raise ValueError(f"{where} has {key!r}; with state_dtype="
                                      f"{self._lrcore_state_dtype!r} it holds "
