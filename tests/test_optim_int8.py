@@ -261,3 +261,33 @@ def test_bad_grads_change_nothing():
         assert all(np.array_equal(_bits(p), b) for p, b in zip(params, before))
         now = _snapshot(opt)
         assert all(np.array_equal(now[k], state[k]) for k in now) and opt.step_count == 1
+
+
+def test_checkpoint_file_keeps_dtypes_and_refuses_bad_codes(tmp_path):
+    rng = np.random.default_rng(9)
+    params = [_rand(rng, n, BF16) for n in SIZES]
+    opt = optim.AdamW(params, lr=1e-2, state_dtype="int8", rounding="stochastic", seed=1)
+    opt.step([_rand(rng, n, BF16) for n in SIZES])
+    checkpoint.save(tmp_path / "ok.lrcore", opt)
+    with checkpoint.CheckpointFile(tmp_path / "ok.lrcore") as f:
+        kinds = {name: (e.dtype, e.shape) for name, e in f.entries.items()}
+    assert kinds["param/1"] == (BF16, (5000,))
+    assert kinds["state/1/exp_avg.codes"] == (np.dtype(np.uint8), (5000,))
+    assert kinds["state/1/exp_avg_sq.absmax"] == (F32, (20,))
+    assert kinds["state/0/exp_avg"] == (F32, (100,))
+    # a file whose codes do not fit: refused before anything changes
+    sd, names, arrays = checkpoint.pack_optimizer(opt)
+    sd["state"] = names
+    arrays["state/1/exp_avg.codes"] = arrays["state/1/exp_avg.codes"][:-1].copy()
+    checkpoint.write(tmp_path / "bad.lrcore", arrays,
+                     {"kind": "lrcore.checkpoint", "optimizer": sd, "extra": [], "user": None})
+    target = [p.copy() for p in params]
+    other = optim.AdamW(target, lr=1e-2, state_dtype="int8", rounding="stochastic", seed=1)
+    before, state = [_bits(p).copy() for p in target], _snapshot(other)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"state 'exp_avg.codes' of param 1 is uint8 \(4999,\), this "
+                             r"optimizer holds it as uint8 \(5000,\)"):
+        checkpoint.load(tmp_path / "bad.lrcore", other)
+    assert all(np.array_equal(_bits(p), b) for p, b in zip(target, before))
+    now = _snapshot(other)
+    assert all(np.array_equal(now[k], state[k]) for k in now) and other.step_count == 0
