@@ -31,7 +31,10 @@ cdef extern from "q8_jobs.h" nogil:
         const float *map
         const float *thr
         const int32_t *base
-        const uint64_t *packed
+        const float *dec
+        const int32_t *deci
+        float amb
+        int is_signed
     ctypedef struct lrcore_q8_state:
         uint8_t *codes
         float *absmax
@@ -106,12 +109,16 @@ cdef lrcore_q8_codec _codec(c):
     cdef const float[::1] map = c.map
     cdef const float[::1] thr = c.thr
     cdef const int32_t[::1] base = c.base
-    cdef const uint64_t[::1] packed = c.packed
+    cdef const float[::1] dec = c.dec
+    cdef const int32_t[::1] deci = c.deci
     cdef lrcore_q8_codec out
     out.map = &map[0]
     out.thr = &thr[0]
     out.base = &base[0]
-    out.packed = &packed[0]
+    out.dec = &dec[0]
+    out.deci = &deci[0]
+    out.amb = c.amb
+    out.is_signed = 1 if c.signed else 0
     return out
 
 

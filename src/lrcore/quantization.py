@@ -159,42 +159,80 @@ class _Codec:
                 raise AssertionError("more than two thresholds in a bucket")
             base[NKEYS + k] = b
         self.base = base
-        self.packed = self._packed(t, base)
-        for a in (self.map, self.thr, self.base, self.packed):
+        self._decades()
+        for a in (self.map, self.thr, self.base, self.dec, self.deci):
             a.setflags(write=False)
 
-    @staticmethod
-    def _packed(t, base):
-        """The AVX-512 encoder's bucket words (lrcore_q8_encode_block): low 32 bits t0, high
-        32 bits base << 24 | (t1 & 0xffffff), where t0, t1 are the bucket's candidate
-        thresholds thr[base], thr[base + 1] as the low 23 - KEY_BITS bits of their magnitude
-        (negated on the x < 0 side), or 2**(23 - KEY_BITS) (never reached) when the
-        threshold lies outside the bucket."""
-        shift = 23 - KEY_BITS
-        tail, invalid = (1 << shift) - 1, 1 << shift
-        bits = t.view(np.uint32)
-        out = np.empty(2 * NKEYS, dtype=np.uint64)
-        for side in (0, 1):
-            for k in range(NKEYS):
-                b = int(base[side * NKEYS + k])
-                key = KEY_LO + k
-                lo = 0.0 if k == 0 else _f32(key << shift)
-                hi = np.inf if k == NKEYS - 1 else _f32((key + 1) << shift)
-                slots = []
-                for j in (b, b + 1):
-                    inside = j < 255 and ((lo < float(t[j]) < hi) if side == 0
-                                          else (-hi < float(t[j]) <= -lo))
-                    if inside and k in (0, NKEYS - 1):
-                        raise AssertionError("a threshold in a clamped bucket")
-                    if inside:
-                        x = int(bits[j] & 0x7fffffff) & tail
-                        slots.append(-x if side else x)
-                    else:
-                        slots.append(invalid)
-                t0, t1 = slots
-                out[side * NKEYS + k] = ((((b << 24) | (t1 & 0xffffff)) << 32)
-                                         | (t0 & 0xffffffff))
-        return out
+    def _decades(self):
+        """The vector encoder's tables (lrcore_q8_encode_block). It codes |x| against the
+        magnitude map M (unsigned: the map; signed: entries 127.. of the map, 0 to 1; the
+        negative half mirrors it exactly), whose entries after 0 come in decades of evenly
+        spaced values (bitsandbytes' create_dynamic_map) and a last entry 1. Decade d holds
+        the indices base[d] .. last[d] of M and starts at the threshold start[d]; in it
+        f = |x| * inv[d] - cst[d] (float32; inv = 1 / spacing, cst = first * inv - base)
+        is within eps of the position of |x| among the indices, so min(rint(f), last[d]) is
+        the nearest entry, unless f lies within eps of a half-integer (`amb` = 0.5 - eps:
+        such lanes take the exact scalar search). The decade of |x| is lo[e], or lo[e] + 1
+        from split[e] on, e = |x|'s exponent - 96 (0 below 2**-31): one decade starts in a
+        binade at most, split[e] is that start or +inf. dec = cst | inv (16 float32 each) |
+        split (32); deci = last | base (16 int32 each) | lo (32). Built and checked here;
+        the tests compare the encoder with a brute-force search."""
+        mag = self.map[127:] if self.signed else self.map
+        tm = self.thr[127:255] if self.signed else self.thr[:255]   # tm[j - 1] = T[j]
+        K = mag.size
+        T = np.concatenate([[np.float32(0)], tm[:K - 1]]).astype(np.float32)   # T[0] = 0
+        # decades: [0], then groups by decimal exponent, then [1.0]
+        m64 = mag.astype(np.float64)
+        key = np.floor(np.log10(m64[1:K - 1]) + 1e-9).astype(int)
+        groups = [(0, 1)]
+        j = 1
+        for k in np.unique(key):
+            cnt = int((key == k).sum())
+            groups.append((j, cnt))
+            j += cnt
+        groups.append((K - 1, 1))
+        assert j == K - 1 and len(groups) <= 15
+        start = np.full(16, np.inf, np.float32)
+        inv = np.zeros(16, np.float32)
+        cst = np.zeros(16, np.float32)
+        base = np.zeros(16, np.int32)
+        last = np.zeros(16, np.int32)
+        eps = 0.0
+
+        def f(x, d):      # the encoder's estimate of the code index (x float32 >= 0)
+            return float(np.float32(np.float32(x) * inv[d]) - cst[d])
+
+        for d, (b, cnt) in enumerate(groups):
+            start[d] = T[b]
+            base[d], last[d] = b, b + cnt - 1
+            if cnt > 1:
+                spacing = (m64[b + cnt - 1] - m64[b]) / (cnt - 1)
+                inv[d] = np.float32(1.0 / spacing)
+            cst[d] = np.float32(float(mag[b]) * float(inv[d]) - b)
+            # the decision points: T[b + k] (k = 1 .. cnt - 1) against f = b + k - 0.5
+            for k in range(1, cnt):
+                for x in (T[b + k], np.nextafter(T[b + k], np.float32(0))):
+                    eps = max(eps, abs(f(x, d) - (b + k - 0.5)))
+        lo = np.zeros(32, np.int32)
+        split = np.full(32, np.inf, np.float32)
+        for e in range(32):
+            low = 0.0 if e == 0 else 2.0 ** (e + 96 - 127)
+            high = 2.0 ** (e + 96 - 126)
+            lo[e] = int(np.searchsorted(start[:len(groups)], np.float32(low), side="right")) - 1
+            inside = start[(start > low) & (start < high)]
+            if inside.size > 1:
+                raise AssertionError("two decade starts in one binade")
+            if inside.size:
+                split[e] = inside[0]
+        # every |x| below 2**-31 (e = 0) is in the zero decade; rint(f) >= 0 in every decade
+        assert lo[0] == 0 and start[1] > 2.0 ** -31
+        for d in range(len(groups)):
+            assert f(start[d], d) > base[d] - 0.5 + 0.01
+        self.eps = 2.0 * eps + 1e-6
+        assert self.eps < 0.01
+        self.dec = np.concatenate([cst, inv, split]).astype(np.float32)
+        self.deci = np.concatenate([last, base, lo]).astype(np.int32)
+        self.amb = float(np.float32(0.5 - self.eps))
 
 
 @functools.lru_cache(maxsize=2)

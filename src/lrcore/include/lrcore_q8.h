@@ -38,22 +38,50 @@
 #define LRCORE_Q8_KEY_LO ((127 - 24) << LRCORE_Q8_KEY_BITS)
 #define LRCORE_Q8_NKEYS ((127 << LRCORE_Q8_KEY_BITS) - LRCORE_Q8_KEY_LO + 1)
 /* Blocks decoded, updated and encoded together (3 x 8 KiB of float32 scratch). */
+#ifndef LRCORE_Q8_CHUNK
 #define LRCORE_Q8_CHUNK 8
+#endif
 
 typedef struct {
     const float *map;     /* 256 entries, ascending */
     const float *thr;     /* 257: thr[j] = least float32 x whose code is > j; thr[255..256] = +inf */
     const int32_t *base;  /* 2 * LRCORE_Q8_NKEYS: thresholds <= the bucket's low end (x >= 0, x < 0) */
-    const uint64_t *packed; /* 2 * LRCORE_Q8_NKEYS: one 64-bit word per bucket, see below */
+    const float *dec;     /* 64: cst | inv (16 each, by decade) | split (32) (quantization.py) */
+    const int32_t *deci;  /* 64: last index | base index (16 each, by decade) | lo (32) */
+    float amb;            /* 0.5 - eps: |f - rint(f)| above it takes the exact search */
+    int is_signed;
 } lrcore_q8_codec;
 
-/* Decode one block: out[i] = map[codes[i]] * absmax. */
+/* Decode one block: out[i] = map[codes[i]] * absmax. With AVX-512 the 256-entry map sits
+ * in 16 registers (`tab`, loaded by the caller): eight two-register permutes look up index
+ * bits 0-4 and three blend levels pick by bits 5, 6 and 7; no memory gather. */
 LRCORE_INLINE void lrcore_q8_decode_block(const lrcore_q8_codec *c, size_t n,
-    const uint8_t *LRCORE_RESTRICT codes, float absmax, float *LRCORE_RESTRICT out)
+    const uint8_t *LRCORE_RESTRICT codes, float absmax, float *LRCORE_RESTRICT out
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    , const __m512 *tab
+#endif
+    )
 {
     LRCORE__FP_STRICT
     const float *map = c->map;
-    for (size_t i = 0; i < n; i++) out[i] = map[codes[i]] * absmax;
+    size_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const __m512 am = _mm512_set1_ps(absmax);
+    const __m512i b5 = _mm512_set1_epi32(32), b6 = _mm512_set1_epi32(64);
+    const __m512i b7 = _mm512_set1_epi32(128);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i)));
+        const __mmask16 m5 = _mm512_test_epi32_mask(k, b5), m6 = _mm512_test_epi32_mask(k, b6);
+        const __mmask16 m7 = _mm512_test_epi32_mask(k, b7);
+        __m512 r[8];
+        for (int q = 0; q < 8; q++) r[q] = _mm512_permutex2var_ps(tab[2 * q], k, tab[2 * q + 1]);
+        for (int q = 0; q < 8; q += 2) r[q] = _mm512_mask_blend_ps(m5, r[q], r[q + 1]);
+        r[0] = _mm512_mask_blend_ps(m6, r[0], r[2]);
+        r[4] = _mm512_mask_blend_ps(m6, r[4], r[6]);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mask_blend_ps(m7, r[0], r[4]), am));
+    }
+#endif
+    for (; i < n; i++) out[i] = map[codes[i]] * absmax;
 }
 
 /* The code of one quotient x (already NaN-free): its bucket (sign, exponent, KEY_BITS
@@ -71,18 +99,75 @@ LRCORE_INLINE uint8_t lrcore_q8_code(const lrcore_q8_codec *c, float x)
     return (uint8_t)(b + (x >= c->thr[b]) + (x >= c->thr[b + 1]));
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+/* The vector encoder's tables in registers (lrcore_q8_encode_block). */
+typedef struct {
+    __m512 cst, inv, amb, sp0, sp1;
+    __m512i last, lo0, lo1;
+    int is_signed;
+} lrcore_q8_vtab;
+
+LRCORE_INLINE lrcore_q8_vtab lrcore_q8_vtab_load(const lrcore_q8_codec *c)
+{
+    lrcore_q8_vtab t;
+    t.cst = _mm512_loadu_ps(c->dec);
+    t.inv = _mm512_loadu_ps(c->dec + 16);
+    t.sp0 = _mm512_loadu_ps(c->dec + 32);
+    t.sp1 = _mm512_loadu_ps(c->dec + 48);
+    t.last = _mm512_loadu_si512(c->deci);
+    t.lo0 = _mm512_loadu_si512(c->deci + 32);
+    t.lo1 = _mm512_loadu_si512(c->deci + 48);
+    t.amb = _mm512_set1_ps(c->amb);
+    t.is_signed = c->is_signed;
+    return t;
+}
+
+/* 16 codes (as 32-bit lanes) of v[0..15] / am; *bad gets the lanes whose f is within eps
+ * of a half-integer, or NaN (x NaN: taken as 0 by the exact search instead). */
+LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, const float *v, __m512 am,
+                                       __mmask16 *bad)
+{
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    const __m512i c127 = _mm512_set1_epi32(127);
+    const __m512 x = _mm512_div_ps(_mm512_loadu_ps(v), am);
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i a = _mm512_and_si512(u, absmask);
+    const __m512 ax = _mm512_castsi512_ps(a);
+    /* binade index: exponent - 96, 0 below 2**-31 (16-bit saturating; the high half is 0) */
+    const __m512i e = _mm512_subs_epu16(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(96));
+    __m512i d = _mm512_permutex2var_epi32(t->lo0, e, t->lo1);
+    const __m512 split = _mm512_permutex2var_ps(t->sp0, e, t->sp1);
+    d = _mm512_mask_add_epi32(d, _mm512_cmp_ps_mask(ax, split, _CMP_GE_OQ), d, one);
+    const __m512 f = _mm512_sub_ps(_mm512_mul_ps(ax, _mm512_permutexvar_ps(d, t->inv)),
+                                   _mm512_permutexvar_ps(d, t->cst));
+    const __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(f, r)), t->amb, _CMP_NLE_UQ);
+    const __m512i j = _mm512_min_epi32(_mm512_cvttps_epi32(r),
+                                       _mm512_permutexvar_epi32(d, t->last));
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(u, zero);
+    if (t->is_signed)   /* x < 0: 127 - min(j, 127); else 127 + j */
+        return _mm512_mask_sub_epi32(_mm512_add_epi32(c127, j), neg, c127,
+                                     _mm512_min_epi32(j, c127));
+    return _mm512_maskz_mov_epi32((__mmask16)~neg, j);     /* unsigned map, x < 0: code 0 */
+}
+#endif
+
 /* Encode one block of n values:
  *   absmax = max |v[i]| (NaN when a value is NaN; taken on the bit patterns of |v|, which
  *            order like the values, so the reduction vectorises and its order is free)
  *   x = v[i] / absmax (float32; NaN, e.g. 0/0 in an all-zero block, is taken as 0)
  *   code = the index of the map entry nearest to x, ties to the entry of smaller magnitude
  *        = number of thresholds thr[j] <= x (lrcore_q8_code).
- * With AVX-512, 16 lanes at a time and one table load per value: a bucket's thresholds lie
- * in [lo, hi), so they share every bit of |x| above the low 23 - KEY_BITS mantissa bits and
- * compare as those bits alone (reversed for x < 0). Each bucket's 64-bit word in `packed`
- * holds its base and its two candidate thresholds as such tails (2^(23-KEY_BITS): none;
- * the clamped first and last buckets hold none, checked in quantization.py). Exact, and
- * equal to the scalar loop (the tests compare both with a brute-force search). */
+ * With AVX-512, 16 lanes at a time and no memory lookup: |x| is coded against the
+ * magnitude map (the signed map's negative half mirrors its positive half), whose entries
+ * come in decades of evenly spaced values (quantization.py, _Codec._decades). The decade
+ * of |x| is the one its binade starts in or the next (32-entry tables in two registers,
+ * one compare with the split point); f = |x| * inv - cst is within eps of the position
+ * of |x| among the entries, and rint(f) clamped to the decade is the code, unless |f - rint(f)| > 0.5 - eps or x is NaN: a block with such a lane is coded
+ * by the exact scalar search (lrcore_q8_code) instead. Exact, and equal to the scalar
+ * loop (checked over every float32 in [-1, 1] for both maps; the tests compare both with
+ * a brute-force search). */
 LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
     const float *LRCORE_RESTRICT v, uint8_t *LRCORE_RESTRICT codes)
 {
@@ -100,41 +185,24 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
     size_t i = 0;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     {
+        const lrcore_q8_vtab t = lrcore_q8_vtab_load(c);
         const __m512 vam = _mm512_set1_ps(am);
-        const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
-        const __m512i klo = _mm512_set1_epi32(LRCORE_Q8_KEY_LO);
-        const __m512i khi = _mm512_set1_epi32(LRCORE_Q8_NKEYS - 1);
-        const __m512i nk = _mm512_set1_epi32(LRCORE_Q8_NKEYS);
-        const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
-        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,
-                                               24, 26, 28, 30);
-        const __m512i odd = _mm512_add_epi32(even, one);
-        const __m512i tail = _mm512_set1_epi32((1 << (23 - LRCORE_Q8_KEY_BITS)) - 1);
-        for (; i + 16 <= n; i += 16) {
-            __m512 x = _mm512_div_ps(_mm512_loadu_ps(v + i), vam);
-            x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), x);
-            const __m512i u = _mm512_castps_si512(x);
-            const __m512i a = _mm512_and_si512(u, absmask);
-            const __mmask16 neg = _mm512_cmplt_epi32_mask(u, zero);
-            __m512i k = _mm512_sub_epi32(_mm512_srli_epi32(a, 23 - LRCORE_Q8_KEY_BITS), klo);
-            k = _mm512_min_epi32(_mm512_max_epi32(k, zero), khi);
-            k = _mm512_mask_add_epi32(k, neg, k, nk);
-            /* the bucket's word: low half t0, high half base << 24 | t1 (24-bit signed);
-             * y = the low mantissa bits of |x|, negated for x < 0 */
-            const __m512i w0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(k),
-                                                      (const void *)c->packed, 8);
-            const __m512i w1 = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(k, 1),
-                                                      (const void *)c->packed, 8);
-            const __m512i t0 = _mm512_permutex2var_epi32(w0, even, w1);
-            const __m512i hi = _mm512_permutex2var_epi32(w0, odd, w1);
-            const __m512i t1 = _mm512_srai_epi32(_mm512_slli_epi32(hi, 8), 8);
-            __m512i y = _mm512_and_si512(a, tail);
-            y = _mm512_mask_sub_epi32(y, neg, zero, y);
-            __m512i b = _mm512_srli_epi32(hi, 24);
-            b = _mm512_mask_add_epi32(b, _mm512_cmpge_epi32_mask(y, t0), b, one);
-            b = _mm512_mask_add_epi32(b, _mm512_cmpge_epi32_mask(y, t1), b, one);
-            _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(b));
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
+                                                3, 7, 11, 15);
+        __mmask16 bad = 0;
+        for (; i + 64 <= n; i += 64) {   /* 4 x 16 codes packed to bytes at once */
+            const __m512i c0 = lrcore_q8_code16(&t, v + i, vam, &bad);
+            const __m512i c1 = lrcore_q8_code16(&t, v + i + 16, vam, &bad);
+            const __m512i c2 = lrcore_q8_code16(&t, v + i + 32, vam, &bad);
+            const __m512i c3 = lrcore_q8_code16(&t, v + i + 48, vam, &bad);
+            const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1),
+                                                  _mm512_packus_epi32(c2, c3));
+            _mm512_storeu_si512((void *)(codes + i), _mm512_permutexvar_epi32(order, b));
         }
+        for (; i + 16 <= n; i += 16)
+            _mm_storeu_si128((__m128i *)(codes + i),
+                             _mm512_cvtepi32_epi8(lrcore_q8_code16(&t, v + i, vam, &bad)));
+        if (bad) i = 0;     /* a lane near a decision point: the exact search for the block */
     }
 #endif
     for (; i < n; i++) {
@@ -161,9 +229,17 @@ LRCORE_INLINE size_t lrcore_q8_block_len(size_t n, size_t b)
 LRCORE_INLINE void lrcore_q8_decode_blocks(const lrcore_q8_codec *c, size_t n, size_t c0,
     size_t c1, lrcore_q8_state q, float *LRCORE_RESTRICT out)
 {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    __m512 tab[16];
+    for (int k = 0; k < 16; k++) tab[k] = _mm512_loadu_ps(c->map + 16 * k);
+#define LRCORE__Q8_TAB , tab
+#else
+#define LRCORE__Q8_TAB
+#endif
     for (size_t b = c0; b < c1; b++)
         lrcore_q8_decode_block(c, lrcore_q8_block_len(n, b), q.codes + b * LRCORE_Q8_BLOCK,
-                               q.absmax[b], out + (b - c0) * LRCORE_Q8_BLOCK);
+                               q.absmax[b], out + (b - c0) * LRCORE_Q8_BLOCK LRCORE__Q8_TAB);
+#undef LRCORE__Q8_TAB
 }
 
 /* Encode blocks [c0, c1) of a buffer of n values from v (block c0 first) into q. */
