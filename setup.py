@@ -73,11 +73,14 @@ extensions = [
     ),
     Extension(
         "lrcore._q8",
-        sources=["src/lrcore/_q8.pyx", os.path.join(NATIVE, "pool.c")],
+        # no pool.c: the 8-bit kernels run on lrcore._core's pool (one per process), whose
+        # lrcore_pool_run _q8 takes from a capsule of _core
+        sources=["src/lrcore/_q8.pyx"],
         # relink when the per-ISA objects' sources change (they are extra_objects)
         depends=[os.path.join(NATIVE, "q8_isa.c"), os.path.join(NATIVE, "q8_jobs.h"),
-                 os.path.join(INCLUDE, "lrcore_q8.h"), os.path.join(INCLUDE, "lrcore.h"),
-                 os.path.join(INCLUDE, "lrcore_body.h")],
+                 os.path.join(NATIVE, "jobs.h"), os.path.join(INCLUDE, "lrcore_q8.h"),
+                 os.path.join(INCLUDE, "lrcore.h"), os.path.join(INCLUDE, "lrcore_body.h"),
+                 os.path.join(INCLUDE, "lrcore_lowp.h")],
         include_dirs=[NATIVE, INCLUDE, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMMON + ["-pthread"],

@@ -577,3 +577,22 @@ def test_step_bad_input_changes_nothing(fn):
             fn(rule, pp, gg, st, **kw)
         for a, b in zip([p, m.codes, m.absmax, v.codes, v.absmax], snap):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+def test_step_runs_on_the_one_pool():
+    """lrcore._q8 has no pool of its own: its tasks are run by lrcore._core's workers."""
+    from lrcore import backend
+    core = backend.core()
+    n = 1 << 18
+    p = np.ones(n, np.float32)
+    g = np.full(n, 0.5, np.float32)
+    st = {"exp_avg": q.QuantizedState.zeros(n, True), "exp_avg_sq": q.QuantizedState.zeros(n, False)}
+    for t in range(1, 501):
+        before = core.pool_worker_tasks()
+        q.step("adamw", p, g, st, step=t, lr=1e-3, num_threads=2)
+        if core.pool_worker_tasks() > before:
+            break
+    else:
+        pytest.fail("no worker of lrcore._core's pool ran a task of the 8-bit step")
+    assert core.pool_workers() >= 1

@@ -885,3 +885,15 @@ def lowp_run(str kind, list arrays, list element_types, dict hp, int rounding, s
         return
     with nogil:
         lrcore_run_jobs(&job, 1, nt)
+
+
+# ---- lrcore._q8 (8-bit kernels, issue 13): this pool is the process's one pool ----------
+# _q8 does not compile csrc/pool.c; it runs its tasks through lrcore_pool_run, which it
+# takes from this capsule. Nothing else of _core is used by _q8.
+from cpython.pycapsule cimport PyCapsule_New as _PyCapsule_New
+
+cdef extern from "pool.h" nogil:
+    ctypedef void (*lrcore_task_fn)(void *arg, size_t task) noexcept nogil
+    void lrcore_pool_run(int nthreads, size_t ntasks, lrcore_task_fn fn, void *arg)
+
+pool_run_capsule = _PyCapsule_New(<void *>lrcore_pool_run, b"lrcore._core.lrcore_pool_run", NULL)

@@ -3,15 +3,25 @@
 
 Private: lrcore.quantization checks every argument and builds the codec tables, then calls
 these. `level` is lrcore's active instruction set (0 baseline, 1 AVX2, 2 AVX-512); a call is
-split into tasks of whole blocks run on a thread pool (csrc/pool.c), so the bytes written do
-not depend on the thread count.
+split into tasks of whole blocks run on lrcore._core's thread pool (csrc/pool.c, one per
+process, reached through a capsule), so the bytes written do not depend on the thread count.
 """
 from libc.stdint cimport int32_t, uint8_t, uint16_t, int64_t, uint64_t
 from libc.string cimport memset
 
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from . import _core
+
 cdef extern from "pool.h" nogil:
     ctypedef void (*lrcore_task_fn)(void *arg, size_t task) noexcept nogil
-    void lrcore_pool_run(int nthreads, size_t ntasks, lrcore_task_fn fn, void *arg)
+
+# The one thread pool of the process: lrcore._core's lrcore_pool_run (csrc/pool.c is
+# compiled into _core only), taken from the capsule _core exports for this module.
+ctypedef void (*pool_run_fn)(int nthreads, size_t ntasks, lrcore_task_fn fn,
+                             void *arg) noexcept nogil
+cdef pool_run_fn lrcore_pool_run = <pool_run_fn>PyCapsule_GetPointer(
+    _core.pool_run_capsule, b"lrcore._core.lrcore_pool_run")
 
 cdef extern from "q8_jobs.h" nogil:
     enum:
