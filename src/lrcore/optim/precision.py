@@ -13,10 +13,12 @@ state, through :mod:`lrcore.quantization`.
   params (float16 state is not supported: squares of gradients overflow it);
 - ``"float32"``: float32 state (float32, bfloat16 or float16 params);
 - ``"bfloat16"``: bfloat16 state, for bfloat16 params (everything bfloat16);
-- ``"int8"``: the 8-bit states of :data:`lrcore.quantization.INT8_RULES` (Adam's moments)
-  as :class:`~lrcore.quantization.QuantizedState` (codes and one float32 absmax per block)
-  for buffers of at least ``lrcore.quantization.MIN_ELEMENTS`` elements; smaller buffers and
-  the rule's other states stay float32.
+- ``"int8"``: the 8-bit states that :data:`lrcore.quantization.INT8_RULES` lists (Adam's
+  moments and AMSGrad's max, NAdam's and RAdam's moments, SGD's and RMSprop's momentum,
+  RMSprop's square_avg, Lion's exp_avg) as :class:`~lrcore.quantization.QuantizedState`
+  (codes and one float32 absmax per block) for buffers of at least
+  ``lrcore.quantization.MIN_ELEMENTS`` elements, stepped by :func:`lrcore.quantization.step`;
+  smaller buffers and the rule's other states stay float32. Float32 or bfloat16 params.
 
 The random stream of stochastic rounding is keyed by ``(seed, step, buffer, element index)``
 (:func:`lrcore.lowp.random_bits`). An optimizer numbers the elements of all its params as one
@@ -39,7 +41,7 @@ import numpy as np
 from .. import backend, lowp, quantization
 
 __all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
-           "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
+           "check_grad", "offsets", "flat", "spec", "split_key", "run",
            "nbytes", "new_state", "parts", "copy_into", "adopt", "check_grad_memory",
            "grad_sumsq", "scaled", "check_int8_group", "extents"]
 
@@ -80,7 +82,9 @@ def state_dtype_name(owner, state_dtype):
         try:
             name = _dname(np.dtype(state_dtype))
         except TypeError:
-            name = repr(state_dtype)
+            name = None
+        if name not in ("float32", "bfloat16", "float16"):   # "int8" only as a string
+            name = None
     if name == "float16":
         raise ValueError(f"{owner}: state_dtype='float16' is not supported: squares of "
                          f"gradients overflow float16 (largest 65504); use 'float32', "
@@ -104,30 +108,9 @@ def check_options(owner, state_dtype, rounding, seed):
     return name, rounding, int(seed)
 
 
-def int8_rules():
-    """{rule name: {state name: signed}} of the rules with 8-bit state
-    (:data:`lrcore.quantization.INT8_RULES`; Adam's moments while that table is absent)."""
-    table = getattr(quantization, "INT8_RULES", None)
-    if table is None:
-        return {"adam": {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}}
-    out = {}
-    for rule, states in table.items():
-        if isinstance(states, dict):
-            out[rule] = {k: bool(v if not hasattr(v, "signed") else v.signed)
-                         for k, v in states.items()}
-        else:   # a sequence of (name, signed) pairs or of objects with name and signed
-            out[rule] = {(s[0] if isinstance(s, tuple) else s.name):
-                         bool(s[1] if isinstance(s, tuple) else s.signed) for s in states}
-    return out
-
-
 def _layouts_text():
-    return lowp.layouts_text() + "; and 8-bit state (state_dtype='int8') with " + \
-        _int8_params_text() + " param and grad"
-
-
-def _int8_params_text():
-    return "float32 or bfloat16" if hasattr(quantization, "step") else "float32"
+    return lowp.layouts_text() + "; and 8-bit state (state_dtype='int8') with float32 or " \
+        "bfloat16 param and grad"
 
 
 def layout(owner, where, rule, p, state_dtype):
@@ -139,15 +122,14 @@ def layout(owner, where, rule, p, state_dtype):
                         f"float64, bfloat16 (ml_dtypes) or float16 in native byte order")
     quantized = {}
     if state_dtype == "int8":
-        table = int8_rules()
+        table = quantization.INT8_RULES
         if rule.name not in table:
             raise ValueError(f"{owner}: state_dtype='int8' is supported for the rules "
                              f"{sorted(table)} (lrcore.quantization.INT8_RULES), not "
                              f"{rule.name!r}")
-        allowed = _INT8_PARAMS if hasattr(quantization, "step") else ("float32",)
-        if pname not in allowed:
+        if pname not in _INT8_PARAMS:
             raise TypeError(f"{owner}: {where} is {pname}; 8-bit state (state_dtype='int8') "
-                            f"takes {_int8_params_text()} params. Supported layouts: "
+                            f"takes float32 or bfloat16 params. Supported layouts: "
                             f"{_layouts_text()}")
         if p.size >= quantization.MIN_ELEMENTS:
             quantized = {s.name: table[rule.name][s.name] for s in rule.states
@@ -179,7 +161,7 @@ def check_grad(owner, i, lay, g, n):
     pname, sname = _dname(lay.param), _dname(lay.state)
     ok = (pname, gname, sname) in lowp.LAYOUTS
     if lay.quantized:       # lrcore.quantization.step: float32 or bfloat16 param and grad
-        ok = gname in _INT8_PARAMS if hasattr(quantization, "step") else gname == pname
+        ok = gname in _INT8_PARAMS
     if not ok:
         what = "8-bit" if lay.quantized else sname
         raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with {what} "
@@ -265,19 +247,13 @@ def run(kernel, lay, p, g, states, slots, values, *, rounding, seed, index_offse
         _kernel(kernel)(p, g, *bufs, num_threads=num_threads, rounding=rounding, seed=seed,
                         index_offset=index_offset, **values)
         return
-    step_fn = getattr(quantization, "step", None)
-    if step_fn is not None:
-        hp = dict(values)
-        step = hp.pop("step")
-        step_fn(kernel, p.reshape(-1), g.reshape(-1),
-                {s: (b if isinstance(b, quantization.QuantizedState) else b.reshape(-1))
-                 for s, b in states.items()},
-                step=step, rounding=rounding, seed=seed, index_offset=index_offset,
-                num_threads=num_threads, **hp)
-        return
-    # lrcore.quantization.adam8 (float32 params): Adam / AdamW / AMSGrad
-    bufs = [states.get(s) for s in slots]
-    quantization.adam8(p.reshape(-1), g.reshape(-1), *bufs, num_threads=num_threads, **values)
+    hp = dict(values)
+    step = hp.pop("step")
+    quantization.step(kernel, p.reshape(-1), g.reshape(-1),
+                      {s: (b if isinstance(b, quantization.QuantizedState) else b.reshape(-1))
+                       for s, b in states.items()},
+                      step=step, rounding=rounding, seed=seed, index_offset=index_offset,
+                      num_threads=num_threads, **hp)
 
 
 def parts(buf):
