@@ -15,6 +15,9 @@ Timed, median of rounds each started by a barrier, on rank 0:
                move only while the rank waits (MPICH makes progress inside MPI calls)
   step/B/thread - the same with overlap=True: a helper thread tests them during each kernel
 hidden = (shard + comm - step) / comm: the fraction of the communication the step did not pay.
+Element types (lrcore.optim's layouts), same model, on rank 0: a single-process Adam step and
+ShardedOptimizer.step with 4 buckets, and the state bytes, for bfloat16 params, grads and state
+with stochastic rounding, bfloat16 params with 8-bit state, and float32 params with 8-bit state.
 """
 import json
 import os
@@ -112,6 +115,24 @@ def measure():
                                                     / out["comm_ms"], 3)
     out["state_bytes_rank0"] = one.state_nbytes()
     out["state_bytes_local"] = 2 * 4 * TOTAL
+    import ml_dtypes
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    out["layouts"] = []
+    for label, dt, opts in (("bfloat16, stochastic", bf16, {"rounding": "stochastic"}),
+                            ("bfloat16, 8-bit state", bf16, {"state_dtype": "int8",
+                                                             "rounding": "stochastic"}),
+                            ("float32, 8-bit state", np.dtype(np.float32),
+                             {"state_dtype": "int8"})):
+        ps = [p.astype(dt) for p in params]
+        gs = [g.astype(dt) for g in grads]
+        single = lrcore.Adam([p.copy() for p in ps], lr=1e-3, num_threads=1, **opts)
+        row = {"layout": label, "local_ms": 1e3 * _median(comm, lambda: single.step(gs))}
+        opt = ShardedOptimizer(ps, lrcore.Adam, lr=1e-3, num_threads=1,
+                               bucket_elements=TOTAL // 4, **opts)
+        row["step_4_buckets_ms"] = 1e3 * _median(comm, lambda: opt.step(gs))
+        row["state_bytes_rank0"] = opt.state_nbytes()
+        row["state_bytes_local"] = single.state_nbytes()
+        out["layouts"].append(row)
     out["mpich_async_progress"] = os.environ.get("MPIR_CVAR_ASYNC_PROGRESS", "0")
     return out if rank == 0 else None
 
@@ -153,6 +174,11 @@ def _table(r):
                      + (f"   hidden {100 * hidden:5.1f}% of comm" if hidden is not None else ""))
     lines.append(f"  optimizer state: {r['state_bytes_rank0']:,} bytes on rank 0, "
                  f"{r['state_bytes_local']:,} in one process")
+    for row in r.get("layouts", ()):
+        lines.append(f"  Adam {row['layout']:<22} local {row['local_ms']:8.2f} ms, "
+                     f"step/4 {row['step_4_buckets_ms']:8.2f} ms; state "
+                     f"{row['state_bytes_rank0']:,} bytes on rank 0, "
+                     f"{row['state_bytes_local']:,} in one process")
     return "\n".join(lines)
 
 

@@ -323,6 +323,15 @@ def test_half_precision_in_process_and_bad_options():
     assert sorted(sd["state"][0]) == ["exp_avg.absmax", "exp_avg.codes", "exp_avg_sq.absmax",
                                       "exp_avg_sq.codes"]
     assert sd["state"][1]["exp_avg"].dtype == np.float32
+    # a state dict whose 8-bit arrays have the wrong size or dtype changes nothing
+    for key, bad in (("exp_avg.absmax", np.zeros(78, np.float32)),
+                     ("exp_avg.codes", np.zeros(20000, np.int8))):
+        broken = dict(sd, state=[dict(sd["state"][0], **{key: bad}), sd["state"][1]])
+        with pytest.raises(ValueError, match=f"params\\[0\\] state '{key}'"):
+            opt.load_state_dict(broken)
+        after = opt.consolidated_state_dict()
+        for a, b in zip(after["state"], sd["state"]):
+            assert all(np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in a)
     before = [x.copy() for x in p]
     for grads, kind, text in (
             ([np.ones(20000, np.float16), np.ones(300, bf16)], TypeError, r"grads\[0\] is float16"),

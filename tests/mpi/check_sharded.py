@@ -286,7 +286,17 @@ def run_lowp(cls, pdtype, gdtype, options):
     totals = comm.allreduce(mine)
     check(totals == ref.state_nbytes(), f"{name}: the ranks hold {totals} bytes of state, one "
           f"process {ref.state_nbytes()}")
-    return mine, ref.state_nbytes()
+    # one process's state dict into a sharded optimizer cut otherwise: two more steps alike
+    h0, h1 = [p.copy() for p in r0], [p.copy() for p in r1]
+    opt2 = ShardedOptimizer([{"params": h0}, {"params": h1, "lr": 0.005}], cls, lr=lr,
+                            bucket_elements=2 * BLOCK, **options)
+    opt2.load_state_dict(ref.state_dict())
+    for t in range(LOWP_STEPS, LOWP_STEPS + 2):
+        opt2.step(lowp_grads(h0 + h1, gdtype, t, RANK), **step_args(t))
+        ref.step(lowp_average(refs, gdtype, t), **step_args(t))
+        for i, (p, q) in enumerate(zip(h0 + h1, refs)):
+            check(np.array_equal(bits(p), bits(q)), f"{name} loaded, step {t}: params[{i}] differ")
+    return mine, totals
 
 
 def lowp_cases():

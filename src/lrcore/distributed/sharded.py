@@ -827,20 +827,20 @@ class ShardedOptimizer:
                         at += hi - lo
         if self.rank != root:
             return None
-        sd = self._head(self._inner[0].state_dict())
+        sd = self._head()
         sd["state"] = full
         return sd
 
-    def _head(self, inner_sd):
-        """The single-process state dict's fields but its state, from a bucket optimizer's."""
-        sd = {k: v for k, v in inner_sd.items() if k not in ("groups", "params", "state")}
-        groups = []
+    def _head(self):
+        """The single-process state dict but its state: the bucket optimizers' fields (one
+        bucket of each group speaks for the group), every param's shape and dtype."""
+        sds = {g: self._inner[k].state_dict() for g, k in self._group_inner.items()}
+        sd = {k: v for k, v in sds[0].items() if k not in ("groups", "params", "state")}
+        sd["groups"] = []
         for g in range(len(self._specs)):
-            group = dict(self._inner[self._group_inner[g]].state_dict()["groups"][0]
-                         if self._group_inner[g] else inner_sd["groups"][0])
+            group = dict(sds[g]["groups"][0])
             group["params"] = [i for i, gi in enumerate(self._group_of) if gi == g]
-            groups.append(group)
-        sd["groups"] = groups
+            sd["groups"].append(group)
         sd["params"] = [{"shape": list(p.shape), "dtype": p.dtype.name} for p in self._params]
         return sd
 
@@ -1005,7 +1005,7 @@ class ShardedOptimizer:
                 parts = [arrs[key].reshape(-1) for arrs in mine if key in arrs]
                 arrays[f"{b}/{key}"] = np.concatenate(parts) if parts else np.empty(0, dt)
             arrays[f"{b}/param"] = np.concatenate(self._views(bucket, self._flat))
-        sd = self._head(self._inner[0].state_dict())
+        sd = self._head()
         sd["state"] = [list(k) for k in keys_of]
         layout = [[[[p.index, p.start, p.stop] for p in bucket.pieces[r]]
                    for bucket in self._layout.buckets] for r in range(self.world_size)]
