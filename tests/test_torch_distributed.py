@@ -25,9 +25,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _model():
+def _model(dtype=torch.float32):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5))
+    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.Tanh(),
+                               torch.nn.Linear(32, 5)).to(dtype)
 
 
 def _batch(step, rank):
@@ -38,7 +39,7 @@ def _batch(step, rank):
 def _grads(model, step, rank):
     model.zero_grad(set_to_none=True)
     x, y = _batch(step, rank)
-    torch.nn.functional.cross_entropy(model(x), y).backward()
+    torch.nn.functional.cross_entropy(model(x.to(_dtype(model))), y).backward()
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
@@ -47,6 +48,10 @@ def _reference_step(ref, ref_opt, step):
     for k, p in enumerate(ref.parameters()):
         p.grad = (per_rank[0][k] + per_rank[1][k]) / WORLD
     ref_opt.step()
+
+
+def _dtype(model):
+    return next(model.parameters()).dtype
 
 
 def _same(a, b):
@@ -76,12 +81,19 @@ def _run(rank, kind):
     import lrcore.torch as lt
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.distributed.optim import ZeroRedundancyOptimizer
-    model, ref = _model(), _model()
+    # bf16-sr: bfloat16 params, grads and state with stochastic rounding (lrcore.torch keys
+    # the stream by each param's place among its optimizer's params: every DDP rank holds
+    # them all, so it draws one process's bits); zero-bf16: ZeRO shards whole params, each
+    # rank's optimizer numbering only its own, so there it is nearest rounding
+    dtype = torch.bfloat16 if kind in ("bf16-sr", "zero-bf16") else torch.float32
+    model, ref = _model(dtype), _model(dtype)
     ddp = DDP(model)
     cls, kwargs = {"sgd": (lt.SGD, dict(lr=0.05, momentum=0.9)),
                    "adam": (lt.Adam, dict(lr=1e-2)),
-                   "zero": (lt.Adam, dict(lr=1e-2))}[kind]
-    if kind == "zero":
+                   "zero": (lt.Adam, dict(lr=1e-2)),
+                   "bf16-sr": (lt.Adam, dict(lr=1e-2, rounding="stochastic", seed=7)),
+                   "zero-bf16": (lt.Adam, dict(lr=1e-2, amsgrad=True))}[kind]
+    if kind.startswith("zero"):
         opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=cls, **kwargs)
     else:
         opt = cls(ddp.parameters(), **kwargs)
@@ -89,12 +101,15 @@ def _run(rank, kind):
     for step in range(STEPS):
         opt.zero_grad(set_to_none=True)
         x, y = _batch(step, rank)
-        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        torch.nn.functional.cross_entropy(ddp(x.to(dtype)), y).backward()
         opt.step()
         _reference_step(ref, ref_opt, step)
     _replicas_identical(list(model.parameters()))
     for k, (p, q) in enumerate(zip(model.parameters(), ref.parameters())):
         assert _same(p.detach(), q.detach()), f"{kind}: param {k} differs from one process"
+    for k, st in enumerate(ref_opt.state_dict()["state"].values()):
+        for name, t in st.items():
+            assert name == "step" or t.dtype == dtype, f"{kind}: state {k}/{name} is {t.dtype}"
     if kind == "zero":
         # every rank holds only its params' state; consolidate on rank 0, load it into a
         # single-process lrcore.torch.Adam and continue in step with the reference
@@ -129,6 +144,9 @@ def _run(rank, kind):
 
 def test_lrcore_torch_optimizers_under_ddp_and_zero():
     """One spawn (two processes) runs DDP + lrcore.torch.SGD (momentum), DDP +
-    lrcore.torch.Adam, and ZeroRedundancyOptimizer(optimizer_class=lrcore.torch.Adam)."""
+    lrcore.torch.Adam, ZeroRedundancyOptimizer(optimizer_class=lrcore.torch.Adam), DDP +
+    lrcore.torch.Adam on bfloat16 with stochastic rounding, and ZeRO + lrcore.torch.Adam
+    (AMSGrad) on bfloat16 (bfloat16 state)."""
     import torch.multiprocessing as mp
-    mp.spawn(_worker, args=(_free_port(), ("sgd", "adam", "zero")), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), ("sgd", "adam", "zero", "bf16-sr", "zero-bf16")),
+             nprocs=WORLD, join=True)
