@@ -596,3 +596,71 @@ def test_step_runs_on_the_one_pool():
     else:
         pytest.fail("no worker of lrcore._core's pool ran a task of the 8-bit step")
     assert core.pool_workers() >= 1
+
+
+# ---------------------------------------------------------------------------
+# torchao's 8-bit Adam state (skipped when torchao does not import)
+# ---------------------------------------------------------------------------
+
+def _torchao():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchao.optim")
+    return torch
+
+
+def test_torchao_maps_and_its_decoder():
+    """torchao's map is lrcore's, and torchao's own decoder reads states made here, and its
+    own (eager) quantizer's codes come back unchanged."""
+    torch = _torchao()
+    from torchao.optim import quant_utils as U
+    from torchao.optim.subclass_8bit import OptimState8bit
+    for signed in (True, False):
+        ref = torch.tensor(U.create_dynamic_map(signed), dtype=torch.float32).numpy()
+        assert np.array_equal(ref.view(np.uint32), q.dynamic_map(signed).view(np.uint32))
+    rng = np.random.default_rng(12)
+    n = 16 * q.BLOCK
+    st = {"exp_avg": q.QuantizedState.from_float(rng.standard_normal(n).astype(np.float32), True),
+          "exp_avg_sq": q.QuantizedState.from_float(rng.random(n).astype(np.float32), False),
+          "max_exp_avg_sq": q.QuantizedState.from_float(rng.random(n).astype(np.float32), False)}
+    d = q.to_torchao(st, 9, shape=(64, 64))
+    assert float(d["step"]) == 9.0
+    for name, s in st.items():
+        x = d[name]
+        assert isinstance(x, OptimState8bit) and tuple(x.shape) == (64, 64)
+        got = x.dequantize().numpy().reshape(-1)
+        assert np.array_equal(got.view(np.uint32), s.dequantize().view(np.uint32))
+    back, step = q.from_torchao(d)
+    assert step == 9 and set(back) == set(st)
+    for name in st:
+        assert np.array_equal(back[name].codes, st[name].codes)
+        assert np.array_equal(back[name].absmax.view(np.uint32), st[name].absmax.view(np.uint32))
+    # a state written by torchao's quantizer (what its AdamW8bit stores)
+    x = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+    scaled, scale = U.scale_tensor(x, q.BLOCK)
+    qmap = torch.tensor(U.create_dynamic_map(True), dtype=torch.float32)
+    codes = U.quantize_8bit_with_qmap(scaled, qmap)
+    theirs = {"step": torch.tensor(3.0), "exp_avg": OptimState8bit(codes, scale, qmap, True),
+              "exp_avg_sq": OptimState8bit(codes.clone(), scale.abs(),
+                                           torch.tensor(U.create_dynamic_map(False)), False)}
+    mine, step = q.from_torchao(theirs)
+    assert step == 3
+    ref = theirs["exp_avg"].dequantize().numpy()
+    assert np.array_equal(mine["exp_avg"].dequantize().view(np.uint32), ref.view(np.uint32))
+
+
+def test_torchao_bad_state_and_sizes():
+    torch = _torchao()
+    m = q.QuantizedState.zeros(1000, True)
+    v = q.QuantizedState.zeros(1000, False)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        q.to_torchao({"exp_avg": m, "exp_avg_sq": v}, 1)
+    with pytest.raises(TypeError, match="signed=False"):
+        q.to_torchao({"exp_avg": m, "exp_avg_sq": m}, 1)
+    m, v = q.QuantizedState.zeros(4096, True), q.QuantizedState.zeros(4096, False)
+    d = q.to_torchao({"exp_avg": m, "exp_avg_sq": v}, 2)
+    with pytest.raises(ValueError, match="not a torchao OptimState8bit"):
+        q.from_torchao(dict(d, exp_avg=torch.zeros(4096)))
+    with pytest.raises(ValueError, match="exp_avg_sq.qmap is not the dynamic map"):
+        bad = d["exp_avg_sq"]
+        bad.qmap = d["exp_avg"].qmap
+        q.from_torchao(d)

@@ -18,8 +18,9 @@ from . import _validate
 from .rules import RULES
 
 __all__ = ["BLOCK", "MIN_ELEMENTS", "INT8_RULES", "dynamic_map", "QuantizedState", "quantize",
-           "dequantize", "encode", "step", "step_reference", "adam8", "adam8_reference", "state_nbytes", "Adam8", "to_bitsandbytes",
-           "from_bitsandbytes"]
+           "dequantize", "encode", "step", "step_reference", "adam8", "adam8_reference",
+           "state_nbytes", "Adam8", "to_bitsandbytes", "from_bitsandbytes", "to_torchao",
+           "from_torchao"]
 
 #: Elements per block (one float32 absmax each), as bitsandbytes and torchao.
 BLOCK = 256
@@ -804,8 +805,36 @@ class Adam8:
 
 
 # ---------------------------------------------------------------------------
-# bitsandbytes' 8-bit Adam state (blockwise, block 256: the same layout)
+# Converters: bitsandbytes' and torchao's 8-bit Adam state (blocks of 256, one float32
+# absmax per block, the same dynamic maps: the same layout, codes copied unchanged)
 # ---------------------------------------------------------------------------
+
+def _numpy_of(fn, key, x, dtype):
+    """A torch tensor's (or array's) values as a new flat numpy array of `dtype`."""
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if x.dtype != dtype:
+        raise ValueError(f"{fn}(): {key} must be {np.dtype(dtype).name}, got {x.dtype}")
+    return np.ascontiguousarray(x).reshape(-1).copy()
+
+
+def _check_map(fn, key, qmap, signed):
+    if not np.array_equal(_numpy_of(fn, key, qmap, np.float32).view(np.uint32),
+                          dynamic_map(signed).view(np.uint32)):
+        raise ValueError(f"{fn}(): {key} is not the dynamic map (signed={signed}); only the "
+                         f"default maps convert")
+
+
+def _state_of(fn, name, codes, absmax, signed):
+    if absmax.size != _nblocks(codes.size):
+        raise ValueError(f"{fn}(): {name} has {absmax.size} values for {codes.size} "
+                         f"codes; expected blocks of {BLOCK} ({_nblocks(codes.size)} values)")
+    return QuantizedState(codes, absmax, signed)
+
+
+def _step_of(state):
+    step = state.get("step", 0)
+    return int(step.item() if hasattr(step, "item") else step)
+
 
 def to_bitsandbytes(exp_avg, exp_avg_sq, step):
     """The per-parameter state dict of bitsandbytes' Adam8bit/AdamW8bit (blockwise): torch
@@ -827,33 +856,90 @@ def from_bitsandbytes(state):
     """(exp_avg, exp_avg_sq, step) from one parameter's bitsandbytes 8-bit Adam state (as in
     optimizer.state[p] or its state_dict): the maps must be this module's and the absmax one
     per block of 256; anything else is a ValueError."""
-    def arr(key, dtype):
+    fn = "from_bitsandbytes"
+    for key in ("state1", "absmax1", "qmap1", "state2", "absmax2", "qmap2"):
         if key not in state:
-            raise ValueError(f"from_bitsandbytes(): no {key!r} in the state (blockwise 8-bit "
-                             f"Adam state has state1, absmax1, qmap1, state2, absmax2, qmap2)")
-        x = state[key]
-        x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-        if x.dtype != dtype:
-            raise ValueError(f"from_bitsandbytes(): {key} must be {np.dtype(dtype).name}, got "
-                             f"{x.dtype}")
-        return np.ascontiguousarray(x).reshape(-1).copy()
-    for key, signed in (("qmap1", True), ("qmap2", False)):
-        if not np.array_equal(arr(key, np.float32).view(np.uint32),
-                              dynamic_map(signed).view(np.uint32)):
-            raise ValueError(f"from_bitsandbytes(): {key} is not the dynamic map "
-                             f"(signed={signed}); only the default maps convert")
-    c1, a1 = arr("state1", np.uint8), arr("absmax1", np.float32)
-    c2, a2 = arr("state2", np.uint8), arr("absmax2", np.float32)
-    for c, a, name in ((c1, a1, "absmax1"), (c2, a2, "absmax2")):
-        if a.size != _nblocks(c.size):
-            raise ValueError(f"from_bitsandbytes(): {name} has {a.size} values for "
-                             f"{c.size} codes; expected blocks of {BLOCK} "
-                             f"({_nblocks(c.size)} values)")
+            raise ValueError(f"{fn}(): no {key!r} in the state (blockwise 8-bit Adam state has "
+                             f"state1, absmax1, qmap1, state2, absmax2, qmap2)")
+    _check_map(fn, "qmap1", state["qmap1"], True)
+    _check_map(fn, "qmap2", state["qmap2"], False)
+    c1, c2 = (_numpy_of(fn, k, state[k], np.uint8) for k in ("state1", "state2"))
     if c1.size != c2.size:
-        raise ValueError(f"from_bitsandbytes(): state1 has {c1.size} codes, state2 {c2.size}")
-    step = state.get("step", 0)
-    step = int(step.item() if hasattr(step, "item") else step)
-    return QuantizedState(c1, a1, True), QuantizedState(c2, a2, False), step
+        raise ValueError(f"{fn}(): state1 has {c1.size} codes, state2 {c2.size}")
+    m = _state_of(fn, "absmax1", c1, _numpy_of(fn, "absmax1", state["absmax1"], np.float32),
+                  True)
+    v = _state_of(fn, "absmax2", c2, _numpy_of(fn, "absmax2", state["absmax2"], np.float32),
+                  False)
+    return m, v, _step_of(state)
+
+
+_TORCHAO_STATES = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
+
+
+def to_torchao(states, step, shape=None):
+    """One parameter's state as torchao.optim's Adam8bit/AdamW8bit keeps it: {'step': a
+    float32 scalar tensor, 'exp_avg', 'exp_avg_sq'[, 'max_exp_avg_sq']: OptimState8bit}.
+    states: {'exp_avg': QuantizedState (signed), 'exp_avg_sq' and optionally
+    'max_exp_avg_sq': QuantizedState (unsigned)}, the form `step` takes; shape: the
+    parameter's shape (default: flat). torchao keeps 8-bit state only for parameters whose
+    size is a multiple of 256 (its scale is a plain view of blocks): other sizes are a
+    ValueError. Codes and absmax (torchao's scale) are copied unchanged."""
+    import torch
+    from torchao.optim.subclass_8bit import OptimState8bit
+    fn = "to_torchao"
+    if not isinstance(states, dict) or not {"exp_avg", "exp_avg_sq"} <= set(states) \
+            or not set(states) <= set(_TORCHAO_STATES):
+        raise ValueError(f"{fn}(): states must be a dict of exp_avg, exp_avg_sq and "
+                         f"optionally max_exp_avg_sq")
+    n = None
+    for name, s in states.items():
+        if not isinstance(s, QuantizedState) or s.signed != _TORCHAO_STATES[name]:
+            raise TypeError(f"{fn}(): {name} must be a QuantizedState with "
+                            f"signed={_TORCHAO_STATES[name]}")
+        if n is not None and s.size != n:
+            raise ValueError(f"{fn}(): the states have different sizes")
+        n = s.size
+    if n % BLOCK:
+        raise ValueError(f"{fn}(): torchao keeps 8-bit state only for sizes that are a "
+                         f"multiple of {BLOCK}, got {n}")
+    shape = (n,) if shape is None else tuple(shape)
+    if int(np.prod(shape)) != n:
+        raise ValueError(f"{fn}(): shape {shape} does not hold {n} elements")
+    out = {"step": torch.tensor(float(step))}
+    for name, s in states.items():
+        out[name] = OptimState8bit(torch.from_numpy(s.codes.copy()).view(shape),
+                                   torch.from_numpy(s.absmax.copy()),
+                                   torch.from_numpy(dynamic_map(s.signed)), s.signed)
+    return out
+
+
+def from_torchao(state):
+    """(states, step) from one parameter's torchao 8-bit Adam state (optimizer.state[p]):
+    states = {'exp_avg', 'exp_avg_sq'[, 'max_exp_avg_sq']: QuantizedState}, the form `step`
+    takes. Each must be an OptimState8bit over this module's map with blocks of 256;
+    anything else (a float32 state torchao keeps for small parameters, another map or block
+    size) is a ValueError."""
+    fn = "from_torchao"
+    out = {}
+    for name, signed in _TORCHAO_STATES.items():
+        if name not in state:
+            if name == "max_exp_avg_sq":
+                continue
+            raise ValueError(f"{fn}(): no {name!r} in the state")
+        x = state[name]
+        if not all(hasattr(x, a) for a in ("codes", "scale", "qmap", "signed")):
+            raise ValueError(f"{fn}(): {name} is not a torchao OptimState8bit (torchao keeps "
+                             f"float32 state for parameters under 4096 elements)")
+        if bool(x.signed) != signed:
+            raise ValueError(f"{fn}(): {name} must use the {'signed' if signed else 'unsigned'} "
+                             f"map")
+        _check_map(fn, f"{name}.qmap", x.qmap, signed)
+        out[name] = _state_of(fn, f"{name}.scale", _numpy_of(fn, f"{name}.codes", x.codes,
+                                                               np.uint8),
+                              _numpy_of(fn, f"{name}.scale", x.scale, np.float32), signed)
+    if len({s.size for s in out.values()}) > 1:
+        raise ValueError(f"{fn}(): the states have different sizes")
+    return out, _step_of(state)
 
 
 def _check_pair(fn, exp_avg, exp_avg_sq):
