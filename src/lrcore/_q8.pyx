@@ -6,12 +6,16 @@ these. `level` is lrcore's active instruction set (0 baseline, 1 AVX2, 2 AVX-512
 split into tasks of whole blocks run on lrcore._core's thread pool (csrc/pool.c, one per
 process, reached through a capsule), so the bytes written do not depend on the thread count.
 """
-from libc.stdint cimport int32_t, uint8_t, uint16_t, int64_t, uint64_t
-from libc.string cimport memset
+from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from . import _core
+
+cnp.import_array()
 
 cdef extern from "pool.h" nogil:
     ctypedef void (*lrcore_task_fn)(void *arg, size_t task) noexcept nogil
@@ -25,15 +29,9 @@ cdef pool_run_fn lrcore_pool_run = <pool_run_fn>PyCapsule_GetPointer(
 
 cdef extern from "q8_jobs.h" nogil:
     enum:
-        LRCORE_FIELD_DOUBLE, LRCORE_FIELD_INT64, LRCORE_FIELD_INT
         LRCORE_ET_F32, LRCORE_ET_BF16, LRCORE_ROUND_NEAREST, LRCORE_ROUND_STOCHASTIC
     ctypedef struct lrcore_hp:
         pass
-    ctypedef struct lrcore_field:
-        const char *name
-        size_t offset
-        int type
-    const lrcore_field *lrcore_hp_fields(int kind, size_t *count)
     ctypedef struct lrcore_lowp:
         int param, grad, state, rounding
         uint64_t seed, step, index_offset
@@ -146,79 +144,45 @@ cdef void _run(const void *job, void *fn, size_t n, int nthreads) noexcept nogil
     lrcore_pool_run(nthreads, ntasks, run_task, &call)
 
 
-cdef int _pack(int kind, dict hp, lrcore_hp *out) except -1:
-    """The rule's hyperparameters by name into its C struct (descriptors of jobs.h);
-    grad_scale is 1. Values were checked by lrcore.quantization."""
-    cdef size_t count, i
-    cdef const lrcore_field *f = lrcore_hp_fields(kind, &count)
-    cdef char *base = <char *>out
-    memset(out, 0, sizeof(lrcore_hp))
-    for i in range(count):
-        name = f[i].name.decode()
-        x = 1.0 if name == "grad_scale" else hp[name]
-        if f[i].type == LRCORE_FIELD_DOUBLE:
-            (<double *>(base + f[i].offset))[0] = x
-        elif f[i].type == LRCORE_FIELD_INT64:
-            (<int64_t *>(base + f[i].offset))[0] = x
-        else:
-            (<int *>(base + f[i].offset))[0] = 1 if x else 0
-    return 0
+cdef void *_data(a):
+    """The first element of a C-contiguous array (checked by lrcore.quantization)."""
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-def step(int level, int nthreads, int kind, param, grad, list states, dict hp, codecs,
-         bint stochastic, uint64_t seed, uint64_t index_offset):
+def step(int level, int nthreads, int kind, param, grad, list states, bytes hp, codecs,
+         bint stochastic, uint64_t seed, uint64_t step, uint64_t index_offset):
     """One step of rule `kind` (arguments checked by lrcore.quantization.step).
 
-    param, grad: 1-d float32 or bfloat16 arrays (bfloat16 seen as uint16); states: per kernel
-    state, None, a float32 array, or (codes, absmax, map) with map 0 signed / 1 unsigned;
+    param, grad: 1-d float32 or bfloat16 arrays; states: per kernel state, None, a float32
+    array, or (codes, absmax, map) with map 0 signed / 1 unsigned; hp: the rule's C struct
+    lrcore_<rule>_hp as bytes (packed by lrcore.quantization from jobs.h's descriptors);
     codecs: the signed and unsigned lrcore.quantization._Codec."""
     cdef lrcore_q8_job job
-    cdef float[::1] pf, sf
-    cdef const float[::1] gf
-    cdef uint16_t[::1] ph
-    cdef const uint16_t[::1] gh
-    cdef uint8_t[::1] qc
-    cdef float[::1] qa
     cdef size_t n = param.shape[0]
     if n == 0:
         return
+    if len(hp) > sizeof(lrcore_hp):
+        raise ValueError("step(): hyperparameter struct larger than lrcore_hp")
     memset(&job, 0, sizeof(job))
+    memcpy(&job.hp, <const char *>hp, len(hp))
     job.kind = kind
     job.n = n
-    if param.dtype.itemsize == 4:
-        pf = param
-        job.param = &pf[0]
-        job.lowp.param = LRCORE_ET_F32
-    else:
-        ph = param.view("u2")
-        job.param = &ph[0]
-        job.lowp.param = LRCORE_ET_BF16
-    if grad.dtype.itemsize == 4:
-        gf = grad
-        job.grad = &gf[0]
-        job.lowp.grad = LRCORE_ET_F32
-    else:
-        gh = grad.view("u2")
-        job.grad = &gh[0]
-        job.lowp.grad = LRCORE_ET_BF16
+    job.param = _data(param)
+    job.grad = _data(grad)
+    job.lowp.param = LRCORE_ET_F32 if param.dtype.itemsize == 4 else LRCORE_ET_BF16
+    job.lowp.grad = LRCORE_ET_F32 if grad.dtype.itemsize == 4 else LRCORE_ET_BF16
     job.lowp.state = LRCORE_ET_F32
     job.lowp.rounding = LRCORE_ROUND_STOCHASTIC if stochastic else LRCORE_ROUND_NEAREST
     job.lowp.seed = seed
-    job.lowp.step = <uint64_t>hp["step"]
+    job.lowp.step = step
     job.lowp.index_offset = index_offset
     for k, s in enumerate(states):
-        if s is None:
-            continue
         if isinstance(s, tuple):
-            qc = s[0]
-            qa = s[1]
-            job.state[k].q.codes = &qc[0]
-            job.state[k].q.absmax = &qa[0]
+            job.state[k].q.codes = <uint8_t *>_data(s[0])
+            job.state[k].q.absmax = <float *>_data(s[1])
             job.state[k].map = s[2]
-        else:
-            sf = s
-            job.state[k].f32 = &sf[0]
-    _pack(kind, hp, &job.hp)
+        elif s is not None:
+            job.state[k].f32 = <float *>_data(s)
     job.codec[0] = _codec(codecs[0])
     job.codec[1] = _codec(codecs[1])
     with nogil:

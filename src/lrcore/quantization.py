@@ -28,43 +28,12 @@ BLOCK = 256
 MIN_ELEMENTS = 4096
 
 # bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8) (also torchao's),
-# as float32 bit patterns, ascending. tests/test_quantization.py rebuilds both maps with that
-# recipe (torch float32 linspace, means, powers of ten) and compares value for value.
-_SIGNED_BITS = (
-    0xbf7e3333, 0xbf7a999a, 0xbf770000, 0xbf736666, 0xbf6fcccd, 0xbf6c3333, 0xbf68999a, 0xbf650000,
-    0xbf616666, 0xbf5dcccd, 0xbf5a3333, 0xbf56999a, 0xbf530000, 0xbf4f6666, 0xbf4bcccd, 0xbf483333,
-    0xbf44999a, 0xbf410000, 0xbf3d6666, 0xbf39cccd, 0xbf363334, 0xbf32999a, 0xbf2f0000, 0xbf2b6666,
-    0xbf27cccd, 0xbf243334, 0xbf20999a, 0xbf1d0000, 0xbf196666, 0xbf15cccd, 0xbf123334, 0xbf0e999a,
-    0xbf0b0000, 0xbf076666, 0xbf03cccc, 0xbf003333, 0xbef93332, 0xbef20000, 0xbeeacccc, 0xbee3999a,
-    0xbedc6666, 0xbed53333, 0xbece0000, 0xbec6cccc, 0xbebf999a, 0xbeb86666, 0xbeb13333, 0xbeaa0000,
-    0xbea2cccc, 0xbe9b999a, 0xbe946666, 0xbe8d3334, 0xbe860000, 0xbe7d9999, 0xbe6f3333, 0xbe60cccd,
-    0xbe526666, 0xbe440000, 0xbe35999a, 0xbe273333, 0xbe18cccd, 0xbe0a6666, 0xbdf80000, 0xbddb3334,
-    0xbdc9eb85, 0xbdc428f7, 0xbdbe6667, 0xbdb8a3d7, 0xbdb2e148, 0xbdad1eb8, 0xbda75c2a, 0xbda1999a,
-    0xbd9bd70a, 0xbd96147b, 0xbd9051eb, 0xbd8a8f5d, 0xbd84cccd, 0xbd7e147b, 0xbd728f5d, 0xbd670a3d,
-    0xbd5b851f, 0xbd500000, 0xbd447ae1, 0xbd38f5c3, 0xbd2d70a3, 0xbd21eb85, 0xbd166667, 0xbd0ae148,
-    0xbcfeb852, 0xbce7ae15, 0xbcd0a3d7, 0xbcb9999a, 0xbca28f5d, 0xbc8b851f, 0xbc68f5c3, 0xbc3ae148,
-    0xbc1f3b64, 0xbc160418, 0xbc0ccccd, 0xbc039581, 0xbbf4bc6a, 0xbbe24dd3, 0xbbcfdf3b, 0xbbbd70a4,
-    0xbbab020d, 0xbb989374, 0xbb8624dd, 0xbb676c8a, 0xbb428f5c, 0xbb1db22d, 0xbaf1a9fc, 0xbaa7ef9d,
-    0xba7765ff, 0xba59e83e, 0xba3c6a80, 0xba1eecc1, 0xba016f01, 0xb9c7e283, 0xb98ce705, 0xb923d70b,
-    0xb8ba1f4b, 0xb88aefb3, 0xb8378034, 0xb7b24206, 0xb70205ff, 0xb65a1a94, 0xb513a3b7, 0x00000000,
-    0x3513a3b7, 0x365a1a94, 0x370205ff, 0x37b24206, 0x38378034, 0x388aefb3, 0x38ba1f4b, 0x3923d70b,
-    0x398ce705, 0x39c7e283, 0x3a016f01, 0x3a1eecc1, 0x3a3c6a80, 0x3a59e83e, 0x3a7765ff, 0x3aa7ef9d,
-    0x3af1a9fc, 0x3b1db22d, 0x3b428f5c, 0x3b676c8a, 0x3b8624dd, 0x3b989374, 0x3bab020d, 0x3bbd70a4,
-    0x3bcfdf3b, 0x3be24dd3, 0x3bf4bc6a, 0x3c039581, 0x3c0ccccd, 0x3c160418, 0x3c1f3b64, 0x3c3ae148,
-    0x3c68f5c3, 0x3c8b851f, 0x3ca28f5d, 0x3cb9999a, 0x3cd0a3d7, 0x3ce7ae15, 0x3cfeb852, 0x3d0ae148,
-    0x3d166667, 0x3d21eb85, 0x3d2d70a3, 0x3d38f5c3, 0x3d447ae1, 0x3d500000, 0x3d5b851f, 0x3d670a3d,
-    0x3d728f5d, 0x3d7e147b, 0x3d84cccd, 0x3d8a8f5d, 0x3d9051eb, 0x3d96147b, 0x3d9bd70a, 0x3da1999a,
-    0x3da75c2a, 0x3dad1eb8, 0x3db2e148, 0x3db8a3d7, 0x3dbe6667, 0x3dc428f7, 0x3dc9eb85, 0x3ddb3334,
-    0x3df80000, 0x3e0a6666, 0x3e18cccd, 0x3e273333, 0x3e35999a, 0x3e440000, 0x3e526666, 0x3e60cccd,
-    0x3e6f3333, 0x3e7d9999, 0x3e860000, 0x3e8d3334, 0x3e946666, 0x3e9b999a, 0x3ea2cccc, 0x3eaa0000,
-    0x3eb13333, 0x3eb86666, 0x3ebf999a, 0x3ec6cccc, 0x3ece0000, 0x3ed53333, 0x3edc6666, 0x3ee3999a,
-    0x3eeacccc, 0x3ef20000, 0x3ef93332, 0x3f003333, 0x3f03cccc, 0x3f076666, 0x3f0b0000, 0x3f0e999a,
-    0x3f123334, 0x3f15cccd, 0x3f196666, 0x3f1d0000, 0x3f20999a, 0x3f243334, 0x3f27cccd, 0x3f2b6666,
-    0x3f2f0000, 0x3f32999a, 0x3f363334, 0x3f39cccd, 0x3f3d6666, 0x3f410000, 0x3f44999a, 0x3f483333,
-    0x3f4bcccd, 0x3f4f6666, 0x3f530000, 0x3f56999a, 0x3f5a3333, 0x3f5dcccd, 0x3f616666, 0x3f650000,
-    0x3f68999a, 0x3f6c3333, 0x3f6fcccd, 0x3f736666, 0x3f770000, 0x3f7a999a, 0x3f7e3333, 0x3f800000,
-)
-_UNSIGNED_BITS = (
+# as float32 bit patterns, ascending: the unsigned map (256 entries), then the signed map's
+# entries 127..255 (0, its 127 positive entries, 1); its entries 0..126 are the negatives of
+# entries 128..254, mirrored (create_dynamic_map appends -x for each x). tests/test_quantization.py
+# rebuilds both maps with that recipe (torch float32 linspace, means, powers of ten) and
+# compares value for value.
+_MAP_BITS = (
     0x00000000, 0x34ae7baa, 0x35500998, 0x360e9b38, 0x3692ccf6, 0x36de4c51, 0x3714e5d5, 0x3783126e,
     0x37e171a0, 0x381fe868, 0x384f1800, 0x387e479a, 0x3896bb99, 0x38ae5364, 0x38c5eb31, 0x3906594b,
     0x394154ca, 0x397c5049, 0x399ba5e4, 0x39b923a2, 0x39d6a163, 0x39f41f22, 0x3a08ce71, 0x3a178d50,
@@ -97,6 +66,23 @@ _UNSIGNED_BITS = (
     0x3f578000, 0x3f594ccc, 0x3f5b199a, 0x3f5ce666, 0x3f5eb334, 0x3f608000, 0x3f624ccc, 0x3f64199a,
     0x3f65e666, 0x3f67b334, 0x3f698000, 0x3f6b4ccc, 0x3f6d199a, 0x3f6ee666, 0x3f70b334, 0x3f728000,
     0x3f744ccc, 0x3f76199a, 0x3f77e666, 0x3f79b334, 0x3f7b8000, 0x3f7d4ccc, 0x3f7f199a, 0x3f800000,
+    0x00000000, 0x3513a3b7, 0x365a1a94, 0x370205ff, 0x37b24206, 0x38378034, 0x388aefb3, 0x38ba1f4b,
+    0x3923d70b, 0x398ce705, 0x39c7e283, 0x3a016f01, 0x3a1eecc1, 0x3a3c6a80, 0x3a59e83e, 0x3a7765ff,
+    0x3aa7ef9d, 0x3af1a9fc, 0x3b1db22d, 0x3b428f5c, 0x3b676c8a, 0x3b8624dd, 0x3b989374, 0x3bab020d,
+    0x3bbd70a4, 0x3bcfdf3b, 0x3be24dd3, 0x3bf4bc6a, 0x3c039581, 0x3c0ccccd, 0x3c160418, 0x3c1f3b64,
+    0x3c3ae148, 0x3c68f5c3, 0x3c8b851f, 0x3ca28f5d, 0x3cb9999a, 0x3cd0a3d7, 0x3ce7ae15, 0x3cfeb852,
+    0x3d0ae148, 0x3d166667, 0x3d21eb85, 0x3d2d70a3, 0x3d38f5c3, 0x3d447ae1, 0x3d500000, 0x3d5b851f,
+    0x3d670a3d, 0x3d728f5d, 0x3d7e147b, 0x3d84cccd, 0x3d8a8f5d, 0x3d9051eb, 0x3d96147b, 0x3d9bd70a,
+    0x3da1999a, 0x3da75c2a, 0x3dad1eb8, 0x3db2e148, 0x3db8a3d7, 0x3dbe6667, 0x3dc428f7, 0x3dc9eb85,
+    0x3ddb3334, 0x3df80000, 0x3e0a6666, 0x3e18cccd, 0x3e273333, 0x3e35999a, 0x3e440000, 0x3e526666,
+    0x3e60cccd, 0x3e6f3333, 0x3e7d9999, 0x3e860000, 0x3e8d3334, 0x3e946666, 0x3e9b999a, 0x3ea2cccc,
+    0x3eaa0000, 0x3eb13333, 0x3eb86666, 0x3ebf999a, 0x3ec6cccc, 0x3ece0000, 0x3ed53333, 0x3edc6666,
+    0x3ee3999a, 0x3eeacccc, 0x3ef20000, 0x3ef93332, 0x3f003333, 0x3f03cccc, 0x3f076666, 0x3f0b0000,
+    0x3f0e999a, 0x3f123334, 0x3f15cccd, 0x3f196666, 0x3f1d0000, 0x3f20999a, 0x3f243334, 0x3f27cccd,
+    0x3f2b6666, 0x3f2f0000, 0x3f32999a, 0x3f363334, 0x3f39cccd, 0x3f3d6666, 0x3f410000, 0x3f44999a,
+    0x3f483333, 0x3f4bcccd, 0x3f4f6666, 0x3f530000, 0x3f56999a, 0x3f5a3333, 0x3f5dcccd, 0x3f616666,
+    0x3f650000, 0x3f68999a, 0x3f6c3333, 0x3f6fcccd, 0x3f736666, 0x3f770000, 0x3f7a999a, 0x3f7e3333,
+    0x3f800000,
 )
 
 
@@ -111,7 +97,12 @@ NKEYS = (127 << KEY_BITS) - KEY_LO + 1   # up to |x| = 1 (larger |x| shares the 
 def dynamic_map(signed=True):
     """The 256-entry dynamic quantization map, ascending, as a new float32 array: signed
     (first moments; -0.99297 .. 1, entry 127 is 0) or unsigned (second moments; 0 .. 1)."""
-    return np.array(_SIGNED_BITS if signed else _UNSIGNED_BITS, dtype=np.uint32).view(np.float32)
+    bits = np.array(_MAP_BITS, dtype=np.uint32)
+    if signed:
+        bits = np.concatenate([bits[256 + 127:256:-1] | np.uint32(0x80000000), bits[256:]])
+    else:
+        bits = bits[:256]
+    return bits.view(np.float32)
 
 
 def _f32(bits):
@@ -451,8 +442,8 @@ INT8_RULES = {
 
 
 def _is_bf16(a):
-    from .lowp import bfloat16
-    return bfloat16 is not None and a.dtype == bfloat16
+    bf16 = _lowp().bfloat16
+    return bf16 is not None and a.dtype == bf16
 
 
 def _check_pg(fn, name, a, n, writeable):
@@ -464,16 +455,32 @@ def _check_pg(fn, name, a, n, writeable):
                   dtype_checked=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _rule_info(name):
+    """Per preset name, what step() checks against, derived once from the table: the row,
+    the preset, the public hyperparameter names with their defaults (None: required), and
+    per state (name, kind, switch): kind 0 always present, 1 present with an option
+    (amsgrad, centered: the caller decides), 2 present when hyperparameter `switch` > 0."""
+    from . import rules
+    pre = rules.preset(name)                    # ValueError naming the choices
+    row = RULES[pre.rule]
+    options = {o.name for o in row.options}
+    states = tuple((st.name, 0 if st.when is None else (1 if st.when in options else 2),
+                    st.when) for st in row.states)
+    defaults = tuple((h.name, h.default, h.default is None
+                      and (row.name, h.name) not in _validate.DERIVED)
+                     for h in row.public_hypers)
+    return row, pre, frozenset(h for h, _, _ in defaults), defaults, states
+
+
 def _step_args(fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads,
                hp, label="states[{!r}]"):
     """Check every argument of step() (nothing is modified here); returns (rule row, the
     states in kernel order: None, float32 array or QuantizedState, the complete checked
     hyperparameters, rounding, seed, index_offset, threads)."""
-    from . import lowp, rules
     if not isinstance(rule, str):
         raise TypeError(f"{fn}(): rule must be a str, got {type(rule).__name__}")
-    pre = rules.preset(rule)                    # ValueError naming the choices
-    row = RULES[pre.rule]
+    row, pre, public, defaults, specs = _rule_info(rule)
     if row.name not in INT8_RULES:
         raise ValueError(f"{fn}(): rule {rule!r} has no 8-bit state; rules with 8-bit state: "
                          f"{', '.join(INT8_RULES)}")
@@ -483,14 +490,12 @@ def _step_args(fn, rule, param, grad, states, step, rounding, seed, index_offset
     if not isinstance(states, dict):
         raise TypeError(f"{fn}(): states must be a dict of state name -> float32 array or "
                         f"QuantizedState, got {type(states).__name__}")
-    names = [s.name for s in row.states]
-    extra = sorted(set(states) - set(names), key=str)
-    if extra:
+    if len(states) > sum(1 for name, _, _ in specs if name in states):
+        extra = sorted(set(states) - {name for name, _, _ in specs}, key=str)
         raise ValueError(f"{fn}(): {rule} has no state {extra[0]!r}; its states: "
-                         f"{', '.join(names)}")
-    public = {h.name for h in row.public_hypers}
-    unknown = sorted(set(hp) - public, key=str)
-    if unknown:
+                         f"{', '.join(name for name, _, _ in specs)}")
+    if not public.issuperset(hp):
+        unknown = sorted(set(hp) - public, key=str)
         raise TypeError(f"{fn}(): unexpected hyperparameter {unknown[0]!r} for {rule}")
     full = dict(pre.defaults)
     full.update(hp)
@@ -499,54 +504,54 @@ def _step_args(fn, rule, param, grad, states, step, rounding, seed, index_offset
             raise ValueError(f"{fn}(): {rule} fixes {k}={x!r}, got {hp[k]!r}")
         full[k] = x
     full["step"] = step
-    for h in row.public_hypers:
-        if h.name not in full:
-            if h.default is None and (row.name, h.name) not in _validate.DERIVED:
-                raise TypeError(f"{fn}(): missing hyperparameter {h.name!r} of {rule}")
-            full[h.name] = h.default
+    for name, default, required in defaults:
+        if name not in full:
+            if required:
+                raise TypeError(f"{fn}(): missing hyperparameter {name!r} of {rule}")
+            full[name] = default
     _validate.check_hypers(row, full, fn=fn)
     kernel_states, int8 = [], INT8_RULES[row.name]
-    for s in row.states:
-        x = states.get(s.name)
-        opt = s.when is not None and any(o.name == s.when for o in row.options)
-        if s.when is None or opt:
-            need = s.when is None or x is not None
-        else:
-            need = (full[s.when] or 0.0) > 0.0
+    bufs = [param, grad]
+    for name, kind, switch in specs:
+        x = states.get(name)
+        need = kind == 0 or (kind == 1 and x is not None) or (
+            kind == 2 and (full[switch] or 0.0) > 0.0)
         if need and x is None:
-            raise ValueError(f"{fn}(): states must hold {s.name!r} for these hyperparameters")
+            raise ValueError(f"{fn}(): states must hold {name!r} for these hyperparameters")
         if not need and x is not None:
-            raise ValueError(f"{fn}(): states holds {s.name!r}, but {s.when}="
-                             f"{full[s.when]!r} does not use it")
-        if x is None:
-            kernel_states.append(None)
-        elif isinstance(x, QuantizedState):
-            if s.name not in int8:
-                raise ValueError(f"{fn}(): {s.name!r} of {rule} cannot be 8-bit (8-bit states "
+            raise ValueError(f"{fn}(): states holds {name!r}, but {switch}="
+                             f"{full[switch]!r} does not use it")
+        if isinstance(x, QuantizedState):
+            if name not in int8:
+                raise ValueError(f"{fn}(): {name!r} of {rule} cannot be 8-bit (8-bit states "
                                  f"of {rule}: {', '.join(int8)})")
-            _check_state(fn, label.format(s.name), x, n, int8[s.name])
-            kernel_states.append(x)
-        else:
-            _check_buffer(fn, label.format(s.name), x, n, True)
-            kernel_states.append(x)
+            _check_state(fn, label.format(name), x, n, int8[name])
+            bufs += [x.codes, x.absmax]
+        elif x is not None:
+            _check_buffer(fn, label.format(name), x, n, True)
+            bufs.append(x)
+        kernel_states.append(x)
     if row.name == "rmsprop" and states.get("grad_avg") is not None and any(
             isinstance(x, QuantizedState) for x in kernel_states):
         raise ValueError(f"{fn}(): centered RMSprop (grad_avg) cannot keep 8-bit state: "
                          f"square_avg - grad_avg**2 of rounded states can fall below 0")
-    bufs = [param, grad]
-    for x in kernel_states:
-        if isinstance(x, QuantizedState):
-            bufs += [x.codes, x.absmax]
-        elif x is not None:
-            bufs.append(x)
-    for i, a in enumerate(bufs):        # contiguous: bounds overlap == shared memory
-        if any(np.may_share_memory(a, b) for b in bufs[i + 1:]):
-            raise ValueError(f"{fn}(): param, grad and the states must not share memory")
-    lowp.check_rounding(fn, rounding)
-    seed = lowp.check_seed(fn, seed)
-    index_offset = lowp.check_index_offset(fn, index_offset, n)
+    # contiguous buffers: overlapping bounds == shared memory (empty ones share nothing)
+    spans = sorted(_validate.extent(a) for a in bufs if a.nbytes)
+    if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"{fn}(): param, grad and the states must not share memory")
+    if rounding != "nearest":
+        _lowp().check_rounding(fn, rounding)
+    if type(seed) is not int or seed != 0:
+        seed = _lowp().check_seed(fn, seed)
+    if index_offset != 0 or type(index_offset) is not int:
+        index_offset = _lowp().check_index_offset(fn, index_offset, n)
     return (row, kernel_states, full, rounding, seed, index_offset,
             _validate.threads(fn, num_threads))
+
+
+def _lowp():
+    from . import lowp
+    return lowp
 
 
 def _twin(fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads, hp,
@@ -582,8 +587,31 @@ def _native(fn, rule, param, grad, states, step, rounding, seed, index_offset, n
     cst = [(x.codes, x.absmax, 0 if x.signed else 1) if isinstance(x, QuantizedState) else
            (None if x is None else x.reshape(-1)) for x in st]
     _q8.step(_isa_level(), nt or backend.default_threads(), row.kind, param.reshape(-1),
-             grad.reshape(-1), cst, hp, (_codec(True), _codec(False)),
-             rounding == "stochastic", seed, index_offset)
+             grad.reshape(-1), cst, _hp_struct(row.name, hp), (_codec(True), _codec(False)),
+             rounding == "stochastic", seed, hp["step"], index_offset)
+
+
+_CTYPES = {"double": "d", "int64": "q", "int": "i"}
+
+
+@functools.lru_cache(maxsize=None)
+def _hp_layout(rule):
+    """(struct.Struct, field names) of the C struct lrcore_<rule>_hp, from the compiled
+    core's field descriptors (csrc/jobs.h): native layout, offsets as C has them."""
+    import struct
+    from . import backend
+    fields, _ = backend.core().hp_fields(rule)
+    fmt, pos = "=", 0
+    for name, off, t in fields:
+        fmt += "x" * (off - pos) + _CTYPES[t]
+        pos = off + struct.calcsize("=" + _CTYPES[t])
+    return struct.Struct(fmt), tuple(name for name, _, _ in fields)
+
+
+def _hp_struct(rule, hp):
+    """The checked hyperparameters as the bytes of lrcore_<rule>_hp (grad_scale 1)."""
+    layout, names = _hp_layout(rule)
+    return layout.pack(*[1.0 if k == "grad_scale" else hp[k] for k in names])
 
 
 def step_reference(rule, param, grad, states, *, step, rounding="nearest", seed=0,
