@@ -464,7 +464,10 @@ class _LrcoreOptimizer:
         params, grads, gidx = self._collect()
         if not params:
             return
-        if self._lrcore_state_dtype is not None or any(
+        # the one-call plan takes float32/float64 params, grads and state of one dtype
+        sd = self._lrcore_state_dtype
+        if (sd is not None and not (sd == "float32" and all(p.dtype == torch.float32
+                                                             for p in params))) or any(
                 p.dtype not in _DTYPES or g.dtype != p.dtype for p, g in zip(params, grads)):
             self._lrcore_step_each(params, grads, gidx)
             return
