@@ -1,13 +1,30 @@
-"""Benchmarks of the 8-bit Adam step (lrcore.quantization.adam8, issue 13), kept out of the
-default test run.
+"""8-bit AdamW (lrcore.quantization.step, issue 13) against torch and the 8-bit anchors, in one run.
 
-Run: python -m pytest bench/test_bench_q8.py --benchmark-only
- or: python bench/test_bench_q8.py [log2 n] [threads]   (one side-by-side table: medians of
-     8-bit AdamW, lrcore's float32 AdamW and torch's fused float32 AdamW in the same run, and
-     the roofline of the 8-bit step: the larger of its memory time at its bytes per element,
-     taken as lrcore's float32 AdamW time scaled by 16.06/28 bytes, and its compute time on
-     cache-resident data scaled to n and the threads)
+For each lrcore row (float32 or bfloat16 param and grad with 8-bit moments; nearest or
+stochastic rounding of a bfloat16 param): the median step time, the bytes moved per element
+(the layout's bytes model, below), bytes/s, the bandwidth probe's time at those bytes (the
+float32 probe's bytes/s, measured on the float32 AdamW buffers of the same run, applied to the
+layout's bytes), the compute time of the same kernel on cache-resident data scaled to n (the
+time per element of a 2^15-element call minus that of a 256-element call, i.e. without the
+per-call Python cost, times n, same threads), the roofline = max(memory time, compute time),
+and the fractions of the probe and of the roofline reached. Ratios against torch's fused
+float32 AdamW, bitsandbytes' AdamW8bit and torchao's AdamW8bit (each where it imports; torchao's
+first step compiles for about half a minute and is excluded, as is every library's first
+step) are measured in the same run. Medians of 7 steps (3 for the 8-bit anchors, which take
+seconds per step at 2^26); 2 threads everywhere (torch.set_num_threads(2)).
+
+Bytes per element (blocks of 256, one float32 absmax per block and moment):
+    float32 param and grad: 4 + 4 (param read, written) + 4 (grad) + 2 x (1 + 1) (two
+        moments' codes read and written) + 2 x 2 x 4 / 256 (absmax read and written) = 16.06
+    bfloat16 param and grad: 2 + 2 + 2 + 4 + 0.06 = 10.06
+    float32 AdamW (torch, lrcore): 4 + 4 + 4 + 2 x (4 + 4) = 28
+
+Run: python bench/test_bench_q8.py [log2 n ...]   (default 24 26: the table)
+ or: python -m pytest bench/test_bench_q8.py --benchmark-only -s   (LRCORE_BENCH_Q8_LOG2N,
+     default 24)
 """
+import gc
+import os
 import sys
 import time
 
@@ -15,104 +32,172 @@ import numpy as np
 import pytest
 
 import lrcore
+from lrcore import lowp
 from lrcore import quantization as q
 
 if lrcore.backend() != "native":
     pytest.skip("benchmarks need the compiled backend", allow_module_level=True)
 
-# AdamW with 8-bit moments: param (4 read + 4 write), grad 4, two moments of 1 byte read and
-# written plus 4 bytes of absmax per 256 elements each.
-BYTES_Q8 = 4 + 4 + 4 + 2 * (1 + 1) + 2 * 2 * 4 / q.BLOCK
+from lrcore import backend  # noqa: E402  (the probe)
+
+THREADS = 2
+HP = dict(lr=1e-3, weight_decay=1e-2)
+ABSMAX = 2 * 2 * 4 / q.BLOCK
 BYTES_F32 = 28.0
-HP = dict(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
+# (label, param/grad dtype, rounding)
+ROWS = [("lrcore 8-bit AdamW, f32 param/grad", np.dtype(np.float32), "nearest"),
+        ("lrcore 8-bit AdamW, bf16 param/grad, nearest", lowp.bfloat16, "nearest"),
+        ("lrcore 8-bit AdamW, bf16 param/grad, stochastic", lowp.bfloat16, "stochastic")]
 
 
-def _buffers(n, seed=0):
-    rng = np.random.default_rng(seed)
-    p = rng.standard_normal(n, dtype=np.float32)
-    g = (rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3))
-    return p, g, q.QuantizedState.zeros(n, True), q.QuantizedState.zeros(n, False)
+def bytes_per_element(dtype):
+    s = np.dtype(dtype).itemsize
+    return 3 * s + 2 * 2 + ABSMAX
 
 
-def _median(fn, repeat=7, cpu=None):
-    """Median wall time of fn(); with a list `cpu`, also appends the median process CPU time
-    (every thread's time on a core: on a shared, loaded machine the wall time of a
-    compute-bound step is mostly time spent waiting for a core)."""
-    fn()
-    ts, cs = [], []
+def _median(fn, repeat=7, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
     for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-        cs.append(time.process_time() - c0)
-    if cpu is not None:
-        cpu.append(float(np.median(cs)))
     return float(np.median(ts))
 
 
-def _adam8_step(n, threads):
-    p, g, m, v = _buffers(n)
-    step = [0]
+def _q8_step(n, dtype, rounding, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n, dtype=np.float32)
+    p = x.astype(dtype)
+    g = (x * np.float32(1e-3)).astype(dtype)
+    st = {"exp_avg": q.QuantizedState.zeros(n, True),
+          "exp_avg_sq": q.QuantizedState.zeros(n, False)}
+    count = [0]
 
     def run():
-        step[0] += 1
-        q.adam8(p, g, m, v, step=step[0], num_threads=threads, **HP)
+        count[0] += 1
+        q.step("adamw", p, g, st, step=count[0], rounding=rounding, seed=1,
+               num_threads=THREADS, **HP)
     return run
 
 
-@pytest.mark.parametrize("log2n", [20, 24])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_adam8(benchmark, log2n, threads):
-    n = 1 << log2n
-    run = _adam8_step(n, threads)
-    benchmark.extra_info.update(bytes_per_element=BYTES_Q8, n=n, threads=threads)
-    benchmark(run)
+def compute_seconds_per_element(dtype, rounding):
+    """The kernel's time per element on cache-resident data (2^15 elements: 0.5 MiB of
+    buffers), without the per-call Python cost (a 256-element call's time subtracted)."""
+    big, small = 1 << 15, q.BLOCK
+    t_big = _median(_q8_step(big, dtype, rounding), repeat=101, warmup=5)
+    t_small = _median(_q8_step(small, dtype, rounding), repeat=101, warmup=5)
+    return max(t_big - t_small, 0.0) / (big - small)
 
 
-def table(log2n=24, threads=2):
-    """Medians (ms) of one step each, measured in one run."""
+def _f32_buffers(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n, dtype=np.float32)
+    return x, x * np.float32(1e-3), np.zeros(n, np.float32), np.zeros(n, np.float32)
+
+
+def _torch_fused(n):
     import torch
-    torch.set_num_threads(threads)
+    torch.set_num_threads(THREADS)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(n, dtype=np.float32))
+    p = torch.nn.Parameter(x)
+    p.grad = x * 1e-3
+    opt = torch.optim.AdamW([p], lr=1e-3, weight_decay=1e-2, fused=True)
+    return opt.step
+
+
+def _anchor(n, which):
+    """bitsandbytes' or torchao's AdamW8bit step on one float32 parameter of n elements."""
+    import torch
+    torch.set_num_threads(THREADS)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(n, dtype=np.float32))
+    p = torch.nn.Parameter(x)
+    p.grad = x * 1e-3
+    if which == "bitsandbytes":
+        import bitsandbytes as bnb
+        opt = bnb.optim.AdamW8bit([p], lr=1e-3, weight_decay=1e-2)
+    else:
+        from torchao.optim import AdamW8bit
+        opt = AdamW8bit([p], lr=1e-3, weight_decay=1e-2)
+    return opt.step
+
+
+def _importable(name):
+    try:
+        __import__(name)
+        return True
+    except Exception:    # noqa: BLE001 - any failure to import: that anchor is left out
+        return False
+
+
+def table(log2n):
+    """One run at n = 2^log2n: a dict of rows (seconds and derived figures)."""
     n = 1 << log2n
-    rows, cpu = {}, []
-    rows["lrcore adam8 (8-bit AdamW)"] = _median(_adam8_step(n, threads), cpu=cpu)
-    p, g, _, _ = _buffers(n)
-    m32, v32 = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    rows["lrcore float32 AdamW"] = _median(lambda: lrcore.kernels.adam(
-        p, g, m32, v32, step=5, num_threads=threads, **HP), cpu=cpu)
-    del m32, v32
-    tp = torch.from_numpy(p.copy()).requires_grad_()
-    tp.grad = torch.from_numpy(g.copy())
-    opt = torch.optim.AdamW([tp], lr=1e-3, weight_decay=1e-2, fused=True)
-    rows["torch fused float32 AdamW"] = _median(opt.step, cpu=cpu)
-    del tp, opt, p, g
-    # roofline: compute time on cache-resident data (2^14 elements, one thread, scaled to n
-    # and divided by the threads)
-    small = 1 << 14
-    run = _adam8_step(small, 1)
-    compute = _median(lambda: [run() for _ in range(16)], repeat=9) / 16 * (n / small) / threads
-    rows = {k: (t, c) for (k, t), c in zip(rows.items(), cpu)}
-    # memory time at BYTES_Q8: lrcore's float32 AdamW (memory-bound at 28 B/element)
-    # scaled by the bytes
-    memory = rows["lrcore float32 AdamW"][0] * BYTES_Q8 / BYTES_F32
-    return rows, compute, memory
+    rows = {}
+    for label, dt, rounding in ROWS:
+        rows[label] = dict(seconds=_median(_q8_step(n, dt, rounding)),
+                           bytes_per_element=bytes_per_element(dt),
+                           compute_seconds=compute_seconds_per_element(dt, rounding) * n)
+        gc.collect()
+    p, g, m, v = _f32_buffers(n)
+    rows["lrcore float32 AdamW"] = dict(
+        seconds=_median(lambda: lrcore.kernels.adam(p, g, m, v, step=5, num_threads=THREADS,
+                                                    decoupled_weight_decay=True, **HP)),
+        bytes_per_element=BYTES_F32)
+    probe = _median(lambda: backend.probe(p, g, m, v, scale=0.0, num_threads=THREADS))
+    del p, g, m, v
+    gc.collect()
+    probe_bps = BYTES_F32 * n / probe
+    rows["torch fused float32 AdamW"] = dict(seconds=_median(_torch_fused(n)),
+                                             bytes_per_element=BYTES_F32)
+    gc.collect()
+    for lib, mod in (("bitsandbytes", "bitsandbytes"), ("torchao", "torchao.optim")):
+        if _importable(mod):
+            rows[f"{lib} AdamW8bit"] = dict(seconds=_median(_anchor(n, lib), repeat=3),
+                                            bytes_per_element=bytes_per_element(np.float32))
+            gc.collect()
+    torch_s = rows["torch fused float32 AdamW"]["seconds"]
+    for r in rows.values():
+        r["bytes_per_second"] = r["bytes_per_element"] * n / r["seconds"]
+        r["memory_seconds"] = r["bytes_per_element"] * n / probe_bps
+        r["fraction_of_probe"] = r["memory_seconds"] / r["seconds"]
+        if "compute_seconds" in r:
+            r["roofline_seconds"] = max(r["memory_seconds"], r["compute_seconds"])
+            r["fraction_of_roofline"] = r["roofline_seconds"] / r["seconds"]
+        r["vs_torch_fused_f32"] = torch_s / r["seconds"]
+        for lib in ("bitsandbytes", "torchao"):
+            if f"{lib} AdamW8bit" in rows:
+                r[f"vs_{lib}"] = rows[f"{lib} AdamW8bit"]["seconds"] / r["seconds"]
+    return rows, probe_bps
 
 
-def main(argv):
-    log2n = int(argv[1]) if len(argv) > 1 else 24
-    threads = int(argv[2]) if len(argv) > 2 else 2
-    rows, compute, memory = table(log2n, threads)
-    torch_t, torch_c = rows["torch fused float32 AdamW"]
-    print(f"n = 2^{log2n}, {threads} threads, lrcore ISA {lrcore.isa()}: median of 7 steps, "
-          f"wall and process CPU time")
-    for name, (t, c) in rows.items():
-        print(f"  {name:30s} wall {t * 1e3:8.1f} ms ({torch_t / t:5.2f}x torch)   "
-              f"cpu {c * 1e3:8.1f} ms ({torch_c / c:5.2f}x torch)")
-    roof = max(compute, memory)
-    print(f"  roofline of the 8-bit step: max(compute in cache scaled to n {compute * 1e3:.1f} ms, "
-          f"memory at {BYTES_Q8:.2f} B/element {memory * 1e3:.1f} ms) = {roof * 1e3:.1f} ms; "
-          f"reached {roof / rows['lrcore adam8 (8-bit AdamW)'][0]:.2f} of it (wall)")
+def print_table(log2n, rows, probe_bps):
+    print(f"n = 2^{log2n}, {THREADS} threads, lrcore ISA {lrcore.isa()}, probe "
+          f"{probe_bps / 1e9:.1f} GB/s; medians")
+    print(f"{'row':50s} {'ms':>8s} {'B/el':>6s} {'GB/s':>6s} {'of probe':>8s} {'compute ms':>10s} "
+          f"{'roofline ms':>11s} {'of roof':>7s} {'x torch':>7s} {'x bnb':>6s} {'x tao':>6s}")
+    for name, r in rows.items():
+        print(f"{name:50s} {r['seconds'] * 1e3:8.1f} {r['bytes_per_element']:6.2f} "
+              f"{r['bytes_per_second'] / 1e9:6.1f} {r['fraction_of_probe']:8.2f} "
+              f"{r.get('compute_seconds', float('nan')) * 1e3:10.1f} "
+              f"{r.get('roofline_seconds', float('nan')) * 1e3:11.1f} "
+              f"{r.get('fraction_of_roofline', float('nan')):7.2f} "
+              f"{r['vs_torch_fused_f32']:7.2f} {r.get('vs_bitsandbytes', float('nan')):6.1f} "
+              f"{r.get('vs_torchao', float('nan')):6.1f}")
+
+
+def test_q8_table(benchmark):
+    """The table at LRCORE_BENCH_Q8_LOG2N (default 24) into extra_info; the benchmark fixture
+    times the float32-param 8-bit row once more (pytest-benchmark's own table)."""
+    log2n = int(os.environ.get("LRCORE_BENCH_Q8_LOG2N", 24))
+    rows, probe_bps = table(log2n)
+    print_table(log2n, rows, probe_bps)
+    benchmark.extra_info.update(n=1 << log2n, threads=THREADS, probe_bytes_per_second=probe_bps,
+                                rows=rows)
+    benchmark(_q8_step(1 << log2n, np.float32, "nearest"))
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    for a in (sys.argv[1:] or ["24", "26"]):
+        print_table(int(a), *table(int(a)))
