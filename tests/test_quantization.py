@@ -664,3 +664,21 @@ def test_torchao_bad_state_and_sizes():
         bad = d["exp_avg_sq"]
         bad.qmap = d["exp_avg"].qmap
         q.from_torchao(d)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled encoder")
+@pytest.mark.parametrize("signed", [True, False])
+def test_native_codes_near_every_decision_point(isa, signed):
+    """The 40 float32 values on each side of every threshold (where the vector encoder's
+    estimate is nearest to a half-integer and it falls back to the exact search), both
+    signs, in blocks whose absmax is 1: the same codes as the numpy twin's binary search."""
+    thr = q._codec(signed).thr[:255]
+    bits = np.abs(thr).view(np.uint32).astype(np.int64)
+    near = (bits[:, None] + np.arange(-40, 41)[None, :]).reshape(-1)
+    near = near[(near >= 0) & (near <= 0x3F800000)].astype(np.uint32).view(np.float32)
+    x = np.concatenate([near, -near])
+    x = x[: x.size // 255 * 255].reshape(-1, 255)
+    blocks = np.concatenate([np.ones((x.shape[0], 1), np.float32), x], axis=1).reshape(-1)
+    codes, absmax = q.quantize(blocks, signed)
+    assert (absmax == 1).all()
+    assert np.array_equal(codes, q.encode(blocks, signed))
