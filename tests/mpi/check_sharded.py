@@ -262,8 +262,10 @@ def run_lowp(cls, pdtype, gdtype, options):
     g0, g1 = lowp_params(pdtype)
     r0, r1 = [p.copy() for p in g0], [p.copy() for p in g1]
     lr = schedules.Cosine(0.01, LOWP_STEPS)
+    # bfloat16 Adam (8-bit and not): the collectives in flight driven from a helper thread
+    overlap = cls is lrcore.Adam and np.dtype(pdtype) == BF16
     opt = ShardedOptimizer([{"params": g0}, {"params": g1, "lr": 0.005}], cls, lr=lr,
-                           bucket_elements=BLOCK + 3000, **options)
+                           bucket_elements=BLOCK + 3000, overlap=overlap, **options)
     ref = cls([{"params": r0}, {"params": r1, "lr": 0.005}], lr=lr, **options)
     params, refs = g0 + g1, r0 + r1
     name = (f"{cls.__name__} param {np.dtype(pdtype).name} grad {np.dtype(gdtype).name} "
