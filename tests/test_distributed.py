@@ -60,7 +60,8 @@ def test_half_precision_and_8bit_state_bitwise_against_one_process(world):
     # params; float32 params with half grads; 8-bit state for every INT8_RULES class (float32
     # and bfloat16 params): params after every step, the averaged grads, the consolidated
     # state dict and the state bytes, bitwise against one process
-    out = run(world, SCRIPT, "lowp")
+    # (Adam, AdamW and SGD only on 4 ranks: 4 processes on CI's 2 cores are slow)
+    out = run(world, SCRIPT, "lowp" if world < 4 else "lowp-some")
     assert "half-precision / 8-bit runs bitwise on" in out, out
     assert "FAIL" not in out
 
