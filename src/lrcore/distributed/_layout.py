@@ -16,7 +16,8 @@ param's last block may be short, as in one process). With `min_tail` (MIN_ELEMEN
 state is 8-bit) a grid point that would leave fewer than min_tail elements after it in its
 param is dropped, so every piece of a param of MIN_ELEMENTS or more elements has at least
 MIN_ELEMENTS elements: the bucket's optimizer then quantizes exactly the pieces of the params
-one process quantizes, block for block.
+one process quantizes, block for block. (A grid block then reaches 2**14 + min_tail - 1
+elements, and a rank's share may differ from N/W by as much.)
 """
 import math
 
