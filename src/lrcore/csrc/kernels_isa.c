@@ -51,20 +51,10 @@ DEFINE_PROBE(double, f64)
 #define CASE_F32(name, nstates) CASE(name, nstates, float, f32)
 #define CASE_F64(name, nstates) CASE(name, nstates, double, f64)
 
-static void run_range(const lrcore_job *job, size_t start, size_t count);
-
-/* Low-precision jobs: lrcore_lowp_run widens tiles of the buffers to float32 and calls this
- * with each tile; it runs the job's float32 kernel on the tile. */
-static void lowp_tile_f32(void *ctx, size_t n, float *param, const float *grad, float *state[3])
-{
-    lrcore_job sub = *(const lrcore_job *)ctx;
-    sub.dtype = LRCORE_F32;
-    sub.n = n;
-    sub.param = (char *)param;
-    sub.grad = (const char *)grad;
-    for (int k = 0; k < 3; k++) sub.state[k] = (char *)state[k];
-    run_range(&sub, 0, n);
-}
+/* Low-precision jobs: the fused loops of lrcore_lowp.h for the job's layout and rounding,
+ * element `start` being element index_offset + start of the whole buffer. */
+#define CASE_LOWP(name, nstates) \
+    case LRCORE_KIND_##name: lrcore_##name##_lowp(count, p, g, st, &job->hp.name, &lp); break;
 
 static void lowp_range(const lrcore_job *job, size_t start, size_t count)
 {
@@ -72,10 +62,13 @@ static void lowp_range(const lrcore_job *job, size_t start, size_t count)
     const size_t ss = lrcore__et_size(job->lowp.state);
     void *st[3];
     for (int k = 0; k < 3; k++) st[k] = job->state[k] ? (void *)(job->state[k] + start * ss) : (void *)0;
+    void *p = job->param + start * ps;
+    const void *g = job->grad + start * gs;
     lrcore_lowp lp = job->lowp;
     lp.index_offset += start;
-    lrcore_lowp_run(count, job->param + start * ps, job->grad + start * gs, st, &lp,
-                    lowp_tile_f32, (void *)job);
+    switch (job->kind) {
+    LRCORE_RULES(CASE_LOWP)
+    }
 }
 
 static void run_range(const lrcore_job *job, size_t start, size_t count)

@@ -281,6 +281,58 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
     return b1;
 }
 
+/* lrcore__block for loops whose streams have different element sizes (lrcore_lowp.h's
+ * layouts): ps, gs, ss are the sizes of param (stream w0), grad (r) and the states
+ * (w1..w3). Equal sizes: exactly lrcore__block. Otherwise a block is LRCORE_BLOCK_LINES
+ * lines of the narrowest stream, and every stream asks for the lines that hold the
+ * elements LRCORE_PREFETCH_AHEAD bytes of the narrowest stream ahead; calls whose widest
+ * stream is cache-sized run as one plain loop. */
+LRCORE_INLINE size_t lrcore__block_x(size_t b0, size_t n, size_t ps, size_t gs, size_t ss,
+    const void *r, void *w0, void *w1, void *w2, void *w3)
+{
+    if (ps == gs && gs == ss) return lrcore__block(b0, n, ps, r, w0, w1, w2, w3);
+    const size_t lo = ps < gs ? (ps < ss ? ps : ss) : (gs < ss ? gs : ss);
+    const size_t hi = ps > gs ? (ps > ss ? ps : ss) : (gs > ss ? gs : ss);
+    const size_t line = LRCORE_CACHE_LINE / lo, ahead = LRCORE_PREFETCH_AHEAD / lo;
+    const size_t block = line * LRCORE_BLOCK_LINES;
+    if (n * hi <= (size_t)LRCORE_PREFETCH_MIN_BYTES) return n;
+    const size_t b1 = n - b0 > block ? b0 + block : n;
+    for (size_t l = b0; l < b1 && n - l > ahead + line; l += line) {
+        const size_t e = l + ahead;   /* elements [e, e + line) of every stream */
+        for (size_t o = 0; o < ps * line; o += LRCORE_CACHE_LINE)
+            LRCORE__PREFETCH_W((char *)w0 + e * ps + o);
+        for (size_t o = 0; o < gs * line; o += LRCORE_CACHE_LINE)
+            LRCORE__PREFETCH_R((const char *)r + e * gs + o);
+        for (size_t o = 0; o < ss * line; o += LRCORE_CACHE_LINE) {
+            if (w1) LRCORE__PREFETCH_W((char *)w1 + e * ss + o);
+            if (w2) LRCORE__PREFETCH_W((char *)w2 + e * ss + o);
+            if (w3) LRCORE__PREFETCH_W((char *)w3 + e * ss + o);
+        }
+    }
+    return b1;
+}
+
+/* Element access of the loops. A loop reads each buffer through lrcore__ld_<kind> and
+ * writes it through lrcore__st_<kind>, where <kind> names how the buffer is stored:
+ * here f32 and f64 (plain loads and stores); lrcore_lowp.h adds bfloat16 and float16
+ * kinds, which widen on load and round on store. A store receives the call's random
+ * stream and the buffer's number in it (param 0, state k -> k + 1), which only the
+ * stochastic-rounding kinds use: element i draws lrcore_lowbias32((lo + i) ^ key[buffer]). */
+typedef struct { uint32_t lo, key[4]; } lrcore__stream;
+typedef float lrcore__f32_t;
+typedef double lrcore__f64_t;
+LRCORE_INLINE float lrcore__ld_f32(const float *a, size_t i) { return a[i]; }
+LRCORE_INLINE double lrcore__ld_f64(const double *a, size_t i) { return a[i]; }
+LRCORE_INLINE void lrcore__st_f32(float *a, size_t i, float x, const lrcore__stream *st,
+                                  unsigned buffer)
+{ (void)st; (void)buffer; a[i] = x; }
+LRCORE_INLINE void lrcore__st_f64(double *a, size_t i, double x, const lrcore__stream *st,
+                                  unsigned buffer)
+{ (void)st; (void)buffer; a[i] = x; }
+/* The stream of a call that rounds nothing (float32 and float64 buffers). */
+LRCORE_INLINE lrcore__stream lrcore__no_stream(void)
+{ lrcore__stream s = {0, {0, 0, 0, 0}}; return s; }
+
 /*
  * Variant dispatch. A loop takes its variant-selecting options as one bit set `variant`
  * (a compile-time constant once inlined), so each variant is its own branch-free loop.
@@ -299,6 +351,25 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
 #define LRCORE__DISPATCH(bits, variant, loop, ...) \
     switch (variant) { LRCORE__VARIANTS_##bits(loop, 0u, __VA_ARGS__) default: break; }
 
+/*
+ * LRCORE__DISPATCH_FEW(bits, variant, sa, sb, f1, f2, loop, args...): fewer loops, for the
+ * bfloat16/float16 layouts (lrcore_lowp.h; eight of them, each a copy of every loop). The
+ * variants f1 and f2 (the common ones) get a loop compiled for them, as above; any other
+ * runs a loop compiled for its value of the structural bits sa and sb (options that add or
+ * remove a buffer: 0 where a rule has none), with the remaining bits tested at run time
+ * (the loops are written so that such a test becomes a select: same arithmetic, so the
+ * same bits). lrcore.h's own float32/float64 loops (LRCORE__FEW_VARIANTS undefined) get
+ * LRCORE__DISPATCH: every variant its own loop.
+ */
+#define LRCORE__DISPATCH_FEW_(variant, sa, sb, f1, f2, loop, ...) \
+    if ((variant) == (f1)) loop(__VA_ARGS__, (f1)); \
+    else if ((variant) == (f2)) loop(__VA_ARGS__, (f2)); \
+    else if (((variant) & (sa)) && ((variant) & (sb))) \
+        loop(__VA_ARGS__, (variant) | (sa) | (sb)); \
+    else if ((variant) & (sa)) loop(__VA_ARGS__, ((variant) | (sa)) & ~(unsigned)(sb)); \
+    else if ((variant) & (sb)) loop(__VA_ARGS__, ((variant) | (sb)) & ~(unsigned)(sa)); \
+    else loop(__VA_ARGS__, (variant) & ~(unsigned)((sa) | (sb)));
+
 #define LRCORE__CAT2(a, b) a##b
 #define LRCORE__CAT(a, b) LRCORE__CAT2(a, b)
 
@@ -308,6 +379,9 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
 #define LRCORE__SQRT sqrtf
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
+#define LRCORE__P f32
+#define LRCORE__G f32
+#define LRCORE__S f32
 #include "lrcore_body.h"
 
 #define LRCORE__T double
@@ -315,6 +389,9 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
 #define LRCORE__SQRT sqrt
 #define LRCORE__FABS fabs
 #define LRCORE__COPYSIGN copysign
+#define LRCORE__P f64
+#define LRCORE__G f64
+#define LRCORE__S f64
 #include "lrcore_body.h"
 
 /* ------------------------------------------------------------------------ */
@@ -326,93 +403,93 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
 static inline void lrcore_sgd_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT momentum_buffer,
     const lrcore_sgd_hp *hp)
-{ lrcore__sgd_f32(n, param, grad, momentum_buffer, hp); }
+{ lrcore__sgd_f32(n, param, grad, momentum_buffer, hp, lrcore__no_stream()); }
 static inline void lrcore_sgd_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT momentum_buffer,
     const lrcore_sgd_hp *hp)
-{ lrcore__sgd_f64(n, param, grad, momentum_buffer, hp); }
+{ lrcore__sgd_f64(n, param, grad, momentum_buffer, hp, lrcore__no_stream()); }
 
 /* Adam, AdamW (decoupled_weight_decay), AMSGrad (max_exp_avg_sq not NULL). */
 static inline void lrcore_adam_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT exp_avg,
     float *LRCORE_RESTRICT exp_avg_sq, float *LRCORE_RESTRICT max_exp_avg_sq,
     const lrcore_adam_hp *hp)
-{ lrcore__adam_f32(n, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp); }
+{ lrcore__adam_f32(n, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp, lrcore__no_stream()); }
 static inline void lrcore_adam_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT exp_avg,
     double *LRCORE_RESTRICT exp_avg_sq, double *LRCORE_RESTRICT max_exp_avg_sq,
     const lrcore_adam_hp *hp)
-{ lrcore__adam_f64(n, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp); }
+{ lrcore__adam_f64(n, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hp, lrcore__no_stream()); }
 
 /* Adagrad. */
 static inline void lrcore_adagrad_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT state_sum,
     const lrcore_adagrad_hp *hp)
-{ lrcore__adagrad_f32(n, param, grad, state_sum, hp); }
+{ lrcore__adagrad_f32(n, param, grad, state_sum, hp, lrcore__no_stream()); }
 static inline void lrcore_adagrad_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT state_sum,
     const lrcore_adagrad_hp *hp)
-{ lrcore__adagrad_f64(n, param, grad, state_sum, hp); }
+{ lrcore__adagrad_f64(n, param, grad, state_sum, hp, lrcore__no_stream()); }
 
 /* RMSprop: momentum_buffer used when momentum > 0; grad_avg NULL unless centered. */
 static inline void lrcore_rmsprop_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT square_avg,
     float *LRCORE_RESTRICT momentum_buffer, float *LRCORE_RESTRICT grad_avg,
     const lrcore_rmsprop_hp *hp)
-{ lrcore__rmsprop_f32(n, param, grad, square_avg, momentum_buffer, grad_avg, hp); }
+{ lrcore__rmsprop_f32(n, param, grad, square_avg, momentum_buffer, grad_avg, hp, lrcore__no_stream()); }
 static inline void lrcore_rmsprop_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT square_avg,
     double *LRCORE_RESTRICT momentum_buffer, double *LRCORE_RESTRICT grad_avg,
     const lrcore_rmsprop_hp *hp)
-{ lrcore__rmsprop_f64(n, param, grad, square_avg, momentum_buffer, grad_avg, hp); }
+{ lrcore__rmsprop_f64(n, param, grad, square_avg, momentum_buffer, grad_avg, hp, lrcore__no_stream()); }
 
 /* Adadelta. */
 static inline void lrcore_adadelta_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT square_avg,
     float *LRCORE_RESTRICT acc_delta, const lrcore_adadelta_hp *hp)
-{ lrcore__adadelta_f32(n, param, grad, square_avg, acc_delta, hp); }
+{ lrcore__adadelta_f32(n, param, grad, square_avg, acc_delta, hp, lrcore__no_stream()); }
 static inline void lrcore_adadelta_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT square_avg,
     double *LRCORE_RESTRICT acc_delta, const lrcore_adadelta_hp *hp)
-{ lrcore__adadelta_f64(n, param, grad, square_avg, acc_delta, hp); }
+{ lrcore__adadelta_f64(n, param, grad, square_avg, acc_delta, hp, lrcore__no_stream()); }
 
 /* Adamax. */
 static inline void lrcore_adamax_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT exp_avg,
     float *LRCORE_RESTRICT exp_inf, const lrcore_adamax_hp *hp)
-{ lrcore__adamax_f32(n, param, grad, exp_avg, exp_inf, hp); }
+{ lrcore__adamax_f32(n, param, grad, exp_avg, exp_inf, hp, lrcore__no_stream()); }
 static inline void lrcore_adamax_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT exp_avg,
     double *LRCORE_RESTRICT exp_inf, const lrcore_adamax_hp *hp)
-{ lrcore__adamax_f64(n, param, grad, exp_avg, exp_inf, hp); }
+{ lrcore__adamax_f64(n, param, grad, exp_avg, exp_inf, hp, lrcore__no_stream()); }
 
 /* NAdam, NAdamW (decoupled_weight_decay). */
 static inline void lrcore_nadam_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT exp_avg,
     float *LRCORE_RESTRICT exp_avg_sq, const lrcore_nadam_hp *hp)
-{ lrcore__nadam_f32(n, param, grad, exp_avg, exp_avg_sq, hp); }
+{ lrcore__nadam_f32(n, param, grad, exp_avg, exp_avg_sq, hp, lrcore__no_stream()); }
 static inline void lrcore_nadam_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT exp_avg,
     double *LRCORE_RESTRICT exp_avg_sq, const lrcore_nadam_hp *hp)
-{ lrcore__nadam_f64(n, param, grad, exp_avg, exp_avg_sq, hp); }
+{ lrcore__nadam_f64(n, param, grad, exp_avg, exp_avg_sq, hp, lrcore__no_stream()); }
 
 /* RAdam. */
 static inline void lrcore_radam_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT exp_avg,
     float *LRCORE_RESTRICT exp_avg_sq, const lrcore_radam_hp *hp)
-{ lrcore__radam_f32(n, param, grad, exp_avg, exp_avg_sq, hp); }
+{ lrcore__radam_f32(n, param, grad, exp_avg, exp_avg_sq, hp, lrcore__no_stream()); }
 static inline void lrcore_radam_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT exp_avg,
     double *LRCORE_RESTRICT exp_avg_sq, const lrcore_radam_hp *hp)
-{ lrcore__radam_f64(n, param, grad, exp_avg, exp_avg_sq, hp); }
+{ lrcore__radam_f64(n, param, grad, exp_avg, exp_avg_sq, hp, lrcore__no_stream()); }
 
 /* Lion. */
 static inline void lrcore_lion_f32(size_t n, float *LRCORE_RESTRICT param,
     const float *LRCORE_RESTRICT grad, float *LRCORE_RESTRICT exp_avg, const lrcore_lion_hp *hp)
-{ lrcore__lion_f32(n, param, grad, exp_avg, hp); }
+{ lrcore__lion_f32(n, param, grad, exp_avg, hp, lrcore__no_stream()); }
 static inline void lrcore_lion_f64(size_t n, double *LRCORE_RESTRICT param,
     const double *LRCORE_RESTRICT grad, double *LRCORE_RESTRICT exp_avg, const lrcore_lion_hp *hp)
-{ lrcore__lion_f64(n, param, grad, exp_avg, hp); }
+{ lrcore__lion_f64(n, param, grad, exp_avg, hp, lrcore__no_stream()); }
 
 /* Sum of squares of x in double, for gradient clipping by global norm (see lrcore_body.h). */
 static inline double lrcore_sum_squares_f32(size_t n, const float *LRCORE_RESTRICT x)

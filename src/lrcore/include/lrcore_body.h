@@ -1,18 +1,48 @@
 /*
- * lrcore_body.h -- the update loops of lrcore.h for one element type. Private:
- * lrcore.h includes it once per type with LRCORE__T (the element type),
- * LRCORE__SUFFIX (f32, f64), LRCORE__SQRT and LRCORE__FABS defined, and the
- * public kernels lrcore_<rule>_<suffix> call the lrcore__<rule>_<suffix> below.
+ * lrcore_body.h -- the update loops of lrcore.h for one element type and one storage
+ * layout. Private: lrcore.h includes it once per type (float32, float64) and
+ * lrcore_lowp.h once per bfloat16/float16 layout, with
+ *   LRCORE__T          the type the arithmetic runs in (float, double);
+ *   LRCORE__SUFFIX     the name suffix of the functions made here (f32, f64, bf16_sr, ...);
+ *   LRCORE__SQRT, LRCORE__FABS, LRCORE__COPYSIGN   T's math functions;
+ *   LRCORE__P, LRCORE__G, LRCORE__S   how param, grad and the states are stored: a kind
+ *                      with a storage type lrcore__<kind>_t, a load lrcore__ld_<kind> that
+ *                      gives T and a store lrcore__st_<kind> that takes T (lrcore.h: f32,
+ *                      f64, plain; lrcore_lowp.h: bfloat16/float16, widen on load, round on
+ *                      store, to nearest or stochastically).
+ * The public kernels lrcore_<rule>_<suffix> call the lrcore__<rule>_<suffix> below.
  *
  * For each rule: the math (as in lrcore/rules.py and lrcore/reference.py), the
  * loop, which takes the options that select a variant as the bit set `variant`,
  * and the per-call part, which forms the step's scalars in double, rounds each
  * once to T, and dispatches to the loop compiled for the options in use.
  * s = grad_scale, negated when maximize.
+ *
+ * Every loop reads each element of each buffer once, at the top, computes in T and
+ * stores each result once, at the bottom; a value it stores and uses again is used from
+ * the register, never re-read. So with rounding stores the arithmetic is exactly the
+ * float32 rule's on the widened values, and each stored value is rounded once.
  */
 #define T LRCORE__T
 #define SQRT LRCORE__SQRT
 #define FN(name) LRCORE__CAT(LRCORE__CAT(lrcore__, name), LRCORE__CAT(_, LRCORE__SUFFIX))
+#define PT LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__P), _t)
+#define GT LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__G), _t)
+#define ST LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__S), _t)
+/* element i of param / grad / a state; stores name the buffer's number in the stream */
+#define LDP(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__P)((a), (i))
+#define LDG(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__G)((a), (i))
+#define LDS(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__S)((a), (i))
+#define STP(a, i, x) LRCORE__CAT(lrcore__st_, LRCORE__P)((a), (i), (x), &st, 0u)
+#define STS(a, i, x, buffer) LRCORE__CAT(lrcore__st_, LRCORE__S)((a), (i), (x), &st, (buffer))
+#if defined(LRCORE__FEW_VARIANTS)
+#define DISPATCH_FEW(bits, variant, sa, sb, f1, f2, ...) \
+    LRCORE__DISPATCH_FEW_(variant, sa, sb, f1, f2, __VA_ARGS__)
+#else
+#define DISPATCH_FEW(bits, variant, sa, sb, f1, f2, ...) LRCORE__DISPATCH(bits, variant, __VA_ARGS__)
+#endif
+#define BLOCK(b0, n, r, w0, w1, w2, w3) \
+    lrcore__block_x((b0), (n), sizeof(PT), sizeof(GT), sizeof(ST), (r), (w0), (w1), (w2), (w3))
 
 /* ---- element helpers -------------------------------------------------------------- */
 
@@ -65,18 +95,18 @@ static inline FN(moment_k) FN(moment_scalars)(double lr, double beta1, double be
  *   g = g + weight_decay * param                        if l2
  *   exp_avg = lerp(exp_avg, g, 1 - beta1)
  *   exp_avg_sq = exp_avg_sq * beta2 + ((1 - beta2) * g) * g
- * stores exp_avg and exp_avg_sq, returns g; *pi, *mi, *vi receive the new param (not yet
- * stored), exp_avg and exp_avg_sq. */
+ * from the element's grad, param, exp_avg and exp_avg_sq; returns g, and the new param
+ * (not yet stored), exp_avg and exp_avg_sq in *pi, *mi, *vi. */
 LRCORE_INLINE T FN(moments)(const FN(moment_k) *k, const int l2, const int small,
-    T grad, T param, T *exp_avg, T *exp_avg_sq, T *pi, T *mi, T *vi)
+    T grad, T param, T exp_avg, T exp_avg_sq, T *pi, T *mi, T *vi)
 {
     LRCORE__FP_STRICT
     T g = grad * k->s;
     const T p = param * k->decay;
     if (l2) g = g + k->wd * p;
     *pi = p;
-    *mi = *exp_avg = FN(lerp)(*exp_avg, g, k->w, k->one_minus_w, small);
-    *vi = *exp_avg_sq = *exp_avg_sq * k->beta2 + (k->one_minus_beta2 * g) * g;
+    *mi = FN(lerp)(exp_avg, g, k->w, k->one_minus_w, small);
+    *vi = exp_avg_sq * k->beta2 + (k->one_minus_beta2 * g) * g;
     return g;
 }
 
@@ -90,28 +120,32 @@ LRCORE_INLINE T FN(moments)(const FN(moment_k) *k, const int l2, const int small
  *     g = buf                                     otherwise
  * param = param + (-lr) * g
  * variant bits: 1 weight decay, 2 momentum, 4 init_buffer, 8 nesterov */
-LRCORE_INLINE void FN(sgd_loop)(size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr,
-    T *LRCORE_RESTRICT buf, T s, T wd, T mom, T one_minus_damp, T neg_lr, const unsigned variant)
+LRCORE_INLINE void FN(sgd_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
+    ST *LRCORE_RESTRICT buf, T s, T wd, T mom, T one_minus_damp, T neg_lr, lrcore__stream st,
+    const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int has_wd = variant & 1u, use_mom = variant & 2u, init = variant & 4u,
               nesterov = variant & 8u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, use_mom ? buf : 0, 0, 0);
+        b1 = BLOCK(b0, n, gr, p, use_mom ? buf : 0, 0, 0);
         for (size_t i = b0; i < b1; i++) {
-            T g = gr[i] * s;
-            if (has_wd) g = g + wd * p[i];
+            const T pi = LDP(p, i);
+            T g = LDG(gr, i) * s;
+            if (has_wd) g = g + wd * pi;
             if (use_mom) {
-                buf[i] = init ? g : buf[i] * mom + one_minus_damp * g;
-                g = nesterov ? g + mom * buf[i] : buf[i];
+                const T b0i = LDS(buf, i);   /* unused on the first step (init) */
+                const T bi = init ? g : b0i * mom + one_minus_damp * g;
+                STS(buf, i, bi, 1u);
+                g = nesterov ? g + mom * bi : bi;
             }
-            p[i] = p[i] + neg_lr * g;
+            STP(p, i, pi + neg_lr * g);
         }
     }
 }
 
-static inline void FN(sgd)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_RESTRICT grad,
-    T *LRCORE_RESTRICT momentum_buffer, const lrcore_sgd_hp *hp)
+static inline void FN(sgd)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE_RESTRICT grad,
+    ST *LRCORE_RESTRICT momentum_buffer, const lrcore_sgd_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const T s = (T)lrcore__grad_sign_scale(hp->grad_scale, hp->maximize);
@@ -120,8 +154,9 @@ static inline void FN(sgd)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_R
     const unsigned use_mom = hp->momentum != 0.0;
     const unsigned variant = (hp->weight_decay != 0.0) | use_mom << 1
                            | (use_mom && hp->init_buffer) << 2 | (use_mom && hp->nesterov) << 3;
-    LRCORE__DISPATCH(4, variant, FN(sgd_loop), n, param, grad, momentum_buffer,
-                     s, wd, mom, omd, neg_lr)
+    /* own loops: plain SGD, momentum (no weight decay, nesterov or first step) */
+    DISPATCH_FEW(4, variant, 2u, 0u, 0u, 2u, FN(sgd_loop), n, param, grad, momentum_buffer,
+                 s, wd, mom, omd, neg_lr, st)
 }
 
 /* ---- Adam / AdamW / AMSGrad --------------------------------------------------------
@@ -131,27 +166,31 @@ static inline void FN(sgd)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_R
  * denom = sqrt(v) / sqrt(1 - beta2**step) + eps
  * param = param + ((-lr / (1 - beta1**step)) * exp_avg) / denom   (torch.addcdiv order)
  * variant bits: 1 L2 weight decay, 2 lerp weight < 0.5, 4 AMSGrad */
-LRCORE_INLINE void FN(adam_loop)(size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr,
-    T *LRCORE_RESTRICT m, T *LRCORE_RESTRICT v, T *LRCORE_RESTRICT vmax, const FN(moment_k) *k,
-    T bc2_sqrt, T eps, T neg_step_size, const unsigned variant)
+LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
+    ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v, ST *LRCORE_RESTRICT vmax,
+    const FN(moment_k) *k, T bc2_sqrt, T eps, T neg_step_size, lrcore__stream st,
+    const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int l2 = variant & 1u, small = variant & 2u, amsgrad = variant & 4u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, m, v, amsgrad ? vmax : 0);
+        b1 = BLOCK(b0, n, gr, p, m, v, amsgrad ? vmax : 0);
         for (size_t i = b0; i < b1; i++) {
             T pi, mi, vi;
-            FN(moments)(k, l2, small, gr[i], p[i], &m[i], &v[i], &pi, &mi, &vi);
-            if (amsgrad) { vi = FN(max_nan)(vmax[i], vi); vmax[i] = vi; }
+            FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
+                        &pi, &mi, &vi);
+            STS(m, i, mi, 1u);
+            STS(v, i, vi, 2u);
+            if (amsgrad) { vi = FN(max_nan)(LDS(vmax, i), vi); STS(vmax, i, vi, 3u); }
             const T denom = SQRT(vi) / bc2_sqrt + eps;
-            p[i] = pi + (neg_step_size * mi) / denom;
+            STP(p, i, pi + (neg_step_size * mi) / denom);
         }
     }
 }
 
-static inline void FN(adam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_RESTRICT grad,
-    T *LRCORE_RESTRICT exp_avg, T *LRCORE_RESTRICT exp_avg_sq,
-    T *LRCORE_RESTRICT max_exp_avg_sq, const lrcore_adam_hp *hp)
+static inline void FN(adam)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE_RESTRICT grad,
+    ST *LRCORE_RESTRICT exp_avg, ST *LRCORE_RESTRICT exp_avg_sq,
+    ST *LRCORE_RESTRICT max_exp_avg_sq, const lrcore_adam_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const double step = (double)hp->step;
@@ -162,8 +201,9 @@ static inline void FN(adam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_
     const T bc2_sqrt = (T)sqrt(bc2), eps = (T)hp->eps;
     const T nss = (T)(-(hp->lr / bc1));
     const unsigned variant = k.l2 | k.small << 1 | (max_exp_avg_sq != 0) << 2;
-    LRCORE__DISPATCH(3, variant, FN(adam_loop), n, param, grad, exp_avg, exp_avg_sq,
-                     max_exp_avg_sq, &k, bc2_sqrt, eps, nss)
+    /* own loops: beta1 > 0.5 without and with L2 weight decay */
+    DISPATCH_FEW(3, variant, 4u, 0u, 2u, 3u, FN(adam_loop), n, param, grad, exp_avg, exp_avg_sq,
+                 max_exp_avg_sq, &k, bc2_sqrt, eps, nss, st)
 }
 
 /* ---- Adagrad -----------------------------------------------------------------------
@@ -173,33 +213,36 @@ static inline void FN(adam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_
  * state_sum = state_sum + g * g
  * param = param + ((-clr) * g) / (sqrt(state_sum) + eps)
  * variant bits: 1 weight decay */
-LRCORE_INLINE void FN(adagrad_loop)(size_t n, T *LRCORE_RESTRICT p,
-    const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT ssum, T s, T wd, T eps, T neg_clr,
-    const unsigned variant)
+LRCORE_INLINE void FN(adagrad_loop)(size_t n, PT *LRCORE_RESTRICT p,
+    const GT *LRCORE_RESTRICT gr, ST *LRCORE_RESTRICT ssum, T s, T wd, T eps, T neg_clr,
+    lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int has_wd = variant & 1u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, ssum, 0, 0);
+        b1 = BLOCK(b0, n, gr, p, ssum, 0, 0);
         for (size_t i = b0; i < b1; i++) {
-            T g = gr[i] * s;
-            if (has_wd) g = g + wd * p[i];
-            const T si = ssum[i] + g * g;
-            ssum[i] = si;
-            p[i] = p[i] + (neg_clr * g) / (SQRT(si) + eps);
+            const T pi = LDP(p, i);
+            T g = LDG(gr, i) * s;
+            if (has_wd) g = g + wd * pi;
+            const T si = LDS(ssum, i) + g * g;
+            STS(ssum, i, si, 1u);
+            STP(p, i, pi + (neg_clr * g) / (SQRT(si) + eps));
         }
     }
 }
 
-static inline void FN(adagrad)(size_t n, T *LRCORE_RESTRICT param,
-    const T *LRCORE_RESTRICT grad, T *LRCORE_RESTRICT state_sum, const lrcore_adagrad_hp *hp)
+static inline void FN(adagrad)(size_t n, PT *LRCORE_RESTRICT param,
+    const GT *LRCORE_RESTRICT grad, ST *LRCORE_RESTRICT state_sum, const lrcore_adagrad_hp *hp,
+    lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const double clr = hp->lr / (1.0 + (double)(hp->step - 1) * hp->lr_decay);
     const T s = (T)lrcore__grad_sign_scale(hp->grad_scale, hp->maximize);
     const T wd = (T)hp->weight_decay, eps = (T)hp->eps, nclr = (T)(-clr);
     const unsigned variant = hp->weight_decay != 0.0;
-    LRCORE__DISPATCH(1, variant, FN(adagrad_loop), n, param, grad, state_sum, s, wd, eps, nclr)
+    LRCORE__DISPATCH(1, variant, FN(adagrad_loop), n, param, grad, state_sum, s, wd, eps, nclr,
+                     st)
 }
 
 /* ---- RMSprop -----------------------------------------------------------------------
@@ -214,45 +257,47 @@ static inline void FN(adagrad)(size_t n, T *LRCORE_RESTRICT param,
  *     buf = buf * momentum + g / avg
  *     param = param + (-lr) * buf
  * else: param = param + ((-lr) * g) / avg
- * variant bits: 1 weight decay, 2 centered, 4 lerp weight < 0.5, 8 momentum */
-LRCORE_INLINE void FN(rmsprop_loop)(size_t n, T *LRCORE_RESTRICT p,
-    const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT sq, T *LRCORE_RESTRICT buf,
-    T *LRCORE_RESTRICT ga, T s, T wd, T alpha, T one_minus_alpha, T one_minus_w, T eps, T mom,
-    T neg_lr, const unsigned variant)
+ * variant bits: 1 weight decay, 2 centered, 4 lerp weight < 0.5, 8 momentum
+ * (states in kernel order: square_avg 1, momentum_buffer 2, grad_avg 3) */
+LRCORE_INLINE void FN(rmsprop_loop)(size_t n, PT *LRCORE_RESTRICT p,
+    const GT *LRCORE_RESTRICT gr, ST *LRCORE_RESTRICT sq, ST *LRCORE_RESTRICT buf,
+    ST *LRCORE_RESTRICT ga, T s, T wd, T alpha, T one_minus_alpha, T one_minus_w, T eps, T mom,
+    T neg_lr, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int has_wd = variant & 1u, centered = variant & 2u, small = variant & 4u,
               use_mom = variant & 8u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, sq, centered ? ga : 0,
-                         use_mom ? buf : 0);
+        b1 = BLOCK(b0, n, gr, p, sq, centered ? ga : 0, use_mom ? buf : 0);
         for (size_t i = b0; i < b1; i++) {
-            T g = gr[i] * s;
-            if (has_wd) g = g + wd * p[i];
-            const T sqi = sq[i] * alpha + (one_minus_alpha * g) * g;
-            sq[i] = sqi;
+            const T pi = LDP(p, i);
+            T g = LDG(gr, i) * s;
+            if (has_wd) g = g + wd * pi;
+            const T sqi = LDS(sq, i) * alpha + (one_minus_alpha * g) * g;
+            STS(sq, i, sqi, 1u);
             T avg;
             if (centered) {
-                const T gai = FN(lerp)(ga[i], g, one_minus_alpha, one_minus_w, small);
-                ga[i] = gai;
+                const T gai = FN(lerp)(LDS(ga, i), g, one_minus_alpha, one_minus_w, small);
+                STS(ga, i, gai, 3u);
                 avg = SQRT(sqi - gai * gai) + eps;
             } else {
                 avg = SQRT(sqi) + eps;
             }
             if (use_mom) {
-                const T bi = buf[i] * mom + g / avg;
-                buf[i] = bi;
-                p[i] = p[i] + neg_lr * bi;
+                const T bi = LDS(buf, i) * mom + g / avg;
+                STS(buf, i, bi, 2u);
+                STP(p, i, pi + neg_lr * bi);
             } else {
-                p[i] = p[i] + (neg_lr * g) / avg;
+                STP(p, i, pi + (neg_lr * g) / avg);
             }
         }
     }
 }
 
-static inline void FN(rmsprop)(size_t n, T *LRCORE_RESTRICT param,
-    const T *LRCORE_RESTRICT grad, T *LRCORE_RESTRICT square_avg,
-    T *LRCORE_RESTRICT momentum_buffer, T *LRCORE_RESTRICT grad_avg, const lrcore_rmsprop_hp *hp)
+static inline void FN(rmsprop)(size_t n, PT *LRCORE_RESTRICT param,
+    const GT *LRCORE_RESTRICT grad, ST *LRCORE_RESTRICT square_avg,
+    ST *LRCORE_RESTRICT momentum_buffer, ST *LRCORE_RESTRICT grad_avg,
+    const lrcore_rmsprop_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const T s = (T)lrcore__grad_sign_scale(hp->grad_scale, hp->maximize);
@@ -261,8 +306,9 @@ static inline void FN(rmsprop)(size_t n, T *LRCORE_RESTRICT param,
     const T eps = (T)hp->eps, mom = (T)hp->momentum, nlr = (T)(-hp->lr);
     const unsigned variant = (hp->weight_decay != 0.0) | (grad_avg != 0) << 1
                            | (fabs((double)oma) < 0.5) << 2 | (hp->momentum > 0.0) << 3;
-    LRCORE__DISPATCH(4, variant, FN(rmsprop_loop), n, param, grad, square_avg, momentum_buffer,
-                     grad_avg, s, wd, a, oma, omw, eps, mom, nlr)
+    /* own loops: plain, and with momentum */
+    DISPATCH_FEW(4, variant, 2u, 8u, 0u, 8u, FN(rmsprop_loop), n, param, grad, square_avg,
+                 momentum_buffer, grad_avg, s, wd, a, oma, omw, eps, mom, nlr, st)
 }
 
 /* ---- Adadelta ----------------------------------------------------------------------
@@ -273,29 +319,30 @@ static inline void FN(rmsprop)(size_t n, T *LRCORE_RESTRICT param,
  * acc_delta = acc_delta * rho + ((1 - rho) * delta) * delta
  * param = param + (-lr) * delta
  * variant bits: 1 weight decay */
-LRCORE_INLINE void FN(adadelta_loop)(size_t n, T *LRCORE_RESTRICT p,
-    const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT sq, T *LRCORE_RESTRICT acc, T s, T wd,
-    T rho, T one_minus_rho, T eps, T neg_lr, const unsigned variant)
+LRCORE_INLINE void FN(adadelta_loop)(size_t n, PT *LRCORE_RESTRICT p,
+    const GT *LRCORE_RESTRICT gr, ST *LRCORE_RESTRICT sq, ST *LRCORE_RESTRICT acc, T s, T wd,
+    T rho, T one_minus_rho, T eps, T neg_lr, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int has_wd = variant & 1u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, sq, acc, 0);
+        b1 = BLOCK(b0, n, gr, p, sq, acc, 0);
         for (size_t i = b0; i < b1; i++) {
-            T g = gr[i] * s;
-            if (has_wd) g = g + wd * p[i];
-            const T sqi = sq[i] * rho + (one_minus_rho * g) * g;
-            sq[i] = sqi;
-            const T delta = (SQRT(acc[i] + eps) / SQRT(sqi + eps)) * g;
-            acc[i] = acc[i] * rho + (one_minus_rho * delta) * delta;
-            p[i] = p[i] + neg_lr * delta;
+            const T pi = LDP(p, i), ai = LDS(acc, i);
+            T g = LDG(gr, i) * s;
+            if (has_wd) g = g + wd * pi;
+            const T sqi = LDS(sq, i) * rho + (one_minus_rho * g) * g;
+            STS(sq, i, sqi, 1u);
+            const T delta = (SQRT(ai + eps) / SQRT(sqi + eps)) * g;
+            STS(acc, i, ai * rho + (one_minus_rho * delta) * delta, 2u);
+            STP(p, i, pi + neg_lr * delta);
         }
     }
 }
 
-static inline void FN(adadelta)(size_t n, T *LRCORE_RESTRICT param,
-    const T *LRCORE_RESTRICT grad, T *LRCORE_RESTRICT square_avg,
-    T *LRCORE_RESTRICT acc_delta, const lrcore_adadelta_hp *hp)
+static inline void FN(adadelta)(size_t n, PT *LRCORE_RESTRICT param,
+    const GT *LRCORE_RESTRICT grad, ST *LRCORE_RESTRICT square_avg,
+    ST *LRCORE_RESTRICT acc_delta, const lrcore_adadelta_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const T s = (T)lrcore__grad_sign_scale(hp->grad_scale, hp->maximize);
@@ -303,7 +350,7 @@ static inline void FN(adadelta)(size_t n, T *LRCORE_RESTRICT param,
     const T eps = (T)hp->eps, nlr = (T)(-hp->lr);
     const unsigned variant = hp->weight_decay != 0.0;
     LRCORE__DISPATCH(1, variant, FN(adadelta_loop), n, param, grad, square_avg, acc_delta,
-                     s, wd, rho, omr, eps, nlr)
+                     s, wd, rho, omr, eps, nlr, st)
 }
 
 /* ---- Adamax (torch.optim.Adamax) ---------------------------------------------------
@@ -313,29 +360,30 @@ static inline void FN(adadelta)(size_t n, T *LRCORE_RESTRICT param,
  * exp_inf = max(exp_inf * beta2, |g| + eps)       (torch.maximum: NaN wins)
  * param = param + ((-lr / (1 - beta1**step)) * exp_avg) / exp_inf
  * variant bits: 1 weight decay, 2 lerp weight < 0.5 */
-LRCORE_INLINE void FN(adamax_loop)(size_t n, T *LRCORE_RESTRICT p,
-    const T *LRCORE_RESTRICT gr, T *LRCORE_RESTRICT m, T *LRCORE_RESTRICT u,
-    const FN(moment_k) *k, T eps, T neg_clr, const unsigned variant)
+LRCORE_INLINE void FN(adamax_loop)(size_t n, PT *LRCORE_RESTRICT p,
+    const GT *LRCORE_RESTRICT gr, ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT u,
+    const FN(moment_k) *k, T eps, T neg_clr, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int has_wd = variant & 1u, small = variant & 2u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, m, u, 0);
+        b1 = BLOCK(b0, n, gr, p, m, u, 0);
         for (size_t i = b0; i < b1; i++) {
-            T g = gr[i] * k->s;
-            if (has_wd) g = g + k->wd * p[i];
-            const T mi = FN(lerp)(m[i], g, k->w, k->one_minus_w, small);
-            const T ui = FN(max_nan)(u[i] * k->beta2, LRCORE__FABS(g) + eps);
-            m[i] = mi;
-            u[i] = ui;
-            p[i] = p[i] + (neg_clr * mi) / ui;
+            const T pi = LDP(p, i);
+            T g = LDG(gr, i) * k->s;
+            if (has_wd) g = g + k->wd * pi;
+            const T mi = FN(lerp)(LDS(m, i), g, k->w, k->one_minus_w, small);
+            const T ui = FN(max_nan)(LDS(u, i) * k->beta2, LRCORE__FABS(g) + eps);
+            STS(m, i, mi, 1u);
+            STS(u, i, ui, 2u);
+            STP(p, i, pi + (neg_clr * mi) / ui);
         }
     }
 }
 
-static inline void FN(adamax)(size_t n, T *LRCORE_RESTRICT param,
-    const T *LRCORE_RESTRICT grad, T *LRCORE_RESTRICT exp_avg, T *LRCORE_RESTRICT exp_inf,
-    const lrcore_adamax_hp *hp)
+static inline void FN(adamax)(size_t n, PT *LRCORE_RESTRICT param,
+    const GT *LRCORE_RESTRICT grad, ST *LRCORE_RESTRICT exp_avg, ST *LRCORE_RESTRICT exp_inf,
+    const lrcore_adamax_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const double clr = hp->lr / (1.0 - pow(hp->beta1, (double)hp->step));
@@ -343,7 +391,9 @@ static inline void FN(adamax)(size_t n, T *LRCORE_RESTRICT param,
         0, hp->grad_scale, hp->maximize);
     const T eps = (T)hp->eps, nclr = (T)(-clr);
     const unsigned variant = k.l2 | k.small << 1;
-    LRCORE__DISPATCH(2, variant, FN(adamax_loop), n, param, grad, exp_avg, exp_inf, &k, eps, nclr)
+    /* own loop: beta1 > 0.5, no weight decay */
+    DISPATCH_FEW(2, variant, 0u, 0u, 2u, 2u, FN(adamax_loop), n, param, grad, exp_avg, exp_inf,
+                 &k, eps, nclr, st)
 }
 
 /* ---- NAdam / NAdamW (torch.optim.NAdam) --------------------------------------------
@@ -353,26 +403,30 @@ static inline void FN(adamax)(size_t n, T *LRCORE_RESTRICT param,
  * param = param + ((-lr * (1 - mu) / (1 - mu_product)) * g) / denom
  * param = param + ((-lr * mu_next / (1 - mu_product * mu_next)) * exp_avg) / denom
  * variant bits: 1 L2 weight decay, 2 lerp weight < 0.5 */
-LRCORE_INLINE void FN(nadam_loop)(size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr,
-    T *LRCORE_RESTRICT m, T *LRCORE_RESTRICT v, const FN(moment_k) *k, T bc2, T eps,
-    T coef_grad, T coef_avg, const unsigned variant)
+LRCORE_INLINE void FN(nadam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
+    ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v, const FN(moment_k) *k, T bc2, T eps,
+    T coef_grad, T coef_avg, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int l2 = variant & 1u, small = variant & 2u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, m, v, 0);
+        b1 = BLOCK(b0, n, gr, p, m, v, 0);
         for (size_t i = b0; i < b1; i++) {
             T pi, mi, vi;
-            const T g = FN(moments)(k, l2, small, gr[i], p[i], &m[i], &v[i], &pi, &mi, &vi);
+            const T g = FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
+                                    &pi, &mi, &vi);
+            STS(m, i, mi, 1u);
+            STS(v, i, vi, 2u);
             const T denom = SQRT(vi / bc2) + eps;
             pi = pi + (coef_grad * g) / denom;
-            p[i] = pi + (coef_avg * mi) / denom;
+            STP(p, i, pi + (coef_avg * mi) / denom);
         }
     }
 }
 
-static inline void FN(nadam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_RESTRICT grad,
-    T *LRCORE_RESTRICT exp_avg, T *LRCORE_RESTRICT exp_avg_sq, const lrcore_nadam_hp *hp)
+static inline void FN(nadam)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE_RESTRICT grad,
+    ST *LRCORE_RESTRICT exp_avg, ST *LRCORE_RESTRICT exp_avg_sq, const lrcore_nadam_hp *hp,
+    lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const double bc2 = 1.0 - pow(hp->beta2, (double)hp->step);
@@ -383,8 +437,9 @@ static inline void FN(nadam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE
     const FN(moment_k) k = FN(moment_scalars)(hp->lr, hp->beta1, hp->beta2, hp->weight_decay,
         hp->decoupled_weight_decay, hp->grad_scale, hp->maximize);
     const unsigned variant = k.l2 | k.small << 1;
-    LRCORE__DISPATCH(2, variant, FN(nadam_loop), n, param, grad, exp_avg, exp_avg_sq, &k,
-                     (T)bc2, (T)hp->eps, (T)coef_grad, (T)coef_avg)
+    /* own loop: beta1 > 0.5, no L2 weight decay */
+    DISPATCH_FEW(2, variant, 0u, 0u, 2u, 2u, FN(nadam_loop), n, param, grad, exp_avg,
+                 exp_avg_sq, &k, (T)bc2, (T)hp->eps, (T)coef_grad, (T)coef_avg, st)
 }
 
 /* ---- RAdam (torch.optim.RAdam) -----------------------------------------------------
@@ -397,26 +452,30 @@ static inline void FN(nadam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE
  *     param = param - ((m * lr) * adaptive) * rect
  * else: param = param - m * lr
  * variant bits: 1 L2 weight decay, 2 lerp weight < 0.5, 4 rectified (rho > 5) */
-LRCORE_INLINE void FN(radam_loop)(size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr,
-    T *LRCORE_RESTRICT m, T *LRCORE_RESTRICT v, const FN(moment_k) *k, T bc1, T lr,
-    T bc2_sqrt, T eps, T rect, const unsigned variant)
+LRCORE_INLINE void FN(radam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
+    ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v, const FN(moment_k) *k, T bc1, T lr,
+    T bc2_sqrt, T eps, T rect, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int l2 = variant & 1u, small = variant & 2u, rectified = variant & 4u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, m, v, 0);
+        b1 = BLOCK(b0, n, gr, p, m, v, 0);
         for (size_t i = b0; i < b1; i++) {
             T pi, mi, vi;
-            FN(moments)(k, l2, small, gr[i], p[i], &m[i], &v[i], &pi, &mi, &vi);
+            FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
+                        &pi, &mi, &vi);
+            STS(m, i, mi, 1u);
+            STS(v, i, vi, 2u);
             T u = (mi / bc1) * lr;
             if (rectified) u = (u * (((T)1 / (SQRT(vi) + eps)) * bc2_sqrt)) * rect;
-            p[i] = pi - u;
+            STP(p, i, pi - u);
         }
     }
 }
 
-static inline void FN(radam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_RESTRICT grad,
-    T *LRCORE_RESTRICT exp_avg, T *LRCORE_RESTRICT exp_avg_sq, const lrcore_radam_hp *hp)
+static inline void FN(radam)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE_RESTRICT grad,
+    ST *LRCORE_RESTRICT exp_avg, ST *LRCORE_RESTRICT exp_avg_sq, const lrcore_radam_hp *hp,
+    lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const double step = (double)hp->step;
@@ -430,8 +489,9 @@ static inline void FN(radam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE
     const FN(moment_k) k = FN(moment_scalars)(hp->lr, hp->beta1, hp->beta2, hp->weight_decay,
         hp->decoupled_weight_decay, hp->grad_scale, hp->maximize);
     const unsigned variant = k.l2 | k.small << 1 | rectified << 2;
-    LRCORE__DISPATCH(3, variant, FN(radam_loop), n, param, grad, exp_avg, exp_avg_sq, &k,
-                     (T)bc1, (T)hp->lr, (T)pow(bc2, 0.5), (T)hp->eps, (T)rect)
+    /* own loops: beta1 > 0.5, no L2 weight decay, rectified or not */
+    DISPATCH_FEW(3, variant, 4u, 0u, 6u, 2u, FN(radam_loop), n, param, grad, exp_avg,
+                 exp_avg_sq, &k, (T)bc1, (T)hp->lr, (T)pow(bc2, 0.5), (T)hp->eps, (T)rect, st)
 }
 
 /* ---- Lion (Chen et al. 2023; timm's and optax's order) ------------------------------
@@ -442,33 +502,35 @@ static inline void FN(radam)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE
  * exp_avg = exp_avg * beta2 + (1 - beta2) * g
  * variant bits: 1 weight decay (else the factor 1 is skipped), 2 grad_scale != 1 (else
  * g = grad: no multiply; both skips are exact) */
-LRCORE_INLINE void FN(lion_loop)(size_t n, T *LRCORE_RESTRICT p, const T *LRCORE_RESTRICT gr,
-    T *LRCORE_RESTRICT m, T s, T decay, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2,
-    T lr, T neg_lr, const unsigned variant)
+LRCORE_INLINE void FN(lion_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
+    ST *LRCORE_RESTRICT m, T s, T decay, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2,
+    T lr, T neg_lr, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
     const int has_wd = variant & 1u, scaled = variant & 2u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
-        b1 = lrcore__block(b0, n, sizeof(T), gr, p, m, 0, 0);
+        b1 = BLOCK(b0, n, gr, p, m, 0, 0);
         for (size_t i = b0; i < b1; i++) {
-            const T g = scaled ? gr[i] * s : gr[i];
-            const T c = m[i] * beta1 + one_minus_beta1 * g;
-            const T pi = has_wd ? p[i] * decay : p[i];
-            p[i] = pi + FN(lion_update)(c, lr, neg_lr);
-            m[i] = m[i] * beta2 + one_minus_beta2 * g;
+            const T gi = LDG(gr, i), mi = LDS(m, i), p0 = LDP(p, i);
+            const T g = scaled ? gi * s : gi;
+            const T c = mi * beta1 + one_minus_beta1 * g;
+            const T pi = has_wd ? p0 * decay : p0;
+            STP(p, i, pi + FN(lion_update)(c, lr, neg_lr));
+            STS(m, i, mi * beta2 + one_minus_beta2 * g, 1u);
         }
     }
 }
 
-static inline void FN(lion)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_RESTRICT grad,
-    T *LRCORE_RESTRICT exp_avg, const lrcore_lion_hp *hp)
+static inline void FN(lion)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE_RESTRICT grad,
+    ST *LRCORE_RESTRICT exp_avg, const lrcore_lion_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
     const T s = (T)lrcore__grad_sign_scale(hp->grad_scale, hp->maximize);
     const unsigned variant = (hp->weight_decay != 0.0) | (s != (T)1) << 1;
-    LRCORE__DISPATCH(2, variant, FN(lion_loop), n, param, grad, exp_avg, s,
+    /* own loops: grad_scale 1, with and without weight decay */
+    DISPATCH_FEW(2, variant, 0u, 0u, 0u, 1u, FN(lion_loop), n, param, grad, exp_avg, s,
                      (T)(1.0 - hp->lr * hp->weight_decay), (T)hp->beta1, (T)(1.0 - hp->beta1),
-                     (T)hp->beta2, (T)(1.0 - hp->beta2), (T)hp->lr, (T)(-hp->lr))
+                     (T)hp->beta2, (T)(1.0 - hp->beta2), (T)hp->lr, (T)(-hp->lr), st)
 }
 
 /* ---- Sum of squares in double, for gradient clipping by global norm ----------------
@@ -476,23 +538,33 @@ static inline void FN(lion)(size_t n, T *LRCORE_RESTRICT param, const T *LRCORE_
  * Eight independent accumulators let the compiler vectorise without reassociating, so
  * the result is the same on every instruction set. Non-finite x gives a non-finite sum
  * (a float32 input can never overflow the double sum). */
-static inline double FN(sum_squares)(size_t n, const T *LRCORE_RESTRICT x)
+static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 {
     LRCORE__FP_STRICT
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     const size_t blocks = n / 8;
     for (size_t b = 0; b < blocks; b++)
         for (int k = 0; k < 8; k++) {
-            const double v = (double)x[8 * b + k];
+            const double v = (double)LDG(x, 8 * b + k);
             acc[k] += v * v;
         }
     for (size_t i = 8 * blocks; i < n; i++) {
-        const double v = (double)x[i];
+        const double v = (double)LDG(x, i);
         acc[i - 8 * blocks] += v * v;
     }
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+#undef BLOCK
+#undef DISPATCH_FEW
+#undef STS
+#undef STP
+#undef LDS
+#undef LDG
+#undef LDP
+#undef ST
+#undef GT
+#undef PT
 #undef FN
 #undef SQRT
 #undef T
@@ -501,3 +573,6 @@ static inline double FN(sum_squares)(size_t n, const T *LRCORE_RESTRICT x)
 #undef LRCORE__SQRT
 #undef LRCORE__FABS
 #undef LRCORE__COPYSIGN
+#undef LRCORE__P
+#undef LRCORE__G
+#undef LRCORE__S

@@ -3,7 +3,7 @@
  *
  * Design: a low-precision step is "widen every buffer to float32, run the float32
  * kernel exactly as for float32 buffers, round param and state back once". This header
- * holds the three pieces, in plain C99 integer arithmetic that the compiler vectorises:
+ * holds the pieces, in plain C99 integer arithmetic that the compiler vectorises:
  *
  *   - widening (bfloat16: a 16-bit shift; float16: exact, subnormals included);
  *   - rounding to nearest even, and stochastic rounding (round away from zero with
@@ -11,11 +11,11 @@
  *     32 random bits per element from a counter-based stream keyed by
  *     (seed, step, buffer, element index): results never depend on how the work is split
  *     (threads, instruction sets, slices passed with an index offset);
- *   - lrcore_lowp_run: the tiled driver. It widens up to LRCORE_LOWP_TILE elements of each
- *     half-precision buffer into float32 tiles on the stack (float32 buffers are used in
- *     place), calls a float32 step on the tiles, and rounds param and states back. So every
- *     update rule and every loop variant of lrcore.h gets every layout with no second copy
- *     of its arithmetic.
+ *   - the fused loops: lrcore_body.h included once per layout and rounding, its loads
+ *     widening and its stores rounding, so each element is read once, computed in float32
+ *     registers by the float32 rule's own operations, and stored once, the step's scalars
+ *     formed once per call; and lrcore_<rule>_lowp, which picks the loop for a call's
+ *     element types and rounding (see the bottom of this file).
  *
  * NaN stays NaN (quiet, sign and top payload bits kept), Inf stays Inf. lrcore/lowp.py is
  * the numpy twin of every function here; the tests compare them bit for bit.
@@ -31,6 +31,12 @@
 extern "C" {
 #endif
 
+/* No contraction into FMA here either (see the top of lrcore.h). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 /* Element types of a buffer. */
 enum { LRCORE_ET_F32 = 0, LRCORE_ET_F64 = 1, LRCORE_ET_BF16 = 2, LRCORE_ET_F16 = 3 };
 enum { LRCORE_ROUND_NEAREST = 0, LRCORE_ROUND_STOCHASTIC = 1 };
@@ -42,20 +48,6 @@ typedef struct {
     int rounding;
     uint64_t seed, step, index_offset;
 } lrcore_lowp;
-
-#ifndef LRCORE_LOWP_TILE
-#define LRCORE_LOWP_TILE 512    /* elements per float32 tile: 5 tiles take 10 KiB of L1 */
-#endif
-
-#ifndef LRCORE_LOWP_AHEAD
-#define LRCORE_LOWP_AHEAD 2048  /* bytes prefetched ahead per stream, on calls past LRCORE_PREFETCH_MIN_BYTES */
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define LRCORE__ALIGN64 __attribute__((aligned(64)))
-#else
-#define LRCORE__ALIGN64
-#endif
 
 LRCORE_INLINE uint32_t lrcore__f32_bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
 LRCORE_INLINE float lrcore__f32_from(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
@@ -208,66 +200,243 @@ static inline void lrcore_round_half(int et, size_t n, const float *LRCORE_RESTR
     }
 }
 
-/* ---- the tiled driver ------------------------------------------------------------------ */
+/* ---- the fused loops ------------------------------------------------------------------ */
 
-/* A float32 step over n elements: param, grad, and up to 3 state buffers (NULL where the
- * call has none). ctx: the caller's (rule and hyperparameters). */
-typedef void (*lrcore_f32_step_fn)(void *ctx, size_t n, float *param, const float *grad,
-                                   float *state[3]);
+/* Storage kinds for lrcore_body.h (see "Element access" in lrcore.h): bf16 and f16 widen on
+ * load and round to nearest even on store; bf16sr and f16sr round stochastically, element
+ * i of buffer b drawing lrcore_lowbias32((st->lo + i) ^ st->key[b]). */
+typedef uint16_t lrcore__bf16_t;
+typedef uint16_t lrcore__bf16sr_t;
+typedef uint16_t lrcore__f16_t;
+typedef uint16_t lrcore__f16sr_t;
+LRCORE_INLINE float lrcore__ld_bf16(const uint16_t *a, size_t i)
+{ return lrcore__f32_from(lrcore__bf16_widen(a[i])); }
+LRCORE_INLINE float lrcore__ld_bf16sr(const uint16_t *a, size_t i)
+{ return lrcore__f32_from(lrcore__bf16_widen(a[i])); }
+LRCORE_INLINE float lrcore__ld_f16(const uint16_t *a, size_t i)
+{ return lrcore__f32_from(lrcore__f16_widen(a[i])); }
+LRCORE_INLINE float lrcore__ld_f16sr(const uint16_t *a, size_t i)
+{ return lrcore__f32_from(lrcore__f16_widen(a[i])); }
+LRCORE_INLINE uint32_t lrcore__bits_of(const lrcore__stream *st, size_t i, unsigned buffer)
+{ return lrcore_lowbias32((st->lo + (uint32_t)i) ^ st->key[buffer]); }
+
+/* The bfloat16 stores compute lrcore__bf16_nearest / lrcore__bf16_stochastic with fewer
+ * vector operations, to the same bits:
+ *   - NaN: the rounding term is 0 and the float32 quiet bit 0x400000 is set first, so
+ *     (u | 0x400000) >> 16 == (u >> 16) | 0x40, the quiet NaN those functions return (x != x
+ *     is one vector compare);
+ *   - stochastic: only the top 16 of lowbias32's 32 bits are used, and lowbias32's last step
+ *     x ^= x >> 16 leaves them unchanged, so it is skipped. */
+LRCORE_INLINE void lrcore__st_bf16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+                                   unsigned buffer)
+{
+    const uint32_t u = lrcore__f32_bits(x);
+    const int nan = x != x;
+    const uint32_t add = nan ? 0u : 0x7FFFu + ((u >> 16) & 1u);
+    (void)st; (void)buffer;
+    a[i] = (uint16_t)(((nan ? u | 0x400000u : u) + add) >> 16);
+}
+LRCORE_INLINE void lrcore__st_bf16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+                                     unsigned buffer)
+{
+    const uint32_t u = lrcore__f32_bits(x);
+    const int nan = x != x;
+    uint32_t h = (st->lo + (uint32_t)i) ^ st->key[buffer];   /* lowbias32 but its last step */
+    h ^= h >> 16; h *= 0x7FEB352Du;
+    h ^= h >> 15; h *= 0x846CA68Bu;
+    const uint32_t add = nan ? 0u : h >> 16;
+    a[i] = (uint16_t)(((nan ? u | 0x400000u : u) + add) >> 16);
+}
+LRCORE_INLINE void lrcore__st_f16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+                                  unsigned buffer)
+{ (void)st; (void)buffer; a[i] = lrcore__f16_nearest(lrcore__f32_bits(x)); }
+LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+                                    unsigned buffer)
+{ a[i] = lrcore__f16_stochastic(lrcore__f32_bits(x), lrcore__bits_of(st, i, buffer)); }
+
+/*
+ * The update loops of lrcore_body.h once per layout and rounding, arithmetic in float32:
+ * lrcore__<rule>_<param>_<grad>_<state>[_rn|_sr]. Layouts whose param and states are
+ * float32 round nothing, so they have one instantiation for both roundings.
+ */
+#define LRCORE__FEW_VARIANTS 1    /* see LRCORE__DISPATCH_FEW in lrcore.h */
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX bf16_bf16_bf16_rn
+#define LRCORE__P bf16
+#define LRCORE__G bf16
+#define LRCORE__S bf16
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX bf16_bf16_bf16_sr
+#define LRCORE__P bf16sr
+#define LRCORE__G bf16
+#define LRCORE__S bf16sr
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX bf16_bf16_f32_rn
+#define LRCORE__P bf16
+#define LRCORE__G bf16
+#define LRCORE__S f32
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX bf16_bf16_f32_sr
+#define LRCORE__P bf16sr
+#define LRCORE__G bf16
+#define LRCORE__S f32
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX f16_f16_f32_rn
+#define LRCORE__P f16
+#define LRCORE__G f16
+#define LRCORE__S f32
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX f16_f16_f32_sr
+#define LRCORE__P f16sr
+#define LRCORE__G f16
+#define LRCORE__S f32
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX f32_bf16_f32
+#define LRCORE__P f32
+#define LRCORE__G bf16
+#define LRCORE__S f32
+#include "lrcore_body.h"
+
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#define LRCORE__SUFFIX f32_f16_f32
+#define LRCORE__P f32
+#define LRCORE__G f16
+#define LRCORE__S f32
+#include "lrcore_body.h"
+
+#undef LRCORE__FEW_VARIANTS
+
+/* The instantiations above as X(number, suffix, param type, grad type, state type, ...);
+ * the number is what lrcore__lowp_layout returns. */
+#define LRCORE__LOWP_LAYOUTS(X, ...) \
+    X(0, bf16_bf16_bf16_rn, uint16_t, uint16_t, uint16_t, __VA_ARGS__) \
+    X(1, bf16_bf16_bf16_sr, uint16_t, uint16_t, uint16_t, __VA_ARGS__) \
+    X(2, bf16_bf16_f32_rn, uint16_t, uint16_t, float, __VA_ARGS__) \
+    X(3, bf16_bf16_f32_sr, uint16_t, uint16_t, float, __VA_ARGS__) \
+    X(4, f16_f16_f32_rn, uint16_t, uint16_t, float, __VA_ARGS__) \
+    X(5, f16_f16_f32_sr, uint16_t, uint16_t, float, __VA_ARGS__) \
+    X(6, f32_bf16_f32, float, uint16_t, float, __VA_ARGS__) \
+    X(7, f32_f16_f32, float, uint16_t, float, __VA_ARGS__)
+
+/* The instantiation of a call's element types and rounding, or -1: not a layout
+ * lrcore_lowp.h runs (float32/float64 everywhere go to lrcore.h's kernels). */
+static inline int lrcore__lowp_layout(const lrcore_lowp *lp)
+{
+    const int sr = lp->rounding == LRCORE_ROUND_STOCHASTIC;
+    if (lp->rounding != LRCORE_ROUND_NEAREST && !sr) return -1;
+    if (lp->param == LRCORE_ET_BF16 && lp->grad == LRCORE_ET_BF16) {
+        if (lp->state == LRCORE_ET_BF16) return 0 + sr;
+        if (lp->state == LRCORE_ET_F32) return 2 + sr;
+    }
+    if (lp->param == LRCORE_ET_F16 && lp->grad == LRCORE_ET_F16 && lp->state == LRCORE_ET_F32)
+        return 4 + sr;
+    if (lp->param == LRCORE_ET_F32 && lp->state == LRCORE_ET_F32) {
+        if (lp->grad == LRCORE_ET_BF16) return 6;
+        if (lp->grad == LRCORE_ET_F16) return 7;
+    }
+    return -1;
+}
 
 LRCORE_INLINE size_t lrcore__et_size(int et) { return et == LRCORE_ET_F32 ? 4 : (et == LRCORE_ET_F64 ? 8 : 2); }
 
-/* Widen (or point at) `m` elements of buffer `b` starting at element t0. With `pf`, a line
- * LRCORE_LOWP_AHEAD bytes ahead is requested for every line widened (n: the call's size, so
- * no request goes past the end); float32 buffers used in place get the same requests. */
-LRCORE_INLINE float *lrcore__tile_in(int et, void *buf, size_t t0, size_t m, float *tile,
-                                     int pf, size_t n, int write)
+/* The stream of the elements from `index` on (up to the next multiple of 2^32). */
+static inline lrcore__stream lrcore__stream_at(const lrcore_lowp *lp, uint64_t index)
 {
-    const size_t es = lrcore__et_size(et), line = LRCORE_CACHE_LINE / es;
-    const size_t ahead = LRCORE_LOWP_AHEAD / es;
-    if (pf) {
-        for (size_t l = t0; l < t0 + m && n - l > ahead; l += line) {
-            if (write) LRCORE__PREFETCH_W((char *)buf + (l + ahead) * es);
-            else LRCORE__PREFETCH_R((char *)buf + (l + ahead) * es);
-        }
-    }
-    if (et == LRCORE_ET_F32) return (float *)buf + t0;
-    if (et == LRCORE_ET_BF16) lrcore_widen_bf16(m, (const uint16_t *)buf + t0, tile);
-    else lrcore_widen_f16(m, (const uint16_t *)buf + t0, tile);
-    return tile;
+    lrcore__stream st;
+    st.lo = (uint32_t)index;
+    for (unsigned b = 0; b < 4; b++)
+        st.key[b] = lp->rounding == LRCORE_ROUND_STOCHASTIC
+                  ? lrcore_stream_key(lp->seed, lp->step, b, (uint32_t)(index >> 32)) : 0u;
+    return st;
 }
 
+#define LRCORE__LOWP_STATES_1(S) (S *)s[0]
+#define LRCORE__LOWP_STATES_2(S) LRCORE__LOWP_STATES_1(S), (S *)s[1]
+#define LRCORE__LOWP_STATES_3(S) LRCORE__LOWP_STATES_2(S), (S *)s[2]
+#define LRCORE__LOWP_CASE(num, suffix, P, G, S, rule, nstates) \
+    case num: lrcore__##rule##_##suffix(seg, (P *)p, (const G *)g, \
+                                        LRCORE__LOWP_STATES_##nstates(S), hp, st); break;
+
 /*
- * One low-precision step over elements [0, n) of the buffers: param (lp->param), grad
- * (lp->grad), states (lp->state; NULL where absent). Buffer ids of the random stream:
- * param 0, state k -> k + 1. Element i is element lp->index_offset + i of the whole buffer.
+ * The low-precision kernels: one step of a rule over n elements of buffers stored as
+ * lp->param, lp->grad and lp->state (LRCORE_ET_*), rounded by lp->rounding:
+ *
+ *     int lrcore_<rule>_lowp(size_t n, void *param, const void *grad, void *const state[3],
+ *                            const lrcore_<rule>_hp *hp, const lrcore_lowp *lp);
+ *
+ * state: the rule's state buffers in kernel order (lrcore.h), NULL where absent. Returns 0,
+ * or -1 (nothing touched) when the element types and rounding are not one of the layouts
+ * above. Element i is element lp->index_offset + i of the whole buffer; its random bits
+ * (stochastic rounding) are lrcore_lowbias32(low32(index) ^ lrcore_stream_key(seed, step,
+ * buffer, high32(index))) with buffer 0 for param and k + 1 for state k; the call runs in
+ * segments that do not cross a multiple of 2^32 of the index, each with its keys.
+ * The step's scalars are formed once per segment (once per call below 2^32 elements).
  */
-static inline void lrcore_lowp_run(size_t n, void *param, const void *grad, void *state[3],
-                                   const lrcore_lowp *lp, lrcore_f32_step_fn step_f32, void *ctx)
-{
-    float tp[LRCORE_LOWP_TILE] LRCORE__ALIGN64, tg[LRCORE_LOWP_TILE] LRCORE__ALIGN64;
-    float ts[3][LRCORE_LOWP_TILE] LRCORE__ALIGN64;
-    const int pf = n * lrcore__et_size(lp->param) > (size_t)LRCORE_PREFETCH_MIN_BYTES;
-    for (size_t t0 = 0; t0 < n; t0 += LRCORE_LOWP_TILE) {
-        size_t m = n - t0 < LRCORE_LOWP_TILE ? n - t0 : LRCORE_LOWP_TILE;
-        float *p = lrcore__tile_in(lp->param, param, t0, m, tp, pf, n, 1);
-        float *g = lrcore__tile_in(lp->grad, (void *)grad, t0, m, tg, pf, n, 0);
-        float *s[3];
-        for (int k = 0; k < 3; k++)
-            s[k] = state[k] ? lrcore__tile_in(lp->state, state[k], t0, m, ts[k], pf, n, 1)
-                            : (float *)0;
-        step_f32(ctx, m, p, g, s);
-        uint64_t index = lp->index_offset + t0;
-        if (lp->param != LRCORE_ET_F32)
-            lrcore_round_half(lp->param, m, p, (uint16_t *)param + t0, lp->rounding, lp->seed,
-                              lp->step, 0u, index);
-        if (lp->state != LRCORE_ET_F32)
-            for (int k = 0; k < 3; k++)
-                if (state[k])
-                    lrcore_round_half(lp->state, m, s[k], (uint16_t *)state[k] + t0, lp->rounding,
-                                      lp->seed, lp->step, (unsigned)k + 1u, index);
-    }
+#define LRCORE__LOWP_KERNEL(rule, nstates) \
+static inline int lrcore_##rule##_lowp(size_t n, void *param, const void *grad, \
+    void *const state[3], const lrcore_##rule##_hp *hp, const lrcore_lowp *lp) \
+{ \
+    const int layout = lrcore__lowp_layout(lp); \
+    const size_t ps = lrcore__et_size(lp->param), gs = lrcore__et_size(lp->grad); \
+    const size_t ss = lrcore__et_size(lp->state); \
+    if (layout < 0) return -1; \
+    for (size_t i = 0, seg; i < n; i += seg) { \
+        const uint64_t index = lp->index_offset + i; \
+        const uint64_t room = ((uint64_t)1 << 32) - (uint32_t)index; \
+        seg = (uint64_t)(n - i) < room ? n - i : (size_t)room; \
+        const lrcore__stream st = lrcore__stream_at(lp, index); \
+        char *p = (char *)param + i * ps; \
+        const char *g = (const char *)grad + i * gs; \
+        char *s[3]; \
+        for (int k = 0; k < 3; k++) s[k] = state[k] ? (char *)state[k] + i * ss : (char *)0; \
+        switch (layout) { LRCORE__LOWP_LAYOUTS(LRCORE__LOWP_CASE, rule, nstates) default: break; } \
+    } \
+    return 0; \
 }
+LRCORE_RULES(LRCORE__LOWP_KERNEL)
+#undef LRCORE__LOWP_KERNEL
+#undef LRCORE__LOWP_CASE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 #if defined(__cplusplus)
 }
