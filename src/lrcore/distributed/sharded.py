@@ -18,7 +18,10 @@ all params, so stochastic rounding draws, element for element, the bits one proc
 With 8-bit state the cuts fall on whole quantization blocks and never leave a piece of a
 quantized param under the 4096-element threshold (`_layout`), so each piece's codes and
 absmax are exactly that slice of one process's. Half-precision grads are averaged in float32
-and rounded once, to nearest, to the grads' dtype (`average_grads`).
+and rounded once, to nearest, to the grads' dtype (`average_grads`). Where one process would
+take lrcore.optim's per-param path (any layout but all-float32 / all-float64 with grads of the
+params' dtype), the global norm for clipping and skipping is its whole-param float64 dot
+product, computed on rank 0 over the gathered averaged grads and broadcast.
 """
 import hashlib
 import json
@@ -676,26 +679,41 @@ class ShardedOptimizer:
     def _whole_norm(self, flat, gdtypes, MPI):
         """(L2 norm, all finite) of the averaged grads as lrcore.optim's per-param path
         computes it (precision.grad_sumsq: a float64 dot product per whole param, which no
-        split can reproduce): with average=True the averaged pieces are all-gathered into
-        whole grads first (one extra all-gather, only when clipping or skipping)."""
+        split can reproduce), computed on rank 0 and broadcast: with average=True the
+        averaged pieces are first gathered to rank 0 (one extra gather, only when clipping
+        or skipping). Rank 0's value for every rank, so all take the same decision even if
+        their BLAS libraries sum a dot product in different orders (OpenBLAS's depends on
+        its thread count)."""
+        rank, root = self.rank, 0
+        whole = flat
         if self.average:
-            whole = [np.empty(f.size, dtype=f.dtype) for f in flat]
+            whole = [np.empty(f.size, dtype=f.dtype) for f in flat] if rank == root else None
             for b, bucket in enumerate(self._layout.buckets):
                 dt = gdtypes[b]
-                recv = self._buffer("gather", 0, bucket.size, dt)
                 t = mpi_type(dt)
-                wait(self.comm.Iallgatherv([wire(self._shard(b, dt)), t],
-                                           [wire(recv), bucket.counts, bucket.displs, t]),
-                     self.timeout, "step (gradient norm)", keep=self)
+                send = wire(self._shard(b, dt))
+                if rank == root:
+                    recv = self._buffer("gather", 0, bucket.size, dt)
+                    req = self.comm.Igatherv([send, t], [wire(recv), bucket.counts,
+                                                         bucket.displs, t], root=root)
+                else:
+                    recv = None
+                    req = self.comm.Igatherv([send, t], None, root=root)
+                wait(req, self.timeout, "step (gradient norm)", keep=self)
+                if rank != root:
+                    continue
                 for r in range(self.world_size):
                     at = bucket.displs[r]
                     for p in bucket.pieces[r]:
                         whole[p.index][p.start:p.stop] = recv[at:at + p.size]
                         at += p.size
-        else:
-            whole = flat
-        sumsq, finite = precision.grad_sumsq(whole)
-        return math.sqrt(sumsq), finite
+        result = np.zeros(2, dtype=np.float64)
+        if rank == root:
+            sumsq, finite = precision.grad_sumsq(whole)
+            result[0], result[1] = sumsq, 1.0 if finite else 0.0
+        wait(self.comm.Ibcast([result, MPI.DOUBLE], root=root), self.timeout,
+             "step (gradient norm)", keep=(self, result))
+        return math.sqrt(result[0]), bool(result[1] == 1.0)
 
     def _step_driving(self, b, grads_b, live):
         """Bucket b's kernel, with a helper thread testing the requests in flight meanwhile
