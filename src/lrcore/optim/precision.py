@@ -41,7 +41,7 @@ import numpy as np
 from .. import backend, lowp, quantization
 
 __all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
-           "check_grad", "offsets", "flat", "spec", "split_key", "run",
+           "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
            "nbytes", "new_state", "parts", "copy_into", "adopt", "check_grad_memory",
            "grad_sumsq", "scaled", "check_int8_group", "extents"]
 
@@ -106,6 +106,12 @@ def check_options(owner, state_dtype, rounding, seed):
     if not 0 <= int(seed) <= lowp.SEED_MAX:
         raise ValueError(f"{owner}: seed must be in 0..2**64-1, got {seed}")
     return name, rounding, int(seed)
+
+
+def int8_rules():
+    """{rule name: {state name: signed map}} of the rules with 8-bit state (a copy of
+    :data:`lrcore.quantization.INT8_RULES`)."""
+    return {rule: dict(states) for rule, states in quantization.INT8_RULES.items()}
 
 
 def _layouts_text():
