@@ -1,15 +1,16 @@
 /*
- * lrcore_q8.h -- 8-bit optimizer state: the block codec and the fused 8-bit Adam step.
+ * lrcore_q8.h -- 8-bit optimizer state: the block codec (encode, decode) of the 8-bit step.
  *
  * Design: a state buffer of n float32 values is kept as n uint8 codes plus one float32
  * absmax per block of LRCORE_Q8_BLOCK (256) values; a value is map[code] * absmax, with
  * map the 256-entry dynamic quantization map of bitsandbytes (signed for first moments,
- * unsigned for second moments). The tables (map, decision thresholds, bucket bases) are
- * built by lrcore/quantization.py and passed in an lrcore_q8_codec; this header only reads
- * them. The fused step decodes a chunk of blocks into cache-resident float32 arrays, runs
- * lrcore_adam_f32 (the same float32 kernel as lrcore.kernels.adam) on them, and encodes
- * each block again: no buffer-sized temporaries, and every block is computed the same way
- * whatever range of blocks a call is given, so any split over threads gives the same bytes.
+ * unsigned for second moments). The tables (map, decision thresholds, bucket bases, the
+ * vector encoder's decade tables) are built by lrcore/quantization.py and passed in an
+ * lrcore_q8_codec; this header only reads them. The step (csrc/q8_isa.c) decodes a chunk of
+ * blocks into cache-resident float32 arrays, runs the rule's float32 kernel of lrcore.h on
+ * them, and encodes each block again: no buffer-sized temporaries, and every block is
+ * computed the same way whatever range of blocks a call is given, so any split over
+ * threads gives the same bytes.
  */
 #ifndef LRCORE_Q8_H
 #define LRCORE_Q8_H
@@ -37,7 +38,8 @@
 #define LRCORE_Q8_KEY_BITS 6
 #define LRCORE_Q8_KEY_LO ((127 - 24) << LRCORE_Q8_KEY_BITS)
 #define LRCORE_Q8_NKEYS ((127 << LRCORE_Q8_KEY_BITS) - LRCORE_Q8_KEY_LO + 1)
-/* Blocks decoded, updated and encoded together (3 x 8 KiB of float32 scratch). */
+/* Blocks decoded, updated and encoded together (up to 5 x 8 KiB of float32 scratch:
+ * bfloat16 param and grad widened, three 8-bit states decoded). */
 #ifndef LRCORE_Q8_CHUNK
 #define LRCORE_Q8_CHUNK 8
 #endif
