@@ -365,3 +365,20 @@ def test_half_precision_in_process_and_bad_options():
     for args, options, kind, text in cases:
         with pytest.raises(kind, match=text):
             ShardedOptimizer(*args, **options)
+
+
+def test_train_distributed_bad_precision_is_one_clear_error():
+    """`lrcore train --distributed` checks --precision / --state-dtype as one process does
+    (lrcore train's check_precision), before any work; one rank here (an MPI singleton)."""
+    import argparse
+    from lrcore.cli import CLIError
+    from lrcore.cli import train as cli_train
+    from lrcore.distributed import train as dtrain
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    for argv, text in ((["--optimizer", "adagrad", "--state-dtype", "int8"],
+                        "--state-dtype int8 does not apply to --optimizer adagrad"),
+                       (["--precision", "float16", "--state-dtype", "bfloat16"],
+                        "--state-dtype bfloat16 needs bfloat16 params")):
+        with pytest.raises(CLIError, match=text):
+            dtrain.run(parser.parse_args(["--distributed", "--epochs", "1"] + argv))
