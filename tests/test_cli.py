@@ -901,8 +901,6 @@ def _not_int8():
      "--state-dtype float32 needs float32, bfloat16 or float16 params"),
     (["--state-dtype", "bfloat16", "--precision", "float16"],
      "--state-dtype bfloat16 needs bfloat16 params"),
-    (["--distributed", "--precision", "bfloat16"], "--precision does not apply to --distributed"),
-    (["--distributed", "--state-dtype", "int8"], "--state-dtype does not apply to --distributed"),
 ])
 def test_bad_precision_options_are_one_line_before_any_work(capsys, tmp_path, argv, message):
     argv = [a.format(not_int8=_not_int8()) for a in argv]

@@ -753,10 +753,6 @@ def _finish(args, run, plot, reporter, elapsed):
 def run(args):
     if args.distributed and args.threads is not None:   # checked here, before any work
         check_threads("--threads", [args.threads])
-    if args.distributed and (args.precision or args.state_dtype):
-        raise CLIError(f"{'--precision' if args.precision else '--state-dtype'} does not "
-                       f"apply to --distributed (lrcore.distributed.train trains float64 "
-                       f"params with float64 state)")
     if args.distributed:   # issue 14: the data-parallel loop lives in lrcore.distributed
         from ..distributed.train import run as run_distributed
         return run_distributed(args)
