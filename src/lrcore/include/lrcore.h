@@ -11,11 +11,14 @@
  * Layout of this header:
  *   - hyperparameter structs (one per update rule, each made from its field
  *     list LRCORE_HP_FIELDS_<rule>) and PyTorch's defaults;
- *   - the block/prefetch scaffold and the element helpers, written once;
+ *   - the block/prefetch scaffold and the element helpers (element access by
+ *     storage kind: plain float32/float64 loads and stores here), written once;
  *   - lrcore_body.h, included once per element type: each rule's loop (with its
  *     math in a comment above it) and the dispatch from the options that select
  *     a loop variant to a loop compiled with those options as constants;
  *   - the public kernels, lrcore_<rule>_f32 and lrcore_<rule>_f64.
+ * lrcore_lowp.h includes lrcore_body.h again once per bfloat16/float16 layout (loads
+ * that widen, stores that round) for the kernels lrcore_<rule>_lowp.
  * The rules themselves are described in lrcore/rules.py (the table) and
  * lrcore/reference.py (the numpy twin, which performs the same operations in
  * the same order, every scalar rounded once to the buffer's dtype).
