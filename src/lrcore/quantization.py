@@ -420,7 +420,8 @@ def _check_state(fn, name, s, n, signed):
 # One step of a rule with 8-bit states
 # ---------------------------------------------------------------------------
 
-#: The rules whose states may be kept in 8 bits: rule -> {state name: signed map?}. A state
+#: The rules whose states may be kept in 8 bits: rule -> {state name: signed map?}, from the
+#: table (lrcore.rules, State.int8). A state
 #: listed here may be a QuantizedState (signed: first-moment-like, values of either sign;
 #: unsigned: second-moment-like, values >= 0) or a float32 array; the others stay float32.
 #: Not listed (README, "8-bit optimizer state"): adagrad (its sum only grows, and once a
@@ -431,14 +432,8 @@ def _check_state(fn, name, s, n, signed):
 #: square root, so a code's relative error passes to the step undamped). RMSprop's
 #: centered variant is refused: square_avg - grad_avg**2 of two independently rounded
 #: states can fall below zero.
-INT8_RULES = {
-    "adam": {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False},
-    "nadam": {"exp_avg": True, "exp_avg_sq": False},
-    "radam": {"exp_avg": True, "exp_avg_sq": False},
-    "sgd": {"momentum_buffer": True},
-    "rmsprop": {"square_avg": False, "momentum_buffer": True},
-    "lion": {"exp_avg": True},
-}
+INT8_RULES = {row.name: {st.name: st.int8 == "signed" for st in row.states if st.int8}
+              for row in RULES.values() if any(st.int8 for st in row.states)}
 
 
 def _is_bf16(a):

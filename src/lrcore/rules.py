@@ -106,11 +106,16 @@ class State:
 
     init: its initial value, a number or the name of an Option holding it.
     when: None (always present), the name of an Option that must be true, or the name
-    of a hyperparameter that must be > 0 (momentum)."""
+    of a hyperparameter that must be > 0 (momentum).
+    int8: whether the buffer may be kept in 8 bits (state_dtype="int8", lrcore.quantization)
+    and on which map: "signed" (first-moment-like values), "unsigned" (second-moment-like,
+    >= 0), or None (stays float32; a rule with such a state in use refuses 8-bit state).
+    Why each rule's states are or are not 8-bit: README, "8-bit optimizer state"."""
     name: str
     torch_name: str
     init: object = 0.0
     when: str = None
+    int8: str = None
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,7 @@ RULES = {r.name: r for r in (
                  Hyper("init_buffer", ctype="int", default=None, variants=(True, False),
                        doc="nonzero: the momentum buffer starts as g (torch's first step); "
                            "kernels.sgd sets it to step == 1 unless passed")),
-         states=(State("momentum_buffer", "momentum_buffer", 0.0, when="momentum"),),
+         states=(State("momentum_buffer", "momentum_buffer", 0.0, when="momentum", int8="signed"),),
          torch_class="SGD", cli_lr=0.1,
          math="""\
 g = s * grad                                  s = grad_scale, negated if maximize
@@ -267,8 +272,9 @@ param = param + (-lr) * g"""),
     Rule("adam", 1,
          hypers=(_lr(), _BETA1, _BETA2, _eps(1e-8), _wd(), _GRAD_SCALE, _STEP, _decoupled(),
                  _MAXIMIZE),
-         states=(State("exp_avg", "exp_avg"), State("exp_avg_sq", "exp_avg_sq"),
-                 State("max_exp_avg_sq", "max_exp_avg_sq", 0.0, when="amsgrad")),
+         states=(State("exp_avg", "exp_avg", int8="signed"),
+                 State("exp_avg_sq", "exp_avg_sq", int8="unsigned"),
+                 State("max_exp_avg_sq", "max_exp_avg_sq", 0.0, when="amsgrad", int8="unsigned")),
          options=(Option("amsgrad", False, variants=(False, True),
                          doc="keep the running maximum of exp_avg_sq (AMSGrad)"),),
          torch_class="Adam", torch_hypers={"beta1": "betas[0]", "beta2": "betas[1]"},
@@ -304,8 +310,8 @@ param = param + ((-clr) * g) / (sqrt(state_sum) + eps)"""),
                               doc="square_avg decay; 0.3 takes torch.lerp's other branch"),
                  _eps(1e-8), _wd(), Hyper("momentum", default=0.0, range=NONNEG, variants=(0.0, 0.9)),
                  _GRAD_SCALE, _STEP, _MAXIMIZE),
-         states=(State("square_avg", "square_avg"),
-                 State("momentum_buffer", "momentum_buffer", 0.0, when="momentum"),
+         states=(State("square_avg", "square_avg", int8="unsigned"),
+                 State("momentum_buffer", "momentum_buffer", 0.0, when="momentum", int8="signed"),
                  State("grad_avg", "grad_avg", 0.0, when="centered")),
          options=(Option("centered", False, variants=(False, True),
                          doc="normalise by the variance estimate (keeps grad_avg)"),),
@@ -361,7 +367,8 @@ param = param + ((-lr / (1 - beta1**step)) * exp_avg) / exp_inf
                            "scalar state, a float32 running product (mu_product = f32(mu_product"
                            " * f32(mu_t))); kept by the caller, computed when not given"),
                  _GRAD_SCALE, _STEP, _decoupled(), _MAXIMIZE),
-         states=(State("exp_avg", "exp_avg"), State("exp_avg_sq", "exp_avg_sq")),
+         states=(State("exp_avg", "exp_avg", int8="signed"),
+                 State("exp_avg_sq", "exp_avg_sq", int8="unsigned")),
          torch_class="NAdam", torch_hypers={"beta1": "betas[0]", "beta2": "betas[1]"},
          cli_lr=2e-3, scalar_states=("mu_product",),
          math="""\
@@ -379,7 +386,8 @@ param = param + ((-lr * mu_next / (1 - mu_product * mu_next)) * exp_avg) / denom
     Rule("radam", 7,
          hypers=(_lr(), _BETA1, _BETA2, _eps(1e-8), _wd(), _GRAD_SCALE, _STEP, _decoupled(),
                  _MAXIMIZE),
-         states=(State("exp_avg", "exp_avg"), State("exp_avg_sq", "exp_avg_sq")),
+         states=(State("exp_avg", "exp_avg", int8="signed"),
+                 State("exp_avg_sq", "exp_avg_sq", int8="unsigned")),
          torch_class="RAdam", torch_hypers={"beta1": "betas[0]", "beta2": "betas[1]"},
          cli_lr=1e-3,
          math="""\
@@ -404,7 +412,7 @@ else:
                  Hyper("beta2", default=0.99, range=UNIT_CLOSED, doc="momentum decay"),
                  _wd(doc="decoupled: param = param * (1 - lr * weight_decay)"),
                  _GRAD_SCALE, _STEP, _MAXIMIZE),
-         states=(State("exp_avg", "exp_avg"),),
+         states=(State("exp_avg", "exp_avg", int8="signed"),),
          torch_class=None, cli_lr=1e-4,
          math="""\
 g = s * grad
