@@ -7,6 +7,7 @@ StepPlan) on them, round param and state back with lrcore.lowp.round_to (buffer 
 1, 2, ... the states in kernel order; index_offset = the param's place in the concatenation
 of all params; the step number). Every comparison is bitwise, on non-zero random data.
 """
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -347,3 +348,21 @@ def test_backend_kernels_are_the_ones_used(monkeypatch):
     opt.step([np.ones(n, BF16) for n in (10, 20, 30)])
     assert seen == [(0, 5, "stochastic", 1), (10, 5, "stochastic", 1), (30, 5, "stochastic", 1),
                     (0, 5, "stochastic", 2), (10, 5, "stochastic", 2), (30, 5, "stochastic", 2)]
+
+
+@pytest.mark.parametrize("sizes", [[5], [16384], [16385, 7, 100_003], [(1 << 18) + 9, 33]])
+def test_per_param_clip_norm_sums_in_the_native_blocked_order(sizes):
+    """The per-param path's norm (half-precision grads, 8-bit state) is summed as the compiled
+    core's grad_sumsq sums float32 grads: fixed blocks, never a BLAS dot product whose bits
+    follow its thread count. bfloat16 grads widen exactly, so their sum equals the native
+    sum over the widened float32 copies."""
+    from lrcore.optim import precision
+    rng = np.random.default_rng(len(sizes))
+    grads = [rng.standard_normal(n).astype(np.float32) * 3 for n in sizes]
+    plan_opt = optim.Adam([np.zeros(n, np.float32) for n in sizes], lr=1e-3)
+    for threads in (1, 2, 3):
+        native, _ = plan_opt._plan.grad_sumsq(grads, threads)
+        assert precision.grad_sumsq(grads)[0] == native
+    half = [g.astype(ml_dtypes.bfloat16) for g in grads]
+    widened = [h.astype(np.float32) for h in half]
+    assert precision.grad_sumsq(half)[0] == plan_opt._plan.grad_sumsq(widened, 2)[0]

@@ -307,20 +307,10 @@ class StepPlan:
     @_quiet
     def grad_sumsq(self, grads, num_threads=None):
         """(sum of squares of all grads in double, every element finite), summed in the
-        compiled core's order (lrcore.h, lrcore_sum_squares): blocks of 2**14 elements per
-        buffer; in a block, 8 running sums over i mod 8, combined pairwise; blocks added in
-        order. So both backends clip by exactly the same scale."""
+        compiled core's order (sum_squares_blocked), so both backends clip by exactly the
+        same scale."""
         grads = self._check_grads(grads)
-        total = 0.0
-        for g in grads:
-            for start in range(0, g.size, _SUMSQ_BLOCK):
-                x = g[start:start + _SUMSQ_BLOCK].astype(np.float64)
-                sq = x * x
-                whole = sq.size - sq.size % 8
-                # reducing axis 0 of (rows, 8) adds row after row: sequential, as the C loop
-                acc = np.add.reduce(sq[:whole].reshape(-1, 8), axis=0) if whole else np.zeros(8)
-                acc[:sq.size - whole] += sq[whole:]
-                total += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        total = sum_squares_blocked(grads)
         finite = bool(np.isfinite(total)) or all(np.isfinite(g).all() for g in grads)
         return total, finite
 
@@ -352,3 +342,32 @@ def _check_plan_states(rule, hps, group_of, present):
 
 
 _SUMSQ_BLOCK = 1 << 14   # LRCORE_SUMSQ_BLOCK in csrc/runtime.c
+
+
+@_quiet
+def sum_squares_blocked(arrays):
+    """Sum of squares of every element of `arrays` (any float dtype, widened exactly to
+    float64) in the compiled core's order (lrcore.h's lrcore_sum_squares, runtime.c's
+    lrcore_grad_sumsq): blocks of 2**14 elements per buffer; in a block, 8 running sums over
+    i mod 8 combined pairwise; the blocks' sums added one after another, buffer after buffer.
+    numpy adds rows of an axis-1 reduction one after another and cumsum is sequential, so the
+    result does not depend on threads or BLAS: the same bits as the native grad_sumsq."""
+    sums = []
+    for g in arrays:
+        x = np.asarray(g).reshape(-1).astype(np.float64)
+        sq = x * x
+        full = sq.size // _SUMSQ_BLOCK * _SUMSQ_BLOCK
+        blocks = [sq[:full].reshape(-1, _SUMSQ_BLOCK // 8, 8)] if full else []
+        acc = [np.add.reduce(b, axis=1) for b in blocks]          # (nblocks, 8), sequential
+        tail = sq[full:]
+        if tail.size:
+            whole = tail.size - tail.size % 8
+            t = np.add.reduce(tail[:whole].reshape(-1, 8), axis=0) if whole else np.zeros(8)
+            t[:tail.size - whole] += tail[whole:]
+            acc.append(t[None, :])
+        for a in acc:
+            sums.append(((a[:, 0] + a[:, 1]) + (a[:, 2] + a[:, 3]))
+                        + ((a[:, 4] + a[:, 5]) + (a[:, 6] + a[:, 7])))
+    if not sums:
+        return 0.0
+    return float(np.cumsum(np.concatenate([[0.0]] + sums))[-1])

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import backend, lowp, quantization
+from .. import backend, lowp, quantization, reference
 
 __all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
            "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
@@ -310,11 +310,10 @@ def check_grad_memory(where, grads, extents):
 
 
 def grad_sumsq(grads):
-    """(sum of squares of every grad, widened to float64; every element finite)."""
-    total = 0.0
-    for g in grads:
-        w = np.asarray(g, np.float64).reshape(-1)
-        total += float(np.dot(w, w))
+    """(sum of squares of every grad, widened to float64, in the compiled core's blocked
+    order: reference.sum_squares_blocked, the same bits for every thread count; every
+    element finite)."""
+    total = reference.sum_squares_blocked(grads)
     finite = bool(np.isfinite(total)) or all(
         np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
     return total, finite
