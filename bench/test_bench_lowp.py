@@ -8,7 +8,9 @@ same byte size, else the float32 probe's GB/s applied to the layout's bytes), th
 time of the same kernel on cache-resident data (one thread on 2**16 elements, the per-call
 overhead measured on 64 elements subtracted, divided by the thread count: the arithmetic
 limit), the roofline (the larger of the two) and the fractions of probe and roofline reached.
-Ratios, all from the same run: the all-bfloat16 stochastic-rounding AdamW against torch's
+Ratios, timed side by side (the contenders of one comparison called in turn, one call
+each per round, medians, so a change in the machine's load falls on all alike): the
+all-bfloat16 stochastic-rounding AdamW against lrcore's float32 AdamW, torch's
 fused float32 AdamW, torch's fused AdamW on bfloat16 params, torchao's
 _AdamW(bf16_stochastic_round=True) and DeepSpeed's CPUAdam (bf16 params and state) when
 those import (skipped otherwise); SGD and Lion in bfloat16 against their float32 step.
@@ -119,13 +121,14 @@ def _probe_step(bufs):
 
 
 def _others(n, rng):
-    """Step times of torch fused AdamW (float32, bf16 params), torchao's bf16 SR AdamW and
-    DeepSpeed's CPUAdam (bf16), where they import."""
+    """Step functions of torch fused AdamW (float32, bf16 params), torchao's bf16 SR AdamW and
+    DeepSpeed's CPUAdam (bf16 params and state), where they import and run; else a string
+    saying why not."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(THREADS)
     out = {}
 
-    def run(label, make_opt, dt):
+    def make(label, make_opt, dt):
         x = torch.from_numpy(rng.standard_normal(n, dtype=np.float32)).to(dt)
         p = torch.nn.Parameter(x)
         p.grad = (x * 1e-3).to(dt)
@@ -135,30 +138,87 @@ def _others(n, rng):
         except Exception as e:   # an optional competitor that does not run here
             out[label] = f"skipped: {type(e).__name__}: {e}"[:200]
             return
-        out[label] = _median(opt.step, repeat=3 if "torchao" in label else 9)
-        del opt, p, x
-        gc.collect()
+        out[label] = opt.step
 
-    run("torch fused AdamW f32",
-        lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.01, fused=True), torch.float32)
-    run("torch fused AdamW bf16 params",
-        lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.01, fused=True), torch.bfloat16)
+    make("torch fused AdamW f32",
+         lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.01, fused=True), torch.float32)
+    make("torch fused AdamW bf16 params",
+         lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=0.01, fused=True), torch.bfloat16)
     try:
         from torchao.optim import _AdamW
-        run("torchao _AdamW bf16 SR",
-            lambda ps: _AdamW(ps, lr=1e-4, weight_decay=0.01, bf16_stochastic_round=True),
-            torch.bfloat16)
+        make("torchao _AdamW bf16 SR",
+             lambda ps: _AdamW(ps, lr=1e-4, weight_decay=0.01, bf16_stochastic_round=True),
+             torch.bfloat16)
     except Exception as e:
         out["torchao _AdamW bf16 SR"] = f"skipped: {type(e).__name__}: {e}"[:200]
     try:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
-        run("DeepSpeed CPUAdam bf16",
-            lambda ps: DeepSpeedCPUAdam(ps, lr=1e-4, weight_decay=0.01, adamw_mode=True,
+        make("DeepSpeed CPUAdam bf16",
+             lambda ps: DeepSpeedCPUAdam(ps, lr=1e-4, weight_decay=0.01, adamw_mode=True,
                                          fp32_optimizer_states=False),
-            torch.bfloat16)
+             torch.bfloat16)
     except Exception as e:
         out["DeepSpeed CPUAdam bf16"] = f"skipped: {type(e).__name__}: {e}"[:200]
     return out
+
+
+def _interleaved(fns, repeat=9, slow=()):
+    """Median step time of each function, the functions run in turn (one call each per
+    round), so that a change in the machine's load falls on all of them alike. `slow` ones
+    (seconds per step) run in the first 3 rounds only."""
+    ts = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for r in range(repeat):
+        for k, f in fns.items():
+            if k in slow and r >= 3:
+                continue
+            t = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in ts.items()}
+
+
+def _side_by_side(n, rng):
+    """The issue's ratios, each group timed interleaved: all-bf16 SR AdamW against lrcore's
+    float32 AdamW and the other optimizers; SGD and Lion in bfloat16 (SR and nearest)
+    against their float32 step."""
+    times, skipped = {}, {}
+    if "adamw" in SELECTED:
+        fns = {}
+        for label, p, g, s, rounding in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[2]):
+            fns[f"lrcore adamw {label}"] = _step("adamw", _buffers(2, p, g, s, n, rng), rounding,
+                                                 THREADS)
+        for label, f in _others(n, rng).items():
+            if callable(f):
+                fns[label] = f
+            else:
+                skipped[label] = f
+        times.update(_interleaved(fns, slow=("torchao _AdamW bf16 SR",)))
+        del fns
+        gc.collect()
+    for rule in ("sgd", "lion"):
+        if rule not in SELECTED:
+            continue
+        fns = {f"lrcore {rule} {label}": _step(rule, _buffers(1, p, g, s, n, rng), rounding, THREADS)
+               for label, p, g, s, rounding in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[2])}
+        times.update(_interleaved(fns))
+        del fns
+        gc.collect()
+    ratios = {}
+    head = times.get("lrcore adamw bf16 all, SR")
+    if head:
+        for label, t in times.items():
+            if label != "lrcore adamw bf16 all, SR" and not label.startswith(("lrcore sgd",
+                                                                              "lrcore lion")):
+                ratios[f"adamw bf16 all SR vs {label}"] = t / head
+    for rule in ("sgd", "lion"):
+        f32 = times.get(f"lrcore {rule} f32")
+        for label in ("bf16 all, SR", "bf16 all, nearest"):
+            t = times.get(f"lrcore {rule} {label}")
+            if f32 and t:
+                ratios[f"{rule} {label} vs lrcore {rule} f32"] = f32 / t
+    return times, skipped, ratios
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -191,24 +251,13 @@ def test_lowp_layouts(benchmark, n):
         r["roofline_seconds"] = max(mem, r["compute_seconds"]) if mem else None
         r["fraction_of_probe"] = mem / r["seconds"] if mem else None
         r["fraction_of_roofline"] = r["roofline_seconds"] / r["seconds"] if mem else None
-    others = _others(n, rng) if "adamw" in SELECTED else {}
-    ratios = {}
-    head = rows.get("adamw bf16 all, SR")
-    if head:
-        for label, t in others.items():
-            if isinstance(t, float):
-                ratios[f"adamw bf16 all SR vs {label}"] = t / head["seconds"]
-    for rule in SELECTED:
-        f32, sr, rn = (rows.get(f"{rule} {x}") for x in ("f32", "bf16 all, SR", "bf16 all, nearest"))
-        if f32 and sr:
-            ratios[f"{rule} bf16 all SR vs lrcore {rule} f32"] = f32["seconds"] / sr["seconds"]
-        if f32 and rn:
-            ratios[f"{rule} bf16 all nearest vs lrcore {rule} f32"] = f32["seconds"] / rn["seconds"]
+    times, skipped, ratios = _side_by_side(n, rng)
     # the benchmark fixture times the headline row once more (pytest-benchmark's table)
     rule0 = SELECTED[0]
     bufs = _buffers(RULES[rule0][2], BF16, BF16, BF16, n, rng)
     benchmark.pedantic(_step(rule0, bufs, "stochastic", THREADS), rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update(n=n, threads=THREADS, rows=rows, others=others, ratios=ratios)
+    benchmark.extra_info.update(n=n, threads=THREADS, rows=rows, side_by_side=times,
+                                skipped=skipped, ratios=ratios)
     print(f"\nn = {n}, {THREADS} threads, medians")
     print(f"{'rule / layout':38s} {'ms':>8s} {'B/el':>5s} {'GB/s':>6s} {'probe ms':>9s} "
           f"{'compute ms':>10s} {'of probe':>8s} {'of roofline':>11s}")
@@ -216,7 +265,10 @@ def test_lowp_layouts(benchmark, n):
         print(f"{key:38s} {r['seconds'] * 1e3:8.2f} {r['bytes_per_element']:5d} {r['gbps']:6.1f} "
               f"{(r['memory_seconds'] or 0) * 1e3:9.2f} {r['compute_seconds'] * 1e3:10.2f} "
               f"{r['fraction_of_probe'] or 0:8.2f} {r['fraction_of_roofline'] or 0:11.2f}")
-    for label, t in others.items():
-        print(f"{label:38s} " + (f"{t * 1e3:8.2f} ms" if isinstance(t, float) else t))
+    print("side by side (interleaved, medians):")
+    for label, t in times.items():
+        print(f"  {label:40s} {t * 1e3:9.2f} ms")
+    for label, why in skipped.items():
+        print(f"  {label:40s} {why}")
     for label, x in ratios.items():
-        print(f"{label:62s} {x:6.2f}x")
+        print(f"  {label:62s} {x:6.2f}x")
