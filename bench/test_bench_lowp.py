@@ -165,25 +165,32 @@ def _others(n, rng):
 def _interleaved(fns, repeat=9, slow=()):
     """Median step time of each function, the functions run in turn (one call each per
     round), so that a change in the machine's load falls on all of them alike. `slow` ones
-    (seconds per step) run in the first 3 rounds only."""
+    (seconds per step) run in the first 3 rounds only. Also the median share of THREADS
+    cores the process got during a call (process CPU time / (wall time * THREADS)): below
+    1 on a loaded machine, where kernels limited by arithmetic lose more than those limited
+    by memory."""
     ts = {k: [] for k in fns}
+    share = {k: [] for k in fns}
     for f in fns.values():
         f()
     for r in range(repeat):
         for k, f in fns.items():
             if k in slow and r >= 3:
                 continue
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             f()
-            ts[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in ts.items()}
+            t, c = time.perf_counter() - t, time.process_time() - c
+            ts[k].append(t)
+            share[k].append(c / (t * THREADS))
+    return ({k: float(np.median(v)) for k, v in ts.items()},
+            {k: float(np.median(v)) for k, v in share.items()})
 
 
 def _side_by_side(n, rng):
     """The issue's ratios, each group timed interleaved: all-bf16 SR AdamW against lrcore's
     float32 AdamW and the other optimizers; SGD and Lion in bfloat16 (SR and nearest)
     against their float32 step."""
-    times, skipped = {}, {}
+    times, shares, skipped = {}, {}, {}
     if "adamw" in SELECTED:
         fns = {}
         for label, p, g, s, rounding in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[2]):
@@ -194,7 +201,9 @@ def _side_by_side(n, rng):
                 fns[label] = f
             else:
                 skipped[label] = f
-        times.update(_interleaved(fns, slow=("torchao _AdamW bf16 SR",)))
+        t, c = _interleaved(fns, slow=("torchao _AdamW bf16 SR",))
+        times.update(t)
+        shares.update(c)
         del fns
         gc.collect()
     for rule in ("sgd", "lion"):
@@ -202,7 +211,9 @@ def _side_by_side(n, rng):
             continue
         fns = {f"lrcore {rule} {label}": _step(rule, _buffers(1, p, g, s, n, rng), rounding, THREADS)
                for label, p, g, s, rounding in (LAYOUTS[0], LAYOUTS[1], LAYOUTS[2])}
-        times.update(_interleaved(fns))
+        t, c = _interleaved(fns)
+        times.update(t)
+        shares.update(c)
         del fns
         gc.collect()
     ratios = {}
@@ -218,7 +229,7 @@ def _side_by_side(n, rng):
             t = times.get(f"lrcore {rule} {label}")
             if f32 and t:
                 ratios[f"{rule} {label} vs lrcore {rule} f32"] = f32 / t
-    return times, skipped, ratios
+    return times, shares, skipped, ratios
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -251,13 +262,13 @@ def test_lowp_layouts(benchmark, n):
         r["roofline_seconds"] = max(mem, r["compute_seconds"]) if mem else None
         r["fraction_of_probe"] = mem / r["seconds"] if mem else None
         r["fraction_of_roofline"] = r["roofline_seconds"] / r["seconds"] if mem else None
-    times, skipped, ratios = _side_by_side(n, rng)
+    times, shares, skipped, ratios = _side_by_side(n, rng)
     # the benchmark fixture times the headline row once more (pytest-benchmark's table)
     rule0 = SELECTED[0]
     bufs = _buffers(RULES[rule0][2], BF16, BF16, BF16, n, rng)
     benchmark.pedantic(_step(rule0, bufs, "stochastic", THREADS), rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(n=n, threads=THREADS, rows=rows, side_by_side=times,
-                                skipped=skipped, ratios=ratios)
+                                cpu_share=shares, skipped=skipped, ratios=ratios)
     print(f"\nn = {n}, {THREADS} threads, medians")
     print(f"{'rule / layout':38s} {'ms':>8s} {'B/el':>5s} {'GB/s':>6s} {'probe ms':>9s} "
           f"{'compute ms':>10s} {'of probe':>8s} {'of roofline':>11s}")
@@ -265,9 +276,9 @@ def test_lowp_layouts(benchmark, n):
         print(f"{key:38s} {r['seconds'] * 1e3:8.2f} {r['bytes_per_element']:5d} {r['gbps']:6.1f} "
               f"{(r['memory_seconds'] or 0) * 1e3:9.2f} {r['compute_seconds'] * 1e3:10.2f} "
               f"{r['fraction_of_probe'] or 0:8.2f} {r['fraction_of_roofline'] or 0:11.2f}")
-    print("side by side (interleaved, medians):")
+    print("side by side (interleaved, medians; share of the cores the process got):")
     for label, t in times.items():
-        print(f"  {label:40s} {t * 1e3:9.2f} ms")
+        print(f"  {label:40s} {t * 1e3:9.2f} ms   cpu share {shares[label]:.2f}")
     for label, why in skipped.items():
         print(f"  {label:40s} {why}")
     for label, x in ratios.items():
