@@ -110,6 +110,21 @@ LRCORE_INLINE T FN(moments)(const FN(moment_k) *k, const int l2, const int small
     return g;
 }
 
+/* The same start at element i of the buffers: loads grad, param, exp_avg and exp_avg_sq,
+ * stores the new exp_avg (buffer 1) and exp_avg_sq (buffer 2), returns g; *pi, *mi, *vi as
+ * above. */
+LRCORE_INLINE T FN(moments_at)(const FN(moment_k) *k, const int l2, const int small,
+    const GT *LRCORE_RESTRICT gr, const PT *LRCORE_RESTRICT p, ST *LRCORE_RESTRICT m,
+    ST *LRCORE_RESTRICT v, size_t i, lrcore__stream st, T *pi, T *mi, T *vi)
+{
+    LRCORE__FP_STRICT
+    const T g = FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
+                            pi, mi, vi);
+    STS(m, i, *mi, 1u);
+    STS(v, i, *vi, 2u);
+    return g;
+}
+
 /* ---- SGD ---------------------------------------------------------------------------
  * g = s * grad
  * g = g + weight_decay * param                    if weight_decay != 0
@@ -177,10 +192,7 @@ LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCO
         b1 = BLOCK(b0, n, gr, p, m, v, amsgrad ? vmax : 0);
         for (size_t i = b0; i < b1; i++) {
             T pi, mi, vi;
-            FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
-                        &pi, &mi, &vi);
-            STS(m, i, mi, 1u);
-            STS(v, i, vi, 2u);
+            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, &pi, &mi, &vi);
             if (amsgrad) { vi = FN(max_nan)(LDS(vmax, i), vi); STS(vmax, i, vi, 3u); }
             const T denom = SQRT(vi) / bc2_sqrt + eps;
             STP(p, i, pi + (neg_step_size * mi) / denom);
@@ -413,10 +425,7 @@ LRCORE_INLINE void FN(nadam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRC
         b1 = BLOCK(b0, n, gr, p, m, v, 0);
         for (size_t i = b0; i < b1; i++) {
             T pi, mi, vi;
-            const T g = FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
-                                    &pi, &mi, &vi);
-            STS(m, i, mi, 1u);
-            STS(v, i, vi, 2u);
+            const T g = FN(moments_at)(k, l2, small, gr, p, m, v, i, st, &pi, &mi, &vi);
             const T denom = SQRT(vi / bc2) + eps;
             pi = pi + (coef_grad * g) / denom;
             STP(p, i, pi + (coef_avg * mi) / denom);
@@ -462,10 +471,7 @@ LRCORE_INLINE void FN(radam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRC
         b1 = BLOCK(b0, n, gr, p, m, v, 0);
         for (size_t i = b0; i < b1; i++) {
             T pi, mi, vi;
-            FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
-                        &pi, &mi, &vi);
-            STS(m, i, mi, 1u);
-            STS(v, i, vi, 2u);
+            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, &pi, &mi, &vi);
             T u = (mi / bc1) * lr;
             if (rectified) u = (u * (((T)1 / (SQRT(vi) + eps)) * bc2_sqrt)) * rect;
             STP(p, i, pi - u);
