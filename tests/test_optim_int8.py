@@ -7,6 +7,8 @@ float32 optimizer on float32 copies of param, grad and states, encode the states
 param back (lrcore.lowp.round_to, buffer 0, index_offset = the param's place among all
 params). Bitwise, on non-zero random data.
 """
+import copy
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -291,3 +293,39 @@ def test_checkpoint_file_keeps_dtypes_and_refuses_bad_codes(tmp_path):
     assert all(np.array_equal(_bits(p), b) for p, b in zip(target, before))
     now = _snapshot(other)
     assert all(np.array_equal(now[k], state[k]) for k in now) and other.step_count == 0
+
+
+def test_a_bfloat16_param_with_a_float32_grad_is_refused_with_8bit_state_too():
+    """As with float or bfloat16 state: the grad is never wider than a bfloat16 param."""
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(11)
+    p = rng.standard_normal(5000).astype(bf16)
+    opt = optim.AdamW([p], lr=1e-3, state_dtype="int8")
+    opt.step([rng.standard_normal(5000).astype(bf16)])
+    before_p, before_sd = p.copy(), opt.state_dict()
+    with pytest.raises(TypeError, match=r"grads\[0\] is float32 for a bfloat16 param with 8-bit"):
+        opt.step([rng.standard_normal(5000).astype(np.float32)])
+    assert np.array_equal(p.view(np.uint16), before_p.view(np.uint16))
+    after = opt.state_dict()["state"][0]
+    for key, arr in before_sd["state"][0].items():
+        assert np.array_equal(np.asarray(arr), np.asarray(after[key])), key
+
+
+@pytest.mark.parametrize("bad_value", [-0.5, -0.0])
+def test_a_negative_absmax_in_a_state_dict_is_refused_and_nothing_changes(bad_value):
+    rng = np.random.default_rng(12)
+    p = rng.standard_normal(5000).astype(np.float32)
+    opt = optim.AdamW([p], lr=1e-3, state_dtype="int8")
+    opt.step([rng.standard_normal(5000).astype(np.float32)])
+    sd = opt.state_dict()
+    bad = copy.deepcopy(sd)
+    bad["state"][0]["exp_avg_sq.absmax"][3] = bad_value
+    nan = copy.deepcopy(sd)
+    nan["state"][0]["exp_avg.absmax"][2] = np.nan      # a NaN block is a state lrcore makes
+    other = optim.AdamW([p.copy()], lr=1e-3, state_dtype="int8")
+    other.load_state_dict(nan)
+    fresh_p = p.copy()
+    fresh = optim.AdamW([fresh_p], lr=1e-3, state_dtype="int8")
+    with pytest.raises(ValueError, match=r"'exp_avg_sq.absmax' holds 1 negative value\(s\) \(block 3"):
+        fresh.load_state_dict(bad)
+    assert fresh.step_count == 0 and np.array_equal(fresh_p, p)

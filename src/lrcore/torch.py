@@ -849,6 +849,9 @@ class _LrcoreOptimizer:
                     raise ValueError(f"{where}: {key!r} is {got}, expected "
                                      f"{str(dtype).replace('torch.', '')} {shape}")
                 keep[key] = value.detach().to("cpu").contiguous().clone()
+                if key.endswith(".absmax"):   # (float32: checked above)
+                    precision.check_absmax(key, keep[key].numpy(),
+                                           lambda m, where=where: ValueError(f"{where}: {m}"))
             for name in lay.quantized:
                 tname = next(s.torch_name for s in self._rule.states if s.name == name)
                 if (tname + ".codes" in keep) != (tname + ".absmax" in keep):

@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import backend, lowp, quantization, reference
 
-__all__ = ["STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
+__all__ = ["check_absmax", "STATE_DTYPES", "Layout", "state_dtype_name", "check_options", "layout",
            "check_grad", "offsets", "int8_rules", "flat", "spec", "split_key", "run",
            "nbytes", "new_state", "parts", "copy_into", "adopt", "check_grad_memory",
            "grad_sumsq", "scaled", "check_int8_group", "extents"]
@@ -156,7 +156,8 @@ def layout(owner, where, rule, p, state_dtype):
 def check_grad(owner, i, lay, g, n):
     """grads[i] fits param i's layout: an ndarray of n elements, C-contiguous, whose dtype
     makes a supported (param, grad, state) layout (8-bit state: the grad has the param's
-    dtype). TypeError/ValueError naming grads[i] otherwise."""
+    dtype, or is bfloat16 for a float32 param). TypeError/ValueError naming grads[i]
+    otherwise."""
     if not isinstance(g, np.ndarray):
         raise TypeError(f"{owner}: grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
     if g.size != n:
@@ -166,11 +167,17 @@ def check_grad(owner, i, lay, g, n):
     gname = _dname(g.dtype) if lowp.dtype_ok(g.dtype) else str(g.dtype)
     pname, sname = _dname(lay.param), _dname(lay.state)
     ok = (pname, gname, sname) in lowp.LAYOUTS
-    if lay.quantized:       # lrcore.quantization.step: float32 or bfloat16 param and grad
-        ok = gname in _INT8_PARAMS
+    if lay.quantized:
+        # lrcore.quantization.step: the grad has the param's dtype, or a float32 param
+        # takes a bfloat16 grad (offload), as layout (c); never a wider grad than the param
+        ok = gname in _INT8_PARAMS and (gname == pname or pname == "float32")
+        if not ok:
+            raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with 8-bit "
+                            f"state: an unsupported layout. With state_dtype='int8' the grad "
+                            f"has the param's dtype (float32 or bfloat16), or is bfloat16 for "
+                            f"a float32 param")
     if not ok:
-        what = "8-bit" if lay.quantized else sname
-        raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with {what} "
+        raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with {sname} "
                         f"state: an unsupported layout. Supported layouts: {_layouts_text()}")
 
 
@@ -221,6 +228,18 @@ def spec(lay, p, name):
         return {name + ".codes": ((p.size,), np.dtype(np.uint8)),
                 name + ".absmax": ((nb,), _F32)}
     return {name: (p.shape, lay.state)}
+
+
+def check_absmax(key, absmax, bad):
+    """An 8-bit buffer's absmax (state-dict key ``key``, a float32 array) holds no negative
+    value: each is a block's largest magnitude, >= 0 (NaN where the block held a NaN, Inf
+    where it overflowed). ``bad(message)`` makes the exception raised otherwise."""
+    if key.endswith(".absmax"):
+        a = np.asarray(absmax)
+        neg = np.flatnonzero(np.signbit(a) & ~np.isnan(a))
+        if neg.size:
+            raise bad(f"{key!r} holds {neg.size} negative value(s) (block {int(neg[0])}: "
+                      f"{float(a[neg[0]])!r}); an absmax is a block's largest magnitude, >= 0")
 
 
 def nbytes(states):

@@ -159,6 +159,7 @@ def check(opt, d):
                                 if isinstance(arr, np.ndarray) else type(arr).__name__)
                         raise bad(f"params[{i}] state {key!r} is {desc}, expected "
                                   f"{_dname(dtype)} {shape}")
+                    precision.check_absmax(key, arr, lambda m, i=i: bad(f"params[{i}] state {m}"))
         started = []
         for g, sg in enumerate(d["groups"]):
             flag = sg.get("momentum_started", False)
