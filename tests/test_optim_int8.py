@@ -329,3 +329,19 @@ def test_a_negative_absmax_in_a_state_dict_is_refused_and_nothing_changes(bad_va
     with pytest.raises(ValueError, match=r"'exp_avg_sq.absmax' holds 1 negative value\(s\) \(block 3"):
         fresh.load_state_dict(bad)
     assert fresh.step_count == 0 and np.array_equal(fresh_p, p)
+
+
+def test_a_checkpoint_file_of_another_state_dtype_names_both_and_changes_nothing(tmp_path):
+    rng = np.random.default_rng(13)
+    p = rng.standard_normal(5000).astype(np.float32)
+    saved = optim.AdamW([p], lr=1e-3, state_dtype="int8")
+    saved.step([rng.standard_normal(5000).astype(np.float32)])
+    path = str(tmp_path / "int8.lrc")
+    checkpoint.save(path, saved)
+    q_ = p.copy()
+    other = optim.AdamW([q_], lr=1e-3)                       # float32 state
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"'exp_avg.codes' of param 0, which this optimizer "
+                             r"\(state_dtype=None\) keeps as \['exp_avg'\]"):
+        checkpoint.load(path, other)
+    assert other.step_count == 0 and np.array_equal(q_, p)

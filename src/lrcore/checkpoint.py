@@ -633,6 +633,13 @@ class OptimizerLoad:
             for n in ns:
                 e = f.entry(f"state/{i}/{n}", f"state {n!r} of param {i}")
                 shape, dtype = specs[n] = _state_spec(optimizer, i, p, n)
+                held = _held_keys(optimizer, i, n)
+                if held is not None and n not in held:
+                    raise CheckpointError(
+                        f"{where}: the file has state {n!r} of param {i}, which this "
+                        f"optimizer (state_dtype={getattr(optimizer, 'state_dtype', None)!r}) "
+                        f"keeps as {sorted(held)}: was the file saved with another "
+                        f"state_dtype? (state_dtype is fixed at construction)")
                 if e.shape != shape or e.dtype != dtype.newbyteorder("<"):
                     raise CheckpointError(f"{where}: state {n!r} of param {i} is "
                                           f"{e.describe()}, this optimizer holds it as "
@@ -710,6 +717,20 @@ def _state_spec(optimizer, i, p, key):
         if found is not None:
             return found
     return p.shape, p.dtype
+
+
+def _held_keys(optimizer, i, key):
+    """The state-dict keys under which the optimizer keeps the buffer ``key`` names (its
+    ``.codes``/``.absmax`` or plain name), or None where it cannot say (no ``state_spec``,
+    or a buffer name it does not have: its own check reports that)."""
+    spec = getattr(optimizer, "state_spec", None)
+    if spec is None:
+        return None
+    from .optim import precision
+    try:
+        return set(spec(i, precision.split_key(key)[0]))
+    except (KeyError, ValueError, IndexError):
+        return None
 
 
 def _flat_states(states):
