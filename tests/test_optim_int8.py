@@ -14,6 +14,7 @@ import pytest
 
 from lrcore import checkpoint, lowp, optim
 from lrcore import quantization as q
+from lowp_helpers import Float32Twin, bits as _bits, case_class as _cls, rand as _rand, widen as _widen
 
 BF16, F32 = lowp.bfloat16, np.dtype(np.float32)
 SIZES = (100, 5000)          # below MIN_ELEMENTS (float32 state), and 20 blocks (last partial)
@@ -31,63 +32,30 @@ CASES = {                    # class name -> (INT8_RULES row, constructor keywor
 }
 
 
-def _cls(case):
-    return getattr(optim, case.split("-")[0])
-
-
-def _rand(rng, n, dtype):
-    x = rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)
-    return x.astype(np.float32).astype(dtype)
-
-
-def _widen(a):
-    return lowp.widen(a.reshape(-1)).reshape(a.shape) if a.dtype.itemsize == 2 \
-        else a.astype(np.float32)
-
-
-def _bits(a):
-    return a.view(np.uint8)
-
-
 def test_every_int8_rule_has_a_case():
     assert set(q.INT8_RULES) == {rule for rule, _ in CASES.values()}
 
 
-class Twin:
+class Twin(Float32Twin):
     """decode, the float32 optimizer, encode; a bfloat16 param rounded once."""
 
     def __init__(self, cls, rule, params, kw, rounding, seed):
+        super().__init__(cls, params, kw, rounding, seed)
         self.int8 = q.INT8_RULES[rule]
-        self.half = [p.copy() for p in params]
-        self.p32 = [_widen(p) for p in params]
-        self.opt = cls(self.p32, **kw)
-        self.rounding, self.seed = rounding, seed
-        self.offsets = list(np.cumsum([0] + [p.size for p in params])[:-1])
-        self.states = [dict() for _ in params]
 
-    def step(self, grads):
-        for p32, h in zip(self.p32, self.half):
-            p32[...] = _widen(h)
-        sd = self.opt.state_dict()
-        for i, st in enumerate(self.states):
-            for name, s in st.items():
-                sd["state"][i][name] = (s.dequantize() if isinstance(s, q.QuantizedState)
-                                        else s.copy())
-        self.opt.load_state_dict(sd)
-        self.opt.step([_widen(g) for g in grads])
-        t = self.opt.step_count
-        sd = self.opt.state_dict()
-        for i, off in enumerate(self.offsets):
-            h = self.half[i]
-            if h.dtype == BF16:
-                self.half[i] = lowp.round_to(self.p32[i], BF16, self.rounding, self.seed, t, 0,
-                                             off).view(BF16)
-            else:
-                self.half[i] = self.p32[i].copy()
-            self.states[i] = {
-                name: (q.QuantizedState.from_float(a, self.int8[name])
-                       if a.size >= q.MIN_ELEMENTS and name in self.int8 else a.copy())
-                for name, a in sd["state"][i].items()}
+    def _state_as_float32(self, s):
+        return s.dequantize() if isinstance(s, q.QuantizedState) else s.copy()
+
+    def _store(self, i, off, t, state32):
+        if self.half[i].dtype == BF16:
+            self.half[i] = lowp.round_to(self.p32[i], BF16, self.rounding, self.seed, t, 0,
+                                         off).view(BF16)
+        else:
+            self.half[i] = self.p32[i].copy()
+        self.states[i] = {
+            name: (q.QuantizedState.from_float(a, self.int8[name])
+                   if a.size >= q.MIN_ELEMENTS and name in self.int8 else a.copy())
+            for name, a in state32.items()}
 
 
 def _run(case, pdt, gdt, rounding, seed=7, steps=STEPS, sizes=SIZES, num_threads=None):

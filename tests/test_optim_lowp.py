@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lrcore import backend, checkpoint, lowp, optim
+from lowp_helpers import Float32Twin, bits as _bits, case_class as _cls, rand as _rand, widen as _widen
 
 BF16, F16, F32 = lowp.bfloat16, np.dtype(np.float16), np.dtype(np.float32)
 SIZES = (37, 300)                      # around SIMD widths, and a multi-vector buffer
@@ -41,54 +42,22 @@ LAYOUTS = {
 }
 
 
-def _cls(case):
-    return getattr(optim, case.split("-")[0])
-
-
-def _rand(rng, n, dtype):
-    x = rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)
-    return x.astype(np.float32).astype(dtype)
-
-
-def _widen(a):
-    return lowp.widen(a.reshape(-1)).reshape(a.shape) if a.dtype.itemsize == 2 \
-        else a.astype(np.float32)
-
-
-def _bits(a):
-    return a.view(np.uint8)
-
-
-class Twin:
+class Twin(Float32Twin):
     """The contract of a half-precision step: widen, the float32 optimizer, round once."""
 
     def __init__(self, cls, params, kw, state_dtype, rounding, seed):
+        super().__init__(cls, params, kw, rounding, seed)
         self.pdt = [p.dtype for p in params]
         self.sdt = [BF16 if (state_dtype is None and p.dtype == BF16) else F32 for p in params]
-        self.half = [p.copy() for p in params]
-        self.p32 = [_widen(p) for p in params]
-        self.opt = cls(self.p32, **kw)
         self.slots = self.opt.state_slots
-        self.rounding, self.seed = rounding, seed
-        self.offsets = list(np.cumsum([0] + [p.size for p in params])[:-1])
-        self.states = [dict() for _ in params]
 
-    def step(self, grads):
-        for p32, h in zip(self.p32, self.half):
-            p32[...] = _widen(h)
-        sd = self.opt.state_dict()
-        for i, st in enumerate(self.states):
-            for name, a in st.items():
-                sd["state"][i][name] = _widen(a)
-        self.opt.load_state_dict(sd)
-        self.opt.step([_widen(g) for g in grads])
-        t = self.opt.step_count
-        sd = self.opt.state_dict()
-        for i, off in enumerate(self.offsets):
-            self.half[i] = self._round(self.p32[i], self.pdt[i], 0, t, off)
-            self.states[i] = {name: self._round(a, self.sdt[i], self.slots.index(name) + 1,
-                                                t, off)
-                              for name, a in sd["state"][i].items()}
+    def _state_as_float32(self, s):
+        return _widen(s)
+
+    def _store(self, i, off, t, state32):
+        self.half[i] = self._round(self.p32[i], self.pdt[i], 0, t, off)
+        self.states[i] = {name: self._round(a, self.sdt[i], self.slots.index(name) + 1, t, off)
+                          for name, a in state32.items()}
 
     def _round(self, x, dtype, buffer, t, off):
         if dtype == F32:
