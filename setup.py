@@ -12,6 +12,7 @@ link, and there is no build probe that could fail on them and drop a feature.
 """
 import os
 import platform
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from Cython.Build import cythonize
@@ -47,9 +48,9 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             if ext.name not in ISA_SOURCES:
                 continue
-            objects = []
-            for name, flags in ISA_FLAGS.items():
-                objects += self.compiler.compile(
+            def compile_isa(item, ext=ext):
+                name, flags = item
+                return self.compiler.compile(
                     [os.path.join(NATIVE, ISA_SOURCES[ext.name])],
                     output_dir=os.path.join(self.build_temp, "isa_" + name),
                     include_dirs=[NATIVE, INCLUDE],
@@ -57,7 +58,10 @@ class BuildExt(build_ext):
                     extra_postargs=COMMON + ["-std=c99", "-fPIC"] + flags,
                     debug=self.debug,
                 )
-            ext.extra_objects = objects
+            # one compiler process per instruction set at once (each is a separate gcc run)
+            with ThreadPoolExecutor(max_workers=min(len(ISA_FLAGS), os.cpu_count() or 1)) as ex:
+                ext.extra_objects = [o for objs in ex.map(compile_isa, ISA_FLAGS.items())
+                                     for o in objs]
         super().build_extensions()
 
 
