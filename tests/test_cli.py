@@ -868,7 +868,7 @@ def test_resume_refuses_other_types(capsys, tmp_path):
             (["--precision", "float32"], "--precision float32 conflicts with the checkpoint's "
                                          "bfloat16-sr"),
             (["--state-dtype", "float32"], "--state-dtype float32 conflicts with the "
-                                           "checkpoint's default")]:
+                                           "checkpoint, trained without --state-dtype")]:
         code, out, err = train(capsys, "--resume", str(path), "--epochs", "2", *argv)
         assert code == 2 and out == "" and message in err, err
         assert len(err.strip().splitlines()) == 1

@@ -965,7 +965,7 @@ def test_lowp_bad_state_dict_and_grads_change_nothing():
     params[1].grad_dtype = None
     params[1].grad = grads[1][1].to(torch.float16)
     params[0].grad = grads[1][0]
-    with pytest.raises(TypeError, match=r"grads\[1\] is float16 .*8-bit state.*unsupported layout"):
+    with pytest.raises(TypeError, match=r"the \.grad of param_groups\[0\]\[.params.\]\[1\] is float16 .*8-bit state.*unsupported layout"):
         opt.step()
     now = frozen()
     assert all(np.array_equal(a, b) for a, b in zip(now[0], before[0]))
@@ -982,3 +982,35 @@ def test_lowp_bad_state_dict_and_grads_change_nothing():
 def test_lowp_bad_options(kw, exc, match):
     with pytest.raises(exc, match=match):
         lt.Adam([torch.zeros(3)], **kw)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_load_state_dict_refuses_missing_buffer(amsgrad):
+    """A saved state with a step but without a buffer its group needs is refused before
+    anything changes (torch would fail at the next step; lrcore must not start the buffer
+    afresh silently)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(40, dtype=torch.float64))
+    opt = lt.AdamW([p], lr=1e-3, amsgrad=amsgrad)
+    p.grad = torch.randn(40, dtype=torch.float64)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    for missing in ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else []):
+        sd = opt.state_dict()
+        sd["state"][0] = {k: v.clone() for k, v in sd["state"][0].items() if k != missing}
+        with pytest.raises(ValueError, match=f"has a step but no '{missing}'"):
+            opt.load_state_dict(sd)
+        assert sorted(opt.state[p]) == sorted(before)
+        assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())
+
+
+def test_grad_layout_error_names_the_param():
+    p = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+    p.grad_dtype = None
+    p.grad = torch.randn(8, dtype=torch.bfloat16)
+    opt = lt.AdamW([p], lr=1e-3)
+    before = p.detach().clone()
+    with pytest.raises(TypeError, match=r"the \.grad of param_groups\[0\]\['params'\]\[0\] is "
+                                        r"bfloat16"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and not opt.state[p]

@@ -593,8 +593,8 @@ class _LrcoreOptimizer:
         layouts, g_arrays, steps, hps = [], [], [], []
         for i, (p, g, gi) in enumerate(zip(params, grads, gidx)):
             self._check_param(*places[id(p)], p)
-            lay = self._lrcore_layout(f"param_groups[{places[id(p)][0]}]['params']"
-                                      f"[{places[id(p)][1]}] ({_describe(p)})", p)
+            pname = f"param_groups[{places[id(p)][0]}]['params'][{places[id(p)][1]}]"
+            lay = self._lrcore_layout(f"{pname} ({_describe(p)})", p)
             if g.layout != torch.strided:
                 raise RuntimeError(f"{owner} does not support sparse gradients (the grad of "
                                    f"a {_describe(p)} param has layout {g.layout})")
@@ -605,7 +605,7 @@ class _LrcoreOptimizer:
                                 f"device, and a dtype of a supported layout: "
                                 f"{lowp.layouts_text()}")
             ga = _view(g if g.is_contiguous() else g.contiguous())
-            precision.check_grad(where, i, lay, ga, p.numel())
+            precision.check_grad(where, i, lay, ga, p.numel(), name=f"the .grad of {pname}")
             layouts.append(lay)
             g_arrays.append(ga)
             st = state.get(p) or {}
@@ -786,7 +786,6 @@ class _LrcoreOptimizer:
         next step."""
         owner = type(self).__name__
         with self._lrcore_lock:
-            kept = self._lrcore_kept_state(state_dict)
             try:
                 saved = state_dict["param_groups"]
                 groups = [_from_data(owner, g, group,
@@ -795,6 +794,7 @@ class _LrcoreOptimizer:
                           for g, group in enumerate(saved)]
             except (KeyError, TypeError, AttributeError):
                 groups = None   # torch's own checks report it
+            kept = self._lrcore_kept_state(state_dict, groups)
             if groups is not None:
                 state_dict = dict(state_dict, param_groups=groups)
             super().load_state_dict(state_dict)
@@ -808,40 +808,55 @@ class _LrcoreOptimizer:
                 self.state[p].update(st)
             self._lrcore_cache = None
 
-    def _lrcore_kept_state(self, state_dict):
+    def _lrcore_kept_state(self, state_dict, groups):
         """The saved state tensors of an optimizer with bfloat16/float16 params or a
         state_dtype, by param, checked against each param's layout (dtype, shape; 8-bit:
         codes and absmax of the right sizes, both present): ValueError otherwise, before
-        anything changes. Empty for float32/float64 optimizers (torch's load as it is)."""
+        anything changes. Empty for float32/float64 optimizers (torch's load as it is).
+        For every optimizer, a param's saved state that has a `step` must hold every
+        buffer its group needs (the table's conditions on the saved group's options, e.g.
+        max_exp_avg_sq with amsgrad): torch would fail at the next step, lrcore would
+        otherwise start the missing buffer afresh; ValueError naming it instead."""
         owner = type(self).__name__
         params = [p for g in self.param_groups for p in g["params"]]
-        if self._lrcore_state_dtype is None and all(p.dtype in _DTYPES for p in params):
-            return {}
         try:
             ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+            gids = [k for k, g in enumerate(state_dict["param_groups"]) for _ in g["params"]]
             saved = state_dict["state"]
-        except (KeyError, TypeError):
+            saved.get
+        except (KeyError, TypeError, AttributeError):
             return {}      # torch's own checks report it
-        if len(ids) != len(params):
+        if len(ids) != len(params) or groups is None:
             return {}
+        plain = self._lrcore_state_dtype is None and all(p.dtype in _DTYPES for p in params)
         out = {}
-        for sid, p in zip(ids, params):
+        for sid, p, gk in zip(ids, params, gids):
             st = saved.get(sid)
             if not st:
                 continue
             where = f"{owner}.load_state_dict(): state of param {sid} ({_describe(p)})"
+            needs = self._needs(groups[gk])
+            if self._has_step and "step" in st:
+                missing = [name for name in needs
+                           if st.get(name) is None and
+                           not (name + ".codes" in st or name + ".absmax" in st)]
+                if missing:
+                    raise ValueError(f"{where} has a step but no {missing[0]!r}; with the "
+                                     f"saved group's options it holds {list(needs)}")
+            if plain:
+                continue
             lay = self._lrcore_layout(where, p)
             expected = {}
             for name in self._slots:
                 expected.update(self._lrcore_expected(lay, p, name))
+            holds = sorted(k for name in needs for k in self._lrcore_expected(lay, p, name))
             keep = {}
             for key, value in st.items():
                 if key == "step" or key in self._rule.scalar_states or value is None:
                     continue        # (torch's SGD may hold momentum_buffer None)
                 if key not in expected:
                     raise ValueError(f"{where} has {key!r}; with state_dtype="
-                                     f"{self._lrcore_state_dtype!r} it holds "
-                                     f"{sorted(expected)}")
+                                     f"{self._lrcore_state_dtype!r} it holds {holds}")
                 shape, dtype = expected[key]
                 if not isinstance(value, torch.Tensor) or value.dtype != dtype or \
                         tuple(value.shape) != shape:

@@ -381,9 +381,10 @@ def _read_checkpoint(args):
                          ("--precision", "precision"), ("--state-dtype", "state_dtype")):
         given = getattr(args, attr)
         if given is not None and given != config[attr]:
-            raise CLIError(f"{option} {given} conflicts with the checkpoint's "
-                           f"{config[attr] or 'default'} (the params and the optimizer's "
-                           f"state keep their types in a resumed run)"
+            held = (f"checkpoint's {config[attr]}" if config[attr] else
+                    f"checkpoint, trained without {option}")
+            raise CLIError(f"{option} {given} conflicts with the {held} (the params and the "
+                           f"optimizer's state keep their types in a resumed run)"
                            if attr in ("precision", "state_dtype") else
                            f"{option} {given} conflicts with the checkpoint's {config[attr]}")
     if args.data:

@@ -91,7 +91,8 @@ def state_dtype_name(owner, state_dtype):
                          f"'bfloat16' or 'int8'")
     if name not in STATE_DTYPES:
         raise ValueError(f"{owner}: state_dtype must be None, 'float32', 'bfloat16' or "
-                         f"'int8', got {state_dtype!r}")
+                         f"'int8' (or the numpy/ml_dtypes dtype float32 or bfloat16), got "
+                         f"{state_dtype!r}")
     return name
 
 
@@ -153,17 +154,18 @@ def layout(owner, where, rule, p, state_dtype):
     return Layout(p.dtype, np.dtype(state), quantized)
 
 
-def check_grad(owner, i, lay, g, n):
+def check_grad(owner, i, lay, g, n, name=None):
     """grads[i] fits param i's layout: an ndarray of n elements, C-contiguous, whose dtype
     makes a supported (param, grad, state) layout (8-bit state: the grad has the param's
-    dtype, or is bfloat16 for a float32 param). TypeError/ValueError naming grads[i]
-    otherwise."""
+    dtype, or is bfloat16 for a float32 param). TypeError/ValueError naming grads[i] (or
+    `name`, e.g. lrcore.torch's "the .grad of param_groups[0]['params'][1]") otherwise."""
+    gn = name or f"grads[{i}]"
     if not isinstance(g, np.ndarray):
-        raise TypeError(f"{owner}: grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
+        raise TypeError(f"{owner}: {gn} must be a numpy.ndarray, got {type(g).__name__}")
     if g.size != n:
-        raise ValueError(f"{owner}: grads[{i}] has {g.size} elements but params[{i}] has {n}")
+        raise ValueError(f"{owner}: {gn} has {g.size} elements but params[{i}] has {n}")
     if not g.flags.c_contiguous:
-        raise ValueError(f"{owner}: grads[{i}] must be C-contiguous")
+        raise ValueError(f"{owner}: {gn} must be C-contiguous")
     gname = _dname(g.dtype) if lowp.dtype_ok(g.dtype) else str(g.dtype)
     pname, sname = _dname(lay.param), _dname(lay.state)
     ok = (pname, gname, sname) in lowp.LAYOUTS
@@ -172,12 +174,12 @@ def check_grad(owner, i, lay, g, n):
         # takes a bfloat16 grad (offload), as layout (c); never a wider grad than the param
         ok = gname in _INT8_PARAMS and (gname == pname or pname == "float32")
         if not ok:
-            raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with 8-bit "
+            raise TypeError(f"{owner}: {gn} is {gname} for a {pname} param with 8-bit "
                             f"state: an unsupported layout. With state_dtype='int8' the grad "
                             f"has the param's dtype (float32 or bfloat16), or is bfloat16 for "
                             f"a float32 param")
     if not ok:
-        raise TypeError(f"{owner}: grads[{i}] is {gname} for a {pname} param with {sname} "
+        raise TypeError(f"{owner}: {gn} is {gname} for a {pname} param with {sname} "
                         f"state: an unsupported layout. Supported layouts: {_layouts_text()}")
 
 
