@@ -20,8 +20,9 @@ quantized param under the 4096-element threshold (`_layout`), so each piece's co
 absmax are exactly that slice of one process's. Half-precision grads are averaged in float32
 and rounded once, to nearest, to the grads' dtype (`average_grads`). Where one process would
 take lrcore.optim's per-param path (any layout but all-float32 / all-float64 with grads of the
-params' dtype), the global norm for clipping and skipping is its whole-param float64 dot
-product, computed on rank 0 over the gathered averaged grads and broadcast.
+params' dtype), the global norm for clipping and skipping is that path's float64 sum of
+squares (blocks of 2**14 elements counted from each param's start, which the pieces' cuts do
+not follow), computed on rank 0 over the gathered averaged grads and broadcast.
 """
 import hashlib
 import json
@@ -678,12 +679,12 @@ class ShardedOptimizer:
 
     def _whole_norm(self, flat, gdtypes, MPI):
         """(L2 norm, all finite) of the averaged grads as lrcore.optim's per-param path
-        computes it (precision.grad_sumsq: a float64 dot product per whole param, which no
-        split can reproduce), computed on rank 0 and broadcast: with average=True the
-        averaged pieces are first gathered to rank 0 (one extra gather, only when clipping
-        or skipping). Rank 0's value for every rank, so all take the same decision even if
-        their BLAS libraries sum a dot product in different orders (OpenBLAS's depends on
-        its thread count)."""
+        computes it (precision.grad_sumsq: float64 sums over blocks of 2**14 elements
+        counted from each param's start; a piece's cut may fall inside a block, whose
+        running sums cannot be split), computed on rank 0 and broadcast: with average=True
+        the averaged pieces are first gathered to rank 0 (one extra gather, only when
+        clipping or skipping). Rank 0's value for every rank, so all take the same
+        decision."""
         rank, root = self.rank, 0
         whole = flat
         if self.average:
