@@ -10,7 +10,11 @@ arithmetic, and the compiled kernels (include/lrcore_lowp.h) reproduce it bit fo
 - ``rounding="stochastic"``: round away from zero with probability equal to the discarded
   fraction (in units of the target's ulp at the value's exponent, subnormals included), using
   32 random bits per element from a counter-based stream (:func:`random_bits`) keyed by
-  ``(seed, step, buffer, element index)``; so results do not depend on how the work is split;
+  ``(seed, step, buffer, element index)``; so results do not depend on how the work is split.
+  One 32-bit hash serves two buffers: buffer 2k + 1's word is buffer 2k's rotated by 16 bits,
+  so bfloat16 rounding, which adds the high 16 bits, draws the high half of the hash for the
+  even buffer and the low half for the odd one (param, buffer 0, and float16, whose only
+  rounded buffer is the param, use the full hash);
 - NaN stays NaN (quiet, sign and top payload bits kept) and Inf stays Inf in both modes.
 
 A layout names the dtypes of (param, grad, state); :data:`LAYOUTS` lists the supported ones.
@@ -166,7 +170,10 @@ def _lowbias32(x):
 
 def random_bits(seed, step, buffer, index_offset, n):
     """The 32 random bits of elements index_offset .. index_offset + n - 1 of one buffer:
-    r[i] = lowbias32(low32(index) ^ stream_key(seed, step, buffer, high32(index)))."""
+    h[i] = lowbias32(low32(index) ^ stream_key(seed, step, buffer & ~1, high32(index))),
+    r[i] = h[i] for an even buffer, h[i] rotated left by 16 for an odd one (buffers 2k and
+    2k + 1 share one hash; bfloat16 rounding uses the high 16 bits of r, so the two draw
+    its two disjoint halves)."""
     idx = np.arange(index_offset, index_offset + n, dtype=np.uint64)
     out = np.empty(n, np.uint32)
     if n == 0:
@@ -175,9 +182,11 @@ def random_bits(seed, step, buffer, index_offset, n):
     lo = (idx & np.uint64(_M32)).astype(np.uint32)
     for hi in np.unique(his):
         sel = his == hi
-        key = np.uint32(stream_key(seed, step, buffer, int(hi)))
+        key = np.uint32(stream_key(seed, step, buffer & ~1, int(hi)))
         with np.errstate(over="ignore"):
             out[sel] = _lowbias32(lo[sel] ^ key)
+    if buffer & 1:
+        out = (out << np.uint32(16)) | (out >> np.uint32(16))
     return out
 
 

@@ -320,7 +320,8 @@ LRCORE_INLINE size_t lrcore__block_x(size_t b0, size_t n, size_t ps, size_t gs, 
  * here f32 and f64 (plain loads and stores); lrcore_lowp.h adds bfloat16 and float16
  * kinds, which widen on load and round on store. A store receives the call's random
  * stream and the buffer's number in it (param 0, state k -> k + 1), which only the
- * stochastic-rounding kinds use: element i draws lrcore_lowbias32((lo + i) ^ key[buffer]). */
+ * stochastic-rounding kinds use: element i draws lrcore_lowbias32((lo + i) ^ key[buffer]),
+ * rotated by 16 for an odd buffer, whose key is its even neighbour's (lrcore_lowp.h). */
 typedef struct { uint32_t lo, key[4]; } lrcore__stream;
 typedef float lrcore__f32_t;
 typedef double lrcore__f64_t;

@@ -30,11 +30,39 @@
 #define GT LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__G), _t)
 #define ST LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__S), _t)
 /* element i of param / grad / a state; stores name the buffer's number in the stream */
+#if defined(LRCORE__PAIRED)
+/* Paired elements (lrcore_lowp.h's all-bfloat16 layouts): ELEMENTS runs the body for
+ * elements i and i + 1 as lanes 0 and 1 of one 32-bit word of each buffer (lane 2: an
+ * element on its own, the odd one at the end), so the loads widen with a shift or a mask
+ * and the stores write whole words: lrcore__ldx_<kind>(a, i, lane) and
+ * lrcore__stx_<kind>(a, i, x, stream, buffer, lane, pw), lane 0 leaving its half of the
+ * word in pw[buffer] for lane 1's store. Same values, same random bits (element i draws
+ * index lo + i), so the same results as one element at a time. */
+#define LDP(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__P)((a), (i), lane_)
+#define LDG(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__G)((a), (i), lane_)
+#define LDS(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__S)((a), (i), lane_)
+#define STP(a, i, x) LRCORE__CAT(lrcore__stx_, LRCORE__P)((a), (i), (x), &st, 0u, lane_, pw_)
+#define STS(a, i, x, buffer) \
+    LRCORE__CAT(lrcore__stx_, LRCORE__S)((a), (i), (x), &st, (buffer), lane_, pw_)
+#define ELEMENTS(b0, b1, ...) { \
+    size_t i_ = (b0); \
+    for (; i_ + 1 < (b1); i_ += 2) { \
+        uint32_t pw_[4]; \
+        { const size_t i = i_; const unsigned lane_ = 0u; __VA_ARGS__ } \
+        { const size_t i = i_ + 1; const unsigned lane_ = 1u; __VA_ARGS__ } \
+    } \
+    if (i_ < (b1)) { uint32_t pw_[4]; const size_t i = i_; const unsigned lane_ = 2u; \
+                     __VA_ARGS__ } }
+#else
 #define LDP(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__P)((a), (i))
 #define LDG(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__G)((a), (i))
 #define LDS(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__S)((a), (i))
 #define STP(a, i, x) LRCORE__CAT(lrcore__st_, LRCORE__P)((a), (i), (x), &st, 0u)
 #define STS(a, i, x, buffer) LRCORE__CAT(lrcore__st_, LRCORE__S)((a), (i), (x), &st, (buffer))
+/* ELEMENTS(b0, b1, body): body for each element i in [b0, b1) */
+#define ELEMENTS(b0, b1, ...) for (size_t i = (b0); i < (b1); i++) { \
+    uint32_t *const pw_ = 0; const unsigned lane_ = 2u; (void)pw_; (void)lane_; __VA_ARGS__ }
+#endif
 #if defined(LRCORE__FEW_VARIANTS)
 #define DISPATCH_FEW(bits, variant, sa, sb, f1, f2, ...) \
     LRCORE__DISPATCH_FEW_(variant, sa, sb, f1, f2, __VA_ARGS__)
@@ -115,8 +143,10 @@ LRCORE_INLINE T FN(moments)(const FN(moment_k) *k, const int l2, const int small
  * above. */
 LRCORE_INLINE T FN(moments_at)(const FN(moment_k) *k, const int l2, const int small,
     const GT *LRCORE_RESTRICT gr, const PT *LRCORE_RESTRICT p, ST *LRCORE_RESTRICT m,
-    ST *LRCORE_RESTRICT v, size_t i, lrcore__stream st, T *pi, T *mi, T *vi)
+    ST *LRCORE_RESTRICT v, size_t i, lrcore__stream st, const unsigned lane_, uint32_t *pw_,
+    T *pi, T *mi, T *vi)
 {
+    (void)lane_; (void)pw_;
     LRCORE__FP_STRICT
     const T g = FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
                             pi, mi, vi);
@@ -144,7 +174,7 @@ LRCORE_INLINE void FN(sgd_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCOR
               nesterov = variant & 8u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, use_mom ? buf : 0, 0, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             const T pi = LDP(p, i);
             T g = LDG(gr, i) * s;
             if (has_wd) g = g + wd * pi;
@@ -155,7 +185,7 @@ LRCORE_INLINE void FN(sgd_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCOR
                 g = nesterov ? g + mom * bi : bi;
             }
             STP(p, i, pi + neg_lr * g);
-        }
+        )
     }
 }
 
@@ -190,13 +220,13 @@ LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCO
     const int l2 = variant & 1u, small = variant & 2u, amsgrad = variant & 4u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, m, v, amsgrad ? vmax : 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             T pi, mi, vi;
-            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, &pi, &mi, &vi);
+            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, &pi, &mi, &vi);
             if (amsgrad) { vi = FN(max_nan)(LDS(vmax, i), vi); STS(vmax, i, vi, 3u); }
             const T denom = SQRT(vi) / bc2_sqrt + eps;
             STP(p, i, pi + (neg_step_size * mi) / denom);
-        }
+        )
     }
 }
 
@@ -233,14 +263,14 @@ LRCORE_INLINE void FN(adagrad_loop)(size_t n, PT *LRCORE_RESTRICT p,
     const int has_wd = variant & 1u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, ssum, 0, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             const T pi = LDP(p, i);
             T g = LDG(gr, i) * s;
             if (has_wd) g = g + wd * pi;
             const T si = LDS(ssum, i) + g * g;
             STS(ssum, i, si, 1u);
             STP(p, i, pi + (neg_clr * g) / (SQRT(si) + eps));
-        }
+        )
     }
 }
 
@@ -281,7 +311,7 @@ LRCORE_INLINE void FN(rmsprop_loop)(size_t n, PT *LRCORE_RESTRICT p,
               use_mom = variant & 8u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, sq, centered ? ga : 0, use_mom ? buf : 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             const T pi = LDP(p, i);
             T g = LDG(gr, i) * s;
             if (has_wd) g = g + wd * pi;
@@ -302,7 +332,7 @@ LRCORE_INLINE void FN(rmsprop_loop)(size_t n, PT *LRCORE_RESTRICT p,
             } else {
                 STP(p, i, pi + (neg_lr * g) / avg);
             }
-        }
+        )
     }
 }
 
@@ -339,7 +369,7 @@ LRCORE_INLINE void FN(adadelta_loop)(size_t n, PT *LRCORE_RESTRICT p,
     const int has_wd = variant & 1u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, sq, acc, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             const T pi = LDP(p, i), ai = LDS(acc, i);
             T g = LDG(gr, i) * s;
             if (has_wd) g = g + wd * pi;
@@ -348,7 +378,7 @@ LRCORE_INLINE void FN(adadelta_loop)(size_t n, PT *LRCORE_RESTRICT p,
             const T delta = (SQRT(ai + eps) / SQRT(sqi + eps)) * g;
             STS(acc, i, ai * rho + (one_minus_rho * delta) * delta, 2u);
             STP(p, i, pi + neg_lr * delta);
-        }
+        )
     }
 }
 
@@ -380,7 +410,7 @@ LRCORE_INLINE void FN(adamax_loop)(size_t n, PT *LRCORE_RESTRICT p,
     const int has_wd = variant & 1u, small = variant & 2u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, m, u, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             const T pi = LDP(p, i);
             T g = LDG(gr, i) * k->s;
             if (has_wd) g = g + k->wd * pi;
@@ -389,7 +419,7 @@ LRCORE_INLINE void FN(adamax_loop)(size_t n, PT *LRCORE_RESTRICT p,
             STS(m, i, mi, 1u);
             STS(u, i, ui, 2u);
             STP(p, i, pi + (neg_clr * mi) / ui);
-        }
+        )
     }
 }
 
@@ -423,13 +453,14 @@ LRCORE_INLINE void FN(nadam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRC
     const int l2 = variant & 1u, small = variant & 2u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, m, v, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             T pi, mi, vi;
-            const T g = FN(moments_at)(k, l2, small, gr, p, m, v, i, st, &pi, &mi, &vi);
+            const T g = FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_,
+                                       &pi, &mi, &vi);
             const T denom = SQRT(vi / bc2) + eps;
             pi = pi + (coef_grad * g) / denom;
             STP(p, i, pi + (coef_avg * mi) / denom);
-        }
+        )
     }
 }
 
@@ -469,13 +500,13 @@ LRCORE_INLINE void FN(radam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRC
     const int l2 = variant & 1u, small = variant & 2u, rectified = variant & 4u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, m, v, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             T pi, mi, vi;
-            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, &pi, &mi, &vi);
+            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, &pi, &mi, &vi);
             T u = (mi / bc1) * lr;
             if (rectified) u = (u * (((T)1 / (SQRT(vi) + eps)) * bc2_sqrt)) * rect;
             STP(p, i, pi - u);
-        }
+        )
     }
 }
 
@@ -516,14 +547,14 @@ LRCORE_INLINE void FN(lion_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCO
     const int has_wd = variant & 1u, scaled = variant & 2u;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, m, 0, 0);
-        for (size_t i = b0; i < b1; i++) {
+        ELEMENTS(b0, b1,
             const T gi = LDG(gr, i), mi = LDS(m, i), p0 = LDP(p, i);
             const T g = scaled ? gi * s : gi;
             const T c = mi * beta1 + one_minus_beta1 * g;
             const T pi = has_wd ? p0 * decay : p0;
             STP(p, i, pi + FN(lion_update)(c, lr, neg_lr));
             STS(m, i, mi * beta2 + one_minus_beta2 * g, 1u);
-        }
+        )
     }
 }
 
@@ -548,6 +579,8 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 {
     LRCORE__FP_STRICT
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const unsigned lane_ = 2u;   /* one element at a time (for LDG) */
+    (void)lane_;
     const size_t blocks = n / 8;
     for (size_t b = 0; b < blocks; b++)
         for (int k = 0; k < 8; k++) {
@@ -562,6 +595,7 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 }
 
 #undef BLOCK
+#undef ELEMENTS
 #undef DISPATCH_FEW
 #undef STS
 #undef STP
@@ -582,3 +616,4 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 #undef LRCORE__P
 #undef LRCORE__G
 #undef LRCORE__S
+#undef LRCORE__PAIRED

@@ -10,11 +10,16 @@
  *     probability equal to the discarded fraction of an ulp, subnormals included) with
  *     32 random bits per element from a counter-based stream keyed by
  *     (seed, step, buffer, element index): results never depend on how the work is split
- *     (threads, instruction sets, slices passed with an index offset);
+ *     (threads, instruction sets, slices passed with an index offset). One 32-bit hash
+ *     serves a pair of buffers (param and the first state, the second and third states):
+ *     the odd buffer's word is the even one's rotated by 16, so bfloat16 rounding, which
+ *     adds the high 16 bits, draws disjoint halves of one hash for the two (buffer 0's
+ *     bits, float16's only buffer, are the full hash);
  *   - the fused loops: lrcore_body.h included once per layout and rounding, its loads
  *     widening and its stores rounding, so each element is read once, computed in float32
  *     registers by the float32 rule's own operations, and stored once, the step's scalars
- *     formed once per call; and lrcore_<rule>_lowp, which picks the loop for a call's
+ *     formed once per call (the all-bfloat16 layouts run two elements per 32-bit word:
+ *     LRCORE__PAIRED in lrcore_body.h); and lrcore_<rule>_lowp, which picks the loop for a call's
  *     element types and rounding (see the bottom of this file).
  *
  * NaN stays NaN (quiet, sign and top payload bits kept), Inf stays Inf. lrcore/lowp.py is
@@ -72,7 +77,10 @@ static inline uint32_t lrcore_stream_key(uint64_t seed, uint64_t step, unsigned 
     return (uint32_t)(k ^ (k >> 32));
 }
 
-/* Chris Wellons' lowbias32; element i's bits: lowbias32(low32(index) ^ key). */
+/* Chris Wellons' lowbias32. The 32 bits of element i of an even buffer b:
+ * lowbias32(low32(index) ^ key(b)); of the odd buffer b + 1: the same word rotated by 16
+ * (one hash per pair of buffers: bfloat16 rounding uses the high 16 bits, so buffer b
+ * draws the high half of the hash and buffer b + 1 the low half). */
 LRCORE_INLINE uint32_t lrcore_lowbias32(uint32_t x)
 {
     x ^= x >> 16; x *= 0x7FEB352Du;
@@ -80,6 +88,9 @@ LRCORE_INLINE uint32_t lrcore_lowbias32(uint32_t x)
     x ^= x >> 16;
     return x;
 }
+
+LRCORE_INLINE uint32_t lrcore__rotl32(uint32_t x, unsigned r)
+{ return r ? (x << r) | (x >> (32u - r)) : x; }
 
 /* ---- one element ---------------------------------------------------------------------- */
 
@@ -185,17 +196,18 @@ static inline void lrcore_round_half(int et, size_t n, const float *LRCORE_RESTR
         uint32_t lo = (uint32_t)idx;
         uint64_t room = ((uint64_t)1 << 32) - lo;
         size_t seg = (uint64_t)(n - i) < room ? n - i : (size_t)room;
-        uint32_t key = lrcore_stream_key(seed, step, buffer, (uint32_t)(idx >> 32));
+        uint32_t key = lrcore_stream_key(seed, step, buffer & ~1u, (uint32_t)(idx >> 32));
+        const unsigned rot = (buffer & 1u) ? 16u : 0u;   /* odd buffers: rotated by 16 */
         const float *s = src + i;
         uint16_t *d = dst + i;
         if (et == LRCORE_ET_BF16)
             for (size_t j = 0; j < seg; j++)
                 d[j] = lrcore__bf16_stochastic(lrcore__f32_bits(s[j]),
-                                               lrcore_lowbias32((lo + (uint32_t)j) ^ key));
+                    lrcore__rotl32(lrcore_lowbias32((lo + (uint32_t)j) ^ key), rot));
         else
             for (size_t j = 0; j < seg; j++)
                 d[j] = lrcore__f16_stochastic(lrcore__f32_bits(s[j]),
-                                              lrcore_lowbias32((lo + (uint32_t)j) ^ key));
+                    lrcore__rotl32(lrcore_lowbias32((lo + (uint32_t)j) ^ key), rot));
         i += seg;
     }
 }
@@ -204,7 +216,8 @@ static inline void lrcore_round_half(int et, size_t n, const float *LRCORE_RESTR
 
 /* Storage kinds for lrcore_body.h (see "Element access" in lrcore.h): bf16 and f16 widen on
  * load and round to nearest even on store; bf16sr and f16sr round stochastically, element
- * i of buffer b drawing lrcore_lowbias32((st->lo + i) ^ st->key[b]). */
+ * i of buffer b drawing h = lrcore_lowbias32((st->lo + i) ^ st->key[b & ~1]), rotated by 16
+ * when b is odd (st->key[b] is the key of buffer b & ~1). */
 typedef uint16_t lrcore__bf16_t;
 typedef uint16_t lrcore__bf16sr_t;
 typedef uint16_t lrcore__f16_t;
@@ -218,15 +231,28 @@ LRCORE_INLINE float lrcore__ld_f16(const uint16_t *a, size_t i)
 LRCORE_INLINE float lrcore__ld_f16sr(const uint16_t *a, size_t i)
 { return lrcore__f32_from(lrcore__f16_widen(a[i])); }
 LRCORE_INLINE uint32_t lrcore__bits_of(const lrcore__stream *st, size_t i, unsigned buffer)
-{ return lrcore_lowbias32((st->lo + (uint32_t)i) ^ st->key[buffer]); }
+{
+    return lrcore__rotl32(lrcore_lowbias32((st->lo + (uint32_t)i) ^ st->key[buffer & ~1u]),
+                          (buffer & 1u) ? 16u : 0u);
+}
+/* The 16 bits bfloat16 stochastic rounding adds (the high half of lrcore__bits_of): the
+ * high half of the pair's hash for an even buffer, the low half for an odd one. Buffers b
+ * and b + 1 compute the same h, which the compiler computes once. lowbias32's last step,
+ * x ^= x >> 16, leaves the high half unchanged, so it is only done for the low half. */
+LRCORE_INLINE uint32_t lrcore__bf16_bits16(const lrcore__stream *st, size_t i, unsigned buffer)
+{
+    uint32_t h = (st->lo + (uint32_t)i) ^ st->key[buffer & ~1u];
+    h ^= h >> 16; h *= 0x7FEB352Du;
+    h ^= h >> 15; h *= 0x846CA68Bu;
+    return (buffer & 1u) ? (h ^ (h >> 16)) & 0xFFFFu : h >> 16;
+}
 
 /* The bfloat16 stores compute lrcore__bf16_nearest / lrcore__bf16_stochastic with fewer
  * vector operations, to the same bits:
  *   - NaN: the rounding term is 0 and the float32 quiet bit 0x400000 is set first, so
  *     (u | 0x400000) >> 16 == (u >> 16) | 0x40, the quiet NaN those functions return (x != x
  *     is one vector compare);
- *   - stochastic: only the top 16 of lowbias32's 32 bits are used, and lowbias32's last step
- *     x ^= x >> 16 leaves them unchanged, so it is skipped. */
+ *   - stochastic: the 16 bits are lrcore__bf16_bits16's. */
 LRCORE_INLINE void lrcore__st_bf16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
                                    unsigned buffer)
 {
@@ -241,11 +267,46 @@ LRCORE_INLINE void lrcore__st_bf16sr(uint16_t *a, size_t i, float x, const lrcor
 {
     const uint32_t u = lrcore__f32_bits(x);
     const int nan = x != x;
-    uint32_t h = (st->lo + (uint32_t)i) ^ st->key[buffer];   /* lowbias32 but its last step */
-    h ^= h >> 16; h *= 0x7FEB352Du;
-    h ^= h >> 15; h *= 0x846CA68Bu;
-    const uint32_t add = nan ? 0u : h >> 16;
+    const uint32_t add = nan ? 0u : lrcore__bf16_bits16(st, i, buffer);
     a[i] = (uint16_t)(((nan ? u | 0x400000u : u) + add) >> 16);
+}
+
+/* The same kinds on paired elements (LRCORE__PAIRED in lrcore_body.h; little-endian: element
+ * i is the low half of the 32-bit word at a + i when lane 0, the high half of the word at
+ * a + i - 1 when lane 1; lane 2: element i alone). The stores form the same 32-bit sums as
+ * above, whose high 16 bits are the result. */
+LRCORE_INLINE float lrcore__ldx_bf16(const uint16_t *a, size_t i, const unsigned lane)
+{
+    uint32_t w;
+    if (lane == 2u) return lrcore__f32_from((uint32_t)a[i] << 16);
+    memcpy(&w, a + i - lane, 4);
+    return lrcore__f32_from(lane == 0u ? w << 16 : w & 0xFFFF0000u);
+}
+#define lrcore__ldx_bf16sr lrcore__ldx_bf16
+LRCORE_INLINE void lrcore__stx_word(uint16_t *a, size_t i, uint32_t r, unsigned buffer,
+                                    const unsigned lane, uint32_t *pw)
+{
+    if (lane == 2u) { a[i] = (uint16_t)(r >> 16); return; }
+    if (lane == 0u) { pw[buffer] = r >> 16; return; }
+    const uint32_t w = pw[buffer] | (r & 0xFFFF0000u);
+    memcpy(a + i - 1, &w, 4);
+}
+LRCORE_INLINE void lrcore__stx_bf16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+                                    unsigned buffer, const unsigned lane, uint32_t *pw)
+{
+    const uint32_t u = lrcore__f32_bits(x);
+    const int nan = x != x;
+    const uint32_t add = nan ? 0u : 0x7FFFu + ((u >> 16) & 1u);
+    (void)st;
+    lrcore__stx_word(a, i, (nan ? u | 0x400000u : u) + add, buffer, lane, pw);
+}
+LRCORE_INLINE void lrcore__stx_bf16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+                                      unsigned buffer, const unsigned lane, uint32_t *pw)
+{
+    const uint32_t u = lrcore__f32_bits(x);
+    const int nan = x != x;
+    const uint32_t add = nan ? 0u : lrcore__bf16_bits16(st, i, buffer);
+    lrcore__stx_word(a, i, (nan ? u | 0x400000u : u) + add, buffer, lane, pw);
 }
 LRCORE_INLINE void lrcore__st_f16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
                                   unsigned buffer)
@@ -266,6 +327,9 @@ LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX bf16_bf16_bf16_rn
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define LRCORE__PAIRED 1
+#endif
 #define LRCORE__P bf16
 #define LRCORE__G bf16
 #define LRCORE__S bf16
@@ -276,6 +340,9 @@ LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX bf16_bf16_bf16_sr
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define LRCORE__PAIRED 1
+#endif
 #define LRCORE__P bf16sr
 #define LRCORE__G bf16
 #define LRCORE__S bf16sr
@@ -381,8 +448,8 @@ static inline lrcore__stream lrcore__stream_at(const lrcore_lowp *lp, uint64_t i
 {
     lrcore__stream st;
     st.lo = (uint32_t)index;
-    for (unsigned b = 0; b < 4; b++)
-        st.key[b] = lp->rounding == LRCORE_ROUND_STOCHASTIC
+    for (unsigned b = 0; b < 4; b += 2)   /* key[b] and key[b + 1]: the key of buffer b */
+        st.key[b] = st.key[b + 1] = lp->rounding == LRCORE_ROUND_STOCHASTIC
                   ? lrcore_stream_key(lp->seed, lp->step, b, (uint32_t)(index >> 32)) : 0u;
     return st;
 }
@@ -405,7 +472,8 @@ static inline lrcore__stream lrcore__stream_at(const lrcore_lowp *lp, uint64_t i
  * or -1 (nothing touched) when the element types and rounding are not one of the layouts
  * above. Element i is element lp->index_offset + i of the whole buffer; its random bits
  * (stochastic rounding) are lrcore_lowbias32(low32(index) ^ lrcore_stream_key(seed, step,
- * buffer, high32(index))) with buffer 0 for param and k + 1 for state k; the call runs in
+ * buffer & ~1, high32(index))), rotated by 16 for an odd buffer, with buffer 0 for param
+ * and k + 1 for state k; the call runs in
  * segments that do not cross a multiple of 2^32 of the index, each with its keys.
  * The step's scalars are formed once per segment (once per call below 2^32 elements).
  */
