@@ -5,6 +5,13 @@
  * avx2 with -mavx2 -mfma, avx512 with -mavx512f/vl/bw/dq), and once elsewhere.
  * Each build exports lrcore_range_<name>: run a sub-range of one job.
  */
+/* F16C (vcvtph2ps/vcvtps2ph, for the float16 tiles of lrcore_lowp.h) comes with every x86
+ * CPU that has AVX2; the runtime takes the avx2 and avx512 builds only where the CPU reports
+ * it (runtime.c). GCC: enabled here when the flags did not (-mf16c); elsewhere the float16
+ * loops keep their integer conversions (the same bits). */
+#if defined(__AVX2__) && !defined(__F16C__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("f16c")
+#endif
 #include "runtime.h"
 
 #ifndef LRCORE_ISA_NAME

@@ -46,10 +46,12 @@ static int cpu_level(void)
 #if defined(LRCORE_X86) && (defined(__GNUC__) || defined(__clang__))
     /* libgcc checks both CPUID and the OS-enabled register state (XGETBV). */
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+    /* f16c: the avx2 and avx512 builds convert float16 with it (kernels_isa.c) */
+    const int f16c = __builtin_cpu_supports("f16c") != 0;
+    if (f16c && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
         && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
         return LRCORE_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return LRCORE_ISA_AVX2;
 #endif
     return LRCORE_ISA_BASELINE;

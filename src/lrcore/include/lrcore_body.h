@@ -30,38 +30,96 @@
 #define GT LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__G), _t)
 #define ST LRCORE__CAT(LRCORE__CAT(lrcore__, LRCORE__S), _t)
 /* element i of param / grad / a state; stores name the buffer's number in the stream */
-#if defined(LRCORE__PAIRED)
-/* Paired elements (lrcore_lowp.h's all-bfloat16 layouts): ELEMENTS runs the body for
- * elements i and i + 1 as lanes 0 and 1 of one 32-bit word of each buffer (lane 2: an
- * element on its own, the odd one at the end), so the loads widen with a shift or a mask
- * and the stores write whole words: lrcore__ldx_<kind>(a, i, lane) and
- * lrcore__stx_<kind>(a, i, x, stream, buffer, lane, pw), lane 0 leaving its half of the
- * word in pw[buffer] for lane 1's store. Same values, same random bits (element i draws
- * index lo + i), so the same results as one element at a time. */
+#if defined(LRCORE__LOWP_KINDS)
+/* lrcore_lowp.h's kinds: lrcore__ldx_<kind>(a, i, lane) and
+ * lrcore__stx_<kind>(a, i, x, stream, buffer, lane, pw, ix), where ix = stream->lo + i, the
+ * element's index in the random stream, is a 32-bit counter of its own (one vector add per
+ * vector, where deriving it from the 64-bit i costs permutes). ELEMENTS(b0, b1, body) runs
+ * body for each element i in [b0, b1) with lane 2 (one element at a time), or, with
+ * LRCORE__PAIRED (the all-bfloat16 layouts), for elements i and i + 1 as lanes 0 and 1 of
+ * one 32-bit word of each buffer (lane 2 for an odd one at the end): the loads widen with
+ * a shift or a mask, the stores write whole words, lane 0 leaving its half in pw[buffer]
+ * for lane 1's store. Same values and random bits either way, so the same results. */
+#if defined(LRCORE__TILE_P)
+#define LDP(a, i) tp_[(i) - t0_]
+#define STP(a, i, x) ((void)(tp_[(i) - t0_] = (x)))
+#else
 #define LDP(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__P)((a), (i), lane_)
+#define STP(a, i, x) \
+    LRCORE__CAT(lrcore__stx_, LRCORE__P)((a), (i), (x), &st, 0u, lane_, pw_, ix_)
+#endif
+#if defined(LRCORE__TILE_G)
+#define LDG(a, i) tg_[(i) - t0_]
+#else
 #define LDG(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__G)((a), (i), lane_)
+#endif
 #define LDS(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__S)((a), (i), lane_)
-#define STP(a, i, x) LRCORE__CAT(lrcore__stx_, LRCORE__P)((a), (i), (x), &st, 0u, lane_, pw_)
+#define LDG1(a, i) LRCORE__CAT(lrcore__ldx_, LRCORE__G)((a), (i), 2u)   /* outside the loops */
 #define STS(a, i, x, buffer) \
-    LRCORE__CAT(lrcore__stx_, LRCORE__S)((a), (i), (x), &st, (buffer), lane_, pw_)
+    LRCORE__CAT(lrcore__stx_, LRCORE__S)((a), (i), (x), &st, (buffer), lane_, pw_, ix_)
+#if defined(LRCORE__PAIRED)
 #define ELEMENTS(b0, b1, ...) { \
     size_t i_ = (b0); \
-    for (; i_ + 1 < (b1); i_ += 2) { \
+    uint32_t ix2_ = st.lo + (uint32_t)(b0); \
+    for (; i_ + 1 < (b1); i_ += 2, ix2_ += 2u) { \
         uint32_t pw_[4]; \
-        { const size_t i = i_; const unsigned lane_ = 0u; __VA_ARGS__ } \
-        { const size_t i = i_ + 1; const unsigned lane_ = 1u; __VA_ARGS__ } \
+        { const size_t i = i_; const uint32_t ix_ = ix2_; const unsigned lane_ = 0u; \
+          __VA_ARGS__ } \
+        { const size_t i = i_ + 1; const uint32_t ix_ = ix2_ + 1u; const unsigned lane_ = 1u; \
+          __VA_ARGS__ } \
     } \
-    if (i_ < (b1)) { uint32_t pw_[4]; const size_t i = i_; const unsigned lane_ = 2u; \
-                     __VA_ARGS__ } }
+    if (i_ < (b1)) { uint32_t pw_[4]; const size_t i = i_; const uint32_t ix_ = ix2_; \
+                     const unsigned lane_ = 2u; __VA_ARGS__ } }
+#elif defined(LRCORE__TILE_G)
+/* float16 tiles (lrcore_lowp.h, builds with F16C): tiles of up to LRCORE__TILE_N elements;
+ * the float16 grad (and param, LRCORE__TILE_P: its rounding store) are widened into tg_
+ * (tp_) first, the body reads and writes those, and the param tile is rounded back last.
+ * The loops use `p` and `gr` for param and grad. */
+/* a helper that loads (moments_at) receives the tiles: */
+#define TILE_PARAMS , const T *tp_, const T *tg_, const size_t t0_
+#define TILE_ARGS , tp_, tg_, t0_
+#if defined(LRCORE__TILE_P)
+#define TILE_IN_P(t0, m) lrcore__f16_tile_in(p + (t0), (m), tp_)
+#define TILE_OUT_P(t0, m) LRCORE__TILE_P(p + (t0), (m), tp_, &st, st.lo + (uint32_t)(t0))
 #else
+#define TILE_IN_P(t0, m) ((void)0)
+#define TILE_OUT_P(t0, m) ((void)0)
+#endif
+#define ELEMENTS(b0, b1, ...) \
+    for (size_t t0_ = (b0), t1_; t0_ < (b1); t0_ = t1_) { \
+        float tp_[LRCORE__TILE_N], tg_[LRCORE__TILE_N]; \
+        t1_ = (b1) - t0_ > LRCORE__TILE_N ? t0_ + LRCORE__TILE_N : (b1); \
+        (void)tp_; \
+        TILE_IN_P(t0_, t1_ - t0_); \
+        lrcore__f16_tile_in(gr + t0_, t1_ - t0_, tg_); \
+        for (size_t i = t0_; i < t1_; i++) { \
+            uint32_t *const pw_ = 0; const uint32_t ix_ = 0u; const unsigned lane_ = 2u; \
+            (void)pw_; (void)ix_; __VA_ARGS__ } \
+        TILE_OUT_P(t0_, t1_ - t0_); \
+    }
+#else
+#define ELEMENTS(b0, b1, ...) { \
+    uint32_t ix1_ = st.lo + (uint32_t)(b0); \
+    for (size_t i = (b0); i < (b1); i++, ix1_++) { \
+        uint32_t *const pw_ = 0; const uint32_t ix_ = ix1_; const unsigned lane_ = 2u; \
+        (void)pw_; (void)ix_; __VA_ARGS__ } }
+#endif
+#else
+/* lrcore.h's kinds: lrcore__ld_<kind>(a, i), lrcore__st_<kind>(a, i, x, stream, buffer) */
 #define LDP(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__P)((a), (i))
 #define LDG(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__G)((a), (i))
 #define LDS(a, i) LRCORE__CAT(lrcore__ld_, LRCORE__S)((a), (i))
+#define LDG1(a, i) LDG(a, i)
 #define STP(a, i, x) LRCORE__CAT(lrcore__st_, LRCORE__P)((a), (i), (x), &st, 0u)
 #define STS(a, i, x, buffer) LRCORE__CAT(lrcore__st_, LRCORE__S)((a), (i), (x), &st, (buffer))
 /* ELEMENTS(b0, b1, body): body for each element i in [b0, b1) */
 #define ELEMENTS(b0, b1, ...) for (size_t i = (b0); i < (b1); i++) { \
-    uint32_t *const pw_ = 0; const unsigned lane_ = 2u; (void)pw_; (void)lane_; __VA_ARGS__ }
+    uint32_t *const pw_ = 0; const unsigned lane_ = 2u; const uint32_t ix_ = 0u; \
+    (void)pw_; (void)lane_; (void)ix_; __VA_ARGS__ }
+#endif
+#if !defined(TILE_ARGS)
+#define TILE_PARAMS
+#define TILE_ARGS
 #endif
 #if defined(LRCORE__FEW_VARIANTS)
 #define DISPATCH_FEW(bits, variant, sa, sb, f1, f2, ...) \
@@ -144,9 +202,9 @@ LRCORE_INLINE T FN(moments)(const FN(moment_k) *k, const int l2, const int small
 LRCORE_INLINE T FN(moments_at)(const FN(moment_k) *k, const int l2, const int small,
     const GT *LRCORE_RESTRICT gr, const PT *LRCORE_RESTRICT p, ST *LRCORE_RESTRICT m,
     ST *LRCORE_RESTRICT v, size_t i, lrcore__stream st, const unsigned lane_, uint32_t *pw_,
-    T *pi, T *mi, T *vi)
+    const uint32_t ix_ TILE_PARAMS, T *pi, T *mi, T *vi)
 {
-    (void)lane_; (void)pw_;
+    (void)lane_; (void)pw_; (void)ix_;
     LRCORE__FP_STRICT
     const T g = FN(moments)(k, l2, small, LDG(gr, i), LDP(p, i), LDS(m, i), LDS(v, i),
                             pi, mi, vi);
@@ -222,7 +280,7 @@ LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCO
         b1 = BLOCK(b0, n, gr, p, m, v, amsgrad ? vmax : 0);
         ELEMENTS(b0, b1,
             T pi, mi, vi;
-            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, &pi, &mi, &vi);
+            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, ix_ TILE_ARGS, &pi, &mi, &vi);
             if (amsgrad) { vi = FN(max_nan)(LDS(vmax, i), vi); STS(vmax, i, vi, 3u); }
             const T denom = SQRT(vi) / bc2_sqrt + eps;
             STP(p, i, pi + (neg_step_size * mi) / denom);
@@ -455,7 +513,7 @@ LRCORE_INLINE void FN(nadam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRC
         b1 = BLOCK(b0, n, gr, p, m, v, 0);
         ELEMENTS(b0, b1,
             T pi, mi, vi;
-            const T g = FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_,
+            const T g = FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, ix_ TILE_ARGS,
                                        &pi, &mi, &vi);
             const T denom = SQRT(vi / bc2) + eps;
             pi = pi + (coef_grad * g) / denom;
@@ -502,7 +560,7 @@ LRCORE_INLINE void FN(radam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRC
         b1 = BLOCK(b0, n, gr, p, m, v, 0);
         ELEMENTS(b0, b1,
             T pi, mi, vi;
-            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, &pi, &mi, &vi);
+            FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, ix_ TILE_ARGS, &pi, &mi, &vi);
             T u = (mi / bc1) * lr;
             if (rectified) u = (u * (((T)1 / (SQRT(vi) + eps)) * bc2_sqrt)) * rect;
             STP(p, i, pi - u);
@@ -579,16 +637,14 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 {
     LRCORE__FP_STRICT
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const unsigned lane_ = 2u;   /* one element at a time (for LDG) */
-    (void)lane_;
     const size_t blocks = n / 8;
     for (size_t b = 0; b < blocks; b++)
         for (int k = 0; k < 8; k++) {
-            const double v = (double)LDG(x, 8 * b + k);
+            const double v = (double)LDG1(x, 8 * b + k);
             acc[k] += v * v;
         }
     for (size_t i = 8 * blocks; i < n; i++) {
-        const double v = (double)LDG(x, i);
+        const double v = (double)LDG1(x, i);
         acc[i - 8 * blocks] += v * v;
     }
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
@@ -596,11 +652,16 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 
 #undef BLOCK
 #undef ELEMENTS
+#undef TILE_IN_P
+#undef TILE_PARAMS
+#undef TILE_ARGS
+#undef TILE_OUT_P
 #undef DISPATCH_FEW
 #undef STS
 #undef STP
 #undef LDS
 #undef LDG
+#undef LDG1
 #undef LDP
 #undef ST
 #undef GT
@@ -617,3 +678,5 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 #undef LRCORE__G
 #undef LRCORE__S
 #undef LRCORE__PAIRED
+#undef LRCORE__TILE_P
+#undef LRCORE__TILE_G

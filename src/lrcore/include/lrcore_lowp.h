@@ -31,6 +31,9 @@
 #include <stdint.h>
 #include <string.h>
 #include "lrcore.h"
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 #if defined(__cplusplus)
 extern "C" {
@@ -214,75 +217,55 @@ static inline void lrcore_round_half(int et, size_t n, const float *LRCORE_RESTR
 
 /* ---- the fused loops ------------------------------------------------------------------ */
 
-/* Storage kinds for lrcore_body.h (see "Element access" in lrcore.h): bf16 and f16 widen on
- * load and round to nearest even on store; bf16sr and f16sr round stochastically, element
- * i of buffer b drawing h = lrcore_lowbias32((st->lo + i) ^ st->key[b & ~1]), rotated by 16
- * when b is odd (st->key[b] is the key of buffer b & ~1). */
+/* Storage kinds for lrcore_body.h (see "Element access" in lrcore.h), in the form the
+ * loops of lrcore_lowp.h call (LRCORE__LOWP_KINDS in lrcore_body.h):
+ *     float lrcore__ldx_<kind>(const S *a, size_t i, unsigned lane)
+ *     void lrcore__stx_<kind>(S *a, size_t i, float x, const lrcore__stream *st,
+ *                             unsigned buffer, unsigned lane, uint32_t *pw, uint32_t ix)
+ * bf16 and f16 widen on load and round to nearest even on store; bf16sr and f16sr round
+ * stochastically, element i of buffer b drawing h = lrcore_lowbias32(ix ^ st->key[b & ~1])
+ * (ix = st->lo + i, counted by the loop), rotated by 16 when b is odd (st->key[b] is the
+ * key of buffer b & ~1); f32: float32 buffers of these layouts, stored as they are.
+ * lane 2: element i on its own. Lanes 0 and 1 (the bfloat16 kinds only; LRCORE__PAIRED in
+ * lrcore_body.h, little-endian): element i is the low half of the 32-bit word at a + i
+ * (lane 0) or the high half of the word at a + i - 1 (lane 1); a lane-0 store leaves its
+ * half in pw[buffer] and the lane-1 store of the same buffer writes the word. */
 typedef uint16_t lrcore__bf16_t;
 typedef uint16_t lrcore__bf16sr_t;
 typedef uint16_t lrcore__f16_t;
 typedef uint16_t lrcore__f16sr_t;
-LRCORE_INLINE float lrcore__ld_bf16(const uint16_t *a, size_t i)
-{ return lrcore__f32_from(lrcore__bf16_widen(a[i])); }
-LRCORE_INLINE float lrcore__ld_bf16sr(const uint16_t *a, size_t i)
-{ return lrcore__f32_from(lrcore__bf16_widen(a[i])); }
-LRCORE_INLINE float lrcore__ld_f16(const uint16_t *a, size_t i)
-{ return lrcore__f32_from(lrcore__f16_widen(a[i])); }
-LRCORE_INLINE float lrcore__ld_f16sr(const uint16_t *a, size_t i)
-{ return lrcore__f32_from(lrcore__f16_widen(a[i])); }
-LRCORE_INLINE uint32_t lrcore__bits_of(const lrcore__stream *st, size_t i, unsigned buffer)
+
+LRCORE_INLINE float lrcore__ldx_f32(const float *a, size_t i, const unsigned lane)
+{ (void)lane; return a[i]; }
+LRCORE_INLINE void lrcore__stx_f32(float *a, size_t i, float x, const lrcore__stream *st,
+    unsigned buffer, const unsigned lane, uint32_t *pw, const uint32_t ix)
+{ (void)st; (void)buffer; (void)lane; (void)pw; (void)ix; a[i] = x; }
+
+LRCORE_INLINE float lrcore__ldx_bf16(const uint16_t *a, size_t i, const unsigned lane)
 {
-    return lrcore__rotl32(lrcore_lowbias32((st->lo + (uint32_t)i) ^ st->key[buffer & ~1u]),
-                          (buffer & 1u) ? 16u : 0u);
+    uint32_t w;
+    if (lane == 2u) return lrcore__f32_from(lrcore__bf16_widen(a[i]));
+    memcpy(&w, a + i - lane, 4);
+    return lrcore__f32_from(lane == 0u ? w << 16 : w & 0xFFFF0000u);
 }
-/* The 16 bits bfloat16 stochastic rounding adds (the high half of lrcore__bits_of): the
- * high half of the pair's hash for an even buffer, the low half for an odd one. Buffers b
- * and b + 1 compute the same h, which the compiler computes once. lowbias32's last step,
- * x ^= x >> 16, leaves the high half unchanged, so it is only done for the low half. */
-LRCORE_INLINE uint32_t lrcore__bf16_bits16(const lrcore__stream *st, size_t i, unsigned buffer)
+#define lrcore__ldx_bf16sr lrcore__ldx_bf16
+LRCORE_INLINE float lrcore__ldx_f16(const uint16_t *a, size_t i, const unsigned lane)
+{ (void)lane; return lrcore__f32_from(lrcore__f16_widen(a[i])); }
+#define lrcore__ldx_f16sr lrcore__ldx_f16
+
+/* The 16 bits bfloat16 stochastic rounding adds (the high half of the element's 32 random
+ * bits): the high half of the pair's hash for an even buffer, the low half for an odd one.
+ * Buffers b and b + 1 compute the same h, which the compiler computes once. lowbias32's last
+ * step, x ^= x >> 16, leaves the high half unchanged, so it is only done for the low half. */
+LRCORE_INLINE uint32_t lrcore__bf16_bits16(uint32_t ix, uint32_t key, unsigned buffer)
 {
-    uint32_t h = (st->lo + (uint32_t)i) ^ st->key[buffer & ~1u];
+    uint32_t h = ix ^ key;
     h ^= h >> 16; h *= 0x7FEB352Du;
     h ^= h >> 15; h *= 0x846CA68Bu;
     return (buffer & 1u) ? (h ^ (h >> 16)) & 0xFFFFu : h >> 16;
 }
 
-/* The bfloat16 stores compute lrcore__bf16_nearest / lrcore__bf16_stochastic with fewer
- * vector operations, to the same bits:
- *   - NaN: the rounding term is 0 and the float32 quiet bit 0x400000 is set first, so
- *     (u | 0x400000) >> 16 == (u >> 16) | 0x40, the quiet NaN those functions return (x != x
- *     is one vector compare);
- *   - stochastic: the 16 bits are lrcore__bf16_bits16's. */
-LRCORE_INLINE void lrcore__st_bf16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
-                                   unsigned buffer)
-{
-    const uint32_t u = lrcore__f32_bits(x);
-    const int nan = x != x;
-    const uint32_t add = nan ? 0u : 0x7FFFu + ((u >> 16) & 1u);
-    (void)st; (void)buffer;
-    a[i] = (uint16_t)(((nan ? u | 0x400000u : u) + add) >> 16);
-}
-LRCORE_INLINE void lrcore__st_bf16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
-                                     unsigned buffer)
-{
-    const uint32_t u = lrcore__f32_bits(x);
-    const int nan = x != x;
-    const uint32_t add = nan ? 0u : lrcore__bf16_bits16(st, i, buffer);
-    a[i] = (uint16_t)(((nan ? u | 0x400000u : u) + add) >> 16);
-}
-
-/* The same kinds on paired elements (LRCORE__PAIRED in lrcore_body.h; little-endian: element
- * i is the low half of the 32-bit word at a + i when lane 0, the high half of the word at
- * a + i - 1 when lane 1; lane 2: element i alone). The stores form the same 32-bit sums as
- * above, whose high 16 bits are the result. */
-LRCORE_INLINE float lrcore__ldx_bf16(const uint16_t *a, size_t i, const unsigned lane)
-{
-    uint32_t w;
-    if (lane == 2u) return lrcore__f32_from((uint32_t)a[i] << 16);
-    memcpy(&w, a + i - lane, 4);
-    return lrcore__f32_from(lane == 0u ? w << 16 : w & 0xFFFF0000u);
-}
-#define lrcore__ldx_bf16sr lrcore__ldx_bf16
+/* Stores the bfloat16 in the high half of r (element i's lane of the word). */
 LRCORE_INLINE void lrcore__stx_word(uint16_t *a, size_t i, uint32_t r, unsigned buffer,
                                     const unsigned lane, uint32_t *pw)
 {
@@ -291,29 +274,108 @@ LRCORE_INLINE void lrcore__stx_word(uint16_t *a, size_t i, uint32_t r, unsigned 
     const uint32_t w = pw[buffer] | (r & 0xFFFF0000u);
     memcpy(a + i - 1, &w, 4);
 }
+
+/* The bfloat16 stores compute lrcore__bf16_nearest / lrcore__bf16_stochastic with fewer
+ * vector operations, to the same bits: for NaN the rounding term is 0 and the float32
+ * quiet bit 0x400000 is set first, so (u | 0x400000) >> 16 == (u >> 16) | 0x40, the quiet
+ * NaN those functions return (x != x is one vector compare). */
 LRCORE_INLINE void lrcore__stx_bf16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
-                                    unsigned buffer, const unsigned lane, uint32_t *pw)
+    unsigned buffer, const unsigned lane, uint32_t *pw, const uint32_t ix)
 {
     const uint32_t u = lrcore__f32_bits(x);
     const int nan = x != x;
     const uint32_t add = nan ? 0u : 0x7FFFu + ((u >> 16) & 1u);
-    (void)st;
+    (void)st; (void)ix;
     lrcore__stx_word(a, i, (nan ? u | 0x400000u : u) + add, buffer, lane, pw);
 }
 LRCORE_INLINE void lrcore__stx_bf16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
-                                      unsigned buffer, const unsigned lane, uint32_t *pw)
+    unsigned buffer, const unsigned lane, uint32_t *pw, const uint32_t ix)
 {
     const uint32_t u = lrcore__f32_bits(x);
     const int nan = x != x;
-    const uint32_t add = nan ? 0u : lrcore__bf16_bits16(st, i, buffer);
+    const uint32_t add = nan ? 0u : lrcore__bf16_bits16(ix, st->key[buffer & ~1u], buffer);
     lrcore__stx_word(a, i, (nan ? u | 0x400000u : u) + add, buffer, lane, pw);
 }
-LRCORE_INLINE void lrcore__st_f16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
-                                  unsigned buffer)
-{ (void)st; (void)buffer; a[i] = lrcore__f16_nearest(lrcore__f32_bits(x)); }
-LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
-                                    unsigned buffer)
-{ a[i] = lrcore__f16_stochastic(lrcore__f32_bits(x), lrcore__bits_of(st, i, buffer)); }
+LRCORE_INLINE void lrcore__stx_f16(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+    unsigned buffer, const unsigned lane, uint32_t *pw, const uint32_t ix)
+{
+    (void)st; (void)buffer; (void)lane; (void)pw; (void)ix;
+    a[i] = lrcore__f16_nearest(lrcore__f32_bits(x));
+}
+LRCORE_INLINE void lrcore__stx_f16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
+    unsigned buffer, const unsigned lane, uint32_t *pw, const uint32_t ix)
+{
+    const uint32_t r = lrcore__rotl32(lrcore_lowbias32(ix ^ st->key[buffer & ~1u]),
+                                      (buffer & 1u) ? 16u : 0u);
+    (void)lane; (void)pw;
+    a[i] = lrcore__f16_stochastic(lrcore__f32_bits(x), r);
+}
+
+/* float16 tiles (LRCORE__TILE in lrcore_body.h: float16 param or grad in a build with
+ * F16C): the loop widens a tile of the float16 buffers into float32 arrays with vcvtph2ps,
+ * runs the float32 loop body on them, and rounds the param tile back with vcvtps2ph
+ * (nearest even) or the stochastic rounding of lrcore__f16_stochastic (buffer 0's bits).
+ * Both instructions agree with lrcore__f16_widen / lrcore__f16_nearest on every input
+ * (bench/f16c_exhaustive.c checks all 65536 halves and all 2^32 floats), except that
+ * vcvtph2ps quiets a signalling NaN: the loops never store a loaded value unchanged, and
+ * the arithmetic that produces what they store quiets it anyway, to the same NaN
+ * (tests/test_lowp_kernels.py runs NaN, Inf and subnormal halves through every rule). */
+#define LRCORE__TILE_N 256
+LRCORE_INLINE void lrcore__f16_tile_in(const uint16_t *src, size_t n, float *dst)
+{
+    size_t j = 0;
+#if defined(__F16C__)
+#if defined(__AVX512F__)
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(dst + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + j))));
+#endif
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + j))));
+#endif
+    for (; j < n; j++) dst[j] = lrcore__f32_from(lrcore__f16_widen(src[j]));
+}
+LRCORE_INLINE void lrcore__f16_tile_out_rn(uint16_t *dst, size_t n, const float *src,
+                                           const lrcore__stream *st, uint32_t ix)
+{
+    size_t j = 0;
+    (void)st; (void)ix;
+#if defined(__F16C__)
+#define LRCORE__RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#if defined(__AVX512F__)
+    for (; j + 16 <= n; j += 16)
+        _mm256_storeu_si256((__m256i *)(dst + j), _mm512_cvtps_ph(_mm512_loadu_ps(src + j),
+                                                                  LRCORE__RNE));
+#endif
+    for (; j + 8 <= n; j += 8)
+        _mm_storeu_si128((__m128i *)(dst + j), _mm256_cvtps_ph(_mm256_loadu_ps(src + j),
+                                                               LRCORE__RNE));
+#undef LRCORE__RNE
+#endif
+    for (; j < n; j++) dst[j] = lrcore__f16_nearest(lrcore__f32_bits(src[j]));
+}
+/* Stochastic: a tile whose values all lie in float16's normal range, 2^-14 <= |x| < 2^16
+ * (the usual case), takes lrcore__f16_stochastic's normal-range branch only (the same bits
+ * there); any other value (subnormal, zero, overflow, Inf, NaN) sends the tile through the
+ * whole function. */
+LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float *src,
+                                           const lrcore__stream *st, uint32_t ix)
+{
+    const uint32_t key = st->key[0];
+    uint32_t other = 0;
+    for (size_t j = 0; j < n; j++)
+        other |= (lrcore__f32_bits(src[j]) & 0x7FFFFFFFu) - (113u << 23) >= (30u << 23);
+    if (!other)
+        for (size_t j = 0; j < n; j++) {
+            const uint32_t u = lrcore__f32_bits(src[j]), a = u & 0x7FFFFFFFu;
+            const uint32_t r = lrcore_lowbias32((ix + (uint32_t)j) ^ key);
+            dst[j] = (uint16_t)(((u >> 16) & 0x8000u)
+                                | (((a + (r >> 19)) >> 13) - (112u << 10)));
+        }
+    else
+        for (size_t j = 0; j < n; j++)
+            dst[j] = lrcore__f16_stochastic(lrcore__f32_bits(src[j]),
+                                            lrcore_lowbias32((ix + (uint32_t)j) ^ key));
+}
 
 /*
  * The update loops of lrcore_body.h once per layout and rounding, arithmetic in float32:
@@ -321,6 +383,7 @@ LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore
  * float32 round nothing, so they have one instantiation for both roundings.
  */
 #define LRCORE__FEW_VARIANTS 1    /* see LRCORE__DISPATCH_FEW in lrcore.h */
+#define LRCORE__LOWP_KINDS 1      /* the ldx/stx kinds above (lrcore_body.h) */
 
 #define LRCORE__T float
 #define LRCORE__SQRT sqrtf
@@ -373,6 +436,10 @@ LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f16_f16_f32_rn
+#if defined(__F16C__)
+#define LRCORE__TILE_P lrcore__f16_tile_out_rn
+#define LRCORE__TILE_G 1
+#endif
 #define LRCORE__P f16
 #define LRCORE__G f16
 #define LRCORE__S f32
@@ -383,6 +450,10 @@ LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f16_f16_f32_sr
+#if defined(__F16C__)
+#define LRCORE__TILE_P lrcore__f16_tile_out_sr
+#define LRCORE__TILE_G 1
+#endif
 #define LRCORE__P f16sr
 #define LRCORE__G f16
 #define LRCORE__S f32
@@ -403,12 +474,16 @@ LRCORE_INLINE void lrcore__st_f16sr(uint16_t *a, size_t i, float x, const lrcore
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f32_f16_f32
+#if defined(__F16C__)
+#define LRCORE__TILE_G 1
+#endif
 #define LRCORE__P f32
 #define LRCORE__G f16
 #define LRCORE__S f32
 #include "lrcore_body.h"
 
 #undef LRCORE__FEW_VARIANTS
+#undef LRCORE__LOWP_KINDS
 
 /* The instantiations above as X(number, suffix, param type, grad type, state type, ...);
  * the number is what lrcore__lowp_layout returns. */
