@@ -6,10 +6,14 @@
  *   LRCORE__SUFFIX     the name suffix of the functions made here (f32, f64, bf16_sr, ...);
  *   LRCORE__SQRT, LRCORE__FABS, LRCORE__COPYSIGN   T's math functions;
  *   LRCORE__P, LRCORE__G, LRCORE__S   how param, grad and the states are stored: a kind
- *                      with a storage type lrcore__<kind>_t, a load lrcore__ld_<kind> that
- *                      gives T and a store lrcore__st_<kind> that takes T (lrcore.h: f32,
- *                      f64, plain; lrcore_lowp.h: bfloat16/float16, widen on load, round on
- *                      store, to nearest or stochastically).
+ *                      with a storage type lrcore__<kind>_t, a load that gives T and a
+ *                      store that takes T (lrcore.h: f32, f64, plain, lrcore__ld_<kind> and
+ *                      lrcore__st_<kind>; lrcore_lowp.h, with LRCORE__LOWP_KINDS:
+ *                      bfloat16/float16, widen on load, round on store, to nearest or
+ *                      stochastically, lrcore__ldx_<kind> and lrcore__stx_<kind>);
+ *   LRCORE__PAIRED     (lrcore_lowp.h, all-bfloat16) two elements per 32-bit word;
+ *   LRCORE__TILE_P, LRCORE__TILE_G   (lrcore_lowp.h, float16 with F16C) float16 param /
+ *                      grad converted a tile at a time (see ELEMENTS below).
  * The public kernels lrcore_<rule>_<suffix> call the lrcore__<rule>_<suffix> below.
  *
  * For each rule: the math (as in lrcore/rules.py and lrcore/reference.py), the

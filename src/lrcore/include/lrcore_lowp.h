@@ -18,8 +18,9 @@
  *   - the fused loops: lrcore_body.h included once per layout and rounding, its loads
  *     widening and its stores rounding, so each element is read once, computed in float32
  *     registers by the float32 rule's own operations, and stored once, the step's scalars
- *     formed once per call (the all-bfloat16 layouts run two elements per 32-bit word:
- *     LRCORE__PAIRED in lrcore_body.h); and lrcore_<rule>_lowp, which picks the loop for a call's
+ *     formed once per call (the all-bfloat16 layouts run two elements per 32-bit word,
+ *     LRCORE__PAIRED in lrcore_body.h; the float16 layouts of builds with F16C convert a
+ *     tile of 256 elements at a time with vcvtph2ps/vcvtps2ph, LRCORE__TILE_P/G); and lrcore_<rule>_lowp, which picks the loop for a call's
  *     element types and rounding (see the bottom of this file).
  *
  * NaN stays NaN (quiet, sign and top payload bits kept), Inf stays Inf. lrcore/lowp.py is
