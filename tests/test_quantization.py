@@ -360,6 +360,84 @@ def test_native_codes_exact_nearest_with_ties(isa, signed):
     assert np.array_equal(codes, _brute_force(v, signed))
 
 
+def _estimate_cases(signed, seed=3):
+    """Values v and block absmax a whose quotient x = fl(v / a) is a decision threshold or
+    a float32 next to one, while the AVX-512 encoder's estimate x' = fl(v * fl(1 / a)) is a
+    different float32: (v, a, x, x') as float32 arrays. Every threshold, both sides, several
+    absmax of assorted magnitude."""
+    rng = np.random.default_rng(seed)
+    thr = q._codec(signed).thr[:255]
+    targets = np.concatenate([thr + np.float32(0), np.nextafter(thr, np.float32(-np.inf)),
+                              np.nextafter(thr, np.float32(np.inf))])
+    targets = targets[np.abs(targets) <= 1]
+    vs, ams = [], []
+    for a in (rng.uniform(1, 2, 12) * 10.0 ** rng.integers(-30, 30, 12)).astype(np.float32):
+        r = np.float32(1) / a
+        v0 = (targets.astype(np.float64) * np.float64(a)).astype(np.float32).view(np.int32)
+        for k in range(-3, 4):
+            v = (v0 + np.int32(k)).view(np.float32)
+            with np.errstate(all="ignore"):
+                x, xe = v / a, v * r
+            keep = (x == targets) & (xe != x) & (np.abs(v) <= a)
+            vs.append(v[keep])
+            ams.append(np.full(keep.sum(), a, np.float32))
+    v, a = np.concatenate(vs), np.concatenate(ams)
+    return v, a, v / a, v * (np.float32(1) / a)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled encoder")
+@pytest.mark.parametrize("signed", [True, False])
+def test_native_codes_where_the_estimate_differs_from_the_quotient(isa, signed):
+    """Quotients at and next to every threshold whose AVX-512 estimate v * (1 / absmax) is
+    another float32 (lrcore_q8_encode_block): the encoder's codes (every build) are the exact
+    nearest entries of v / absmax, against brute force."""
+    v, a, x, xe = _estimate_cases(signed)
+    assert v.size > 1000
+    # blocks of 256 that start with their absmax, the rest of one absmax's cases after it
+    blocks, expect = [], []
+    for am in np.unique(a):
+        sel = v[a == am]
+        for i in range(0, sel.size, 255):
+            b = np.zeros(256, np.float32)
+            b[0] = am
+            b[1:1 + sel[i:i + 255].size] = sel[i:i + 255]
+            blocks.append(b)
+    vals = np.concatenate(blocks)
+    codes, absmax = q.quantize(vals, signed)
+    quot = vals / np.repeat(absmax, q.BLOCK)
+    assert np.array_equal(codes, _brute_force(quot, signed))
+
+
+@pytest.mark.skipif(not NATIVE or "avx512" not in lrcore.available_isas(),
+                    reason="AVX-512 vector encoder")
+@pytest.mark.parametrize("signed", [True, False])
+def test_vector_encoder_window_covers_the_estimate(signed):
+    """The vector encoder's own lanes (lrcore._q8.vector_codes: codes and flags, no exact
+    search) on the estimates x' of the cases above: every lane it does not flag has the
+    exact code of the quotient x. With either half of its window shut (amb = 0.5: no lane
+    flagged for f near a half-integer; near = 0: none for |x'| near a decade start) some
+    lanes are coded wrongly, so these cases do test both."""
+    import types
+    from lrcore import _q8
+    v, a, x, xe = _estimate_cases(signed)
+    n16 = -(-xe.size // 16) * 16
+    est = np.zeros(n16, np.float32)
+    est[:xe.size] = xe
+    exact = _brute_force(x, signed)
+    c = q._codec(signed)
+    wrong = {}
+    for name, amb, near in (("real", c.amb, c.near), ("no amb", 0.5, c.near),
+                            ("no near", c.amb, 0)):
+        codec = types.SimpleNamespace(amb=amb, near=near, **{
+            k: getattr(c, k) for k in ("map", "thr", "base", "dec", "deci", "planes", "signed")})
+        codes, flags = np.empty(n16, np.uint8), np.empty(n16, np.uint8)
+        assert _q8.vector_codes(2, est, codes, flags, codec)
+        ok = flags[:xe.size] == 0
+        wrong[name] = int((codes[:xe.size] != exact)[ok].sum())
+    assert wrong["real"] == 0
+    assert wrong["no amb"] > 100 and wrong["no near"] > 0
+
+
 # ---------------------------------------------------------------------------
 # bitsandbytes' 8-bit Adam state (skipped when bitsandbytes is not installed)
 # ---------------------------------------------------------------------------
@@ -507,6 +585,49 @@ def test_step_bfloat16_equals_numpy_twin(isa, rounding, rule, hp, n):
                         num_threads=nt)
         for a, b in zip(got, ref):
             assert np.array_equal(a, b)
+
+
+@pytest.fixture(params=["vbmi", "avx512f"])
+def avx512_decoder(request):
+    """The AVX-512 build with each of its decoders in turn: AVX512-VBMI byte permutes (where
+    the CPU has them) and the AVX-512F register permutes (the decoder of CPUs without)."""
+    if not NATIVE or "avx512" not in lrcore.available_isas():
+        pytest.skip("AVX-512 build")
+    from lrcore import _q8, backend
+    before = backend.isa()
+    backend.set_isa("avx512")
+    try:
+        if _q8.set_vbmi(request.param == "vbmi") != (request.param == "vbmi"):
+            pytest.skip("the CPU has no AVX512-VBMI")
+        yield request.param
+    finally:
+        _q8.set_vbmi(-1)
+        backend.set_isa(before)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 256 + 70, 4096 * 3 + 13])
+def test_avx512_decoders_equal_numpy(avx512_decoder, signed, n):
+    rng = np.random.default_rng(n)
+    codes = rng.integers(0, 256, n).astype(np.uint8)
+    nb = -(-n // q.BLOCK)
+    absmax = (rng.uniform(0, 2, nb) * 10.0 ** rng.integers(-30, 30, nb)).astype(np.float32)
+    specials = np.float32([1.0, 0.0, np.inf, np.nan])
+    absmax[:specials.size] = specials[:absmax.size]
+    for nt in (1, 3):
+        back = np.empty(n, np.float32)
+        q._native_code(True, back, codes, absmax, signed, num_threads=nt)
+        ref = q._dequantize(codes, absmax, signed)
+        assert np.array_equal(back.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("rule,hp,keep32", [c for c in STEP_CASES if c[0] in ("adamw", "adam")])
+def test_step_avx512_decoders_equal_numpy_twin(avx512_decoder, rule, hp, keep32):
+    n = 4096 + 70
+    ref = _step_run(q.step_reference, rule, hp, keep32, n)
+    got = _step_run(q.step, rule, hp, keep32, n, num_threads=2)
+    for a, b in zip(got, ref):
+        assert np.array_equal(a, b)
 
 
 def test_step_bfloat16_param_is_rounded_float32_step():

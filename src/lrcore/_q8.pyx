@@ -41,7 +41,9 @@ cdef extern from "q8_jobs.h" nogil:
         const int32_t *base
         const float *dec
         const int32_t *deci
+        const uint8_t *planes
         float amb
+        int32_t near
         int is_signed
     ctypedef struct lrcore_q8_state:
         uint8_t *codes
@@ -75,6 +77,13 @@ cdef extern from "q8_jobs.h" nogil:
     void lrcore_q8_decode_baseline(const lrcore_q8_code_job *job, size_t b0, size_t b1)
     void lrcore_q8_decode_avx2(const lrcore_q8_code_job *job, size_t b0, size_t b1)
     void lrcore_q8_decode_avx512(const lrcore_q8_code_job *job, size_t b0, size_t b1)
+    int lrcore_q8_vector_codes_baseline(const lrcore_q8_codec *c, size_t n, const float *x,
+                                        uint8_t *codes, uint8_t *flags)
+    int lrcore_q8_vector_codes_avx2(const lrcore_q8_codec *c, size_t n, const float *x,
+                                    uint8_t *codes, uint8_t *flags)
+    int lrcore_q8_vector_codes_avx512(const lrcore_q8_codec *c, size_t n, const float *x,
+                                      uint8_t *codes, uint8_t *flags)
+    int lrcore_q8_vbmi_avx512(int set)
     int LRCORE_Q8_BLOCK
 
 # Blocks per task: 64 blocks = 16384 elements, a few hundred microseconds of work.
@@ -111,6 +120,17 @@ DECODE_FNS[2] = <void *>lrcore_q8_decode_avx512
 
 BLOCK = LRCORE_Q8_BLOCK
 
+# The AVX-512 build's decoder: byte permutes where the CPU has AVX512-VBMI (detected here,
+# once, before any call can run on the pool's threads).
+lrcore_q8_vbmi_avx512(-1)
+
+
+def set_vbmi(int on):
+    """Test hook: the AVX-512 build decodes with AVX512-VBMI byte permutes (on=1, where the
+    CPU has them; on=-1: as detected) or with the AVX-512F register permutes (on=0). Returns
+    whether it uses VBMI now. Not thread-safe: no step may run meanwhile."""
+    return bool(lrcore_q8_vbmi_avx512(on))
+
 
 cdef lrcore_q8_codec _codec(c):
     """The C view of a lrcore.quantization._Codec (its arrays outlive the call)."""
@@ -119,13 +139,16 @@ cdef lrcore_q8_codec _codec(c):
     cdef const int32_t[::1] base = c.base
     cdef const float[::1] dec = c.dec
     cdef const int32_t[::1] deci = c.deci
+    cdef const uint8_t[::1] planes = c.planes
     cdef lrcore_q8_codec out
     out.map = &map[0]
     out.thr = &thr[0]
     out.base = &base[0]
     out.dec = &dec[0]
     out.deci = &deci[0]
+    out.planes = &planes[0]
     out.amb = c.amb
+    out.near = c.near
     out.is_signed = 1 if c.signed else 0
     return out
 
@@ -203,3 +226,24 @@ def code(bint decode, int level, int nthreads, float[::1] values, uint8_t[::1] c
     job.c = _codec(codec)
     with nogil:
         _run(&job, DECODE_FNS[level] if decode else ENCODE_FNS[level], n, nthreads)
+
+
+def vector_codes(int level, const float[::1] x, uint8_t[::1] codes, uint8_t[::1] flags, codec):
+    """Test hook (bench/q8_exhaustive.py, tests): the vector encoder of lrcore_q8.h on quotient
+    estimates x (its codes, and flags 1 where it leaves the lane to the exact search), one
+    thread, no exact search. False where the build of `level` has no vector encoder."""
+    cdef lrcore_q8_codec c = _codec(codec)
+    cdef size_t n = x.shape[0]
+    cdef int ok
+    if codes.shape[0] != n or flags.shape[0] != n or n % 16:
+        raise ValueError("vector_codes(): x, codes and flags need the same size, a multiple of 16")
+    if n == 0:
+        return True
+    with nogil:
+        if level == 2:
+            ok = lrcore_q8_vector_codes_avx512(&c, n, &x[0], &codes[0], &flags[0])
+        elif level == 1:
+            ok = lrcore_q8_vector_codes_avx2(&c, n, &x[0], &codes[0], &flags[0])
+        else:
+            ok = lrcore_q8_vector_codes_baseline(&c, n, &x[0], &codes[0], &flags[0])
+    return bool(ok)

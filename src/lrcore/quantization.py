@@ -114,6 +114,10 @@ class _Codec:
     (ties towards zero) is above entry j (257 values, the last two +inf), `base` the bucket
     table of the fast encoder, `zero_code` the code of 0."""
 
+    #: The vector encoder's window around decision points and decade starts, in float32
+    #: steps (its estimate's neighbourhood spans at most 4, lrcore_q8_encode_block).
+    NEAR_STEPS = 8
+
     def __init__(self, signed):
         self.signed = bool(signed)
         self.map = dynamic_map(signed)
@@ -152,7 +156,11 @@ class _Codec:
             base[NKEYS + k] = b
         self.base = base
         self._decades()
-        for a in (self.map, self.thr, self.base, self.dec, self.deci):
+        # the VBMI decoder's byte planes: byte k (little-endian) of entry j at 256 k + j
+        self.planes = np.ascontiguousarray(
+            self.map.view(np.uint32)[None, :] >> np.uint32([[0], [8], [16], [24]])
+        ).astype(np.uint8).reshape(-1)
+        for a in (self.map, self.thr, self.base, self.dec, self.deci, self.planes):
             a.setflags(write=False)
 
     def _decades(self):
@@ -162,13 +170,17 @@ class _Codec:
         spaced values (bitsandbytes' create_dynamic_map) and a last entry 1. Decade d holds
         the indices base[d] .. last[d] of M and starts at the threshold start[d]; in it
         f = |x| * inv[d] - cst[d] (float32; inv = 1 / spacing, cst = first * inv - base)
-        is within eps of the position of |x| among the indices, so min(rint(f), last[d]) is
-        the nearest entry, unless f lies within eps of a half-integer (`amb` = 0.5 - eps:
-        such lanes take the exact scalar search). The decade of |x| is lo[e], or lo[e] + 1
-        from split[e] on, e = |x|'s exponent - 96 (0 below 2**-31): one decade starts in a
+        is the position of |x| among the indices, so min(rint(f), last[d]) is the nearest
+        entry, unless f lies within eps of a half-integer (`amb` = 0.5 - eps: such lanes
+        take the exact scalar search). The encoder codes an estimate x' of the quotient,
+        within 2 ulp(x') of it: eps bounds |f - (k - 0.5)| (times 2, for margin) at every
+        float32 within NEAR_STEPS of each decision point, and lanes within `near` steps of
+        a decade start are flagged too. The decade of |x| is lo[e], or lo[e] + 1 from
+        split[e] on, e = |x|'s exponent - 96 (0 below 2**-31): one decade starts in a
         binade at most, split[e] is that start or +inf. dec = cst | inv (16 float32 each) |
         split (32); deci = last | base (16 int32 each) | lo (32). Built and checked here;
-        the tests compare the encoder with a brute-force search."""
+        bench/q8_exhaustive.py checks the encoder on every float32 in [-1, 1], the tests
+        compare it with a brute-force search."""
         mag = self.map[127:] if self.signed else self.map
         tm = self.thr[127:255] if self.signed else self.thr[:255]   # tm[j - 1] = T[j]
         K = mag.size
@@ -201,9 +213,14 @@ class _Codec:
                 spacing = (m64[b + cnt - 1] - m64[b]) / (cnt - 1)
                 inv[d] = np.float32(1.0 / spacing)
             cst[d] = np.float32(float(mag[b]) * float(inv[d]) - b)
-            # the decision points: T[b + k] (k = 1 .. cnt - 1) against f = b + k - 0.5
+            # the decision points T[b + k] (k = 1 .. cnt - 1), against f = b + k - 0.5, at
+            # every float32 within NEAR_STEPS steps of them: the encoder codes an estimate
+            # x' of the quotient x whose neighbourhood N(x') (2 ulp(x') each way, at most
+            # 4 steps) may hold a decision point (lrcore_q8_encode_block)
             for k in range(1, cnt):
-                for x in (T[b + k], np.nextafter(T[b + k], np.float32(0))):
+                tb = int(T[b + k:b + k + 1].view(np.int32)[0])
+                for x in np.arange(tb - self.NEAR_STEPS, tb + self.NEAR_STEPS + 1,
+                                   dtype=np.int32).view(np.float32):
                     eps = max(eps, abs(f(x, d) - (b + k - 0.5)))
         lo = np.zeros(32, np.int32)
         split = np.full(32, np.inf, np.float32)
@@ -216,6 +233,11 @@ class _Codec:
                 raise AssertionError("two decade starts in one binade")
             if inside.size:
                 split[e] = inside[0]
+        # no decade start within 64 float32 steps of a power of two: an estimate within
+        # NEAR_STEPS of a start is in the start's binade, where split holds it
+        for s0 in start[1:len(groups)]:
+            bits = int(np.float32(s0).view(np.int32))
+            assert min(bits & 0x7fffff, 0x800000 - (bits & 0x7fffff)) > 64
         # every |x| below 2**-31 (e = 0) is in the zero decade; rint(f) >= 0 in every decade
         assert lo[0] == 0 and start[1] > 2.0 ** -31
         for d in range(len(groups)):
@@ -225,6 +247,7 @@ class _Codec:
         self.dec = np.concatenate([cst, inv, split]).astype(np.float32)
         self.deci = np.concatenate([last, base, lo]).astype(np.int32)
         self.amb = float(np.float32(0.5 - self.eps))
+        self.near = self.NEAR_STEPS + 1     # |bits(|x'|) - bits(split)| < near: flagged
 
 
 @functools.lru_cache(maxsize=2)

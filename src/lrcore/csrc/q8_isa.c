@@ -83,6 +83,47 @@ void Q8_FN(lrcore_q8_decode_)(const lrcore_q8_code_job *job, size_t b0, size_t b
     lrcore_q8_decode_blocks(&job->c, job->n, b0, b1, job->q, job->values + b0 * LRCORE_Q8_BLOCK);
 }
 
+/* Whether the AVX-512 build decodes with AVX512-VBMI byte permutes (lrcore_q8.h):
+ * set < 0 detects it from the CPU (done once at import of lrcore._q8), 0 turns it off,
+ * 1 on where the CPU has it (tests run both decoders); returns the setting. 0 in the other
+ * builds. */
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+int lrcore_q8_vbmi = 0;
+#endif
+int Q8_FN(lrcore_q8_vbmi_)(int set)
+{
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+    __builtin_cpu_init();
+    const int has = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+    lrcore_q8_vbmi = set < 0 ? has : (set && has);
+    return lrcore_q8_vbmi;
+#else
+    (void)set;
+    return 0;
+#endif
+}
+
+/* Test hook (bench/q8_exhaustive.py, tests): the vector encoder's codes of n quotient
+ * estimates x (n a multiple of 16) and flags[i] = 1 where it leaves lane i to the exact
+ * search; no exact search here. Returns 0 where this build has no vector encoder. */
+int Q8_FN(lrcore_q8_vector_codes_)(const lrcore_q8_codec *c, size_t n, const float *x,
+                                   uint8_t *codes, uint8_t *flags)
+{
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+    const lrcore_q8_vtab t = lrcore_q8_vtab_load(c);
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        __mmask16 bad = 0;
+        const __m512i k = lrcore_q8_code16(&t, _mm512_loadu_ps(x + i), c->is_signed, &bad);
+        _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(k));
+        _mm_storeu_si128((__m128i *)(flags + i), _mm_maskz_set1_epi8(bad, 1));
+    }
+    return 1;
+#else
+    (void)c; (void)n; (void)x; (void)codes; (void)flags;
+    return 0;
+#endif
+}
+
 /* Elsewhere than x86-64 only the baseline build exists (setup.py); lrcore never selects
  * the other levels there, but the wrapper links against their names. */
 #if !defined(__x86_64__) && !defined(_M_X64)
@@ -92,4 +133,12 @@ void Q8_FN(lrcore_q8_decode_)(const lrcore_q8_code_job *job, size_t b0, size_t b
 Q8_ALIAS(lrcore_q8_step_, lrcore_q8_job)
 Q8_ALIAS(lrcore_q8_encode_, lrcore_q8_code_job)
 Q8_ALIAS(lrcore_q8_decode_, lrcore_q8_code_job)
+int lrcore_q8_vbmi_avx2(int set) { return lrcore_q8_vbmi_baseline(set); }
+int lrcore_q8_vbmi_avx512(int set) { return lrcore_q8_vbmi_baseline(set); }
+int lrcore_q8_vector_codes_avx2(const lrcore_q8_codec *c, size_t n, const float *x,
+                                uint8_t *codes, uint8_t *flags)
+{ return lrcore_q8_vector_codes_baseline(c, n, x, codes, flags); }
+int lrcore_q8_vector_codes_avx512(const lrcore_q8_codec *c, size_t n, const float *x,
+                                  uint8_t *codes, uint8_t *flags)
+{ return lrcore_q8_vector_codes_baseline(c, n, x, codes, flags); }
 #endif

@@ -45,7 +45,10 @@ typedef void (*lrcore_q8_code_fn)(const lrcore_q8_code_job *job, size_t b0, size
 #define LRCORE_Q8_DECLARE(isa) \
     void lrcore_q8_step_##isa(const lrcore_q8_job *job, size_t b0, size_t b1); \
     void lrcore_q8_encode_##isa(const lrcore_q8_code_job *job, size_t b0, size_t b1); \
-    void lrcore_q8_decode_##isa(const lrcore_q8_code_job *job, size_t b0, size_t b1);
+    void lrcore_q8_decode_##isa(const lrcore_q8_code_job *job, size_t b0, size_t b1); \
+    int lrcore_q8_vector_codes_##isa(const lrcore_q8_codec *c, size_t n, const float *x, \
+                                     uint8_t *codes, uint8_t *flags); \
+    int lrcore_q8_vbmi_##isa(int set);
 LRCORE_Q8_DECLARE(baseline)
 LRCORE_Q8_DECLARE(avx2)
 LRCORE_Q8_DECLARE(avx512)

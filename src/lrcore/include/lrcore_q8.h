@@ -50,7 +50,9 @@ typedef struct {
     const int32_t *base;  /* 2 * LRCORE_Q8_NKEYS: thresholds <= the bucket's low end (x >= 0, x < 0) */
     const float *dec;     /* 64: cst | inv (16 each, by decade) | split (32) (quantization.py) */
     const int32_t *deci;  /* 64: last index | base index (16 each, by decade) | lo (32) */
+    const uint8_t *planes;   /* 4 x 256: byte k of map[j] at planes[256 k + j] (VBMI decoder) */
     float amb;            /* 0.5 - eps: |f - rint(f)| above it takes the exact search */
+    int32_t near;         /* float32 steps from a decade start that take the exact search */
     int is_signed;
 } lrcore_q8_codec;
 
@@ -101,12 +103,21 @@ LRCORE_INLINE uint8_t lrcore_q8_code(const lrcore_q8_codec *c, float x)
     return (uint8_t)(b + (x >= c->thr[b]) + (x >= c->thr[b + 1]));
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+/* The exact code of value v in a block of absmax am: the float32 quotient v / am, NaN taken
+ * as 0, searched exactly. */
+LRCORE_INLINE uint8_t lrcore_q8_code_of(const lrcore_q8_codec *c, float v, float am)
+{
+    float x = v / am;
+    x = x == x ? x : 0.0f;
+    return lrcore_q8_code(c, x);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define LRCORE_Q8_VECTOR_ENCODER 1
 /* The vector encoder's tables in registers (lrcore_q8_encode_block). */
 typedef struct {
-    __m512 cst, inv, amb, sp0, sp1;
-    __m512i last, lo0, lo1;
-    int is_signed;
+    __m512 cst, inv, amb;
+    __m512i last, lo0, lo1, sp0, sp1, nearoff, nearlim;
 } lrcore_q8_vtab;
 
 LRCORE_INLINE lrcore_q8_vtab lrcore_q8_vtab_load(const lrcore_q8_codec *c)
@@ -114,44 +125,94 @@ LRCORE_INLINE lrcore_q8_vtab lrcore_q8_vtab_load(const lrcore_q8_codec *c)
     lrcore_q8_vtab t;
     t.cst = _mm512_loadu_ps(c->dec);
     t.inv = _mm512_loadu_ps(c->dec + 16);
-    t.sp0 = _mm512_loadu_ps(c->dec + 32);
-    t.sp1 = _mm512_loadu_ps(c->dec + 48);
+    const __m512i one = _mm512_set1_epi32(1);
+    t.sp0 = _mm512_loadu_si512(c->dec + 32);     /* split as bit patterns */
+    t.sp1 = _mm512_loadu_si512(c->dec + 48);
     t.last = _mm512_loadu_si512(c->deci);
-    t.lo0 = _mm512_loadu_si512(c->deci + 32);
-    t.lo1 = _mm512_loadu_si512(c->deci + 48);
+    t.lo0 = _mm512_add_epi32(_mm512_loadu_si512(c->deci + 32), one);   /* lo + 1 */
+    t.lo1 = _mm512_add_epi32(_mm512_loadu_si512(c->deci + 48), one);
     t.amb = _mm512_set1_ps(c->amb);
-    t.is_signed = c->is_signed;
+    /* |t| < near iff t + (near - 1) < 2 near - 1, unsigned (near <= 0: never) */
+    t.nearoff = _mm512_set1_epi32(c->near - 1);
+    t.nearlim = _mm512_set1_epi32(c->near > 0 ? 2 * c->near - 1 : 0);
     return t;
 }
 
-/* 16 codes (as 32-bit lanes) of v[0..15] / am; *bad gets the lanes whose f is within eps
- * of a half-integer, or NaN (x NaN: taken as 0 by the exact search instead). */
-LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, const float *v, __m512 am,
+/* 16 codes (as 32-bit lanes) of the quotient estimates x (v * (1 / absmax)); *bad gets the
+ * lanes the estimate cannot decide (lrcore_q8_encode_block): f within eps of a
+ * half-integer, |x| within `near` float32 steps of its binade's decade start, or NaN. */
+LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const int is_signed,
                                        __mmask16 *bad)
 {
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
-    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
     const __m512i c127 = _mm512_set1_epi32(127);
-    const __m512 x = _mm512_div_ps(_mm512_loadu_ps(v), am);
     const __m512i u = _mm512_castps_si512(x);
     const __m512i a = _mm512_and_si512(u, absmask);
     const __m512 ax = _mm512_castsi512_ps(a);
     /* binade index: exponent - 96, 0 below 2**-31 (16-bit saturating; the high half is 0) */
     const __m512i e = _mm512_subs_epu16(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(96));
-    __m512i d = _mm512_permutex2var_epi32(t->lo0, e, t->lo1);
-    const __m512 split = _mm512_permutex2var_ps(t->sp0, e, t->sp1);
-    d = _mm512_mask_add_epi32(d, _mm512_cmp_ps_mask(ax, split, _CMP_GE_OQ), d, one);
+    /* t = bits(|x|) - bits(split): |x| >= split iff t >= 0 (both non-negative floats) */
+    const __m512i t0 = _mm512_sub_epi32(a, _mm512_permutex2var_epi32(t->sp0, e, t->sp1));
+    /* decade lo + (t >= 0) = (lo + 1) + (t >> 31) */
+    const __m512i d = _mm512_add_epi32(_mm512_permutex2var_epi32(t->lo0, e, t->lo1),
+                                       _mm512_srai_epi32(t0, 31));
     const __m512 f = _mm512_sub_ps(_mm512_mul_ps(ax, _mm512_permutexvar_ps(d, t->inv)),
                                    _mm512_permutexvar_ps(d, t->cst));
-    const __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    *bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(f, r)), t->amb, _CMP_NLE_UQ);
-    const __m512i j = _mm512_min_epi32(_mm512_cvttps_epi32(r),
-                                       _mm512_permutexvar_epi32(d, t->last));
-    const __mmask16 neg = _mm512_cmplt_epi32_mask(u, zero);
-    if (t->is_signed)   /* x < 0: 127 - min(j, 127); else 127 + j */
+    /* f - rint(f), exact */
+    const __m512 fr = _mm512_reduce_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(fr), t->amb, _CMP_NLE_UQ)
+            | _mm512_cmplt_epu32_mask(_mm512_add_epi32(t0, t->nearoff), t->nearlim);
+    const __m512i j = _mm512_min_epi32(
+        _mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+        _mm512_permutexvar_epi32(d, t->last));
+    const __mmask16 neg = _mm512_movepi32_mask(u);
+    if (is_signed)   /* x < 0: 127 - min(j, 127); else 127 + j */
         return _mm512_mask_sub_epi32(_mm512_add_epi32(c127, j), neg, c127,
                                      _mm512_min_epi32(j, c127));
     return _mm512_maskz_mov_epi32((__mmask16)~neg, j);     /* unsigned map, x < 0: code 0 */
+}
+
+/* The vector part of lrcore_q8_encode_block (absmax am in [2**-126, 2**126]): codes of the
+ * first n - n % 16 values; returns how many it coded. */
+LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
+    const float *LRCORE_RESTRICT v, float am, uint8_t *LRCORE_RESTRICT codes,
+    const int is_signed)
+{
+    const lrcore_q8_vtab t = lrcore_q8_vtab_load(c);
+    const __m512 r = _mm512_set1_ps(1.0f / am);
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
+                                            3, 7, 11, 15);
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {   /* 4 x 16 codes packed to bytes at once */
+        __mmask16 b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+        const __m512i c0 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r),
+                                            is_signed, &b0);
+        const __m512i c1 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i + 16), r),
+                                            is_signed, &b1);
+        const __m512i c2 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i + 32), r),
+                                            is_signed, &b2);
+        const __m512i c3 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i + 48), r),
+                                            is_signed, &b3);
+        const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1),
+                                              _mm512_packus_epi32(c2, c3));
+        _mm512_storeu_si512((void *)(codes + i), _mm512_permutexvar_epi32(order, b));
+        uint64_t bad = (uint64_t)b0 | (uint64_t)b1 << 16 | (uint64_t)b2 << 32
+                       | (uint64_t)b3 << 48;
+        for (; bad; bad &= bad - 1) {    /* undecided lanes: the exact search */
+            const size_t k = i + (size_t)__builtin_ctzll(bad);
+            codes[k] = lrcore_q8_code_of(c, v[k], am);
+        }
+    }
+    for (; i + 16 <= n; i += 16) {
+        __mmask16 b0 = 0;
+        _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(lrcore_q8_code16(
+            &t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r), is_signed, &b0)));
+        for (unsigned bad = b0; bad; bad &= bad - 1) {
+            const size_t k = i + (size_t)__builtin_ctz(bad);
+            codes[k] = lrcore_q8_code_of(c, v[k], am);
+        }
+    }
+    return i;
 }
 #endif
 
@@ -161,15 +222,46 @@ LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, const float *v, 
  *   x = v[i] / absmax (float32; NaN, e.g. 0/0 in an all-zero block, is taken as 0)
  *   code = the index of the map entry nearest to x, ties to the entry of smaller magnitude
  *        = number of thresholds thr[j] <= x (lrcore_q8_code).
- * With AVX-512, 16 lanes at a time and no memory lookup: |x| is coded against the
- * magnitude map (the signed map's negative half mirrors its positive half), whose entries
- * come in decades of evenly spaced values (quantization.py, _Codec._decades). The decade
- * of |x| is the one its binade starts in or the next (32-entry tables in two registers,
- * one compare with the split point); f = |x| * inv - cst is within eps of the position
- * of |x| among the entries, and rint(f) clamped to the decade is the code, unless |f - rint(f)| > 0.5 - eps or x is NaN: a block with such a lane is coded
- * by the exact scalar search (lrcore_q8_code) instead. Exact, and equal to the scalar
- * loop (checked over every float32 in [-1, 1] for both maps; the tests compare both with
- * a brute-force search). */
+ * A block whose absmax is 0, NaN or +inf has every quotient 0 or NaN: every code is the
+ * code of 0 (127 signed, 0 unsigned).
+ *
+ * With AVX-512 (16 lanes at a time, no division, no memory lookup), when absmax lies in
+ * [2**-126, 2**126] (so that r = fl(1 / absmax) is a normal float32; other blocks take the
+ * exact search), each lane codes the estimate x' = fl(v * r) of its quotient
+ * x = fl(v / absmax) and flags the lanes where the two could code differently:
+ *
+ *   Where x is. With q = v / absmax (real), r = (1 / absmax)(1 + d1), x' = q (1 + d1)(1 + d2)
+ *   and x = q (1 + d3), |d1|, |d2|, |d3| <= u = 2**-24 while nothing underflows (|q| >=
+ *   2**-101). So |x - x'| <= |q| (3u + u*u) <= |x'| (3u + u*u) / (1 - u)**2
+ *   < 1.5000003 ulp(x') (ulp(x') = 2**(k-23) for |x'| in [2**k, 2**(k+1))); and if
+ *   |x'| < 2**-100, then |x| < 2**-99. Hence x lies in N(x') = [x' - 2 ulp(x'),
+ *   x' + 2 ulp(x')], or in [-2**-99, 2**-99] when |x'| < 2**-100 (far below the smallest
+ *   threshold, 1.6e-7: all of it has the code of 0). |x'| <= 1, as |v| <= absmax.
+ *
+ *   The code of x'. |x'| is coded against the magnitude map (the signed map's negative
+ *   half mirrors its positive half), whose entries come in decades of evenly spaced values
+ *   (quantization.py, _Codec._decades). A decade begins at a threshold, its start, and at
+ *   most one start lies in a binade. With e the binade of |x'| (exponent - 96, 0 below
+ *   2**-31) and t = bits(|x'|) - bits(split[e]) (split: the start inside the binade, or
+ *   +inf; the bit patterns of non-negative floats order like the values), the decade is
+ *   d = lo[e] + (t >= 0) (32-entry tables in two registers); f = |x'| * inv[d] - cst[d]
+ *   is the position of |x'| among the entries, and min(rint(f), last[d]) its code. A lane
+ *   is flagged when
+ *     |f - rint(f)| > amb = 0.5 - eps, where eps bounds, with a factor 2 of margin,
+ *       |f - (k - 0.5)| at every float32 within 8 steps of each decision point k - 0.5
+ *       inside a decade (f's own rounding, and N's width: at most 4 steps each way);
+ *     |t| < near = 9: |x'| within 9 float32 steps of the decade start of its binade (no
+ *       start lies within 64 steps of a power of two, checked where the tables are built,
+ *       so N(x') meets a start only when |x'| is in the start's binade);
+ *     or x' is NaN.
+ *   Hence an unflagged lane's code is the exact code of every float32 in N(x'), x included.
+ *   `python bench/q8_exhaustive.py` checks exactly that for every float32 x' in [-1, 1]
+ *   and both maps (codes are monotone in x, so it compares the lane's code with the exact
+ *   codes of the two ends of N(x'), rounded outwards), through the vector encoder's own
+ *   code (lrcore_q8_code16), and that the encoder's codes equal the exact search's.
+ *
+ * Flagged lanes take the exact search on x = v / absmax (lrcore_q8_code_of), one lane at a
+ * time; the tests compare both with a brute-force search. */
 LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
     const float *LRCORE_RESTRICT v, uint8_t *LRCORE_RESTRICT codes)
 {
@@ -184,34 +276,17 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
     if (mb > 0x7f800000u) mb = 0x7fc00000u;    /* a NaN: the block's absmax is NaN */
     float am;
     memcpy(&am, &mb, sizeof am);
+    if (mb == 0 || mb >= 0x7f800000u) {        /* 0, +inf or NaN: every quotient 0 or NaN */
+        memset(codes, c->is_signed ? 127 : 0, n);
+        return am;
+    }
     size_t i = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    {
-        const lrcore_q8_vtab t = lrcore_q8_vtab_load(c);
-        const __m512 vam = _mm512_set1_ps(am);
-        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
-                                                3, 7, 11, 15);
-        __mmask16 bad = 0;
-        for (; i + 64 <= n; i += 64) {   /* 4 x 16 codes packed to bytes at once */
-            const __m512i c0 = lrcore_q8_code16(&t, v + i, vam, &bad);
-            const __m512i c1 = lrcore_q8_code16(&t, v + i + 16, vam, &bad);
-            const __m512i c2 = lrcore_q8_code16(&t, v + i + 32, vam, &bad);
-            const __m512i c3 = lrcore_q8_code16(&t, v + i + 48, vam, &bad);
-            const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1),
-                                                  _mm512_packus_epi32(c2, c3));
-            _mm512_storeu_si512((void *)(codes + i), _mm512_permutexvar_epi32(order, b));
-        }
-        for (; i + 16 <= n; i += 16)
-            _mm_storeu_si128((__m128i *)(codes + i),
-                             _mm512_cvtepi32_epi8(lrcore_q8_code16(&t, v + i, vam, &bad)));
-        if (bad) i = 0;     /* a lane near a decision point: the exact search for the block */
-    }
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+    if (mb >= 0x00800000u && mb <= 0x7e800000u)    /* [2**-126, 2**126]: r is normal */
+        i = c->is_signed ? lrcore_q8_encode_vec(c, n, v, am, codes, 1)
+                         : lrcore_q8_encode_vec(c, n, v, am, codes, 0);
 #endif
-    for (; i < n; i++) {
-        float x = v[i] / am;
-        x = x == x ? x : 0.0f;
-        codes[i] = lrcore_q8_code(c, x);
-    }
+    for (; i < n; i++) codes[i] = lrcore_q8_code_of(c, v[i], am);
     return am;
 }
 
@@ -227,10 +302,74 @@ LRCORE_INLINE size_t lrcore_q8_block_len(size_t n, size_t b)
     return n - s < LRCORE_Q8_BLOCK ? n - s : LRCORE_Q8_BLOCK;
 }
 
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+/* AVX512-VBMI (Ice Lake and later, Zen 4; not Skylake-X): 1 when the decoder below may run.
+ * Set once by q8_isa.c's lrcore_q8_vbmi_avx512 (at import of lrcore._q8) from the CPU. */
+extern int lrcore_q8_vbmi;
+
+/* Decode with byte permutes: the map's 256 float32 entries as four byte planes (plane k =
+ * byte k of every entry, 256 bytes = 4 registers each); per 64 codes, two two-register
+ * byte permutes (vpermi2b, index bits 0-6) and a blend on bit 7 give byte k of the 64
+ * entries, and byte/word unpacks assemble the floats. The unpacks work within 128-bit
+ * lanes, so the codes are first permuted (`order`) such that the four results come out in
+ * code order. Same bits as lrcore_q8_decode_block: map[code] * absmax. */
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void
+lrcore_q8_decode_blocks_vbmi(const lrcore_q8_codec *c, size_t n, size_t c0, size_t c1,
+                             lrcore_q8_state q, float *LRCORE_RESTRICT out)
+{
+    LRCORE__FP_STRICT
+    __m512i P[4][4];
+    for (int k = 0; k < 4; k++)
+        for (int h = 0; h < 4; h++)
+            P[k][h] = _mm512_loadu_si512((const void *)(c->planes + 256 * k + 64 * h));
+    /* position 16 L + 4 q + i takes code 16 q + 4 L + i */
+    uint8_t ord[64] __attribute__((aligned(64)));
+    for (int L = 0; L < 4; L++)
+        for (int qq = 0; qq < 4; qq++)
+            for (int i = 0; i < 4; i++) ord[16 * L + 4 * qq + i] = (uint8_t)(16 * qq + 4 * L + i);
+    const __m512i order = _mm512_load_si512((const void *)ord);
+    for (size_t b = c0; b < c1; b++) {
+        const size_t m = lrcore_q8_block_len(n, b);
+        const uint8_t *codes = q.codes + b * LRCORE_Q8_BLOCK;
+        float *o = out + (b - c0) * LRCORE_Q8_BLOCK;
+        const float absmax = q.absmax[b];
+        const __m512 am = _mm512_set1_ps(absmax);
+        size_t i = 0;
+        for (; i + 64 <= m; i += 64) {
+            const __m512i k = _mm512_permutexvar_epi8(order,
+                _mm512_loadu_si512((const void *)(codes + i)));
+            const __mmask64 hi = _mm512_movepi8_mask(k);
+            __m512i B[4];
+            for (int pk = 0; pk < 4; pk++)
+                B[pk] = _mm512_mask_blend_epi8(hi,
+                    _mm512_permutex2var_epi8(P[pk][0], k, P[pk][1]),
+                    _mm512_permutex2var_epi8(P[pk][2], k, P[pk][3]));
+            const __m512i w0 = _mm512_unpacklo_epi8(B[0], B[1]), w1 = _mm512_unpackhi_epi8(B[0], B[1]);
+            const __m512i w2 = _mm512_unpacklo_epi8(B[2], B[3]), w3 = _mm512_unpackhi_epi8(B[2], B[3]);
+            _mm512_storeu_ps(o + i, _mm512_mul_ps(
+                _mm512_castsi512_ps(_mm512_unpacklo_epi16(w0, w2)), am));
+            _mm512_storeu_ps(o + i + 16, _mm512_mul_ps(
+                _mm512_castsi512_ps(_mm512_unpackhi_epi16(w0, w2)), am));
+            _mm512_storeu_ps(o + i + 32, _mm512_mul_ps(
+                _mm512_castsi512_ps(_mm512_unpacklo_epi16(w1, w3)), am));
+            _mm512_storeu_ps(o + i + 48, _mm512_mul_ps(
+                _mm512_castsi512_ps(_mm512_unpackhi_epi16(w1, w3)), am));
+        }
+        for (; i < m; i++) o[i] = c->map[codes[i]] * absmax;
+    }
+}
+#endif
+
 /* Decode blocks [c0, c1) of q (a buffer of n values) into out (block c0 first). */
 LRCORE_INLINE void lrcore_q8_decode_blocks(const lrcore_q8_codec *c, size_t n, size_t c0,
     size_t c1, lrcore_q8_state q, float *LRCORE_RESTRICT out)
 {
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+    if (lrcore_q8_vbmi) {
+        lrcore_q8_decode_blocks_vbmi(c, n, c0, c1, q, out);
+        return;
+    }
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     __m512 tab[16];
     for (int k = 0; k < 16; k++) tab[k] = _mm512_loadu_ps(c->map + 16 * k);
