@@ -42,7 +42,7 @@ cdef extern from "q8_jobs.h" nogil:
         const float *dec
         const int32_t *deci
         const uint8_t *planes
-        float amb
+        int32_t window
         int32_t near
         int is_signed
     ctypedef struct lrcore_q8_state:
@@ -147,7 +147,7 @@ cdef lrcore_q8_codec _codec(c):
     out.dec = &dec[0]
     out.deci = &deci[0]
     out.planes = &planes[0]
-    out.amb = c.amb
+    out.window = c.window
     out.near = c.near
     out.is_signed = 1 if c.signed else 0
     return out

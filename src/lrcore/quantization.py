@@ -164,27 +164,35 @@ class _Codec:
             a.setflags(write=False)
 
     def _decades(self):
-        """The vector encoder's tables (lrcore_q8_encode_block). It codes |x| against the
-        magnitude map M (unsigned: the map; signed: entries 127.. of the map, 0 to 1; the
-        negative half mirrors it exactly), whose entries after 0 come in decades of evenly
-        spaced values (bitsandbytes' create_dynamic_map) and a last entry 1. Decade d holds
-        the indices base[d] .. last[d] of M and starts at the threshold start[d]; in it
-        f = |x| * inv[d] - cst[d] (float32; inv = 1 / spacing, cst = first * inv - base)
-        is the position of |x| among the indices, so min(rint(f), last[d]) is the nearest
-        entry, unless f lies within eps of a half-integer (`amb` = 0.5 - eps: such lanes
-        take the exact scalar search). The encoder codes an estimate x' of the quotient,
-        within 2 ulp(x') of it: eps bounds |f - (k - 0.5)| (times 2, for margin) at every
-        float32 within NEAR_STEPS of each decision point, and lanes within `near` steps of
-        a decade start are flagged too. The decade of |x| is lo[e], or lo[e] + 1 from
-        split[e] on, e = |x|'s exponent - 96 (0 below 2**-31): one decade starts in a
-        binade at most, split[e] is that start or +inf. dec = cst | inv (16 float32 each) |
-        split (32); deci = last | base (16 int32 each) | lo (32). Built and checked here;
+        """The vector encoder's tables (lrcore_q8_code16). It codes |x| against the magnitude
+        map M (unsigned: the map; signed: entries 127.. of the map, 0 to 1; the negative half
+        mirrors it exactly), whose entries after 0 come in decades of evenly spaced values
+        (bitsandbytes' create_dynamic_map) and a last entry 1. Decade d holds the indices
+        base[d] .. last[d] of M and starts at the threshold start[d]. In it the position of
+        |x| among the indices, f = (|x| - M[base]) / spacing + base, is formed in fixed point
+        with 14 fraction bits by one fused multiply-add:
+            y = fma(|x|, INV[d], C[d]),  INV = 2**14 / spacing,
+            C = 2**23 + 2**13 + 2**14 * (OFF - (M[base] / spacing - base))   (float32),
+        OFF = 127 for the signed map (its codes are 127 + index), else 0: y is in [2**23,
+        2**24), where float32 steps are 1, so Y = bits(y) - bits(2**23) is an integer close to
+        2**14 * (f + OFF + 0.5), the code is Y >> 14 (clamped to last[d] + OFF), and the
+        decision point k - 0.5 of the decade sits at Y = 2**14 * (k + OFF). A lane is left to
+        the exact search when Y is within `window` of a multiple of 2**14: `window` (a power
+        of two) is more than twice the largest |Y - 2**14 * (k + OFF)| over every float32
+        within NEAR_STEPS steps of each decision point (the encoder codes an estimate x' of
+        the quotient, within 2 ulp(x'), at most 4 steps, of it; lrcore_q8_encode_block), and
+        lanes within `near` steps of a decade start are flagged too. The decade of |x| is
+        lo[e], or lo[e] + 1 from split[e] on, e = |x|'s exponent - 96 (0 below 2**-31): one
+        decade starts in a binade at most, split[e] is that start or +inf.
+        dec = C | INV (16 float32 each) | split (32); deci = LAST = (bits(2**23) >> 14) +
+        last + OFF | base (16 int32 each) | lo (32). Built and checked here;
         bench/q8_exhaustive.py checks the encoder on every float32 in [-1, 1], the tests
         compare it with a brute-force search."""
         mag = self.map[127:] if self.signed else self.map
         tm = self.thr[127:255] if self.signed else self.thr[:255]   # tm[j - 1] = T[j]
         K = mag.size
         T = np.concatenate([[np.float32(0)], tm[:K - 1]]).astype(np.float32)   # T[0] = 0
+        off = 127 if self.signed else 0
         # decades: [0], then groups by decimal exponent, then [1.0]
         m64 = mag.astype(np.float64)
         key = np.floor(np.log10(m64[1:K - 1]) + 1e-9).astype(int)
@@ -201,27 +209,33 @@ class _Codec:
         cst = np.zeros(16, np.float32)
         base = np.zeros(16, np.int32)
         last = np.zeros(16, np.int32)
-        eps = 0.0
+        far = 0.0
 
-        def f(x, d):      # the encoder's estimate of the code index (x float32 >= 0)
-            return float(np.float32(np.float32(x) * inv[d]) - cst[d])
+        def Y(x, d):      # the encoder's fixed-point position (x float32 >= 0): an exact fma
+            y = np.float32(float(np.float32(x)) * float(inv[d]) + float(cst[d]))
+            assert 2.0 ** 23 <= y < 2.0 ** 24
+            return int(y.view(np.int32)) - 0x4B000000
 
         for d, (b, cnt) in enumerate(groups):
             start[d] = T[b]
             base[d], last[d] = b, b + cnt - 1
+            pos0 = float(b)                  # position of 0: the zero decade and [1.0]
             if cnt > 1:
                 spacing = (m64[b + cnt - 1] - m64[b]) / (cnt - 1)
-                inv[d] = np.float32(1.0 / spacing)
-            cst[d] = np.float32(float(mag[b]) * float(inv[d]) - b)
-            # the decision points T[b + k] (k = 1 .. cnt - 1), against f = b + k - 0.5, at
-            # every float32 within NEAR_STEPS steps of them: the encoder codes an estimate
-            # x' of the quotient x whose neighbourhood N(x') (2 ulp(x') each way, at most
-            # 4 steps) may hold a decision point (lrcore_q8_encode_block)
+                inv[d] = np.float32(2.0 ** 14 / spacing)
+                pos0 = b - m64[b] / spacing
+            cst[d] = np.float32(2.0 ** 23 + 2.0 ** 13 + 2.0 ** 14 * (off + pos0))
+            # the decision points T[b + k] (k = 1 .. cnt - 1), against Y = 2**14 (b + k +
+            # OFF), at every float32 within NEAR_STEPS steps of them
             for k in range(1, cnt):
                 tb = int(T[b + k:b + k + 1].view(np.int32)[0])
                 for x in np.arange(tb - self.NEAR_STEPS, tb + self.NEAR_STEPS + 1,
                                    dtype=np.int32).view(np.float32):
-                    eps = max(eps, abs(f(x, d) - (b + k - 0.5)))
+                    far = max(far, abs(Y(x, d) - 2 ** 14 * (b + k + off)))
+            # from the decade's start to the next one, the code is base .. last (clamped)
+            assert Y(start[d], d) >> 14 == b + off and Y(start[d], d) % 2 ** 14 > 160
+            nxt = T[b + cnt] if b + cnt < K else np.float32(1)
+            assert Y(nxt, d) < 2 ** 22
         lo = np.zeros(32, np.int32)
         split = np.full(32, np.inf, np.float32)
         for e in range(32):
@@ -238,15 +252,12 @@ class _Codec:
         for s0 in start[1:len(groups)]:
             bits = int(np.float32(s0).view(np.int32))
             assert min(bits & 0x7fffff, 0x800000 - (bits & 0x7fffff)) > 64
-        # every |x| below 2**-31 (e = 0) is in the zero decade; rint(f) >= 0 in every decade
+        # every |x| below 2**-31 (e = 0) is in the zero decade
         assert lo[0] == 0 and start[1] > 2.0 ** -31
-        for d in range(len(groups)):
-            assert f(start[d], d) > base[d] - 0.5 + 0.01
-        self.eps = 2.0 * eps + 1e-6
-        assert self.eps < 0.01
+        self.window = 1 << int(np.ceil(np.log2(2 * far + 2)))
+        assert self.window <= 64
         self.dec = np.concatenate([cst, inv, split]).astype(np.float32)
-        self.deci = np.concatenate([last, base, lo]).astype(np.int32)
-        self.amb = float(np.float32(0.5 - self.eps))
+        self.deci = np.concatenate([(0x4B000000 >> 14) + last + off, base, lo]).astype(np.int32)
         self.near = self.NEAR_STEPS + 1     # |bits(|x'|) - bits(split)| < near: flagged
 
 

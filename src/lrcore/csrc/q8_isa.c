@@ -29,6 +29,151 @@ static void rule_f32(int kind, const lrcore_hp *hp, size_t m, float *p, const fl
     switch (kind) { LRCORE_RULES(Q8_RULE) }
 }
 
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+/*
+ * Adam / AdamW with both moments in 8 bits (exp_avg signed, exp_avg_sq unsigned, no
+ * AMSGrad, beta1 > 0.5), on CPUs with AVX512-VBMI: one software-pipelined pass. Per block,
+ * Q8_G elements at a time, it decodes block b's moments, runs lrcore.h's Adam loop on them
+ * (lrcore__adam_loop_f32, the loop lrcore_adam_f32 runs, with the scalars formed as it
+ * forms them), folds the new moments into block b's absmax, and encodes the same Q8_G
+ * elements of block b - 1 (whose absmax is known by then): the Adam loop is bound by the
+ * divider, decoding and encoding by the vector ALUs, so the core can overlap them, and the
+ * pass streams through memory once. A bfloat16 param / grad is widened per block and the
+ * param rounded back per block (lrcore_round_half, index index_offset + element). Every
+ * value is the one the chunked loop below computes (same functions, same order per
+ * element; absmax is a maximum), so the bytes are the same. Full blocks only.
+ */
+typedef struct {
+    lrcore__moment_k_f32 k;
+    float bc2_sqrt, eps, nss;
+    unsigned variant;
+} q8_adam_scalars;
+
+/* The per-call part of lrcore.h's Adam (lrcore__adam_f32 in lrcore_body.h), unchanged. */
+static q8_adam_scalars q8_adam_scalars_of(const lrcore_adam_hp *hp)
+{
+    q8_adam_scalars a;
+    const double step = (double)hp->step;
+    const double bc1 = 1.0 - pow(hp->beta1, step);
+    const double bc2 = 1.0 - pow(hp->beta2, step);
+    a.k = lrcore__moment_scalars_f32(hp->lr, hp->beta1, hp->beta2, hp->weight_decay,
+                                     hp->decoupled_weight_decay, hp->grad_scale, hp->maximize);
+    a.bc2_sqrt = (float)sqrt(bc2);
+    a.eps = (float)hp->eps;
+    a.nss = (float)(-(hp->lr / bc1));
+    a.variant = (unsigned)a.k.l2 | (unsigned)a.k.small << 1;
+    return a;
+}
+
+/* Whether q8_adam_fused runs this job: Adam, exp_avg and exp_avg_sq 8-bit with their
+ * usual maps, no max_exp_avg_sq, lerp weight 1 - beta1 < 0.5 (variants 2 and 3 of
+ * lrcore_body.h's adam_loop), a CPU with AVX512-VBMI. */
+static int q8_adam_fusable(const lrcore_q8_job *job)
+{
+    if (!lrcore_q8_vbmi || job->kind != LRCORE_KIND_adam) return 0;
+    const lrcore_q8_buf *s = job->state;
+    if (!s[0].q.codes || s[0].map != 0 || !s[1].q.codes || s[1].map != 1) return 0;
+    if (s[2].q.codes || s[2].f32) return 0;
+    const unsigned v = q8_adam_scalars_of(&job->hp.adam).variant;
+    return v == 2u || v == 3u;
+}
+
+/* Elements per step of the pipeline (the Adam loop's length; a multiple of 64 dividing
+ * the block): 128 measured best on Zen 4 (64 and 256 within a few per cent). */
+#ifndef Q8_G
+#define Q8_G 128
+#endif
+LRCORE_Q8_VBMI static void q8_adam_fused(const lrcore_q8_job *job, size_t b0, size_t b1)
+{
+    enum { B = LRCORE_Q8_BLOCK };
+    const q8_adam_scalars a = q8_adam_scalars_of(&job->hp.adam);
+    const lrcore__stream st = lrcore__no_stream();
+    const lrcore_lowp *lp = &job->lowp;
+    const int hpar = lp->param != LRCORE_ET_F32, hgr = lp->grad != LRCORE_ET_F32;
+    const lrcore_q8_codec *cm = &job->codec[0], *cv = &job->codec[1];
+    const lrcore_q8_state qm = job->state[0].q, qv = job->state[1].q;
+    lrcore_q8_btab dm, dv;
+    lrcore_q8_btab_load(cm, &dm);
+    lrcore_q8_btab_load(cv, &dv);
+    const lrcore_q8_vtab em = lrcore_q8_vtab_load(cm), ev = lrcore_q8_vtab_load(cv);
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    float sm[2][B] __attribute__((aligned(64))), sv[2][B] __attribute__((aligned(64)));
+    float tp[B] __attribute__((aligned(64))), tg[B] __attribute__((aligned(64)));
+    uint32_t mbm = 0, mbv = 0;        /* absmax bits of the previous block's moments */
+    for (size_t b = b0; b <= b1; b++) {
+        const int cur = (int)(b & 1u), prev = cur ^ 1;
+        const int have = b < b1, enc = b > b0;
+        /* the previous block: vector codes when its absmax is in [2**-126, 2**126] */
+        float amm, amv;
+        memcpy(&amm, &mbm, sizeof amm);
+        memcpy(&amv, &mbv, sizeof amv);
+        const int vm = enc && mbm >= 0x00800000u && mbm <= 0x7e800000u;
+        const int vv = enc && mbv >= 0x00800000u && mbv <= 0x7e800000u;
+        const __m512 rm = _mm512_set1_ps(vm ? 1.0f / amm : 1.0f);
+        const __m512 rv = _mm512_set1_ps(vv ? 1.0f / amv : 1.0f);
+        float *p = 0;
+        const float *g = 0;
+        __m512 dam = _mm512_setzero_ps(), dav = dam;
+        if (have) {
+            const size_t e = b * B;
+            p = hpar ? tp : (float *)job->param + e;
+            g = hgr ? tg : (const float *)job->grad + e;
+            if (hpar) lrcore_widen_bf16(B, (const uint16_t *)job->param + e, tp);
+            if (hgr) lrcore_widen_bf16(B, (const uint16_t *)job->grad + e, tg);
+            dam = _mm512_set1_ps(qm.absmax[b]);
+            dav = _mm512_set1_ps(qv.absmax[b]);
+        }
+        __m512i mxm = _mm512_setzero_si512(), mxv = mxm;
+        for (size_t i = 0; i < B; i += Q8_G) {
+            if (have) {
+                const size_t e = b * B + i;
+                float *m = sm[cur] + i, *v = sv[cur] + i;
+                for (int k = 0; k < Q8_G; k += 64) {
+                    lrcore_q8_decode64_vbmi(&dm, qm.codes + e + k, dam, m + k);
+                    lrcore_q8_decode64_vbmi(&dv, qv.codes + e + k, dav, v + k);
+                }
+                if (a.variant == 3u)
+                    lrcore__adam_loop_f32(Q8_G, p + i, g + i, m, v, 0, &a.k, a.bc2_sqrt, a.eps,
+                                          a.nss, st, 3u);
+                else
+                    lrcore__adam_loop_f32(Q8_G, p + i, g + i, m, v, 0, &a.k, a.bc2_sqrt, a.eps,
+                                          a.nss, st, 2u);
+                for (int k = 0; k < Q8_G; k += 16) {
+                    mxm = _mm512_max_epu32(mxm, _mm512_and_si512(
+                        _mm512_load_si512((const void *)(m + k)), absmask));
+                    mxv = _mm512_max_epu32(mxv, _mm512_and_si512(
+                        _mm512_load_si512((const void *)(v + k)), absmask));
+                }
+            }
+            for (int k = 0; k < Q8_G; k += 64) {
+                if (vm)
+                    lrcore_q8_encode64(cm, &em, sm[prev] + i + k, rm, amm,
+                                       qm.codes + (b - 1) * B + i + k, 1);
+                if (vv)
+                    lrcore_q8_encode64(cv, &ev, sv[prev] + i + k, rv, amv,
+                                       qv.codes + (b - 1) * B + i + k, 0);
+            }
+        }
+        if (enc) {    /* absmax out of range (0, NaN, Inf, tiny, huge): the block encoder */
+            qm.absmax[b - 1] = vm ? amm
+                : lrcore_q8_encode_block(cm, B, sm[prev], qm.codes + (b - 1) * B);
+            qv.absmax[b - 1] = vv ? amv
+                : lrcore_q8_encode_block(cv, B, sv[prev], qv.codes + (b - 1) * B);
+        }
+        if (have) {
+            mbm = _mm512_reduce_max_epu32(mxm);
+            mbv = _mm512_reduce_max_epu32(mxv);
+            if (mbm > 0x7f800000u) mbm = 0x7fc00000u;    /* a NaN: absmax NaN */
+            if (mbv > 0x7f800000u) mbv = 0x7fc00000u;
+            if (hpar)
+                lrcore_round_half(LRCORE_ET_BF16, B, tp, (uint16_t *)job->param + b * B,
+                                  lp->rounding, lp->seed, lp->step, 0u,
+                                  lp->index_offset + b * B);
+        }
+    }
+}
+#endif
+
 /*
  * Blocks [b0, b1) of one step, LRCORE_Q8_CHUNK blocks at a time:
  *   widen the chunk of a bfloat16 param / grad into float32 scratch (float32: in place);
@@ -42,6 +187,15 @@ static void rule_f32(int kind, const lrcore_hp *hp, size_t m, float *p, const fl
 void Q8_FN(lrcore_q8_step_)(const lrcore_q8_job *job, size_t b0, size_t b1)
 {
     enum { CH = LRCORE_Q8_CHUNK * LRCORE_Q8_BLOCK };
+#ifdef LRCORE_Q8_VECTOR_ENCODER
+    if (q8_adam_fusable(job)) {    /* full blocks fused; a partial last block below */
+        const size_t full = job->n / LRCORE_Q8_BLOCK, f1 = b1 < full ? b1 : full;
+        if (b0 < f1) {
+            q8_adam_fused(job, b0, f1);
+            b0 = f1;
+        }
+    }
+#endif
     float tp[CH] __attribute__((aligned(64))), tg[CH] __attribute__((aligned(64)));
     float ts[3][CH] __attribute__((aligned(64)));
     const lrcore_lowp *lp = &job->lowp;

@@ -51,7 +51,7 @@ typedef struct {
     const float *dec;     /* 64: cst | inv (16 each, by decade) | split (32) (quantization.py) */
     const int32_t *deci;  /* 64: last index | base index (16 each, by decade) | lo (32) */
     const uint8_t *planes;   /* 4 x 256: byte k of map[j] at planes[256 k + j] (VBMI decoder) */
-    float amb;            /* 0.5 - eps: |f - rint(f)| above it takes the exact search */
+    int32_t window;       /* Y within it of a multiple of 2**14 takes the exact search */
     int32_t near;         /* float32 steps from a decade start that take the exact search */
     int is_signed;
 } lrcore_q8_codec;
@@ -114,62 +114,100 @@ LRCORE_INLINE uint8_t lrcore_q8_code_of(const lrcore_q8_codec *c, float v, float
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #define LRCORE_Q8_VECTOR_ENCODER 1
-/* The vector encoder's tables in registers (lrcore_q8_encode_block). */
+/* The vector encoder's tables in registers (lrcore_q8_code16). */
 typedef struct {
-    __m512 cst, inv, amb;
-    __m512i last, lo0, lo1, sp0, sp1, nearoff, nearlim;
+    __m512 cst, inv;
+    __m512i last, lo0, lo1, sp0, sp1, nearoff, nearlim, win, winmask;
 } lrcore_q8_vtab;
 
 LRCORE_INLINE lrcore_q8_vtab lrcore_q8_vtab_load(const lrcore_q8_codec *c)
 {
     lrcore_q8_vtab t;
+    const __m512i one = _mm512_set1_epi32(1);
     t.cst = _mm512_loadu_ps(c->dec);
     t.inv = _mm512_loadu_ps(c->dec + 16);
-    const __m512i one = _mm512_set1_epi32(1);
     t.sp0 = _mm512_loadu_si512(c->dec + 32);     /* split as bit patterns */
     t.sp1 = _mm512_loadu_si512(c->dec + 48);
     t.last = _mm512_loadu_si512(c->deci);
     t.lo0 = _mm512_add_epi32(_mm512_loadu_si512(c->deci + 32), one);   /* lo + 1 */
     t.lo1 = _mm512_add_epi32(_mm512_loadu_si512(c->deci + 48), one);
-    t.amb = _mm512_set1_ps(c->amb);
     /* |t| < near iff t + (near - 1) < 2 near - 1, unsigned (near <= 0: never) */
     t.nearoff = _mm512_set1_epi32(c->near - 1);
     t.nearlim = _mm512_set1_epi32(c->near > 0 ? 2 * c->near - 1 : 0);
+    /* Y mod 2**14 within `window` of 0 iff (Y + window) mod 2**14 < 2 window (a power of
+     * two): no bit of (Y + window) & 0x3fff at or above 2 window (window 0: Y mod 2**14 0) */
+    t.win = _mm512_set1_epi32(c->window);
+    t.winmask = _mm512_set1_epi32(c->window > 0 ? 0x3fff & ~(2 * c->window - 1) : 0x3fff);
     return t;
 }
 
-/* 16 codes (as 32-bit lanes) of the quotient estimates x (v * (1 / absmax)); *bad gets the
- * lanes the estimate cannot decide (lrcore_q8_encode_block): f within eps of a
- * half-integer, |x| within `near` float32 steps of its binade's decade start, or NaN. */
+/* 16 codes (in the low byte of each 32-bit lane; the bits above are not 0) of the quotient
+ * estimates x (v * (1 / absmax), never NaN); *bad gets the lanes the estimate cannot decide
+ * (lrcore_q8_encode_block): Y within `window` of a multiple of 2**14, or |x| within `near`
+ * float32 steps of the decade start in its binade. */
 LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const int is_signed,
                                        __mmask16 *bad)
 {
-    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
-    const __m512i c127 = _mm512_set1_epi32(127);
     const __m512i u = _mm512_castps_si512(x);
-    const __m512i a = _mm512_and_si512(u, absmask);
-    const __m512 ax = _mm512_castsi512_ps(a);
-    /* binade index: exponent - 96, 0 below 2**-31 (16-bit saturating; the high half is 0) */
-    const __m512i e = _mm512_subs_epu16(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(96));
+    /* |x|; the unsigned map codes x < 0 as 0, so there x is taken as +0 */
+    const __m512i a = is_signed ? _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff))
+                                : _mm512_max_epi32(u, _mm512_setzero_si512());
+    /* binade index e = exponent - 96 (mod 32, as the permutes read it; |x| below 2**-31
+     * taken as 2**-31) */
+    const __m512i e = _mm512_srli_epi32(_mm512_max_epu32(a, _mm512_set1_epi32(96 << 23)), 23);
     /* t = bits(|x|) - bits(split): |x| >= split iff t >= 0 (both non-negative floats) */
     const __m512i t0 = _mm512_sub_epi32(a, _mm512_permutex2var_epi32(t->sp0, e, t->sp1));
     /* decade lo + (t >= 0) = (lo + 1) + (t >> 31) */
     const __m512i d = _mm512_add_epi32(_mm512_permutex2var_epi32(t->lo0, e, t->lo1),
                                        _mm512_srai_epi32(t0, 31));
-    const __m512 f = _mm512_sub_ps(_mm512_mul_ps(ax, _mm512_permutexvar_ps(d, t->inv)),
-                                   _mm512_permutexvar_ps(d, t->cst));
-    /* f - rint(f), exact */
-    const __m512 fr = _mm512_reduce_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    *bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(fr), t->amb, _CMP_NLE_UQ)
+    /* y = fma(|x|, INV, C) in [2**23, 2**24): bits(y) = bits(2**23) + Y */
+    const __m512i y = _mm512_castps_si512(_mm512_fmadd_ps(
+        _mm512_castsi512_ps(a), _mm512_permutexvar_ps(d, t->inv),
+        _mm512_permutexvar_ps(d, t->cst)));
+    *bad |= _mm512_testn_epi32_mask(_mm512_add_epi32(y, t->win), t->winmask)
             | _mm512_cmplt_epu32_mask(_mm512_add_epi32(t0, t->nearoff), t->nearlim);
-    const __m512i j = _mm512_min_epi32(
-        _mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-        _mm512_permutexvar_epi32(d, t->last));
-    const __mmask16 neg = _mm512_movepi32_mask(u);
-    if (is_signed)   /* x < 0: 127 - min(j, 127); else 127 + j */
-        return _mm512_mask_sub_epi32(_mm512_add_epi32(c127, j), neg, c127,
-                                     _mm512_min_epi32(j, c127));
-    return _mm512_maskz_mov_epi32((__mmask16)~neg, j);     /* unsigned map, x < 0: code 0 */
+    /* (bits(2**23) >> 14) + code, clamped to the decade's last entry */
+    const __m512i j = _mm512_min_epi32(_mm512_srli_epi32(y, 14),
+                                       _mm512_permutexvar_epi32(d, t->last));
+    if (is_signed) {   /* x < 0: 254 - j (codes 127 - index; index 128, i.e. 1, is 0) */
+        const __m512i c254 = _mm512_set1_epi32((0x4B000000 >> 14) + 254);
+        return _mm512_mask_sub_epi32(j, _mm512_movepi32_mask(u), c254,
+                                     _mm512_min_epi32(j, c254));
+    }
+    return j;
+}
+
+/* The vector part of lrcore_q8_encode_block, 64 values at a time (below). */
+/* The low bytes of the 64 lanes of c0..c3 to codes[0..63]. */
+LRCORE_INLINE void lrcore_q8_store64(uint8_t *codes, __m512i c0, __m512i c1, __m512i c2,
+                                     __m512i c3)
+{
+    _mm_storeu_si128((__m128i *)codes, _mm512_cvtepi32_epi8(c0));
+    _mm_storeu_si128((__m128i *)(codes + 16), _mm512_cvtepi32_epi8(c1));
+    _mm_storeu_si128((__m128i *)(codes + 32), _mm512_cvtepi32_epi8(c2));
+    _mm_storeu_si128((__m128i *)(codes + 48), _mm512_cvtepi32_epi8(c3));
+}
+
+/* 64 codes of v[0..63] in a block of absmax am (r = 1 / am, am in [2**-126, 2**126]):
+ * four lrcore_q8_code16, then the exact search for the flagged lanes. */
+LRCORE_INLINE void lrcore_q8_encode64(const lrcore_q8_codec *c, const lrcore_q8_vtab *t,
+    const float *LRCORE_RESTRICT v, __m512 r, float am, uint8_t *LRCORE_RESTRICT codes,
+    const int is_signed)
+{
+    __mmask16 b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    const __m512i c0 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v), r), is_signed, &b0);
+    const __m512i c1 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 16), r), is_signed,
+                                        &b1);
+    const __m512i c2 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 32), r), is_signed,
+                                        &b2);
+    const __m512i c3 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 48), r), is_signed,
+                                        &b3);
+    lrcore_q8_store64(codes, c0, c1, c2, c3);
+    uint64_t bad = (uint64_t)b0 | (uint64_t)b1 << 16 | (uint64_t)b2 << 32 | (uint64_t)b3 << 48;
+    for (; bad; bad &= bad - 1) {    /* undecided lanes: the exact search */
+        const size_t k = (size_t)__builtin_ctzll(bad);
+        codes[k] = lrcore_q8_code_of(c, v[k], am);
+    }
 }
 
 /* The vector part of lrcore_q8_encode_block (absmax am in [2**-126, 2**126]): codes of the
@@ -180,29 +218,9 @@ LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
 {
     const lrcore_q8_vtab t = lrcore_q8_vtab_load(c);
     const __m512 r = _mm512_set1_ps(1.0f / am);
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
-                                            3, 7, 11, 15);
     size_t i = 0;
-    for (; i + 64 <= n; i += 64) {   /* 4 x 16 codes packed to bytes at once */
-        __mmask16 b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-        const __m512i c0 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r),
-                                            is_signed, &b0);
-        const __m512i c1 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i + 16), r),
-                                            is_signed, &b1);
-        const __m512i c2 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i + 32), r),
-                                            is_signed, &b2);
-        const __m512i c3 = lrcore_q8_code16(&t, _mm512_mul_ps(_mm512_loadu_ps(v + i + 48), r),
-                                            is_signed, &b3);
-        const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1),
-                                              _mm512_packus_epi32(c2, c3));
-        _mm512_storeu_si512((void *)(codes + i), _mm512_permutexvar_epi32(order, b));
-        uint64_t bad = (uint64_t)b0 | (uint64_t)b1 << 16 | (uint64_t)b2 << 32
-                       | (uint64_t)b3 << 48;
-        for (; bad; bad &= bad - 1) {    /* undecided lanes: the exact search */
-            const size_t k = i + (size_t)__builtin_ctzll(bad);
-            codes[k] = lrcore_q8_code_of(c, v[k], am);
-        }
-    }
+    for (; i + 64 <= n; i += 64)
+        lrcore_q8_encode64(c, &t, v + i, r, am, codes + i, is_signed);
     for (; i + 16 <= n; i += 16) {
         __mmask16 b0 = 0;
         _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(lrcore_q8_code16(
@@ -241,19 +259,22 @@ LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
  *   The code of x'. |x'| is coded against the magnitude map (the signed map's negative
  *   half mirrors its positive half), whose entries come in decades of evenly spaced values
  *   (quantization.py, _Codec._decades). A decade begins at a threshold, its start, and at
- *   most one start lies in a binade. With e the binade of |x'| (exponent - 96, 0 below
- *   2**-31) and t = bits(|x'|) - bits(split[e]) (split: the start inside the binade, or
- *   +inf; the bit patterns of non-negative floats order like the values), the decade is
- *   d = lo[e] + (t >= 0) (32-entry tables in two registers); f = |x'| * inv[d] - cst[d]
- *   is the position of |x'| among the entries, and min(rint(f), last[d]) its code. A lane
- *   is flagged when
- *     |f - rint(f)| > amb = 0.5 - eps, where eps bounds, with a factor 2 of margin,
- *       |f - (k - 0.5)| at every float32 within 8 steps of each decision point k - 0.5
- *       inside a decade (f's own rounding, and N's width: at most 4 steps each way);
+ *   most one start lies in a binade. With e the binade of |x'| (exponent - 96, 2**-31 for
+ *   smaller |x'|) and t = bits(|x'|) - bits(split[e]) (split: the start inside the binade,
+ *   or +inf; the bit patterns of non-negative floats order like the values), the decade is
+ *   d = lo[e] + (t >= 0) (32-entry tables in two registers). In it the position of |x'|
+ *   among the entries, plus 127 for the signed map, is formed in fixed point with 14
+ *   fraction bits: y = fma(|x'|, INV[d], C[d]) lies in [2**23, 2**24), where float32 steps
+ *   are 1, so Y = bits(y) - bits(2**23) is an integer, 2**14 (position + 0.5) rounded
+ *   once; the code is Y >> 14, clamped to the decade's last entry (a negative x' codes as
+ *   254 minus that, clamped to 0, on the signed map, and as 0 on the unsigned one). The
+ *   decision points of the decade sit at the multiples of 2**14. A lane is flagged when
+ *     Y is within `window` (4) of a multiple of 2**14: window exceeds twice the largest
+ *       |Y - 2**14 k| at every float32 within 8 steps of each decision point 2**14 k inside
+ *       a decade (Y's rounding, and N's width: at most 4 steps each way), or
  *     |t| < near = 9: |x'| within 9 float32 steps of the decade start of its binade (no
  *       start lies within 64 steps of a power of two, checked where the tables are built,
- *       so N(x') meets a start only when |x'| is in the start's binade);
- *     or x' is NaN.
+ *       so N(x') meets a start only when |x'| is in the start's binade).
  *   Hence an unflagged lane's code is the exact code of every float32 in N(x'), x included.
  *   `python bench/q8_exhaustive.py` checks exactly that for every float32 x' in [-1, 1]
  *   and both maps (codes are monotone in x, so it compares the lane's code with the exact
@@ -307,27 +328,61 @@ LRCORE_INLINE size_t lrcore_q8_block_len(size_t n, size_t b)
  * Set once by q8_isa.c's lrcore_q8_vbmi_avx512 (at import of lrcore._q8) from the CPU. */
 extern int lrcore_q8_vbmi;
 
+/* Functions that may use AVX512-VBMI (called only where lrcore_q8_vbmi is 1). */
+#define LRCORE_Q8_VBMI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")))
+
+/* The byte planes in registers (P[k][h]: plane k, entries 64 h .. 64 h + 63), and the
+ * order of the codes that makes the unpacks come out in code order. */
+typedef struct { __m512i P[4][4]; __m512i order; } lrcore_q8_btab;
+
+LRCORE_Q8_VBMI LRCORE_INLINE void lrcore_q8_btab_load(const lrcore_q8_codec *c, lrcore_q8_btab *t)
+{
+    for (int k = 0; k < 4; k++)
+        for (int h = 0; h < 4; h++)
+            t->P[k][h] = _mm512_loadu_si512((const void *)(c->planes + 256 * k + 64 * h));
+    /* position 16 L + 4 q + i takes code 16 q + 4 L + i */
+    uint8_t ord[64];
+    for (int L = 0; L < 4; L++)
+        for (int qq = 0; qq < 4; qq++)
+            for (int i = 0; i < 4; i++) ord[16 * L + 4 * qq + i] = (uint8_t)(16 * qq + 4 * L + i);
+    t->order = _mm512_loadu_si512((const void *)ord);
+}
+
 /* Decode with byte permutes: the map's 256 float32 entries as four byte planes (plane k =
  * byte k of every entry, 256 bytes = 4 registers each); per 64 codes, two two-register
  * byte permutes (vpermi2b, index bits 0-6) and a blend on bit 7 give byte k of the 64
  * entries, and byte/word unpacks assemble the floats. The unpacks work within 128-bit
  * lanes, so the codes are first permuted (`order`) such that the four results come out in
- * code order. Same bits as lrcore_q8_decode_block: map[code] * absmax. */
-__attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void
-lrcore_q8_decode_blocks_vbmi(const lrcore_q8_codec *c, size_t n, size_t c0, size_t c1,
-                             lrcore_q8_state q, float *LRCORE_RESTRICT out)
+ * code order. Same bits as lrcore_q8_decode_block: out[i] = map[codes[i]] * am. */
+LRCORE_Q8_VBMI LRCORE_INLINE void lrcore_q8_decode64_vbmi(const lrcore_q8_btab *t,
+    const uint8_t *LRCORE_RESTRICT codes, __m512 am, float *LRCORE_RESTRICT out)
 {
     LRCORE__FP_STRICT
-    __m512i P[4][4];
-    for (int k = 0; k < 4; k++)
-        for (int h = 0; h < 4; h++)
-            P[k][h] = _mm512_loadu_si512((const void *)(c->planes + 256 * k + 64 * h));
-    /* position 16 L + 4 q + i takes code 16 q + 4 L + i */
-    uint8_t ord[64] __attribute__((aligned(64)));
-    for (int L = 0; L < 4; L++)
-        for (int qq = 0; qq < 4; qq++)
-            for (int i = 0; i < 4; i++) ord[16 * L + 4 * qq + i] = (uint8_t)(16 * qq + 4 * L + i);
-    const __m512i order = _mm512_load_si512((const void *)ord);
+    const __m512i k = _mm512_permutexvar_epi8(t->order, _mm512_loadu_si512((const void *)codes));
+    const __mmask64 hi = _mm512_movepi8_mask(k);
+    __m512i B[4];
+    for (int pk = 0; pk < 4; pk++)
+        B[pk] = _mm512_mask_blend_epi8(hi, _mm512_permutex2var_epi8(t->P[pk][0], k, t->P[pk][1]),
+                                       _mm512_permutex2var_epi8(t->P[pk][2], k, t->P[pk][3]));
+    const __m512i w0 = _mm512_unpacklo_epi8(B[0], B[1]), w1 = _mm512_unpackhi_epi8(B[0], B[1]);
+    const __m512i w2 = _mm512_unpacklo_epi8(B[2], B[3]), w3 = _mm512_unpackhi_epi8(B[2], B[3]);
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w0, w2)), am));
+    _mm512_storeu_ps(out + 16,
+                     _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w0, w2)), am));
+    _mm512_storeu_ps(out + 32,
+                     _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w1, w3)), am));
+    _mm512_storeu_ps(out + 48,
+                     _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w1, w3)), am));
+}
+
+/* Blocks [c0, c1) of q (a buffer of n values) decoded into out with lrcore_q8_decode64_vbmi
+ * (the scalar loop for the last n % 64 values of a partial block). */
+LRCORE_Q8_VBMI static void lrcore_q8_decode_blocks_vbmi(const lrcore_q8_codec *c, size_t n,
+    size_t c0, size_t c1, lrcore_q8_state q, float *LRCORE_RESTRICT out)
+{
+    LRCORE__FP_STRICT
+    lrcore_q8_btab t;
+    lrcore_q8_btab_load(c, &t);
     for (size_t b = c0; b < c1; b++) {
         const size_t m = lrcore_q8_block_len(n, b);
         const uint8_t *codes = q.codes + b * LRCORE_Q8_BLOCK;
@@ -335,26 +390,7 @@ lrcore_q8_decode_blocks_vbmi(const lrcore_q8_codec *c, size_t n, size_t c0, size
         const float absmax = q.absmax[b];
         const __m512 am = _mm512_set1_ps(absmax);
         size_t i = 0;
-        for (; i + 64 <= m; i += 64) {
-            const __m512i k = _mm512_permutexvar_epi8(order,
-                _mm512_loadu_si512((const void *)(codes + i)));
-            const __mmask64 hi = _mm512_movepi8_mask(k);
-            __m512i B[4];
-            for (int pk = 0; pk < 4; pk++)
-                B[pk] = _mm512_mask_blend_epi8(hi,
-                    _mm512_permutex2var_epi8(P[pk][0], k, P[pk][1]),
-                    _mm512_permutex2var_epi8(P[pk][2], k, P[pk][3]));
-            const __m512i w0 = _mm512_unpacklo_epi8(B[0], B[1]), w1 = _mm512_unpackhi_epi8(B[0], B[1]);
-            const __m512i w2 = _mm512_unpacklo_epi8(B[2], B[3]), w3 = _mm512_unpackhi_epi8(B[2], B[3]);
-            _mm512_storeu_ps(o + i, _mm512_mul_ps(
-                _mm512_castsi512_ps(_mm512_unpacklo_epi16(w0, w2)), am));
-            _mm512_storeu_ps(o + i + 16, _mm512_mul_ps(
-                _mm512_castsi512_ps(_mm512_unpackhi_epi16(w0, w2)), am));
-            _mm512_storeu_ps(o + i + 32, _mm512_mul_ps(
-                _mm512_castsi512_ps(_mm512_unpacklo_epi16(w1, w3)), am));
-            _mm512_storeu_ps(o + i + 48, _mm512_mul_ps(
-                _mm512_castsi512_ps(_mm512_unpackhi_epi16(w1, w3)), am));
-        }
+        for (; i + 64 <= m; i += 64) lrcore_q8_decode64_vbmi(&t, codes + i, am, o + i);
         for (; i < m; i++) o[i] = c->map[codes[i]] * absmax;
     }
 }
