@@ -630,6 +630,41 @@ def test_step_avx512_decoders_equal_numpy_twin(avx512_decoder, rule, hp, keep32)
         assert np.array_equal(a, b)
 
 
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+@pytest.mark.parametrize("pdt,gdt", [(np.float32, np.float32), (lowp.bfloat16, lowp.bfloat16),
+                                     (np.float32, lowp.bfloat16), (lowp.bfloat16, np.float32)])
+def test_step_awkward_blocks_equal_numpy_twin(isa, pdt, gdt):
+    """AdamW (the AVX-512 build's fused path on VBMI CPUs) over blocks whose new moments have
+    every kind of absmax: ordinary, zero (zero grads), subnormal, tiny and huge (the vector
+    encoder's range ends), Inf (overflowing squares), NaN, and a partial last block; float32
+    and bfloat16 param and grad in every combination, 1 and 3 threads."""
+    B = q.BLOCK
+    rng = np.random.default_rng(21)
+    n = 9 * B + 100
+    g = rng.standard_normal(n).astype(np.float32)
+    g[B:2 * B] = 0                                   # zero block
+    g[2 * B:3 * B] *= np.float32(1e-39)              # subnormal moments
+    g[3 * B:4 * B] *= np.float32(1e-25)              # absmax of exp_avg_sq near 2**-126
+    g[4 * B:5 * B] *= np.float32(1e18)               # exp_avg_sq near 2**126 and beyond
+    g[5 * B:6 * B] *= np.float32(1e30)               # squares overflow: Inf
+    g[6 * B + 7] = np.nan                            # a NaN
+    p0 = rng.standard_normal(n).astype(np.float32)
+    out = {}
+    for fn, nt in ((q.step_reference, None), (q.step, 1), (q.step, 3)):
+        p = p0.astype(pdt)
+        st = {"exp_avg": q.QuantizedState.zeros(n, True),
+              "exp_avg_sq": q.QuantizedState.zeros(n, False)}
+        kw = {} if nt is None else {"num_threads": nt}
+        for t in (1, 2):
+            fn("adamw", p, (g * np.float32(t)).astype(gdt), st, step=t, lr=1e-2,
+               weight_decay=0.1, rounding="stochastic", seed=3, **kw)
+        out[nt] = [p.view(np.uint16 if p.dtype.itemsize == 2 else np.uint32)] + [
+            x for s in st.values() for x in (s.codes, s.absmax.view(np.uint32))]
+    for nt in (1, 3):
+        for a, b in zip(out[nt], out[None]):
+            assert np.array_equal(a, b)
+
+
 def test_step_bfloat16_param_is_rounded_float32_step():
     """bfloat16 param: the float32 step on the widened param, rounded by lrcore.lowp's
     rule (stochastic: buffer 0 of the stream, index_offset + i); a slice with its offset
