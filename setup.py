@@ -28,9 +28,9 @@ IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 COMMON = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 ISA_FLAGS = {"baseline": []}
 if IS_X86_64:
-    ISA_FLAGS["avx2"] = ["-mavx2", "-mfma"]
+    ISA_FLAGS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
     ISA_FLAGS["avx512"] = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
-                           "-mavx2", "-mfma", "-mprefer-vector-width=512"]
+                           "-mavx2", "-mfma", "-mf16c", "-mprefer-vector-width=512"]
 
 
 # The per-instruction-set source of each extension (lrcore._q8: the 8-bit kernels, issue 13).
