@@ -5,12 +5,13 @@
  * absmax per block of LRCORE_Q8_BLOCK (256) values; a value is map[code] * absmax, with
  * map the 256-entry dynamic quantization map of bitsandbytes (signed for first moments,
  * unsigned for second moments). The tables (map, decision thresholds, bucket bases, the
- * vector encoder's decade tables) are built by lrcore/quantization.py and passed in an
- * lrcore_q8_codec; this header only reads them. The step (csrc/q8_isa.c) decodes a chunk of
- * blocks into cache-resident float32 arrays, runs the rule's float32 kernel of lrcore.h on
- * them, and encodes each block again: no buffer-sized temporaries, and every block is
- * computed the same way whatever range of blocks a call is given, so any split over
- * threads gives the same bytes.
+ * vector encoder's decade tables, the VBMI decoder's byte planes) are built by
+ * lrcore/quantization.py and passed in an lrcore_q8_codec; this header only reads them. The
+ * step (csrc/q8_isa.c) decodes a chunk of blocks into cache-resident float32 arrays, runs
+ * the rule's float32 kernel of lrcore.h on them, and encodes each block again (Adam on
+ * AVX512-VBMI CPUs: one software-pipelined pass over the blocks, same values): no
+ * buffer-sized temporaries, and every block is computed the same way whatever range of
+ * blocks a call is given, so any split over threads gives the same bytes.
  */
 #ifndef LRCORE_Q8_H
 #define LRCORE_Q8_H
