@@ -70,6 +70,11 @@ extensions = [
         "lrcore._core",
         sources=["src/lrcore/_core.pyx", os.path.join(NATIVE, "runtime.c"),
                  os.path.join(NATIVE, "pool.c")],
+        # relink when the per-ISA objects' sources change (they are extra_objects)
+        depends=[os.path.join(NATIVE, name) for name in ("kernels_isa.c", "jobs.h", "pool.h",
+                                                         "runtime.h")]
+                + [os.path.join(INCLUDE, name) for name in ("lrcore.h", "lrcore_body.h",
+                                                            "lrcore_lowp.h")],
         include_dirs=[NATIVE, INCLUDE, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMMON + ["-pthread"],

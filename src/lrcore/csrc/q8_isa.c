@@ -34,37 +34,15 @@ static void rule_f32(int kind, const lrcore_hp *hp, size_t m, float *p, const fl
  * Adam / AdamW with both moments in 8 bits (exp_avg signed, exp_avg_sq unsigned, no
  * AMSGrad, beta1 > 0.5), on CPUs with AVX512-VBMI: one software-pipelined pass. Per block,
  * Q8_G elements at a time, it decodes block b's moments, runs lrcore.h's Adam loop on them
- * (lrcore__adam_loop_f32, the loop lrcore_adam_f32 runs, with the scalars formed as it
- * forms them), folds the new moments into block b's absmax, and encodes the same Q8_G
- * elements of block b - 1 (whose absmax is known by then): the Adam loop is bound by the
+ * (lrcore__adam_loop_f32 with the scalars of lrcore__adam_scalars_f32: what lrcore_adam_f32
+ * runs), folds the new moments into block b's absmax, and encodes the same Q8_G elements of
+ * block b - 1 (whose absmax is known by then): the Adam loop is bound by the
  * divider, decoding and encoding by the vector ALUs, so the core can overlap them, and the
  * pass streams through memory once. A bfloat16 param / grad is widened per block and the
  * param rounded back per block (lrcore_round_half, index index_offset + element). Every
  * value is the one the chunked loop below computes (same functions, same order per
  * element; absmax is a maximum), so the bytes are the same. Full blocks only.
  */
-typedef struct {
-    lrcore__moment_k_f32 k;
-    float bc2_sqrt, eps, nss;
-    unsigned variant;
-} q8_adam_scalars;
-
-/* The per-call part of lrcore.h's Adam (lrcore__adam_f32 in lrcore_body.h), unchanged. */
-static q8_adam_scalars q8_adam_scalars_of(const lrcore_adam_hp *hp)
-{
-    q8_adam_scalars a;
-    const double step = (double)hp->step;
-    const double bc1 = 1.0 - pow(hp->beta1, step);
-    const double bc2 = 1.0 - pow(hp->beta2, step);
-    a.k = lrcore__moment_scalars_f32(hp->lr, hp->beta1, hp->beta2, hp->weight_decay,
-                                     hp->decoupled_weight_decay, hp->grad_scale, hp->maximize);
-    a.bc2_sqrt = (float)sqrt(bc2);
-    a.eps = (float)hp->eps;
-    a.nss = (float)(-(hp->lr / bc1));
-    a.variant = (unsigned)a.k.l2 | (unsigned)a.k.small << 1;
-    return a;
-}
-
 /* Whether q8_adam_fused runs this job: Adam, exp_avg and exp_avg_sq 8-bit with their
  * usual maps, no max_exp_avg_sq, lerp weight 1 - beta1 < 0.5 (variants 2 and 3 of
  * lrcore_body.h's adam_loop), a CPU with AVX512-VBMI. */
@@ -74,7 +52,7 @@ static int q8_adam_fusable(const lrcore_q8_job *job)
     const lrcore_q8_buf *s = job->state;
     if (!s[0].q.codes || s[0].map != 0 || !s[1].q.codes || s[1].map != 1) return 0;
     if (s[2].q.codes || s[2].f32) return 0;
-    const unsigned v = q8_adam_scalars_of(&job->hp.adam).variant;
+    const unsigned v = lrcore__adam_scalars_f32(&job->hp.adam, 0).variant;
     return v == 2u || v == 3u;
 }
 
@@ -86,7 +64,7 @@ static int q8_adam_fusable(const lrcore_q8_job *job)
 LRCORE_Q8_VBMI static void q8_adam_fused(const lrcore_q8_job *job, size_t b0, size_t b1)
 {
     enum { B = LRCORE_Q8_BLOCK };
-    const q8_adam_scalars a = q8_adam_scalars_of(&job->hp.adam);
+    const lrcore__adam_k_f32 a = lrcore__adam_scalars_f32(&job->hp.adam, 0);
     const lrcore__stream st = lrcore__no_stream();
     const lrcore_lowp *lp = &job->lowp;
     const int hpar = lp->param != LRCORE_ET_F32, hgr = lp->grad != LRCORE_ET_F32;

@@ -292,22 +292,37 @@ LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCO
     }
 }
 
+/* The per-call scalars of one Adam step (also run by lrcore_q8's fused 8-bit pass). */
+typedef struct {
+    FN(moment_k) k;
+    T bc2_sqrt, eps, nss;
+    unsigned variant;
+} FN(adam_k);
+
+static inline FN(adam_k) FN(adam_scalars)(const lrcore_adam_hp *hp, int amsgrad)
+{
+    FN(adam_k) a;
+    const double step = (double)hp->step;
+    const double bc1 = 1.0 - pow(hp->beta1, step);
+    const double bc2 = 1.0 - pow(hp->beta2, step);
+    a.k = FN(moment_scalars)(hp->lr, hp->beta1, hp->beta2, hp->weight_decay,
+                             hp->decoupled_weight_decay, hp->grad_scale, hp->maximize);
+    a.bc2_sqrt = (T)sqrt(bc2);
+    a.eps = (T)hp->eps;
+    a.nss = (T)(-(hp->lr / bc1));
+    a.variant = a.k.l2 | a.k.small << 1 | (amsgrad != 0) << 2;
+    return a;
+}
+
 static inline void FN(adam)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE_RESTRICT grad,
     ST *LRCORE_RESTRICT exp_avg, ST *LRCORE_RESTRICT exp_avg_sq,
     ST *LRCORE_RESTRICT max_exp_avg_sq, const lrcore_adam_hp *hp, lrcore__stream st)
 {
     LRCORE__FP_STRICT
-    const double step = (double)hp->step;
-    const double bc1 = 1.0 - pow(hp->beta1, step);
-    const double bc2 = 1.0 - pow(hp->beta2, step);
-    const FN(moment_k) k = FN(moment_scalars)(hp->lr, hp->beta1, hp->beta2, hp->weight_decay,
-        hp->decoupled_weight_decay, hp->grad_scale, hp->maximize);
-    const T bc2_sqrt = (T)sqrt(bc2), eps = (T)hp->eps;
-    const T nss = (T)(-(hp->lr / bc1));
-    const unsigned variant = k.l2 | k.small << 1 | (max_exp_avg_sq != 0) << 2;
+    const FN(adam_k) a = FN(adam_scalars)(hp, max_exp_avg_sq != 0);
     /* own loops: beta1 > 0.5 without and with L2 weight decay */
-    DISPATCH_FEW(3, variant, 4u, 0u, 2u, 3u, FN(adam_loop), n, param, grad, exp_avg, exp_avg_sq,
-                 max_exp_avg_sq, &k, bc2_sqrt, eps, nss, st)
+    DISPATCH_FEW(3, a.variant, 4u, 0u, 2u, 3u, FN(adam_loop), n, param, grad, exp_avg,
+                 exp_avg_sq, max_exp_avg_sq, &a.k, a.bc2_sqrt, a.eps, a.nss, st)
 }
 
 /* ---- Adagrad -----------------------------------------------------------------------
