@@ -121,14 +121,18 @@ DECODE_FNS[2] = <void *>lrcore_q8_decode_avx512
 BLOCK = LRCORE_Q8_BLOCK
 
 # The AVX-512 build's decoder: byte permutes where the CPU has AVX512-VBMI (detected here,
-# once, before any call can run on the pool's threads).
-lrcore_q8_vbmi_avx512(-1)
+# once, before any call can run on the pool's threads; the avx512 object's code runs only on
+# CPUs that can run that build).
+if "avx512" in _core.available_isas():
+    lrcore_q8_vbmi_avx512(-1)
 
 
 def set_vbmi(int on):
     """Test hook: the AVX-512 build decodes with AVX512-VBMI byte permutes (on=1, where the
     CPU has them; on=-1: as detected) or with the AVX-512F register permutes (on=0). Returns
     whether it uses VBMI now. Not thread-safe: no step may run meanwhile."""
+    if "avx512" not in _core.available_isas():
+        return False
     return bool(lrcore_q8_vbmi_avx512(on))
 
 

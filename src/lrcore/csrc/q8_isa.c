@@ -85,8 +85,8 @@ LRCORE_Q8_VBMI static void q8_adam_fused(const lrcore_q8_job *job, size_t b0, si
         float amm, amv;
         memcpy(&amm, &mbm, sizeof amm);
         memcpy(&amv, &mbv, sizeof amv);
-        const int vm = enc && mbm >= 0x00800000u && mbm <= 0x7e800000u;
-        const int vv = enc && mbv >= 0x00800000u && mbv <= 0x7e800000u;
+        const int vm = enc && lrcore_q8_vector_ok(mbm);
+        const int vv = enc && lrcore_q8_vector_ok(mbv);
         const __m512 rm = _mm512_set1_ps(vm ? 1.0f / amm : 1.0f);
         const __m512 rv = _mm512_set1_ps(vv ? 1.0f / amv : 1.0f);
         float *p = 0;
@@ -139,10 +139,8 @@ LRCORE_Q8_VBMI static void q8_adam_fused(const lrcore_q8_job *job, size_t b0, si
                 : lrcore_q8_encode_block(cv, B, sv[prev], qv.codes + (b - 1) * B);
         }
         if (have) {
-            mbm = _mm512_reduce_max_epu32(mxm);
-            mbv = _mm512_reduce_max_epu32(mxv);
-            if (mbm > 0x7f800000u) mbm = 0x7fc00000u;    /* a NaN: absmax NaN */
-            if (mbv > 0x7f800000u) mbv = 0x7fc00000u;
+            mbm = lrcore_q8_absmax_bits(_mm512_reduce_max_epu32(mxm));
+            mbv = lrcore_q8_absmax_bits(_mm512_reduce_max_epu32(mxv));
             if (hpar)
                 lrcore_round_half(LRCORE_ET_BF16, B, tp, (uint16_t *)job->param + b * B,
                                   lp->rounding, lp->seed, lp->step, 0u,
@@ -219,9 +217,6 @@ void Q8_FN(lrcore_q8_decode_)(const lrcore_q8_code_job *job, size_t b0, size_t b
  * set < 0 detects it from the CPU (done once at import of lrcore._q8), 0 turns it off,
  * 1 on where the CPU has it (tests run both decoders); returns the setting. 0 in the other
  * builds. */
-#ifdef LRCORE_Q8_VECTOR_ENCODER
-int lrcore_q8_vbmi = 0;
-#endif
 int Q8_FN(lrcore_q8_vbmi_)(int set)
 {
 #ifdef LRCORE_Q8_VECTOR_ENCODER

@@ -179,7 +179,6 @@ LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const 
     return j;
 }
 
-/* The vector part of lrcore_q8_encode_block, 64 values at a time (below). */
 /* The low bytes of the 64 lanes of c0..c3 to codes[0..63]. */
 LRCORE_INLINE void lrcore_q8_store64(uint8_t *codes, __m512i c0, __m512i c1, __m512i c2,
                                      __m512i c3)
@@ -236,6 +235,19 @@ LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
 }
 #endif
 
+/* A block's absmax from the largest bit pattern of its |values| (a NaN pattern: NaN). */
+LRCORE_INLINE uint32_t lrcore_q8_absmax_bits(uint32_t mb)
+{
+    return mb > 0x7f800000u ? 0x7fc00000u : mb;
+}
+
+/* Whether the vector encoder codes a block of absmax bits mb: absmax in [2**-126, 2**126],
+ * where r = fl(1 / absmax) is a normal float32 (lrcore_q8_encode_block). */
+LRCORE_INLINE int lrcore_q8_vector_ok(uint32_t mb)
+{
+    return mb >= 0x00800000u && mb <= 0x7e800000u;
+}
+
 /* Encode one block of n values:
  *   absmax = max |v[i]| (NaN when a value is NaN; taken on the bit patterns of |v|, which
  *            order like the values, so the reduction vectorises and its order is free)
@@ -250,10 +262,16 @@ LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
  * exact search), each lane codes the estimate x' = fl(v * r) of its quotient
  * x = fl(v / absmax) and flags the lanes where the two could code differently:
  *
- *   Where x is. With q = v / absmax (real), r = (1 / absmax)(1 + d1), x' = q (1 + d1)(1 + d2)
- *   and x = q (1 + d3), |d1|, |d2|, |d3| <= u = 2**-24 while nothing underflows (|q| >=
- *   2**-101). So |x - x'| <= |q| (3u + u*u) <= |x'| (3u + u*u) / (1 - u)**2
- *   < 1.5000003 ulp(x') (ulp(x') = 2**(k-23) for |x'| in [2**k, 2**(k+1))); and if
+ *   Where x is. Let q = v / absmax (real), r = (1 / absmax)(1 + d1) with |d1| <= u =
+ *   2**-24, |x'| in [2**k, 2**(k+1)), ulp(x') = 2**(k-23), nothing underflowing (|q| >=
+ *   2**-101). One error per rounding: |x - q| <= ulp(x) / 2, |x' - v r| <= ulp(x') / 2,
+ *   and |v r - q| = |q| |d1| < ulp(x') (1 + 2u) (|q| < 2**(k+1) (1 + 2u)). If x is in the
+ *   binade of x' or below, ulp(x) <= ulp(x'), so |x - x'| < 2 ulp(x') (1 + u), and as x and
+ *   x' lie on the grid of ulp(x') / 2 there, |x - x'| <= 2 ulp(x'). If x is in the binade
+ *   above, |q - x'| < 1.5 ulp(x') (1 + 2u) and x' <= 2**(k+1) - ulp(x') give q < 2**(k+1) +
+ *   ulp(x) / 2, so x = 2**(k+1); then q >= 2**(k+1) - ulp(x') / 2 (q rounds up to it), so
+ *   x' > 2**(k+1) - 2 ulp(x') - 3u ulp(x'), i.e. x' >= 2**(k+1) - 2 ulp(x') on its grid:
+ *   again |x - x'| <= 2 ulp(x'). And if
  *   |x'| < 2**-100, then |x| < 2**-99. Hence x lies in N(x') = [x' - 2 ulp(x'),
  *   x' + 2 ulp(x')], or in [-2**-99, 2**-99] when |x'| < 2**-100 (far below the smallest
  *   threshold, 1.6e-7: all of it has the code of 0). |x'| <= 1, as |v| <= absmax.
@@ -296,7 +314,7 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
         u &= 0x7fffffffu;
         mb = u > mb ? u : mb;
     }
-    if (mb > 0x7f800000u) mb = 0x7fc00000u;    /* a NaN: the block's absmax is NaN */
+    mb = lrcore_q8_absmax_bits(mb);
     float am;
     memcpy(&am, &mb, sizeof am);
     if (mb == 0 || mb >= 0x7f800000u) {        /* 0, +inf or NaN: every quotient 0 or NaN */
@@ -305,7 +323,7 @@ LRCORE_INLINE float lrcore_q8_encode_block(const lrcore_q8_codec *c, size_t n,
     }
     size_t i = 0;
 #ifdef LRCORE_Q8_VECTOR_ENCODER
-    if (mb >= 0x00800000u && mb <= 0x7e800000u)    /* [2**-126, 2**126]: r is normal */
+    if (lrcore_q8_vector_ok(mb))
         i = c->is_signed ? lrcore_q8_encode_vec(c, n, v, am, codes, 1)
                          : lrcore_q8_encode_vec(c, n, v, am, codes, 0);
 #endif
@@ -328,7 +346,9 @@ LRCORE_INLINE size_t lrcore_q8_block_len(size_t n, size_t b)
 #ifdef LRCORE_Q8_VECTOR_ENCODER
 /* AVX512-VBMI (Ice Lake and later, Zen 4; not Skylake-X): 1 when the decoder below may run.
  * Set once by q8_isa.c's lrcore_q8_vbmi_avx512 (at import of lrcore._q8) from the CPU. */
-extern int lrcore_q8_vbmi;
+/* static: each build of q8_isa.c keeps its own flag (with CFLAGS that enable AVX-512 for
+ * every build, three objects define it, and only the avx512 one's is ever set). */
+static int lrcore_q8_vbmi __attribute__((unused)) = 0;
 
 /* Functions that may use AVX512-VBMI (called only where lrcore_q8_vbmi is 1). */
 #define LRCORE_Q8_VBMI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")))
