@@ -4,7 +4,9 @@
  * lrcore_lowp.h once per bfloat16/float16 layout, with
  *   LRCORE__T          the type the arithmetic runs in (float, double);
  *   LRCORE__SUFFIX     the name suffix of the functions made here (f32, f64, bf16_sr, ...);
- *   LRCORE__SQRT, LRCORE__FABS, LRCORE__COPYSIGN   T's math functions;
+ *   LRCORE__SQRT, LRCORE__FABS, LRCORE__COPYSIGN   T's math functions (all four
+ *                      default to float and sqrtf, fabsf, copysignf when LRCORE__T is not
+ *                      defined: the bfloat16/float16 layouts compute in float32);
  *   LRCORE__P, LRCORE__G, LRCORE__S   how param, grad and the states are stored: a kind
  *                      with a storage type lrcore__<kind>_t, a load that gives T and a
  *                      store that takes T (lrcore.h: f32, f64, plain, lrcore__ld_<kind> and
@@ -27,6 +29,12 @@
  * the register, never re-read. So with rounding stores the arithmetic is exactly the
  * float32 rule's on the widened values, and each stored value is rounded once.
  */
+#ifndef LRCORE__T
+#define LRCORE__T float
+#define LRCORE__SQRT sqrtf
+#define LRCORE__FABS fabsf
+#define LRCORE__COPYSIGN copysignf
+#endif
 #define T LRCORE__T
 #define SQRT LRCORE__SQRT
 #define FN(name) LRCORE__CAT(LRCORE__CAT(lrcore__, name), LRCORE__CAT(_, LRCORE__SUFFIX))

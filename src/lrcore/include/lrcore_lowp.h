@@ -379,17 +379,14 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
 }
 
 /*
- * The update loops of lrcore_body.h once per layout and rounding, arithmetic in float32:
+ * The update loops of lrcore_body.h once per layout and rounding, arithmetic in float32
+ * (lrcore_body.h's default LRCORE__T):
  * lrcore__<rule>_<param>_<grad>_<state>[_rn|_sr]. Layouts whose param and states are
  * float32 round nothing, so they have one instantiation for both roundings.
  */
 #define LRCORE__FEW_VARIANTS 1    /* see LRCORE__DISPATCH_FEW in lrcore.h */
 #define LRCORE__LOWP_KINDS 1      /* the ldx/stx kinds above (lrcore_body.h) */
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX bf16_bf16_bf16_rn
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define LRCORE__PAIRED 1
@@ -399,10 +396,6 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
 #define LRCORE__S bf16
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX bf16_bf16_bf16_sr
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define LRCORE__PAIRED 1
@@ -412,30 +405,18 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
 #define LRCORE__S bf16sr
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX bf16_bf16_f32_rn
 #define LRCORE__P bf16
 #define LRCORE__G bf16
 #define LRCORE__S f32
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX bf16_bf16_f32_sr
 #define LRCORE__P bf16sr
 #define LRCORE__G bf16
 #define LRCORE__S f32
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f16_f16_f32_rn
 #if defined(__F16C__)
 #define LRCORE__TILE_P lrcore__f16_tile_out_rn
@@ -446,10 +427,6 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
 #define LRCORE__S f32
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f16_f16_f32_sr
 #if defined(__F16C__)
 #define LRCORE__TILE_P lrcore__f16_tile_out_sr
@@ -460,20 +437,12 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
 #define LRCORE__S f32
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f32_bf16_f32
 #define LRCORE__P f32
 #define LRCORE__G bf16
 #define LRCORE__S f32
 #include "lrcore_body.h"
 
-#define LRCORE__T float
-#define LRCORE__SQRT sqrtf
-#define LRCORE__FABS fabsf
-#define LRCORE__COPYSIGN copysignf
 #define LRCORE__SUFFIX f32_f16_f32
 #if defined(__F16C__)
 #define LRCORE__TILE_G 1
