@@ -2,7 +2,7 @@
  * kernels_isa.c -- the kernels of lrcore.h compiled for one instruction set.
  *
  * setup.py compiles this file three times on x86-64 (-DLRCORE_ISA_NAME=baseline,
- * avx2 with -mavx2 -mfma, avx512 with -mavx512f/vl/bw/dq), and once elsewhere.
+ * avx2 with -mavx2 -mfma -mf16c, avx512 with -mavx512f/vl/bw/dq and those), and once elsewhere.
  * Each build exports lrcore_range_<name>: run a sub-range of one job.
  */
 /* F16C (vcvtph2ps/vcvtps2ph, for the float16 tiles of lrcore_lowp.h) comes with every x86
