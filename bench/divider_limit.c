@@ -10,6 +10,9 @@
  *   probe      the read-modify-write probe with Adam's streams (no arithmetic)
  *   exact      Adam as lrcore and torch compute it: sqrt(v) / sqrt(bc2) + eps, then
  *              m / denom: one sqrt and two divisions per element, IEEE-exact
+ *   fma-quot   Adam as lrcore's avx2/avx512 builds compute it: sqrt(v) / sqrt(bc2) by
+ *              a multiply and two FMAs (lrcore_body.h, quot_c: the same bits as the
+ *              division), then m / denom: one sqrt and one division on the divider
  *   one-div    sqrt(v) * (1 / sqrt(bc2)) + eps: one division fewer (NOT torch's
  *              rounding; shown only to measure what the divider costs)
  *   no-div     no sqrt or division at all (the rest of Adam's arithmetic)
@@ -17,6 +20,8 @@
  * unit per core, and 8 float32 lanes of either take several cycles.
  */
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -35,6 +40,22 @@ __attribute__((noinline)) static void exact(ARGS) {
         float gi = g[i], mi = m[i] + w * (gi - m[i]), vi = v[i] * b2 + (omb2 * gi) * gi;
         m[i] = mi; v[i] = vi;
         p[i] = p[i] + ss * (mi / (sqrtf(vi) / c + eps));
+    }
+}
+__attribute__((noinline)) static void fma_quot(ARGS) {
+    const float c = 0.3f, y = 1.0f / 0.3f;
+    const float eps = 1e-8f, ss = -1e-3f, w = 0.1f, b2 = 0.999f, omb2 = 0.001f;
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i], mi = m[i] + w * (gi - m[i]), vi = v[i] * b2 + (omb2 * gi) * gi;
+        m[i] = mi; v[i] = vi;
+        const float x = sqrtf(vi), q0 = x * y, r = fmaf(q0, c, -x), q = fmaf(-r, y, q0);
+        uint32_t xb, qb;   /* x = +-0, +-inf, NaN: x (a select on bits: see lrcore_body.h) */
+        memcpy(&xb, &x, 4);
+        memcpy(&qb, &q, 4);
+        const uint32_t k = 0u - (uint32_t)(((xb & 0x7fffffffu) - 1u) >= 0x7f7fffffu), db = (xb & k) | (qb & ~k);
+        float d;
+        memcpy(&d, &db, 4);
+        p[i] = p[i] + ss * (mi / (d + eps));
     }
 }
 __attribute__((noinline)) static void one_div(ARGS) {
@@ -60,12 +81,12 @@ int main(void) {
     float *p = aligned_alloc(64, 4 * N), *g = aligned_alloc(64, 4 * N);
     float *m = aligned_alloc(64, 4 * N), *v = aligned_alloc(64, 4 * N);
     for (size_t i = 0; i < N; i++) { p[i] = 1; g[i] = 0.01f * (float)(i % 7); m[i] = 0.1f; v[i] = 0.2f; }
-    fn_t fns[4] = {probe, exact, one_div, no_div};
-    const char *names[4] = {"probe", "exact", "one-div", "no-div"};
-    double t[4][301];
+    fn_t fns[5] = {probe, exact, fma_quot, one_div, no_div};
+    const char *names[5] = {"probe", "exact", "fma-quot", "one-div", "no-div"};
+    double t[5][301];
     for (int k = 0; k < 301; k++)
-        for (int f = 0; f < 4; f++) { double t0 = now(); fns[f](N, p, g, m, v); t[f][k] = now() - t0; }
-    for (int f = 0; f < 4; f++) {   /* median */
+        for (int f = 0; f < 5; f++) { double t0 = now(); fns[f](N, p, g, m, v); t[f][k] = now() - t0; }
+    for (int f = 0; f < 5; f++) {   /* median */
         for (int a = 0; a < 301; a++) for (int b = a + 1; b < 301; b++)
             if (t[f][b] < t[f][a]) { double x = t[f][a]; t[f][a] = t[f][b]; t[f][b] = x; }
         double gbps = 28.0 * N / t[f][150] / 1e9;

@@ -69,6 +69,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define LRCORE_ABI_VERSION 2
 
@@ -383,6 +384,13 @@ LRCORE_INLINE lrcore__stream lrcore__no_stream(void)
 #define LRCORE__SQRT sqrtf
 #define LRCORE__FABS fabsf
 #define LRCORE__COPYSIGN copysignf
+/* lrcore_body.h's quot_c (Adam's division by a per-call constant, as a multiply and two
+ * FMAs; the same bits): float32 with AVX-512, where it measured 15% faster in cache (Zen 4).
+ * Not with AVX2 alone (no gain measured), nor in the bfloat16/float16 layouts and the 8-bit
+ * fused pass, whose vector ALUs are the busier units (slower measured). */
+#if defined(__FMA__) && defined(__AVX512F__)
+#define LRCORE__FMA fmaf
+#endif
 #define LRCORE__P f32
 #define LRCORE__G f32
 #define LRCORE__S f32

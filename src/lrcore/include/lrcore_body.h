@@ -156,6 +156,60 @@ LRCORE_INLINE T FN(max_nan)(T a, T b) {
     return (a > b || a != a) ? a : b;
 }
 
+/* x / c for a per-call constant c, correctly rounded, without a division, where
+ * LRCORE__FMA is defined (lrcore.h: the float32 loops, in builds with AVX-512 and FMA).
+ * Adam divides sqrt(v) by c = sqrt(1 - beta2**step); sqrt and division share one unit per
+ * core (bench/divider_limit.c), and this takes the division off it. With y = fl(1 / c) (computed once per call):
+ *   q0 = fl(x y)            one multiplication
+ *   r  = fl(q0 c - x)       one FMA (exact)
+ *   q  = fl(q0 - r y)       one FMA: q = fl(x / c)
+ * the known correctly rounded division by a divisor whose reciprocal is computed in
+ * advance (P. Markstein, IBM J. Res. Dev. 34(1), 1990; N. Brisebarre, J.-M. Muller and
+ * S. K. Raina, IEEE Trans. Computers 53(8), 2004), which needs no underflow or overflow:
+ * scaling x or c by a power of two scales every step exactly, and for every x in {+-0}
+ * U [2**-75, 2**64] (every square root of a float32) and c in [2**-60, 1] (FN(recip_ok);
+ * Adam's c lies in [2**-27, 1]) q0 lies in [2**-75, 2**124] and r is a multiple of
+ * 2**-122 or more. For x = +-0, +-inf and NaN the result is x itself, which is x / c
+ * there (c > 0; sqrt's NaN is already quiet): x = inf makes r NaN, and GCC may turn
+ * fl(q0 c - x) into -fl(x - q0 c), which is +0 where the FMA gives -0.
+ * `bench/markstein_exhaustive.c` checks every float32 x in [1, 2), the ends of the range
+ * and the special values against x / c for thousands of c (Adam's, those whose
+ * reciprocal is least accurate, random ones); tests/test_adam_division.py checks the
+ * kernels against the numpy twin on every instruction set. */
+LRCORE_INLINE int FN(recip_ok)(T c)
+{
+#if defined(LRCORE__FMA)
+    return c >= (T)0x1p-60 && c <= (T)1;
+#else
+    (void)c;
+    return 0;
+#endif
+}
+
+LRCORE_INLINE T FN(quot_c)(T x, T c, T y)
+{
+#if defined(LRCORE__FMA)
+    LRCORE__FP_STRICT
+    const T q0 = x * y;
+    const T r = LRCORE__FMA(q0, c, -x);
+    const T q = LRCORE__FMA(-r, y, q0);
+    /* x = +-0, +-inf or NaN: x. A select on the bit patterns, without a branch: GCC does
+     * not if-convert a floating-point select under -ftrapping-math without AVX-512 masks,
+     * and the AVX2 loop would not vectorise. */
+    uint32_t xb, qb;
+    memcpy(&xb, &x, sizeof xb);
+    memcpy(&qb, &q, sizeof qb);
+    const uint32_t m = 0u - (uint32_t)(((xb & 0x7fffffffu) - 1u) >= 0x7f7fffffu);
+    const uint32_t b = (xb & m) | (qb & ~m);
+    T out;
+    memcpy(&out, &b, sizeof out);
+    return out;
+#else
+    (void)y;
+    return x / c;
+#endif
+}
+
 /* Lion's update term, neg_lr * sign(c) with sign(c) = c for +-0 and NaN, without a
  * sign: copysign(lr, -c) where c is non-zero and not NaN (the same value, exactly), and
  * neg_lr * c elsewhere: two compares and selects, so it vectorises on every ISA. */
@@ -280,24 +334,53 @@ static inline void FN(sgd)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCORE
  * v = exp_avg_sq                                          otherwise
  * denom = sqrt(v) / sqrt(1 - beta2**step) + eps
  * param = param + ((-lr / (1 - beta1**step)) * exp_avg) / denom   (torch.addcdiv order)
- * variant bits: 1 L2 weight decay, 2 lerp weight < 0.5, 4 AMSGrad */
-LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
-    ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v, ST *LRCORE_RESTRICT vmax,
-    const FN(moment_k) *k, T bc2_sqrt, T eps, T neg_step_size, lrcore__stream st,
-    const unsigned variant)
+ * variant bits: 1 L2 weight decay, 2 lerp weight < 0.5, 4 AMSGrad, 8 the quotient
+ * sqrt(v) / sqrt(1 - beta2**step) without a division (FN(quot_c); the same bits) */
+LRCORE_INLINE void FN(adam_elements)(size_t n, PT *LRCORE_RESTRICT p,
+    const GT *LRCORE_RESTRICT gr, ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v,
+    ST *LRCORE_RESTRICT vmax, const FN(moment_k) *k, T bc2_sqrt, T rc, T eps,
+    T neg_step_size, lrcore__stream st, const unsigned variant)
 {
     LRCORE__FP_STRICT
-    const int l2 = variant & 1u, small = variant & 2u, amsgrad = variant & 4u;
+    const int l2 = variant & 1u, small = variant & 2u, amsgrad = variant & 4u,
+              fmadiv = variant & 8u;
+    (void)rc;
     for (size_t b0 = 0, b1; b0 < n; b0 = b1) {
         b1 = BLOCK(b0, n, gr, p, m, v, amsgrad ? vmax : 0);
         ELEMENTS(b0, b1,
             T pi, mi, vi;
             FN(moments_at)(k, l2, small, gr, p, m, v, i, st, lane_, pw_, ix_ TILE_ARGS, &pi, &mi, &vi);
             if (amsgrad) { vi = FN(max_nan)(LDS(vmax, i), vi); STS(vmax, i, vi, 3u); }
-            const T denom = SQRT(vi) / bc2_sqrt + eps;
+            const T a = SQRT(vi);
+            const T denom = (fmadiv ? FN(quot_c)(a, bc2_sqrt, rc) : a / bc2_sqrt) + eps;
             STP(p, i, pi + (neg_step_size * mi) / denom);
         )
     }
+}
+
+/* Adam's loop with IEEE division (also run by lrcore_q8's fused 8-bit pass, where the
+ * divider works in parallel with the encoder's vector ALU work). */
+LRCORE_INLINE void FN(adam_loop)(size_t n, PT *LRCORE_RESTRICT p, const GT *LRCORE_RESTRICT gr,
+    ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v, ST *LRCORE_RESTRICT vmax,
+    const FN(moment_k) *k, T bc2_sqrt, T eps, T neg_step_size, lrcore__stream st,
+    const unsigned variant)
+{
+    FN(adam_elements)(n, p, gr, m, v, vmax, k, bc2_sqrt, (T)0, eps, neg_step_size, st,
+                      variant & ~8u);
+}
+
+/* Adam's loop of the kernels: the division-free quotient where FN(recip_ok) allows it
+ * (variant bit 8; the same bits). */
+LRCORE_INLINE void FN(adam_loop_q)(size_t n, PT *LRCORE_RESTRICT p,
+    const GT *LRCORE_RESTRICT gr, ST *LRCORE_RESTRICT m, ST *LRCORE_RESTRICT v,
+    ST *LRCORE_RESTRICT vmax, const FN(moment_k) *k, T bc2_sqrt, T eps, T neg_step_size,
+    lrcore__stream st, const unsigned variant)
+{
+    if (FN(recip_ok)(bc2_sqrt))
+        FN(adam_elements)(n, p, gr, m, v, vmax, k, bc2_sqrt, (T)1 / bc2_sqrt, eps,
+                          neg_step_size, st, variant | 8u);
+    else
+        FN(adam_loop)(n, p, gr, m, v, vmax, k, bc2_sqrt, eps, neg_step_size, st, variant);
 }
 
 /* The per-call scalars of one Adam step (also run by lrcore_q8's fused 8-bit pass). */
@@ -329,7 +412,7 @@ static inline void FN(adam)(size_t n, PT *LRCORE_RESTRICT param, const GT *LRCOR
     LRCORE__FP_STRICT
     const FN(adam_k) a = FN(adam_scalars)(hp, max_exp_avg_sq != 0);
     /* own loops: beta1 > 0.5 without and with L2 weight decay */
-    DISPATCH_FEW(3, a.variant, 4u, 0u, 2u, 3u, FN(adam_loop), n, param, grad, exp_avg,
+    DISPATCH_FEW(3, a.variant, 4u, 0u, 2u, 3u, FN(adam_loop_q), n, param, grad, exp_avg,
                  exp_avg_sq, max_exp_avg_sq, &a.k, a.bc2_sqrt, a.eps, a.nss, st)
 }
 
@@ -701,6 +784,7 @@ static inline double FN(sum_squares)(size_t n, const GT *LRCORE_RESTRICT x)
 #undef LRCORE__SQRT
 #undef LRCORE__FABS
 #undef LRCORE__COPYSIGN
+#undef LRCORE__FMA
 #undef LRCORE__P
 #undef LRCORE__G
 #undef LRCORE__S
