@@ -2,8 +2,9 @@
 quot_c: the avx512 build's float32 kernels) equals the division bit for bit:
 second moments over the whole float32 range and its special values (zeros of both signs,
 subnormals, the largest value, Inf, NaN), eps 0 and not, AMSGrad, bias corrections from
-the first step to the ten-thousandth, every instruction set, float32 and the half-precision
-layouts, against the numpy twin. bench/markstein_exhaustive.c checks the quotient itself
+the first step to the ten-thousandth, every instruction set, against the numpy twin: float32
+(where the avx512 build uses the quotient) and the half-precision layouts (which keep the
+division). bench/markstein_exhaustive.c checks the quotient itself
 for every float32 significand."""
 import ml_dtypes
 import numpy as np
