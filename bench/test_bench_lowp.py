@@ -1,20 +1,31 @@
 """bfloat16/float16 layouts against float32, torch, torchao and DeepSpeed, in one run (issue 12).
 
-For AdamW (decoupled weight decay), SGD with momentum and Lion, each layout: the median step
-time at n elements on 2 threads, the bytes moved per element (the layout's bytes model:
+For AdamW (decoupled weight decay), SGD with momentum and Lion, each layout is one row: the
+step time at n elements on 2 threads, the bytes moved per element (the layout's bytes model:
 param read and written, grad read, each state read and written), GB/s, the bandwidth probe's
-time at the same bytes (the probe run on the layout's own memory when every buffer has the
-same byte size, else the float32 probe's GB/s applied to the layout's bytes), the compute
-time of the same kernel on cache-resident data (one thread on 2**16 elements, the per-call
-overhead measured on 64 elements subtracted, divided by the thread count: the arithmetic
-limit), the roofline (the larger of the two) and the fractions of probe and roofline reached.
+time at the same bytes, the compute time of the same kernel on cache-resident data (the
+arithmetic limit), the roofline (the larger of probe and compute time) and the fractions of
+probe and roofline the step reaches. The three are timed side by side within the row: in
+each of 9 rounds, after one warm-up call of each, one step call, one probe call, and one
+compute measurement, in turn, so a change in the machine's load falls on all three alike;
+each column is the median over the rounds.
+  - the probe: on the layout's own memory when every buffer has the same byte size; else
+    on float32 buffers of the same rule and n (allocated once per rule), its time scaled
+    by the ratio of the bytes models (the float32 probe's GB/s applied to the layout's
+    bytes);
+  - the compute measurement of a round: one thread, 200 calls on 2**16 elements and 400
+    calls on 64 elements (the per-call overhead), each timed as a batch; (time per 2**16
+    call - time per 64 call) / (2**16 - 64) seconds per element, times n, divided by the
+    thread count.
+The row also gives the median share of the THREADS cores the process got during its step
+calls (process CPU time / (wall time * THREADS)).
 Ratios, timed side by side (the contenders of one comparison called in turn, one call
 each per round, medians, so a change in the machine's load falls on all alike): the
 all-bfloat16 stochastic-rounding AdamW against lrcore's float32 AdamW, torch's
 fused float32 AdamW, torch's fused AdamW on bfloat16 params, torchao's
 _AdamW(bf16_stochastic_round=True) and DeepSpeed's CPUAdam (bf16 params and state) when
 those import (skipped otherwise); SGD and Lion in bfloat16 against their float32 step.
-Results go to extra_info and are printed as a table.
+Results go to extra_info and are printed as tables.
 
 Run: python -m pytest bench/test_bench_lowp.py --benchmark-only -s
      LRCORE_BENCH_LOWP_N: comma-separated element counts (default 2**24,2**26);
@@ -69,16 +80,6 @@ def _buffers(nstates, p, g, s, n, rng):
     return param, grad, states
 
 
-def _median(fn, repeat=9):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
-
-
 def _step(rule, bufs, rounding, threads):
     kernel, hyper, _ = RULES[rule]
     param, grad, states = bufs
@@ -92,22 +93,23 @@ def _step(rule, bufs, rounding, threads):
     return step
 
 
-def _compute_seconds_per_element(rule, p, g, s, rounding, rng):
-    """One thread on cache-resident data, minus the per-call overhead (64 elements)."""
+def _compute_round(rule, p, g, s, rounding, rng):
+    """A function that measures once the compute time per element: one thread on
+    cache-resident data (2**16 elements, 200 calls), minus the per-call overhead (64
+    elements, 400 calls)."""
     nstates = RULES[rule][2]
-    best = {}
-    for n in (64, 1 << 16):
-        step = _step(rule, _buffers(nstates, p, g, s, n, rng), rounding, 1)
-        reps = 400 if n == 64 else 60
-        step()
-        runs = []
-        for _ in range(7):
-            t = time.perf_counter()
-            for _ in range(reps):
-                step()
-            runs.append((time.perf_counter() - t) / reps)
-        best[n] = min(runs)
-    return max(best[1 << 16] - best[64], 0.0) / ((1 << 16) - 64)
+    big = _step(rule, _buffers(nstates, p, g, s, 1 << 16, rng), rounding, 1)
+    small = _step(rule, _buffers(nstates, p, g, s, 64, rng), rounding, 1)
+
+    def batch(fn, reps):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t) / reps
+
+    def measure():
+        return max(batch(big, 200) - batch(small, 400), 0.0) / ((1 << 16) - 64)
+    return measure
 
 
 def _probe_step(bufs):
@@ -232,36 +234,55 @@ def _side_by_side(n, rng):
     return times, shares, skipped, ratios
 
 
+def _row(rule, p, g, s, rounding, n, rng, f32_probe, rounds=9):
+    """One layout's row, its step, probe and compute time measured in turn in each round
+    (see the module docstring); medians over the rounds. f32_probe: (probe function on
+    float32 buffers of this rule and n, their bytes per element), for layouts whose buffers
+    differ in byte size."""
+    nstates = RULES[rule][2]
+    compute = _compute_round(rule, p, g, s, rounding, rng)
+    bufs = _buffers(nstates, p, g, s, n, rng)
+    step = _step(rule, bufs, rounding, THREADS)
+    nbytes = bytes_per_element(nstates, p, g, s)
+    probe, probe_scale, own = _probe_step(bufs), 1.0, True
+    if probe is None:
+        probe, f32_bytes = f32_probe
+        probe_scale, own = nbytes / f32_bytes, False
+    step(), probe(), compute()
+    ts, ps, cs, share = [], [], [], []
+    for _ in range(rounds):
+        c, t = time.process_time(), time.perf_counter()
+        step()
+        t, c = time.perf_counter() - t, time.process_time() - c
+        ts.append(t)
+        share.append(c / (t * THREADS))
+        t = time.perf_counter()
+        probe()
+        ps.append((time.perf_counter() - t) * probe_scale)
+        cs.append(compute() * n / THREADS)
+    t, mem, comp = (float(np.median(x)) for x in (ts, ps, cs))
+    roof = max(mem, comp)
+    del bufs, step
+    gc.collect()
+    return dict(rule=rule, seconds=t, bytes_per_element=nbytes, gbps=nbytes * n / t / 1e9,
+                memory_seconds=mem, probe_on_own_memory=own, compute_seconds=comp,
+                roofline_seconds=roof, fraction_of_probe=mem / t, fraction_of_roofline=roof / t,
+                cpu_share=float(np.median(share)))
+
+
 @pytest.mark.parametrize("n", SIZES)
 def test_lowp_layouts(benchmark, n):
     rng = np.random.default_rng(0)
     rows = {}
     for rule in SELECTED:
         nstates = RULES[rule][2]
+        f32_bufs = _buffers(nstates, F32, F32, F32, n, rng)
+        f32_probe = (_probe_step(f32_bufs), bytes_per_element(nstates, F32, F32, F32))
         for label, p, g, s, rounding in LAYOUTS:
-            key = f"{rule} {label}"
-            per_el = _compute_seconds_per_element(rule, p, g, s, rounding, rng)
-            bufs = _buffers(nstates, p, g, s, n, rng)
-            t = _median(_step(rule, bufs, rounding, THREADS))
-            probe = _probe_step(bufs)
-            nbytes = bytes_per_element(nstates, p, g, s)
-            rows[key] = dict(rule=rule, layout=label, seconds=t, bytes_per_element=nbytes,
-                             gbps=nbytes * n / t / 1e9,
-                             probe_seconds=_median(probe) if probe else None,
-                             compute_seconds=per_el * n / THREADS)
-            del bufs
-            gc.collect()
-    f32_gbps = {}
-    for r in rows.values():
-        if r["layout"] == "f32" and r["probe_seconds"]:
-            f32_gbps[r["rule"]] = r["bytes_per_element"] * n / r["probe_seconds"]
-    for r in rows.values():
-        gb = f32_gbps.get(r["rule"])
-        mem = r["probe_seconds"] or (r["bytes_per_element"] * n / gb if gb else None)
-        r["memory_seconds"] = mem
-        r["roofline_seconds"] = max(mem, r["compute_seconds"]) if mem else None
-        r["fraction_of_probe"] = mem / r["seconds"] if mem else None
-        r["fraction_of_roofline"] = r["roofline_seconds"] / r["seconds"] if mem else None
+            rows[f"{rule} {label}"] = dict(layout=label, **_row(rule, p, g, s, rounding, n, rng,
+                                                                f32_probe))
+        del f32_bufs, f32_probe
+        gc.collect()
     times, shares, skipped, ratios = _side_by_side(n, rng)
     # the benchmark fixture times the headline row once more (pytest-benchmark's table)
     rule0 = SELECTED[0]
@@ -269,13 +290,16 @@ def test_lowp_layouts(benchmark, n):
     benchmark.pedantic(_step(rule0, bufs, "stochastic", THREADS), rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(n=n, threads=THREADS, rows=rows, side_by_side=times,
                                 cpu_share=shares, skipped=skipped, ratios=ratios)
-    print(f"\nn = {n}, {THREADS} threads, medians")
-    print(f"{'rule / layout':38s} {'ms':>8s} {'B/el':>5s} {'GB/s':>6s} {'probe ms':>9s} "
-          f"{'compute ms':>10s} {'of probe':>8s} {'of roofline':>11s}")
+    print(f"\nn = {n}, {THREADS} threads; each row's step, probe and compute timed in turn, "
+          f"medians of 9 rounds (probe *: float32 probe scaled to the row's bytes)")
+    print(f"{'rule / layout':38s} {'ms':>8s} {'B/el':>5s} {'GB/s':>6s} {'probe ms':>10s} "
+          f"{'compute ms':>10s} {'of probe':>8s} {'of roofline':>11s} {'cpu':>5s}")
     for key, r in rows.items():
+        star = " " if r["probe_on_own_memory"] else "*"
         print(f"{key:38s} {r['seconds'] * 1e3:8.2f} {r['bytes_per_element']:5d} {r['gbps']:6.1f} "
-              f"{(r['memory_seconds'] or 0) * 1e3:9.2f} {r['compute_seconds'] * 1e3:10.2f} "
-              f"{r['fraction_of_probe'] or 0:8.2f} {r['fraction_of_roofline'] or 0:11.2f}")
+              f"{r['memory_seconds'] * 1e3:9.2f}{star} {r['compute_seconds'] * 1e3:10.2f} "
+              f"{r['fraction_of_probe']:8.2f} {r['fraction_of_roofline']:11.2f} "
+              f"{r['cpu_share']:5.2f}")
     print("side by side (interleaved, medians; share of the cores the process got):")
     for label, t in times.items():
         print(f"  {label:40s} {t * 1e3:9.2f} ms   cpu share {shares[label]:.2f}")
