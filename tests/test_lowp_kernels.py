@@ -246,19 +246,25 @@ def test_float32_calls_are_unchanged():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [("bfloat16",) * 3, ("bfloat16", "bfloat16", "float32"),
-                                    ("float32", "float16", "float32")], ids=lambda l: "-".join(l))
-def test_large_call_with_prefetch_equals_twin(force_threads, layout):
+@pytest.mark.parametrize("name, layout", [
+    ("adam", ("bfloat16",) * 3), ("adam", ("bfloat16", "bfloat16", "float32")),
+    ("adam", ("float32", "float16", "float32")), ("sgd", ("bfloat16",) * 3),
+    ("lion", ("bfloat16",) * 3), ("sgd", ("float16", "float16", "float32"))],
+    ids=lambda x: x if isinstance(x, str) else "-".join(x))
+def test_large_call_with_prefetch_equals_twin(force_threads, name, layout):
     """Past 4 MiB in its widest stream a loop runs in blocks and asks for lines ahead in
-    every stream (lrcore__block_x for mixed element sizes; a hint: no effect on bits)."""
-    spec, case = registry.spec("adam"), registry.spec("adam").cases[0]
+    every stream (lrcore__block_lowp in lrcore_lowp.h; a hint: no effect on bits). SGD with
+    momentum and Lion with weight decay: the cases with a state and a rounded store each."""
+    spec = registry.spec(name)
+    case = next(c for c in spec.cases if c.states and c.hyper.get("weight_decay", 0) == (
+        0.01 if name == "lion" else 0.0))
     rng = np.random.default_rng(12)
-    n = (1 << 21) + 1000 if layout[2] == "bfloat16" else (1 << 20) + 1000
+    n = (1 << 21) + 1001 if layout[2] == "bfloat16" else (1 << 20) + 1001
     bufs = _make(rng, spec, case, layout, n)
     want, got = _copy(bufs), _copy(bufs)
     kw = dict(rounding="stochastic", seed=77, index_offset=0)
-    _twin(spec)(want[0], want[1], **want[2], lr=0.01, step=2, **kw)
-    kernels.adam(got[0], got[1], **got[2], lr=0.01, step=2, num_threads=2, **kw)
+    _run(_twin(spec), spec, case, want, 2, **kw)
+    _run(getattr(kernels, name), spec, case, got, 2, num_threads=2, **kw)
     _assert_same(got, want)
 
 

@@ -93,6 +93,19 @@ LRCORE_INLINE uint32_t lrcore_lowbias32(uint32_t x)
     return x;
 }
 
+/* lrcore_lowbias32(ix ^ key), its first step, x ^= x >> 16, written
+ * (ix ^ (ix >> 16)) ^ (key ^ (key >> 16)) (a logical shift distributes over xor): the same
+ * bits, but the loops shift their element counter ix once for every buffer pair and fold
+ * the call's constant key ^ (key >> 16) into one three-input xor (AVX-512: vpternlogd). */
+LRCORE_INLINE uint32_t lrcore__lowbias32_ix(uint32_t ix, uint32_t key)
+{
+    uint32_t x = (ix ^ (ix >> 16)) ^ (key ^ (key >> 16));
+    x *= 0x7FEB352Du;
+    x ^= x >> 15; x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
 LRCORE_INLINE uint32_t lrcore__rotl32(uint32_t x, unsigned r)
 { return r ? (x << r) | (x >> (32u - r)) : x; }
 
@@ -260,8 +273,8 @@ LRCORE_INLINE float lrcore__ldx_f16(const uint16_t *a, size_t i, const unsigned 
  * step, x ^= x >> 16, leaves the high half unchanged, so it is only done for the low half. */
 LRCORE_INLINE uint32_t lrcore__bf16_bits16(uint32_t ix, uint32_t key, unsigned buffer)
 {
-    uint32_t h = ix ^ key;
-    h ^= h >> 16; h *= 0x7FEB352Du;
+    uint32_t h = (ix ^ (ix >> 16)) ^ (key ^ (key >> 16));   /* see lrcore__lowbias32_ix */
+    h *= 0x7FEB352Du;
     h ^= h >> 15; h *= 0x846CA68Bu;
     return (buffer & 1u) ? (h ^ (h >> 16)) & 0xFFFFu : h >> 16;
 }
@@ -306,7 +319,7 @@ LRCORE_INLINE void lrcore__stx_f16(uint16_t *a, size_t i, float x, const lrcore_
 LRCORE_INLINE void lrcore__stx_f16sr(uint16_t *a, size_t i, float x, const lrcore__stream *st,
     unsigned buffer, const unsigned lane, uint32_t *pw, const uint32_t ix)
 {
-    const uint32_t r = lrcore__rotl32(lrcore_lowbias32(ix ^ st->key[buffer & ~1u]),
+    const uint32_t r = lrcore__rotl32(lrcore__lowbias32_ix(ix, st->key[buffer & ~1u]),
                                       (buffer & 1u) ? 16u : 0u);
     (void)lane; (void)pw;
     a[i] = lrcore__f16_stochastic(lrcore__f32_bits(x), r);
@@ -368,14 +381,14 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
     if (!other)
         for (size_t j = 0; j < n; j++) {
             const uint32_t u = lrcore__f32_bits(src[j]), a = u & 0x7FFFFFFFu;
-            const uint32_t r = lrcore_lowbias32((ix + (uint32_t)j) ^ key);
+            const uint32_t r = lrcore__lowbias32_ix(ix + (uint32_t)j, key);
             dst[j] = (uint16_t)(((u >> 16) & 0x8000u)
                                 | (((a + (r >> 19)) >> 13) - (112u << 10)));
         }
     else
         for (size_t j = 0; j < n; j++)
             dst[j] = lrcore__f16_stochastic(lrcore__f32_bits(src[j]),
-                                            lrcore_lowbias32((ix + (uint32_t)j) ^ key));
+                                            lrcore__lowbias32_ix(ix + (uint32_t)j, key));
 }
 
 /*
@@ -384,6 +397,41 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
  * lrcore__<rule>_<param>_<grad>_<state>[_rn|_sr]. Layouts whose param and states are
  * float32 round nothing, so they have one instantiation for both roundings.
  */
+/* Blocks of these loops (software prefetch of calls over LRCORE_PREFETCH_MIN_BYTES per
+ * stream, see lrcore.h): lrcore__block_x's, with LRCORE_LOWP_BLOCK_LINES lines of the
+ * narrowest stream per block instead of LRCORE_BLOCK_LINES. Entering the vector loop of a
+ * pairing or stochastic-rounding layout costs tens of instructions (the hash and rounding
+ * constants are broadcast anew each time), so short blocks cost these layouts far more
+ * than the float32 loops. lrcore_body.h's BLOCK calls lrcore__block_x; the macro below
+ * points it here while the layouts are instantiated. A hint only: no effect on results. */
+#ifndef LRCORE_LOWP_BLOCK_LINES
+#define LRCORE_LOWP_BLOCK_LINES 8
+#endif
+LRCORE_INLINE size_t lrcore__block_lowp(size_t b0, size_t n, size_t ps, size_t gs, size_t ss,
+    const void *r, void *w0, void *w1, void *w2, void *w3)
+{
+    const size_t lo = ps < gs ? (ps < ss ? ps : ss) : (gs < ss ? gs : ss);
+    const size_t hi = ps > gs ? (ps > ss ? ps : ss) : (gs > ss ? gs : ss);
+    const size_t line = LRCORE_CACHE_LINE / lo, ahead = LRCORE_PREFETCH_AHEAD / lo;
+    const size_t block = line * LRCORE_LOWP_BLOCK_LINES;
+    if (n * hi <= (size_t)LRCORE_PREFETCH_MIN_BYTES) return n;
+    const size_t b1 = n - b0 > block ? b0 + block : n;
+    for (size_t l = b0; l < b1 && n - l > ahead + line; l += line) {
+        const size_t e = l + ahead;   /* elements [e, e + line) of every stream */
+        for (size_t o = 0; o < ps * line; o += LRCORE_CACHE_LINE)
+            LRCORE__PREFETCH_W((char *)w0 + e * ps + o);
+        for (size_t o = 0; o < gs * line; o += LRCORE_CACHE_LINE)
+            LRCORE__PREFETCH_R((const char *)r + e * gs + o);
+        for (size_t o = 0; o < ss * line; o += LRCORE_CACHE_LINE) {
+            if (w1) LRCORE__PREFETCH_W((char *)w1 + e * ss + o);
+            if (w2) LRCORE__PREFETCH_W((char *)w2 + e * ss + o);
+            if (w3) LRCORE__PREFETCH_W((char *)w3 + e * ss + o);
+        }
+    }
+    return b1;
+}
+#define lrcore__block_x lrcore__block_lowp
+
 #define LRCORE__FEW_VARIANTS 1    /* see LRCORE__DISPATCH_FEW in lrcore.h */
 #define LRCORE__LOWP_KINDS 1      /* the ldx/stx kinds above (lrcore_body.h) */
 
@@ -454,6 +502,7 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
 
 #undef LRCORE__FEW_VARIANTS
 #undef LRCORE__LOWP_KINDS
+#undef lrcore__block_x
 
 /* The instantiations above as X(number, suffix, param type, grad type, state type, ...);
  * the number is what lrcore__lowp_layout returns. */
