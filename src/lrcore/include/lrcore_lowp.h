@@ -398,12 +398,14 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
  * float32 round nothing, so they have one instantiation for both roundings.
  */
 /* Blocks of these loops (software prefetch of calls over LRCORE_PREFETCH_MIN_BYTES per
- * stream, see lrcore.h): lrcore__block_x's, with LRCORE_LOWP_BLOCK_LINES lines of the
- * narrowest stream per block instead of LRCORE_BLOCK_LINES. Entering the vector loop of a
- * pairing or stochastic-rounding layout costs tens of instructions (the hash and rounding
- * constants are broadcast anew each time), so short blocks cost these layouts far more
- * than the float32 loops. lrcore_body.h's BLOCK calls lrcore__block_x; the macro below
- * points it here while the layouts are instantiated. A hint only: no effect on results. */
+ * stream, see lrcore.h): lrcore__block_x's, but a block is LRCORE_LOWP_BLOCK_LINES lines
+ * of the widest stream (lrcore__block_x: LRCORE_BLOCK_LINES, 4, lines of the narrowest).
+ * Layouts with a float32 stream keep their blocks (8 lines of it); the all-bfloat16
+ * layouts get 8 lines per block instead of 4: entering their vector loop costs tens of
+ * instructions (the hash and rounding constants are broadcast anew each time), which
+ * blocks of 128 elements paid every time. lrcore_body.h's BLOCK calls lrcore__block_x;
+ * the macro below points it here while the layouts are instantiated. A hint only: no
+ * effect on results. */
 #ifndef LRCORE_LOWP_BLOCK_LINES
 #define LRCORE_LOWP_BLOCK_LINES 8
 #endif
@@ -413,7 +415,7 @@ LRCORE_INLINE size_t lrcore__block_lowp(size_t b0, size_t n, size_t ps, size_t g
     const size_t lo = ps < gs ? (ps < ss ? ps : ss) : (gs < ss ? gs : ss);
     const size_t hi = ps > gs ? (ps > ss ? ps : ss) : (gs > ss ? gs : ss);
     const size_t line = LRCORE_CACHE_LINE / lo, ahead = LRCORE_PREFETCH_AHEAD / lo;
-    const size_t block = line * LRCORE_LOWP_BLOCK_LINES;
+    const size_t block = LRCORE_CACHE_LINE / hi * LRCORE_LOWP_BLOCK_LINES;
     if (n * hi <= (size_t)LRCORE_PREFETCH_MIN_BYTES) return n;
     const size_t b1 = n - b0 > block ? b0 + block : n;
     for (size_t l = b0; l < b1 && n - l > ahead + line; l += line) {
