@@ -116,77 +116,101 @@ LRCORE_INLINE uint8_t lrcore_q8_code_of(const lrcore_q8_codec *c, float v, float
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #define LRCORE_Q8_VECTOR_ENCODER 1
-/* The vector encoder's tables in registers (lrcore_q8_code16). */
+/* The vector encoder's tables in registers (lrcore_q8_code16), derived from the codec's:
+ *   cst  = C + window (float32, by decade; exact: C and C + window are integers in [2**23,
+ *          2**24)), inv = INV (by decade), last = LAST (by decade);
+ *   q0, q1: Q[e] (32 int32, by binade e), such that z = bits(max(|x|, 2**-31)) + Q[e] has
+ *          the decade of |x| in bits 23-26 and its flag in the bits of nearmask:
+ *     binade with a decade start (split[e] finite):
+ *          Q = ((lo[e] + 1) << 23) - bits(split[e]) + P, so z = ((lo[e] + 1) << 23) + t + P
+ *          with t = bits(|x|) - bits(split[e]); |t| < 2**23 - 64 (no start within 64 steps
+ *          of a power of two) and P <= 16 keep t + P in (-2**23, 2**23): bits 23-26 are
+ *          lo[e] + (t + P >= 0), the low 23 bits (t + P) mod 2**23, below 2 P exactly when
+ *          -P <= t < P (t + P < 0 leaves at least 2**23 - 48 there);
+ *     binade without one: Q = (lo[e] << 23) - ((96 + e) << 23) + 2**28, so z = (lo[e] << 23)
+ *          + (mantissa of |x|) + 2**28: bits 23-26 are lo[e], bit 28 is set;
+ *   P = the least power of two >= near, nearmask = bits 2**28 and log2(2 P) .. 22: a lane is
+ *   flagged when z has none of them, i.e. -P <= t < P in a binade with a start. near <= 0:
+ *   every Q has 2**28 (never flagged) and no P. The permutes read bits 0-3 of the decade,
+ *   so 2**28 (bit 5 of z >> 23) does not change it.
+ *   winmask: Y mod 2**14 within `window` of 0 iff (Y + window) mod 2**14 < 2 window (a power
+ *   of two) iff no bit of (Y + window) & 0x3fff at or above 2 window; `cst` adds the window
+ *   to Y (window even: the fma's rounding to integers, ties to even, commutes with it). */
 typedef struct {
     __m512 cst, inv;
-    __m512i last, lo0, lo1, sp0, sp1, nearoff, nearlim, win, winmask;
+    __m512i last, q0, q1, winmask, nearmask;
 } lrcore_q8_vtab;
 
 LRCORE_INLINE lrcore_q8_vtab lrcore_q8_vtab_load(const lrcore_q8_codec *c)
 {
     lrcore_q8_vtab t;
-    const __m512i one = _mm512_set1_epi32(1);
-    t.cst = _mm512_loadu_ps(c->dec);
+    const int win = c->window > 0 ? c->window : 0;
+    int nn = 1;
+    while (nn < c->near) nn *= 2;
+    t.cst = _mm512_add_ps(_mm512_loadu_ps(c->dec), _mm512_set1_ps((float)win));
     t.inv = _mm512_loadu_ps(c->dec + 16);
-    t.sp0 = _mm512_loadu_si512(c->dec + 32);     /* split as bit patterns */
-    t.sp1 = _mm512_loadu_si512(c->dec + 48);
     t.last = _mm512_loadu_si512(c->deci);
-    t.lo0 = _mm512_add_epi32(_mm512_loadu_si512(c->deci + 32), one);   /* lo + 1 */
-    t.lo1 = _mm512_add_epi32(_mm512_loadu_si512(c->deci + 48), one);
-    /* |t| < near iff t + (near - 1) < 2 near - 1, unsigned (near <= 0: never) */
-    t.nearoff = _mm512_set1_epi32(c->near - 1);
-    t.nearlim = _mm512_set1_epi32(c->near > 0 ? 2 * c->near - 1 : 0);
-    /* Y mod 2**14 within `window` of 0 iff (Y + window) mod 2**14 < 2 window (a power of
-     * two): no bit of (Y + window) & 0x3fff at or above 2 window (window 0: Y mod 2**14 0) */
-    t.win = _mm512_set1_epi32(c->window);
-    t.winmask = _mm512_set1_epi32(c->window > 0 ? 0x3fff & ~(2 * c->window - 1) : 0x3fff);
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i b28 = _mm512_set1_epi32(1 << 28);
+    const __m512i off = c->near > 0 ? _mm512_set1_epi32(nn) : b28;
+    __m512i q[2];
+    for (int h = 0; h < 2; h++) {
+        const __m512i sp = _mm512_loadu_si512(c->dec + 32 + 16 * h);    /* split, as bits */
+        const __m512i lo = _mm512_loadu_si512(c->deci + 32 + 16 * h);
+        const __m512i ex = _mm512_slli_epi32(
+            _mm512_add_epi32(iota, _mm512_set1_epi32(96 + 16 * h)), 23);
+        const __m512i qs = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(
+            _mm512_add_epi32(lo, _mm512_set1_epi32(1)), 23), sp), off);
+        const __m512i qn = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(lo, 23), ex), b28);
+        q[h] = _mm512_mask_blend_epi32(
+            _mm512_cmplt_epu32_mask(sp, _mm512_set1_epi32(0x7f800000)), qn, qs);
+    }
+    t.q0 = q[0];
+    t.q1 = q[1];
+    t.nearmask = _mm512_set1_epi32((1 << 28) | (0x7fffff & ~(2 * nn - 1)));
+    t.winmask = _mm512_set1_epi32(win > 0 ? 0x3fff & ~(2 * win - 1) : 0x3fff);
     return t;
 }
 
-/* 16 codes (in the low byte of each 32-bit lane; the bits above are not 0) of the quotient
- * estimates x (v * (1 / absmax), never NaN); *bad gets the lanes the estimate cannot decide
- * (lrcore_q8_encode_block): Y within `window` of a multiple of 2**14, or |x| within `near`
- * float32 steps of the decade start in its binade. */
-LRCORE_INLINE __m512i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const int is_signed,
+/* 16 codes (bytes) of the quotient estimates x (v * (1 / absmax), never NaN); *bad gets the
+ * lanes the estimate cannot decide (lrcore_q8_encode_block): Y within `window` of a
+ * multiple of 2**14, or |x| within N >= near float32 steps of the decade start in its
+ * binade (lrcore_q8_vtab). */
+LRCORE_INLINE __m128i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const int is_signed,
                                        __mmask16 *bad)
 {
     const __m512i u = _mm512_castps_si512(x);
     /* |x|; the unsigned map codes x < 0 as 0, so there x is taken as +0 */
     const __m512i a = is_signed ? _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff))
                                 : _mm512_max_epi32(u, _mm512_setzero_si512());
-    /* binade index e = exponent - 96 (mod 32, as the permutes read it; |x| below 2**-31
-     * taken as 2**-31) */
-    const __m512i e = _mm512_srli_epi32(_mm512_max_epu32(a, _mm512_set1_epi32(96 << 23)), 23);
-    /* t = bits(|x|) - bits(split): |x| >= split iff t >= 0 (both non-negative floats) */
-    const __m512i t0 = _mm512_sub_epi32(a, _mm512_permutex2var_epi32(t->sp0, e, t->sp1));
-    /* decade lo + (t >= 0) = (lo + 1) + (t >> 31) */
-    const __m512i d = _mm512_add_epi32(_mm512_permutex2var_epi32(t->lo0, e, t->lo1),
-                                       _mm512_srai_epi32(t0, 31));
-    /* y = fma(|x|, INV, C) in [2**23, 2**24): bits(y) = bits(2**23) + Y */
+    /* |x| below 2**-31 taken as 2**-31; its binade index e = exponent - 96 is bits 0-4 of
+     * bits(am) >> 23, which the permute reads */
+    const __m512i am = _mm512_max_epu32(a, _mm512_set1_epi32(96 << 23));
+    const __m512i z = _mm512_add_epi32(am, _mm512_permutex2var_epi32(
+        t->q0, _mm512_srli_epi32(am, 23), t->q1));
+    const __m512i d = _mm512_srli_epi32(z, 23);      /* the decade (bits 0-3) */
+    /* y = fma(|x|, INV, C + window) in [2**23, 2**24): bits(y) = bits(2**23) + Y + window */
     const __m512i y = _mm512_castps_si512(_mm512_fmadd_ps(
         _mm512_castsi512_ps(a), _mm512_permutexvar_ps(d, t->inv),
         _mm512_permutexvar_ps(d, t->cst)));
-    *bad |= _mm512_testn_epi32_mask(_mm512_add_epi32(y, t->win), t->winmask)
-            | _mm512_cmplt_epu32_mask(_mm512_add_epi32(t0, t->nearoff), t->nearlim);
-    /* (bits(2**23) >> 14) + code, clamped to the decade's last entry */
-    const __m512i j = _mm512_min_epi32(_mm512_srli_epi32(y, 14),
-                                       _mm512_permutexvar_epi32(d, t->last));
-    if (is_signed) {   /* x < 0: 254 - j (codes 127 - index; index 128, i.e. 1, is 0) */
-        const __m512i c254 = _mm512_set1_epi32((0x4B000000 >> 14) + 254);
-        return _mm512_mask_sub_epi32(j, _mm512_movepi32_mask(u), c254,
-                                     _mm512_min_epi32(j, c254));
-    }
+    *bad |= _mm512_testn_epi32_mask(y, t->winmask) | _mm512_testn_epi32_mask(z, t->nearmask);
+    /* (bits(2**23) >> 14) + code (Y + window: the same where unflagged), clamped to the
+     * decade's last entry; the low byte is the code */
+    const __m128i j = _mm512_cvtepi32_epi8(_mm512_min_epi32(
+        _mm512_srli_epi32(y, 14), _mm512_permutexvar_epi32(d, t->last)));
+    if (is_signed)     /* x < 0: 254 - j, saturated at 0 (codes 127 - index; index 128 is 0) */
+        return _mm_mask_subs_epu8(j, _mm512_movepi32_mask(u), _mm_set1_epi8((char)254), j);
     return j;
 }
 
-/* The low bytes of the 64 lanes of c0..c3 to codes[0..63]. */
-LRCORE_INLINE void lrcore_q8_store64(uint8_t *codes, __m512i c0, __m512i c1, __m512i c2,
-                                     __m512i c3)
+/* The 64 codes c0..c3 to codes[0..63]. */
+LRCORE_INLINE void lrcore_q8_store64(uint8_t *codes, __m128i c0, __m128i c1, __m128i c2,
+                                     __m128i c3)
 {
-    _mm_storeu_si128((__m128i *)codes, _mm512_cvtepi32_epi8(c0));
-    _mm_storeu_si128((__m128i *)(codes + 16), _mm512_cvtepi32_epi8(c1));
-    _mm_storeu_si128((__m128i *)(codes + 32), _mm512_cvtepi32_epi8(c2));
-    _mm_storeu_si128((__m128i *)(codes + 48), _mm512_cvtepi32_epi8(c3));
+    _mm_storeu_si128((__m128i *)codes, c0);
+    _mm_storeu_si128((__m128i *)(codes + 16), c1);
+    _mm_storeu_si128((__m128i *)(codes + 32), c2);
+    _mm_storeu_si128((__m128i *)(codes + 48), c3);
 }
 
 /* 64 codes of v[0..63] in a block of absmax am (r = 1 / am, am in [2**-126, 2**126]):
@@ -196,12 +220,12 @@ LRCORE_INLINE void lrcore_q8_encode64(const lrcore_q8_codec *c, const lrcore_q8_
     const int is_signed)
 {
     __mmask16 b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-    const __m512i c0 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v), r), is_signed, &b0);
-    const __m512i c1 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 16), r), is_signed,
+    const __m128i c0 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v), r), is_signed, &b0);
+    const __m128i c1 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 16), r), is_signed,
                                         &b1);
-    const __m512i c2 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 32), r), is_signed,
+    const __m128i c2 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 32), r), is_signed,
                                         &b2);
-    const __m512i c3 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 48), r), is_signed,
+    const __m128i c3 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 48), r), is_signed,
                                         &b3);
     lrcore_q8_store64(codes, c0, c1, c2, c3);
     uint64_t bad = (uint64_t)b0 | (uint64_t)b1 << 16 | (uint64_t)b2 << 32 | (uint64_t)b3 << 48;
@@ -224,8 +248,8 @@ LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
         lrcore_q8_encode64(c, &t, v + i, r, am, codes + i, is_signed);
     for (; i + 16 <= n; i += 16) {
         __mmask16 b0 = 0;
-        _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtepi32_epi8(lrcore_q8_code16(
-            &t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r), is_signed, &b0)));
+        _mm_storeu_si128((__m128i *)(codes + i), lrcore_q8_code16(
+            &t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r), is_signed, &b0));
         for (unsigned bad = b0; bad; bad &= bad - 1) {
             const size_t k = i + (size_t)__builtin_ctz(bad);
             codes[k] = lrcore_q8_code_of(c, v[k], am);
@@ -282,17 +306,25 @@ LRCORE_INLINE int lrcore_q8_vector_ok(uint32_t mb)
  *   most one start lies in a binade. With e the binade of |x'| (exponent - 96, 2**-31 for
  *   smaller |x'|) and t = bits(|x'|) - bits(split[e]) (split: the start inside the binade,
  *   or +inf; the bit patterns of non-negative floats order like the values), the decade is
- *   d = lo[e] + (t >= 0) (32-entry tables in two registers). In it the position of |x'|
+ *   d = lo[e] + (t >= 0). One 32-entry lookup by e (two registers) and an add form it:
+ *   z = bits(max(|x'|, 2**-31)) + Q[e] has d in bits 23-26 (lrcore_q8_vtab; in a binade
+ *   with a start, lo[e] + (t + P >= 0): d except where -P <= t < 0, flagged below). In
+ *   the decade the position of |x'|
  *   among the entries, plus 127 for the signed map, is formed in fixed point with 14
  *   fraction bits: y = fma(|x'|, INV[d], C[d]) lies in [2**23, 2**24), where float32 steps
  *   are 1, so Y = bits(y) - bits(2**23) is an integer, 2**14 (position + 0.5) rounded
  *   once; the code is Y >> 14, clamped to the decade's last entry (a negative x' codes as
- *   254 minus that, clamped to 0, on the signed map, and as 0 on the unsigned one). The
+ *   254 minus that, saturated at 0, on the signed map, and as 0 on the unsigned one). The
+ *   encoder adds `window` to C, which adds it to Y exactly (an even integer: the rounding
+ *   to integers, ties to even, commutes with it), and tests Y + window. The
  *   decision points of the decade sit at the multiples of 2**14. A lane is flagged when
  *     Y is within `window` (4) of a multiple of 2**14: window exceeds twice the largest
  *       |Y - 2**14 k| at every float32 within 8 steps of each decision point 2**14 k inside
- *       a decade (Y's rounding, and N's width: at most 4 steps each way), or
- *     |t| < near = 9: |x'| within 9 float32 steps of the decade start of its binade (no
+ *       a decade (Y's rounding, and N's width: at most 4 steps each way); an unflagged
+ *       lane has Y mod 2**14 in [window, 2**14 - window), so (Y + window) >> 14 = Y >> 14;
+ *       or
+ *     -P <= t < P, P = 16 (the least power of two >= near = 9): |x'| within 9 float32 steps
+ *       of the decade start of its binade, and a few steps more (no
  *       start lies within 64 steps of a power of two, checked where the tables are built,
  *       so N(x') meets a start only when |x'| is in the start's binade).
  *   Hence an unflagged lane's code is the exact code of every float32 in N(x'), x included.
