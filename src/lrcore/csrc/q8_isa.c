@@ -239,10 +239,10 @@ int Q8_FN(lrcore_q8_vector_codes_)(const lrcore_q8_codec *c, size_t n, const flo
 #ifdef LRCORE_Q8_VECTOR_ENCODER
     const lrcore_q8_vtab t = lrcore_q8_vtab_load(c);
     for (size_t i = 0; i + 16 <= n; i += 16) {
-        __mmask16 bad = 0;
+        __mmask16 ok = 0xFFFF;
         _mm_storeu_si128((__m128i *)(codes + i),
-                         lrcore_q8_code16(&t, _mm512_loadu_ps(x + i), c->is_signed, &bad));
-        _mm_storeu_si128((__m128i *)(flags + i), _mm_maskz_set1_epi8(bad, 1));
+                         lrcore_q8_code16(&t, _mm512_loadu_ps(x + i), c->is_signed, &ok));
+        _mm_storeu_si128((__m128i *)(flags + i), _mm_maskz_set1_epi8((__mmask16)~ok, 1));
     }
     return 1;
 #else

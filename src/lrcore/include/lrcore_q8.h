@@ -172,28 +172,31 @@ LRCORE_INLINE lrcore_q8_vtab lrcore_q8_vtab_load(const lrcore_q8_codec *c)
     return t;
 }
 
-/* 16 codes (bytes) of the quotient estimates x (v * (1 / absmax), never NaN); *bad gets the
- * lanes the estimate cannot decide (lrcore_q8_encode_block): Y within `window` of a
- * multiple of 2**14, or |x| within N >= near float32 steps of the decade start in its
+/* 16 codes (bytes) of the quotient estimates x (v * (1 / absmax), never NaN); *ok loses
+ * the lanes the estimate cannot decide (lrcore_q8_encode_block): Y within `window` of a
+ * multiple of 2**14, or |x| within P >= near float32 steps of the decade start in its
  * binade (lrcore_q8_vtab). */
 LRCORE_INLINE __m128i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const int is_signed,
-                                       __mmask16 *bad)
+                                       __mmask16 *ok)
 {
     const __m512i u = _mm512_castps_si512(x);
-    /* |x|; the unsigned map codes x < 0 as 0, so there x is taken as +0 */
-    const __m512i a = is_signed ? _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff))
-                                : _mm512_max_epi32(u, _mm512_setzero_si512());
-    /* |x| below 2**-31 taken as 2**-31; its binade index e = exponent - 96 is bits 0-4 of
-     * bits(am) >> 23, which the permute reads */
-    const __m512i am = _mm512_max_epu32(a, _mm512_set1_epi32(96 << 23));
+    /* am = max(|x|, 2**-31) (the unsigned map codes x < 0 as 0: there max(x, 2**-31) on
+     * the signed bit patterns, which takes x < 0 as 2**-31); its binade index e = exponent
+     * - 96 is bits 0-4 of bits(am) >> 23, which the permute reads. Below 2**-31 is the
+     * decade of 0, where INV is 0: y = C whatever am is. */
+    const __m512i lim = _mm512_set1_epi32(96 << 23);
+    const __m512i am = is_signed
+        ? _mm512_max_epu32(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), lim)
+        : _mm512_max_epi32(u, lim);
     const __m512i z = _mm512_add_epi32(am, _mm512_permutex2var_epi32(
         t->q0, _mm512_srli_epi32(am, 23), t->q1));
     const __m512i d = _mm512_srli_epi32(z, 23);      /* the decade (bits 0-3) */
-    /* y = fma(|x|, INV, C + window) in [2**23, 2**24): bits(y) = bits(2**23) + Y + window */
+    /* y = fma(am, INV, C + window) in [2**23, 2**24): bits(y) = bits(2**23) + Y + window */
     const __m512i y = _mm512_castps_si512(_mm512_fmadd_ps(
-        _mm512_castsi512_ps(a), _mm512_permutexvar_ps(d, t->inv),
+        _mm512_castsi512_ps(am), _mm512_permutexvar_ps(d, t->inv),
         _mm512_permutexvar_ps(d, t->cst)));
-    *bad |= _mm512_testn_epi32_mask(y, t->winmask) | _mm512_testn_epi32_mask(z, t->nearmask);
+    *ok = _mm512_mask_test_epi32_mask(_mm512_mask_test_epi32_mask(*ok, z, t->nearmask),
+                                      y, t->winmask);
     /* (bits(2**23) >> 14) + code (Y + window: the same where unflagged), clamped to the
      * decade's last entry; the low byte is the code */
     const __m128i j = _mm512_cvtepi32_epi8(_mm512_min_epi32(
@@ -213,26 +216,40 @@ LRCORE_INLINE void lrcore_q8_store64(uint8_t *codes, __m128i c0, __m128i c1, __m
     _mm_storeu_si128((__m128i *)(codes + 48), c3);
 }
 
+/* The lanes of v[0..63] (block of absmax am, r = 1 / am) that lrcore_q8_code16 leaves
+ * undecided: the exact search (rare: at most a few per block). */
+__attribute__((noinline, cold)) static void lrcore_q8_encode64_fix(const lrcore_q8_codec *c,
+    const lrcore_q8_vtab *t, const float *LRCORE_RESTRICT v, __m512 r, float am,
+    uint8_t *LRCORE_RESTRICT codes, const int is_signed)
+{
+    for (int g = 0; g < 64; g += 16) {
+        __mmask16 ok = 0xFFFF;
+        (void)lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + g), r), is_signed, &ok);
+        for (unsigned bad = (unsigned)(uint16_t)~ok; bad; bad &= bad - 1) {
+            const size_t k = (size_t)g + (size_t)__builtin_ctz(bad);
+            codes[k] = lrcore_q8_code_of(c, v[k], am);
+        }
+    }
+}
+
 /* 64 codes of v[0..63] in a block of absmax am (r = 1 / am, am in [2**-126, 2**126]):
- * four lrcore_q8_code16, then the exact search for the flagged lanes. */
+ * four lrcore_q8_code16 (one mask: lane i decided in all four), then, when a lane is
+ * undecided, the exact search for it (lrcore_q8_encode64_fix). */
 LRCORE_INLINE void lrcore_q8_encode64(const lrcore_q8_codec *c, const lrcore_q8_vtab *t,
     const float *LRCORE_RESTRICT v, __m512 r, float am, uint8_t *LRCORE_RESTRICT codes,
     const int is_signed)
 {
-    __mmask16 b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-    const __m128i c0 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v), r), is_signed, &b0);
+    __mmask16 ok = 0xFFFF;
+    const __m128i c0 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v), r), is_signed, &ok);
     const __m128i c1 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 16), r), is_signed,
-                                        &b1);
+                                        &ok);
     const __m128i c2 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 32), r), is_signed,
-                                        &b2);
+                                        &ok);
     const __m128i c3 = lrcore_q8_code16(t, _mm512_mul_ps(_mm512_loadu_ps(v + 48), r), is_signed,
-                                        &b3);
+                                        &ok);
     lrcore_q8_store64(codes, c0, c1, c2, c3);
-    uint64_t bad = (uint64_t)b0 | (uint64_t)b1 << 16 | (uint64_t)b2 << 32 | (uint64_t)b3 << 48;
-    for (; bad; bad &= bad - 1) {    /* undecided lanes: the exact search */
-        const size_t k = (size_t)__builtin_ctzll(bad);
-        codes[k] = lrcore_q8_code_of(c, v[k], am);
-    }
+    if (__builtin_expect(ok != 0xFFFF, 0))
+        lrcore_q8_encode64_fix(c, t, v, r, am, codes, is_signed);
 }
 
 /* The vector part of lrcore_q8_encode_block (absmax am in [2**-126, 2**126]): codes of the
@@ -247,10 +264,10 @@ LRCORE_INLINE size_t lrcore_q8_encode_vec(const lrcore_q8_codec *c, size_t n,
     for (; i + 64 <= n; i += 64)
         lrcore_q8_encode64(c, &t, v + i, r, am, codes + i, is_signed);
     for (; i + 16 <= n; i += 16) {
-        __mmask16 b0 = 0;
+        __mmask16 ok = 0xFFFF;
         _mm_storeu_si128((__m128i *)(codes + i), lrcore_q8_code16(
-            &t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r), is_signed, &b0));
-        for (unsigned bad = b0; bad; bad &= bad - 1) {
+            &t, _mm512_mul_ps(_mm512_loadu_ps(v + i), r), is_signed, &ok));
+        for (unsigned bad = (unsigned)(uint16_t)~ok; bad; bad &= bad - 1) {
             const size_t k = i + (size_t)__builtin_ctz(bad);
             codes[k] = lrcore_q8_code_of(c, v[k], am);
         }
