@@ -665,6 +665,34 @@ def test_step_awkward_blocks_equal_numpy_twin(isa, pdt, gdt):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+def test_step_exp_avg_sq_with_a_sign_bit_equals_numpy_twin(isa):
+    """exp_avg_sq blocks whose absmax is -0, negative or -Inf (a QuantizedState built by
+    hand): their decoded second moments have the sign bit set, where the fused pass's
+    absmax, taken on the bit patterns as they are, is taken again on |v|; 1 and 2 threads."""
+    B = q.BLOCK
+    rng = np.random.default_rng(5)
+    n = 6 * B
+    g = rng.standard_normal(n).astype(np.float32)
+    g[B:2 * B] = 0
+    v0 = q.QuantizedState.from_float(rng.random(n).astype(np.float32), False)
+    m0 = q.QuantizedState.from_float(rng.standard_normal(n).astype(np.float32), True)
+    v0.absmax[1:4] = np.float32([-0.0, -3.0, -np.inf])
+    out = {}
+    for fn, nt in ((q.step_reference, None), (q.step, 1), (q.step, 2)):
+        p = np.ones(n, np.float32)
+        st = {"exp_avg": m0.copy(), "exp_avg_sq": v0.copy()}
+        kw = {} if nt is None else {"num_threads": nt}
+        fn("adamw", p, g, st, step=3, lr=1e-2, **kw)
+        out[nt] = [p.view(np.uint32)] + [
+            x for s in st.values() for x in (s.codes, s.absmax.view(np.uint32))]
+    vmax = out[None][4].view(np.float32)        # exp_avg_sq's new absmax: |v| of the blocks
+    assert 0 < vmax[2] < np.inf and vmax[3] == np.inf
+    for nt in (1, 2):
+        for a, b in zip(out[nt], out[None]):
+            assert np.array_equal(a, b)
+
+
 def test_step_bfloat16_param_is_rounded_float32_step():
     """bfloat16 param: the float32 step on the widened param, rounded by lrcore.lowp's
     rule (stochastic: buffer 0 of the stream, index_offset + i); a slice with its offset

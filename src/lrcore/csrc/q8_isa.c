@@ -116,11 +116,12 @@ LRCORE_Q8_VBMI static void q8_adam_fused(const lrcore_q8_job *job, size_t b0, si
                 else
                     lrcore__adam_loop_f32(Q8_G, p + i, g + i, m, v, 0, &a.k, a.bc2_sqrt, a.eps,
                                           a.nss, st, 2u);
+                /* exp_avg_sq on its bit patterns as they are (one op, not two): where
+                 * none has its sign bit set or is NaN they are those of |v| */
                 for (int k = 0; k < Q8_G; k += 16) {
                     mxm = _mm512_max_epu32(mxm, _mm512_and_si512(
                         _mm512_load_si512((const void *)(m + k)), absmask));
-                    mxv = _mm512_max_epu32(mxv, _mm512_and_si512(
-                        _mm512_load_si512((const void *)(v + k)), absmask));
+                    mxv = _mm512_max_epu32(mxv, _mm512_load_si512((const void *)(v + k)));
                 }
             }
             for (int k = 0; k < Q8_G; k += 64) {
@@ -140,7 +141,15 @@ LRCORE_Q8_VBMI static void q8_adam_fused(const lrcore_q8_job *job, size_t b0, si
         }
         if (have) {
             mbm = lrcore_q8_absmax_bits(_mm512_reduce_max_epu32(mxm));
-            mbv = lrcore_q8_absmax_bits(_mm512_reduce_max_epu32(mxv));
+            mbv = _mm512_reduce_max_epu32(mxv);
+            if (mbv > 0x7f800000u) {    /* a NaN or a set sign bit (-0): |v| again */
+                __m512i mx = _mm512_setzero_si512();
+                for (int k = 0; k < B; k += 16)
+                    mx = _mm512_max_epu32(mx, _mm512_and_si512(
+                        _mm512_load_si512((const void *)(sv[cur] + k)), absmask));
+                mbv = _mm512_reduce_max_epu32(mx);
+            }
+            mbv = lrcore_q8_absmax_bits(mbv);
             if (hpar)
                 lrcore_round_half(LRCORE_ET_BF16, B, tp, (uint16_t *)job->param + b * B,
                                   lp->rounding, lp->seed, lp->step, 0u,

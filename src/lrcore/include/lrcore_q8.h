@@ -180,13 +180,14 @@ LRCORE_INLINE __m128i lrcore_q8_code16(const lrcore_q8_vtab *t, __m512 x, const 
                                        __mmask16 *ok)
 {
     const __m512i u = _mm512_castps_si512(x);
-    /* am = max(|x|, 2**-31) (the unsigned map codes x < 0 as 0: there max(x, 2**-31) on
-     * the signed bit patterns, which takes x < 0 as 2**-31); its binade index e = exponent
-     * - 96 is bits 0-4 of bits(am) >> 23, which the permute reads. Below 2**-31 is the
-     * decade of 0, where INV is 0: y = C whatever am is. */
+    /* am = max(|x|, 2**-31): signed map, vrangeps (the larger magnitude, sign cleared: one
+     * op; x is never NaN here, the only input it would not order); unsigned map, which codes
+     * x < 0 as 0, max(x, 2**-31) on the signed bit patterns, which takes x < 0 as 2**-31.
+     * Its binade index e = exponent - 96 is bits 0-4 of bits(am) >> 23, which the permute
+     * reads. Below 2**-31 is the decade of 0, where INV is 0: y = C whatever am is. */
     const __m512i lim = _mm512_set1_epi32(96 << 23);
     const __m512i am = is_signed
-        ? _mm512_max_epu32(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), lim)
+        ? _mm512_castps_si512(_mm512_range_ps(x, _mm512_castsi512_ps(lim), 0x0B))
         : _mm512_max_epi32(u, lim);
     const __m512i z = _mm512_add_epi32(am, _mm512_permutex2var_epi32(
         t->q0, _mm512_srli_epi32(am, 23), t->q1));
