@@ -96,14 +96,21 @@ LRCORE_INLINE uint32_t lrcore_lowbias32(uint32_t x)
 /* lrcore_lowbias32(ix ^ key), its first step, x ^= x >> 16, written
  * (ix ^ (ix >> 16)) ^ (key ^ (key >> 16)) (a logical shift distributes over xor): the same
  * bits, but the loops shift their element counter ix once for every buffer pair and fold
- * the call's constant key ^ (key >> 16) into one three-input xor (AVX-512: vpternlogd). */
-LRCORE_INLINE uint32_t lrcore__lowbias32_ix(uint32_t ix, uint32_t key)
+ * the call's constant key ^ (key >> 16) into one three-input xor (AVX-512: vpternlogd).
+ * lrcore__lowbias32_pre stops before the last step, x ^= x >> 16, which leaves the high 16
+ * bits unchanged: callers that use only those skip it. */
+LRCORE_INLINE uint32_t lrcore__lowbias32_pre(uint32_t ix, uint32_t key)
 {
     uint32_t x = (ix ^ (ix >> 16)) ^ (key ^ (key >> 16));
     x *= 0x7FEB352Du;
     x ^= x >> 15; x *= 0x846CA68Bu;
-    x ^= x >> 16;
     return x;
+}
+
+LRCORE_INLINE uint32_t lrcore__lowbias32_ix(uint32_t ix, uint32_t key)
+{
+    const uint32_t x = lrcore__lowbias32_pre(ix, key);
+    return x ^ (x >> 16);
 }
 
 LRCORE_INLINE uint32_t lrcore__rotl32(uint32_t x, unsigned r)
@@ -273,9 +280,7 @@ LRCORE_INLINE float lrcore__ldx_f16(const uint16_t *a, size_t i, const unsigned 
  * step, x ^= x >> 16, leaves the high half unchanged, so it is only done for the low half. */
 LRCORE_INLINE uint32_t lrcore__bf16_bits16(uint32_t ix, uint32_t key, unsigned buffer)
 {
-    uint32_t h = (ix ^ (ix >> 16)) ^ (key ^ (key >> 16));   /* see lrcore__lowbias32_ix */
-    h *= 0x7FEB352Du;
-    h ^= h >> 15; h *= 0x846CA68Bu;
+    const uint32_t h = lrcore__lowbias32_pre(ix, key);
     return (buffer & 1u) ? (h ^ (h >> 16)) & 0xFFFFu : h >> 16;
 }
 
@@ -375,20 +380,26 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
                                            const lrcore__stream *st, uint32_t ix)
 {
     const uint32_t key = st->key[0];
-    uint32_t other = 0;
-    for (size_t j = 0; j < n; j++)
-        other |= (lrcore__f32_bits(src[j]) & 0x7FFFFFFFu) - (113u << 23) >= (30u << 23);
+    uint32_t most = 0;   /* some |x| outside the range <=> max of |x| - 2^-14 (unsigned) */
+    for (size_t j = 0; j < n; j++) {
+        const uint32_t d = (lrcore__f32_bits(src[j]) & 0x7FFFFFFFu) - (113u << 23);
+        most = d > most ? d : most;
+    }
+    const int other = most >= (30u << 23);
+    uint32_t c = ix;   /* the element's counter: a 32-bit induction of its own (as ELEMENTS) */
     if (!other)
-        for (size_t j = 0; j < n; j++) {
+        for (size_t j = 0; j < n; j++, c++) {
             const uint32_t u = lrcore__f32_bits(src[j]), a = u & 0x7FFFFFFFu;
-            const uint32_t r = lrcore__lowbias32_ix(ix + (uint32_t)j, key);
+            /* r >> 19, r = lrcore__lowbias32_ix(c, key): bits 19..31 of r are those of
+             * lrcore__lowbias32_pre (its last step changes only the low 16 bits) */
+            const uint32_t r19 = lrcore__lowbias32_pre(c, key) >> 19;
             dst[j] = (uint16_t)(((u >> 16) & 0x8000u)
-                                | (((a + (r >> 19)) >> 13) - (112u << 10)));
+                                | (((a + r19) >> 13) - (112u << 10)));
         }
     else
-        for (size_t j = 0; j < n; j++)
+        for (size_t j = 0; j < n; j++, c++)
             dst[j] = lrcore__f16_stochastic(lrcore__f32_bits(src[j]),
-                                            lrcore__lowbias32_ix(ix + (uint32_t)j, key));
+                                            lrcore__lowbias32_ix(c, key));
 }
 
 /*
