@@ -287,18 +287,15 @@ LRCORE_INLINE size_t lrcore__block(size_t b0, size_t n, size_t elsize,
 
 /* lrcore__block for loops whose streams have different element sizes (lrcore_lowp.h's
  * layouts): ps, gs, ss are the sizes of param (stream w0), grad (r) and the states
- * (w1..w3). Equal sizes: exactly lrcore__block. Otherwise a block is LRCORE_BLOCK_LINES
- * lines of the narrowest stream, and every stream asks for the lines that hold the
- * elements LRCORE_PREFETCH_AHEAD bytes of the narrowest stream ahead; calls whose widest
- * stream is cache-sized run as one plain loop. */
-LRCORE_INLINE size_t lrcore__block_x(size_t b0, size_t n, size_t ps, size_t gs, size_t ss,
-    const void *r, void *w0, void *w1, void *w2, void *w3)
+ * (w1..w3), and a block is `block` elements. Every stream asks for the lines that hold
+ * the elements LRCORE_PREFETCH_AHEAD bytes of the narrowest stream ahead; calls whose
+ * widest stream is cache-sized run as one plain loop. */
+LRCORE_INLINE size_t lrcore__block_mixed(size_t b0, size_t n, size_t ps, size_t gs, size_t ss,
+    size_t block, const void *r, void *w0, void *w1, void *w2, void *w3)
 {
-    if (ps == gs && gs == ss) return lrcore__block(b0, n, ps, r, w0, w1, w2, w3);
     const size_t lo = ps < gs ? (ps < ss ? ps : ss) : (gs < ss ? gs : ss);
     const size_t hi = ps > gs ? (ps > ss ? ps : ss) : (gs > ss ? gs : ss);
     const size_t line = LRCORE_CACHE_LINE / lo, ahead = LRCORE_PREFETCH_AHEAD / lo;
-    const size_t block = line * LRCORE_BLOCK_LINES;
     if (n * hi <= (size_t)LRCORE_PREFETCH_MIN_BYTES) return n;
     const size_t b1 = n - b0 > block ? b0 + block : n;
     for (size_t l = b0; l < b1 && n - l > ahead + line; l += line) {
@@ -314,6 +311,18 @@ LRCORE_INLINE size_t lrcore__block_x(size_t b0, size_t n, size_t ps, size_t gs, 
         }
     }
     return b1;
+}
+
+/* The block function of lrcore_body.h's loops (BLOCK) unless the includer names another
+ * (LRCORE__BLOCK_FN: lrcore_lowp.h's lrcore__block_lowp). Equal sizes: exactly
+ * lrcore__block. Otherwise a block is LRCORE_BLOCK_LINES lines of the narrowest stream. */
+LRCORE_INLINE size_t lrcore__block_x(size_t b0, size_t n, size_t ps, size_t gs, size_t ss,
+    const void *r, void *w0, void *w1, void *w2, void *w3)
+{
+    if (ps == gs && gs == ss) return lrcore__block(b0, n, ps, r, w0, w1, w2, w3);
+    const size_t lo = ps < gs ? (ps < ss ? ps : ss) : (gs < ss ? gs : ss);
+    return lrcore__block_mixed(b0, n, ps, gs, ss, LRCORE_CACHE_LINE / lo * LRCORE_BLOCK_LINES,
+                               r, w0, w1, w2, w3);
 }
 
 /* Element access of the loops. A loop reads each buffer through lrcore__ld_<kind> and

@@ -14,6 +14,8 @@
  *                      bfloat16/float16, widen on load, round on store, to nearest or
  *                      stochastically, lrcore__ldx_<kind> and lrcore__stx_<kind>);
  *   LRCORE__PAIRED     (lrcore_lowp.h, all-bfloat16) two elements per 32-bit word;
+ *   LRCORE__BLOCK_FN   (optional) the block function of the loops (default lrcore.h's
+ *                      lrcore__block_x; lrcore_lowp.h: lrcore__block_lowp);
  *   LRCORE__TILE_P, LRCORE__TILE_G   (lrcore_lowp.h, float16 with F16C) float16 param /
  *                      grad converted a tile at a time (see ELEMENTS below).
  * The public kernels lrcore_<rule>_<suffix> call the lrcore__<rule>_<suffix> below.
@@ -139,8 +141,14 @@
 #else
 #define DISPATCH_FEW(bits, variant, sa, sb, f1, f2, ...) LRCORE__DISPATCH(bits, variant, __VA_ARGS__)
 #endif
+/* the block function (lrcore.h's lrcore__block_x, or the includer's LRCORE__BLOCK_FN) */
+#if defined(LRCORE__BLOCK_FN)
+#define BLOCK(b0, n, r, w0, w1, w2, w3) \
+    LRCORE__BLOCK_FN((b0), (n), sizeof(PT), sizeof(GT), sizeof(ST), (r), (w0), (w1), (w2), (w3))
+#else
 #define BLOCK(b0, n, r, w0, w1, w2, w3) \
     lrcore__block_x((b0), (n), sizeof(PT), sizeof(GT), sizeof(ST), (r), (w0), (w1), (w2), (w3))
+#endif
 
 /* ---- element helpers -------------------------------------------------------------- */
 

@@ -414,36 +414,19 @@ LRCORE_INLINE void lrcore__f16_tile_out_sr(uint16_t *dst, size_t n, const float 
  * Layouts with a float32 stream keep their blocks (8 lines of it); the all-bfloat16
  * layouts get 8 lines per block instead of 4: entering their vector loop costs tens of
  * instructions (the hash and rounding constants are broadcast anew each time), which
- * blocks of 128 elements paid every time. lrcore_body.h's BLOCK calls lrcore__block_x;
- * the macro below points it here while the layouts are instantiated. A hint only: no
- * effect on results. */
+ * blocks of 128 elements paid every time. LRCORE__BLOCK_FN points lrcore_body.h's BLOCK
+ * here while the layouts are instantiated. A hint only: no effect on results. */
 #ifndef LRCORE_LOWP_BLOCK_LINES
 #define LRCORE_LOWP_BLOCK_LINES 8
 #endif
 LRCORE_INLINE size_t lrcore__block_lowp(size_t b0, size_t n, size_t ps, size_t gs, size_t ss,
     const void *r, void *w0, void *w1, void *w2, void *w3)
 {
-    const size_t lo = ps < gs ? (ps < ss ? ps : ss) : (gs < ss ? gs : ss);
     const size_t hi = ps > gs ? (ps > ss ? ps : ss) : (gs > ss ? gs : ss);
-    const size_t line = LRCORE_CACHE_LINE / lo, ahead = LRCORE_PREFETCH_AHEAD / lo;
-    const size_t block = LRCORE_CACHE_LINE / hi * LRCORE_LOWP_BLOCK_LINES;
-    if (n * hi <= (size_t)LRCORE_PREFETCH_MIN_BYTES) return n;
-    const size_t b1 = n - b0 > block ? b0 + block : n;
-    for (size_t l = b0; l < b1 && n - l > ahead + line; l += line) {
-        const size_t e = l + ahead;   /* elements [e, e + line) of every stream */
-        for (size_t o = 0; o < ps * line; o += LRCORE_CACHE_LINE)
-            LRCORE__PREFETCH_W((char *)w0 + e * ps + o);
-        for (size_t o = 0; o < gs * line; o += LRCORE_CACHE_LINE)
-            LRCORE__PREFETCH_R((const char *)r + e * gs + o);
-        for (size_t o = 0; o < ss * line; o += LRCORE_CACHE_LINE) {
-            if (w1) LRCORE__PREFETCH_W((char *)w1 + e * ss + o);
-            if (w2) LRCORE__PREFETCH_W((char *)w2 + e * ss + o);
-            if (w3) LRCORE__PREFETCH_W((char *)w3 + e * ss + o);
-        }
-    }
-    return b1;
+    return lrcore__block_mixed(b0, n, ps, gs, ss,
+                               LRCORE_CACHE_LINE / hi * LRCORE_LOWP_BLOCK_LINES, r, w0, w1, w2, w3);
 }
-#define lrcore__block_x lrcore__block_lowp
+#define LRCORE__BLOCK_FN lrcore__block_lowp
 
 #define LRCORE__FEW_VARIANTS 1    /* see LRCORE__DISPATCH_FEW in lrcore.h */
 #define LRCORE__LOWP_KINDS 1      /* the ldx/stx kinds above (lrcore_body.h) */
@@ -515,7 +498,7 @@ LRCORE_INLINE size_t lrcore__block_lowp(size_t b0, size_t n, size_t ps, size_t g
 
 #undef LRCORE__FEW_VARIANTS
 #undef LRCORE__LOWP_KINDS
-#undef lrcore__block_x
+#undef LRCORE__BLOCK_FN
 
 /* The instantiations above as X(number, suffix, param type, grad type, state type, ...);
  * the number is what lrcore__lowp_layout returns. */
