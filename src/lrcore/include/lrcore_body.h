@@ -165,9 +165,10 @@ LRCORE_INLINE T FN(max_nan)(T a, T b) {
 }
 
 /* x / c for a per-call constant c, correctly rounded, without a division, where
- * LRCORE__FMA is defined (lrcore.h: the float32 loops, in builds with AVX-512 and FMA).
- * Adam divides sqrt(v) by c = sqrt(1 - beta2**step); sqrt and division share one unit per
- * core (bench/divider_limit.c), and this takes the division off it. With y = fl(1 / c) (computed once per call):
+ * LRCORE__FMA is defined (lrcore.h: the float32 loops, in builds with AVX-512 and FMA;
+ * T is float32 wherever it is). Adam divides sqrt(v) by c = sqrt(1 - beta2**step); sqrt
+ * and division share one unit per core (bench/divider_limit.c), and this takes the
+ * division off it. With y = fl(1 / c) (computed once per call):
  *   q0 = fl(x y)            one multiplication
  *   r  = fl(q0 c - x)       one FMA (exact)
  *   q  = fl(q0 - r y)       one FMA: q = fl(x / c)
