@@ -147,6 +147,20 @@ def test_lrcore_torch_optimizers_under_ddp_and_zero():
     lrcore.torch.Adam, ZeroRedundancyOptimizer(optimizer_class=lrcore.torch.Adam), DDP +
     lrcore.torch.Adam on bfloat16 with stochastic rounding, and ZeRO + lrcore.torch.Adam
     (AMSGrad) on bfloat16 (bfloat16 state)."""
+    import warnings
+
     import torch.multiprocessing as mp
-    mp.spawn(_worker, args=(_free_port(), ("sgd", "adam", "zero", "bf16-sr", "zero-bf16")),
-             nprocs=WORLD, join=True)
+    kinds = ("sgd", "adam", "zero", "bf16-sr", "zero-bf16")
+    try:
+        mp.spawn(_worker, args=(_free_port(), kinds), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as e:
+        # A worker killed by a signal, not one whose check failed (that exits with an
+        # exception and code 1). Seen once in CI (2026-12-07): rank 0 ended by SIGABRT,
+        # "terminate called without an active exception" from the C++ runtime, with no
+        # Python exception on either rank; not reproduced in 9 runs alone or under load.
+        # Run the whole spawn once more, on a new port: a second failure of any kind
+        # fails the test.
+        if e.signal_name is None:
+            raise
+        warnings.warn(f"torch.distributed spawn: {e}; running it again")
+        mp.spawn(_worker, args=(_free_port(), kinds), nprocs=WORLD, join=True)
