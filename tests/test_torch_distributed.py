@@ -7,6 +7,7 @@ order), so "equal" below is bitwise. Skips when torch or torch.distributed's glo
 """
 import os
 import socket
+import sys
 
 import pytest
 
@@ -75,6 +76,13 @@ def _worker(rank, port, kinds):
             _run(rank, kind)
     finally:
         dist.destroy_process_group()
+    # Every check passed (a failure raised above, which spawn reports). End the process
+    # here: torch 2.13's gloo sometimes aborts in the interpreter's teardown ("terminate
+    # called without an active exception", SIGABRT, after every check had passed; 4 of 20
+    # runs of this test at lrcore 7c8fc89 on this machine), which is not what is tested.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(rank, kind):
@@ -155,11 +163,9 @@ def test_lrcore_torch_optimizers_under_ddp_and_zero():
         mp.spawn(_worker, args=(_free_port(), kinds), nprocs=WORLD, join=True)
     except mp.ProcessExitedException as e:
         # A worker killed by a signal, not one whose check failed (that exits with an
-        # exception and code 1). Seen once in CI (2026-12-07): rank 0 ended by SIGABRT,
-        # "terminate called without an active exception" from the C++ runtime, with no
-        # Python exception on either rank; not reproduced in 9 runs alone or under load.
-        # Run the whole spawn once more, on a new port: a second failure of any kind
-        # fails the test.
+        # exception and code 1): the teardown abort _worker now skips was such a kill;
+        # should another appear, the whole spawn runs once more on a new port, and a
+        # second failure of any kind fails the test.
         if e.signal_name is None:
             raise
         warnings.warn(f"torch.distributed spawn: {e}; running it again")
