@@ -85,12 +85,18 @@ static inline uint32_t lrcore_stream_key(uint64_t seed, uint64_t step, unsigned 
  * lowbias32(low32(index) ^ key(b)); of the odd buffer b + 1: the same word rotated by 16
  * (one hash per pair of buffers: bfloat16 rounding uses the high 16 bits, so buffer b
  * draws the high half of the hash and buffer b + 1 the low half). */
+/* lowbias32's middle steps (after its first, x ^= x >> 16, and before its last, the same) */
+LRCORE_INLINE uint32_t lrcore__lowbias32_mid(uint32_t x)
+{
+    x *= 0x7FEB352Du;
+    x ^= x >> 15; x *= 0x846CA68Bu;
+    return x;
+}
+
 LRCORE_INLINE uint32_t lrcore_lowbias32(uint32_t x)
 {
-    x ^= x >> 16; x *= 0x7FEB352Du;
-    x ^= x >> 15; x *= 0x846CA68Bu;
-    x ^= x >> 16;
-    return x;
+    x = lrcore__lowbias32_mid(x ^ (x >> 16));
+    return x ^ (x >> 16);
 }
 
 /* lrcore_lowbias32(ix ^ key), its first step, x ^= x >> 16, written
@@ -101,10 +107,7 @@ LRCORE_INLINE uint32_t lrcore_lowbias32(uint32_t x)
  * bits unchanged: callers that use only those skip it. */
 LRCORE_INLINE uint32_t lrcore__lowbias32_pre(uint32_t ix, uint32_t key)
 {
-    uint32_t x = (ix ^ (ix >> 16)) ^ (key ^ (key >> 16));
-    x *= 0x7FEB352Du;
-    x ^= x >> 15; x *= 0x846CA68Bu;
-    return x;
+    return lrcore__lowbias32_mid((ix ^ (ix >> 16)) ^ (key ^ (key >> 16)));
 }
 
 LRCORE_INLINE uint32_t lrcore__lowbias32_ix(uint32_t ix, uint32_t key)
