@@ -21,8 +21,9 @@ absmax are exactly that slice of one process's. Half-precision grads are average
 and rounded once, to nearest, to the grads' dtype (`average_grads`). Where one process would
 take lrcore.optim's per-param path (any layout but all-float32 / all-float64 with grads of the
 params' dtype), the global norm for clipping and skipping is that path's float64 sum of
-squares (blocks of 2**14 elements counted from each param's start, which the pieces' cuts do
-not follow), computed on rank 0 over the gathered averaged grads and broadcast.
+squares, as on the float32 path: each rank sums its pieces' blocks of 2**14 elements (counted
+from each param's start, where every cut lies) and one allgather of the blocks' sums adds
+them in one process's order.
 """
 import hashlib
 import json
@@ -644,10 +645,7 @@ class ShardedOptimizer:
                             if b + 1 < nb:
                                 start_reduce(b + 1)
                             finish_reduce(b)
-                    if plan:
-                        norm, finite = self._global_norm(local_grads, MPI)
-                    else:
-                        norm, finite = self._whole_norm(flat, gdtypes, MPI)
+                    norm, finite = self._global_norm(local_grads, MPI)
                     self.last_grad_norm = norm
                     if skip_nonfinite and not finite:
                         return False
@@ -676,45 +674,6 @@ class ShardedOptimizer:
                     pass
             raise
         return True
-
-    def _whole_norm(self, flat, gdtypes, MPI):
-        """(L2 norm, all finite) of the averaged grads as lrcore.optim's per-param path
-        computes it (precision.grad_sumsq: float64 sums over blocks of 2**14 elements
-        counted from each param's start; a piece's cut may fall inside a block, whose
-        running sums cannot be split), computed on rank 0 and broadcast: with average=True
-        the averaged pieces are first gathered to rank 0 (one extra gather, only when
-        clipping or skipping). Rank 0's value for every rank, so all take the same
-        decision."""
-        rank, root = self.rank, 0
-        whole = flat
-        if self.average:
-            whole = [np.empty(f.size, dtype=f.dtype) for f in flat] if rank == root else None
-            for b, bucket in enumerate(self._layout.buckets):
-                dt = gdtypes[b]
-                t = mpi_type(dt)
-                send = wire(self._shard(b, dt))
-                if rank == root:
-                    recv = self._buffer("gather", 0, bucket.size, dt)
-                    req = self.comm.Igatherv([send, t], [wire(recv), bucket.counts,
-                                                         bucket.displs, t], root=root)
-                else:
-                    recv = None
-                    req = self.comm.Igatherv([send, t], None, root=root)
-                wait(req, self.timeout, "step (gradient norm)", keep=self)
-                if rank != root:
-                    continue
-                for r in range(self.world_size):
-                    at = bucket.displs[r]
-                    for p in bucket.pieces[r]:
-                        whole[p.index][p.start:p.stop] = recv[at:at + p.size]
-                        at += p.size
-        result = np.zeros(2, dtype=np.float64)
-        if rank == root:
-            sumsq, finite = precision.grad_sumsq(whole)
-            result[0], result[1] = sumsq, 1.0 if finite else 0.0
-        wait(self.comm.Ibcast([result, MPI.DOUBLE], root=root), self.timeout,
-             "step (gradient norm)", keep=(self, result))
-        return math.sqrt(result[0]), bool(result[1] == 1.0)
 
     def _step_driving(self, b, grads_b, live):
         """Bucket b's kernel, with a helper thread testing the requests in flight meanwhile
