@@ -9,7 +9,11 @@
  *   step f32 / bf16 nearest / bf16 sr   AdamW (lr 1e-3, weight decay 1e-2) with both moments
  *                                        8-bit, after 20 warm-up steps with fresh grads
  *   decode signed                        the exp_avg state back to float32
- *   encode signed / unsigned             the decoded states again
+ *   encode signed / unsigned             the decoded states again (lrcore_q8_encode_block:
+ *                                        its absmax scan and table loads included)
+ *   pass: encode both / adam loop        the fused pass's parts alone: both moments' codes
+ *                                        with the tables in registers (lrcore_q8_encode64),
+ *                                        and Adam's loop on 128 elements at a time
  *   f32 adamw                            lrcore_adam_f32 on float32 state, same n
  * Environment NOVBMI=1: the decoder and step of CPUs without AVX512-VBMI.
  */
@@ -71,6 +75,32 @@ static int cmpd(const void *a, const void *b)
         printf("%-20s %.3f ns/element (min %.3f)\n", label, ts[SAMPLES / 2], ts[0]); \
     } while (0)
 
+/* The fused pass's pieces alone (q8_adam_fused, AVX512-VBMI): both moments' codes with the
+ * tables in registers and each block's absmax known, as the pass encodes them ... */
+static void pass_encode(size_t n, const float *dm, const float *dv, const float *a1,
+                        const float *a2, uint8_t *e1, uint8_t *e2, const lrcore_q8_codec *cs,
+                        const lrcore_q8_codec *cu)
+{
+    const lrcore_q8_vtab ts = lrcore_q8_vtab_load(cs), tu = lrcore_q8_vtab_load(cu);
+    for (size_t b = 0; b < n / 256; b++) {
+        const __m512 r1 = _mm512_set1_ps(1.0f / a1[b]), r2 = _mm512_set1_ps(1.0f / a2[b]);
+        for (size_t i = 256 * b; i < 256 * b + 256; i += 64) {
+            lrcore_q8_encode64(cs, &ts, dm + i, r1, a1[b], e1 + i, 1);
+            lrcore_q8_encode64(cu, &tu, dv + i, r2, a2[b], e2 + i, 0);
+        }
+    }
+}
+
+/* ... and its Adam loop, 128 elements at a time, with its divisions. */
+static void pass_adam(size_t n, float *p, const float *g, float *m, float *v,
+                      const lrcore_adam_hp *hp)
+{
+    const lrcore__adam_k_f32 a = lrcore__adam_scalars_f32(hp, 0);
+    for (size_t i = 0; i + 128 <= n; i += 128)
+        lrcore__adam_loop_f32(128, p + i, g + i, m + i, v + i, 0, &a.k, a.bc2_sqrt, a.eps, a.nss,
+                              lrcore__no_stream(), a.variant);
+}
+
 int main(int argc, char **argv)
 {
     const size_t n = argc > 1 ? strtoul(argv[1], 0, 0) : 2048;
@@ -117,6 +147,16 @@ int main(int argc, char **argv)
     lrcore_q8_decode_avx512(&dj, 0, nb);
     ej.c = codec(0);
     TIME("encode unsigned", lrcore_q8_encode_avx512(&ej, 0, nb));
+    {
+        float *dm = aligned_alloc(64, n * 4 + 64), *dv = aligned_alloc(64, n * 4 + 64);
+        uint8_t *e1 = aligned_alloc(64, n + 64), *e2 = aligned_alloc(64, n + 64);
+        lrcore_q8_code_job d1 = {n, dm, {c1, a1}, codec(1)}, d2 = {n, dv, {c2, a2}, codec(0)};
+        lrcore_q8_decode_avx512(&d1, 0, nb);
+        lrcore_q8_decode_avx512(&d2, 0, nb);
+        const lrcore_q8_codec cs = codec(1), cu = codec(0);
+        TIME("pass: encode both", pass_encode(n, dm, dv, a1, a2, e1, e2, &cs, &cu));
+        TIME("pass: adam loop", pass_adam(n, p, g, dm, dv, &job.hp.adam));
+    }
     job.param = pb; job.grad = gb;
     job.lowp.param = job.lowp.grad = LRCORE_ET_BF16;
     TIME("step bf16 nearest", (job.hp.adam.step++, lrcore_q8_step_avx512(&job, 0, nb)));
