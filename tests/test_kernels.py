@@ -193,3 +193,46 @@ def test_adagrad_first_step_is_bitwise_torch(dtype):
     p = p0.copy()
     kernels.adagrad(p, g, np.zeros_like(p), lr=0.1, step=1)
     assert np.array_equal(p, tp.detach().numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16"])
+def test_lion_sign_at_zero_nan_and_inf_every_isa(isa, dtype):
+    """Lion's update is (-lr) * sign(c) with sign(+-0) = +-0 and sign(NaN) = NaN, where
+    c = beta1 * exp_avg + (1 - beta1) * grad: exp_avg and grad are built so that c is
+    exactly +0, -0, NaN, +Inf or -Inf at chosen elements (spread over vector lanes and the
+    scalar tail), every other c non-zero. The compiled loops (one ordered-not-equal compare,
+    lion_update in lrcore_body.h) equal the twin bit for bit and the expected values."""
+    import ml_dtypes
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(5)
+    n = 100
+    m = rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)
+    g = rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)
+    kinds = {3: (0.0, 0.0), 17: (-0.0, -0.0), 31: (np.nan, 1.0), 48: (1.0, np.nan),
+             64: (np.inf, 1.0), 80: (-np.inf, 1.0), 97: (0.0, 0.0), 98: (-0.0, -0.0),
+             99: (np.nan, 0.0)}
+    for i, (mi, gi) in kinds.items():
+        m[i], g[i] = mi, gi
+    p = rng.uniform(0.5, 1.5, n).astype(dt)
+    m, g = m.astype(dt), g.astype(dt)
+    p0 = p.copy()
+    got_p, got_m, want_p, want_m = p.copy(), m.copy(), p.copy(), m.copy()
+    with np.errstate(all="ignore"):
+        kernels.lion(got_p, g, got_m, lr=0.25, step=1)
+        if dtype == "bfloat16":
+            from lrcore import lowp
+            lowp.twin_step(reference.lion, ["param", "grad", "exp_avg"], [want_p, g, want_m],
+                           rounding="nearest", seed=0, index_offset=0, lr=0.25, step=1)
+        else:
+            reference.lion(want_p, g, want_m, lr=0.25, step=1)
+    np.testing.assert_array_equal(got_p.view(np.uint8), want_p.view(np.uint8))
+    np.testing.assert_array_equal(got_m.view(np.uint8), want_m.view(np.uint8))
+    w = np.float32 if dtype == "bfloat16" else dt.type
+    upd = got_p.astype(w) - p0.astype(w)
+    for i in (3, 17, 97, 98):          # c = +-0: the param is unchanged
+        assert got_p.view(np.uint8).reshape(n, -1)[i].tobytes() == \
+            p0.view(np.uint8).reshape(n, -1)[i].tobytes(), i
+    assert np.isnan(got_p[[31, 48, 99]].astype(w)).all()
+    assert upd[64] < 0 < upd[80]       # sign(+Inf) = 1, sign(-Inf) = -1
+    rest = np.setdiff1d(np.arange(n), list(kinds))
+    assert (np.abs(upd[rest]) > 0).all()

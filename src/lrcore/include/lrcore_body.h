@@ -221,11 +221,14 @@ LRCORE_INLINE T FN(quot_c)(T x, T c, T y)
 
 /* Lion's update term, neg_lr * sign(c) with sign(c) = c for +-0 and NaN, without a
  * sign: copysign(lr, -c) where c is non-zero and not NaN (the same value, exactly), and
- * neg_lr * c elsewhere: two compares and selects, so it vectorises on every ISA. */
+ * neg_lr * c elsewhere, so it vectorises on every ISA. "Non-zero and not NaN" is C99's
+ * islessgreater(c, 0): one ordered-not-equal compare whose mask the multiply takes (with
+ * AVX-512, 4 vector instructions; `c == c ? (c != 0 ? ...) ...` compiled to 6, and Lion's
+ * all-bfloat16 loops took 8-10% longer in cache). */
 LRCORE_INLINE T FN(lion_update)(T c, T lr, T neg_lr) {
     LRCORE__FP_STRICT
     const T nonzero = LRCORE__COPYSIGN(lr, -c), other = neg_lr * c;
-    return c == c ? (c != 0 ? nonzero : other) : other;   /* this shape gcc if-converts */
+    return islessgreater(c, (T)0) ? nonzero : other;
 }
 
 /* The scalars of the Adam family (Adam, NAdam, RAdam), rounded to T once per call. */
