@@ -486,6 +486,109 @@ def test_bitsandbytes_round_trip_and_bad_state():
         q.from_bitsandbytes(bad)
 
 
+def _bnb_adamw8bit(torch, bnb, shape, steps, seed):
+    """A bitsandbytes AdamW8bit run of `steps` steps on a random param of `shape`."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.nn.Parameter(torch.randn(shape, generator=gen))
+    opt = bnb.optim.AdamW8bit([p], lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        p.grad = torch.randn(shape, generator=gen)
+        opt.step()
+    return p, opt
+
+
+@pytest.mark.parametrize("shape", [(5120,), (64, 80)])
+def test_bitsandbytes_reads_both_its_live_state_and_its_state_dict(tmp_path, shape):
+    """from_bitsandbytes takes the live optimizer.state[p] and the entry of the optimizer's
+    state_dict() (bitsandbytes 0.50 nests the tensors under '__bnb_optimizer_quant_state__'),
+    also after torch.save / torch.load: the same codes, absmax and step."""
+    torch, bnb = _bnb()
+    p, opt = _bnb_adamw8bit(torch, bnb, shape, 3, seed=21)
+    live = opt.state[p]
+    torch.save(opt.state_dict(), tmp_path / "bnb.pt")
+    entries = {"live": live, "state_dict": opt.state_dict()["state"][0],
+               "file": torch.load(tmp_path / "bnb.pt", weights_only=True)["state"][0]}
+    assert "__bnb_optimizer_quant_state__" in entries["file"]
+    for how, entry in entries.items():
+        m, v, step = q.from_bitsandbytes(entry)
+        assert step == 3, how
+        for s, k in ((m, "1"), (v, "2")):
+            assert s.size == p.numel(), how
+            assert np.array_equal(s.codes, live["state" + k].numpy().reshape(-1)), how
+            assert np.array_equal(s.absmax.view(np.uint32),
+                                  live["absmax" + k].numpy().view(np.uint32)), how
+            assert s.absmax.any() and np.count_nonzero(s.codes) > s.size // 2, how
+    sd_entry = opt.state_dict()["state"][0]
+    with pytest.raises(ValueError, match="__bnb_optimizer_quant_state__.*must be a dict"):
+        q.from_bitsandbytes(dict(sd_entry, __bnb_optimizer_quant_state__=[1, 2]))
+    nested = dict(sd_entry["__bnb_optimizer_quant_state__"])
+    del nested["absmax2"]
+    with pytest.raises(ValueError, match="no 'absmax2'"):
+        q.from_bitsandbytes(dict(sd_entry, __bnb_optimizer_quant_state__=nested))
+    with pytest.raises(TypeError, match="state must be a dict"):
+        q.from_bitsandbytes([sd_entry])
+
+
+@pytest.mark.parametrize("shape", [(5120,), (64, 80)])
+def test_bitsandbytes_steps_a_converted_state(shape):
+    """lrcore's 8-bit AdamW state, converted with to_bitsandbytes(..., shape=param.shape),
+    steps in bitsandbytes' AdamW8bit (a 2-D param needs the shape: bitsandbytes keeps state1
+    and state2 in the param's shape) and continues as lrcore's own run does: params within
+    a small fraction of the steps' movement, nearly all codes equal, absmax equal to float32
+    rounding."""
+    torch, bnb = _bnb()
+    from lrcore import optim
+    rng = np.random.default_rng(23)
+    start = rng.standard_normal(shape).astype(np.float32)
+    grads = [rng.standard_normal(shape).astype(np.float32) for _ in range(5)]
+    mine = start.copy()
+    ref = optim.AdamW([mine], lr=1e-2, weight_decay=1e-2, state_dtype="int8")
+    for g in grads[:3]:
+        ref.step([g])
+    sd = ref.state_dict()["state"][0]
+    m = q.QuantizedState(sd["exp_avg.codes"].copy(), sd["exp_avg.absmax"].copy(), True)
+    v = q.QuantizedState(sd["exp_avg_sq.codes"].copy(), sd["exp_avg_sq.absmax"].copy(), False)
+    d = q.to_bitsandbytes(m, v, 3, shape=shape)
+    assert tuple(d["state1"].shape) == tuple(d["state2"].shape) == shape
+    p = torch.nn.Parameter(torch.from_numpy(mine.copy()))
+    opt = bnb.optim.AdamW8bit([p], lr=1e-2, weight_decay=1e-2)
+    opt.state[p] = d
+    saved = mine.copy()
+    for g in grads[3:]:
+        p.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ref.step([g])
+    moved = np.abs(mine - saved).max()
+    assert moved > 1e-3
+    assert np.abs(p.detach().numpy() - mine).max() <= 0.05 * moved
+    m2, v2, step = q.from_bitsandbytes(opt.state[p])
+    assert step == 5
+    sd = ref.state_dict()["state"][0]
+    for s, key in ((m2, "exp_avg"), (v2, "exp_avg_sq")):
+        assert np.mean(s.codes == sd[key + ".codes"]) >= 0.99, key
+        np.testing.assert_allclose(s.absmax, sd[key + ".absmax"], rtol=1e-5, atol=0)
+
+
+def test_bitsandbytes_and_torchao_shape_is_checked():
+    m = q.QuantizedState.zeros(5120, True)
+    v = q.QuantizedState.zeros(5120, False)
+    for fn, call in (("to_bitsandbytes", lambda shape: q.to_bitsandbytes(m, v, 1, shape=shape)),
+                     ("to_torchao", lambda shape: q.to_torchao({"exp_avg": m, "exp_avg_sq": v},
+                                                               1, shape=shape))):
+        if fn == "to_bitsandbytes":
+            pytest.importorskip("torch")
+        else:
+            _torchao()
+        for shape, exc, match in [((64, 81), ValueError, r"shape \(64, 81\) does not hold 5120"),
+                                  ((-64, -80), ValueError, r"shape \(-64, -80\) does not"),
+                                  ((64.0, 80), TypeError, "shape must be a sequence of integers"),
+                                  (5120, TypeError, "shape must be a sequence of integers")]:
+            with pytest.raises(exc, match=f"{fn}\\(\\): {match}"):
+                call(shape)
+        assert tuple(call(np.array([80, 64]))["exp_avg_sq" if fn == "to_torchao"
+                                               else "state2"].shape) == (80, 64)
+
+
 def test_adam8_optimizer_bad_arguments_change_nothing():
     with pytest.raises(TypeError, match=r"params\[0\] must be a numpy.ndarray of float32"):
         q.Adam8([np.zeros(5000)])

@@ -894,8 +894,9 @@ def test_lowp_drop_in_equals_lrcore_optim(name, case):
             t = st[torch_name[name_] + dot + part]
             assert np.array_equal(_as_numpy(t).view(np.uint8).reshape(-1),
                                   a.view(np.uint8).reshape(-1)), key
-    assert sum(t.numel() * t.element_size() for st in opt.state.values()
-               for k, t in st.items() if k not in ("step", "mu_product")) == ref.state_nbytes()
+    assert opt.state_nbytes() == ref.state_nbytes() == sum(
+        t.numel() * t.element_size() for st in opt.state.values()
+        for k, t in st.items() if k not in ("step", "mu_product"))
 
 
 @pytest.mark.parametrize("case", ["bf16", "f16", "bf16-int8", "f32-int8"])
@@ -932,6 +933,143 @@ def test_lowp_state_dict_round_trip_is_bitwise(tmp_path, case):
         new.step()
     for a, b in zip(resumed, params):
         assert np.array_equal(_as_numpy(a).view(np.uint8), _as_numpy(b).view(np.uint8))
+
+
+# every state_dtype each param dtype takes (the others are refused at construction, checked
+# below); "int8" only for the rules of lrcore.quantization.INT8_RULES
+RESUME_STATE_DTYPES = {torch.bfloat16: (None, "float32", "bfloat16", "int8"),
+                       torch.float16: (None, "float32"),
+                       torch.float32: ("int8",), torch.float64: (None,)}
+RESUME_CASES = [(name, pdt, sd) for name in LOWP_KW for pdt, sds in RESUME_STATE_DTYPES.items()
+                for sd in sds
+                if sd != "int8" or name.lower() in lrcore.quantization.INT8_RULES
+                or name == "AdamW"]
+
+
+def _resume_kw(name, sd):
+    kw = dict(LOWP_KW[name], state_dtype=sd, rounding="stochastic", seed=2 ** 63 + 5)
+    if name == "RMSprop" and sd == "int8":
+        kw["centered"] = False     # centered RMSprop keeps no 8-bit state
+    return kw
+
+
+def test_resume_cases_cover_every_accepted_state_dtype():
+    for name in LOWP_KW:
+        for pdt in (torch.bfloat16, torch.float16):
+            accepted = []
+            for sd in (None, "float32", "bfloat16", "int8"):
+                try:
+                    getattr(lt, name)([torch.zeros(5000, dtype=pdt)], **_resume_kw(name, sd))
+                    accepted.append(sd)
+                except (TypeError, ValueError):
+                    pass
+            assert [(name, pdt, sd) for sd in accepted] == \
+                [c for c in RESUME_CASES if c[:2] == (name, pdt)]
+
+
+@pytest.mark.parametrize("name,pdt,sd", RESUME_CASES,
+                         ids=[f"{n}-{str(p)[6:]}-{s}" for n, p, s in RESUME_CASES])
+def test_every_class_resumes_bitwise_after_save_and_load(tmp_path, name, pdt, sd):
+    """3 steps, torch.save / torch.load(weights_only=True), a fresh optimizer, 3 more steps:
+    params and every state tensor (codes, absmax, float32 or bfloat16 buffers, step, NAdam's
+    float32 mu_product), their dtypes included, equal bit for bit those of the run that was
+    never interrupted. torch's own load would cast mu_product to a bfloat16, float16 or
+    float64 param's dtype."""
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(37,), (50, 100)]          # float32 state and, with "int8", 20 blocks of codes
+    start = [(torch.rand(s, generator=gen) - 0.5).to(pdt) for s in shapes]
+    grads = [[(torch.rand(s, generator=gen) * 2 - 1).to(pdt) for s in shapes]
+             for _ in range(6)]
+    kw = _resume_kw(name, sd)
+
+    def run(params, steps, opt=None):
+        opt = opt or getattr(lt, name)(params, **kw)
+        for g in steps:
+            for p, x in zip(params, g):
+                p.grad = x.clone()
+            opt.step()
+        return opt
+
+    straight = [torch.nn.Parameter(t.clone()) for t in start]
+    ref = run(straight, grads)
+    first = [torch.nn.Parameter(t.clone()) for t in start]
+    opt = run(first, grads[:3])
+    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in first]},
+               tmp_path / "o.pt")
+    saved = torch.load(tmp_path / "o.pt", weights_only=True)
+    resumed = [torch.nn.Parameter(t.clone()) for t in saved["params"]]
+    new = getattr(lt, name)(resumed, **kw)
+    new.load_state_dict(saved["opt"])
+    run(resumed, grads[3:], new)
+    for p, q in zip(straight, resumed):
+        assert q.dtype == pdt
+        assert np.array_equal(_tbits(p), _tbits(q))
+        assert not torch.equal(p.detach(), start[0] if p.numel() == 37 else start[1])
+        st, st2 = ref.state[p], new.state[q]
+        assert sorted(st) == sorted(st2)
+        for key, t in st.items():
+            assert t.dtype == st2[key].dtype, key
+            assert np.array_equal(_tbits(t), _tbits(st2[key])), key
+    if name == "NAdam":
+        assert all(new.state[q]["mu_product"].dtype == torch.float32 for q in resumed)
+    assert new.state_nbytes() == ref.state_nbytes()
+
+
+def test_load_state_dict_refuses_a_bad_scalar_state():
+    """NAdam's mu_product must be a 0-dim floating-point tensor; otherwise ValueError naming
+    it, and nothing changes."""
+    gen = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(torch.rand(300, generator=gen).bfloat16())
+    opt = lt.NAdam([p], lr=1e-2)
+    p.grad = torch.rand(300, generator=gen).bfloat16()
+    opt.step()
+    before = {k: _tbits(v).copy() for k, v in opt.state[p].items()}
+    for bad in (0.45, torch.tensor([0.45, 0.2]), torch.tensor(1, dtype=torch.int32)):
+        sd = copy.deepcopy(opt.state_dict())
+        sd["state"][0]["mu_product"] = bad
+        with pytest.raises(ValueError, match=r"state of param 0 .*'mu_product' is .*expected "
+                                             r"a 0-dim floating-point tensor"):
+            opt.load_state_dict(sd)
+        assert sorted(opt.state[p]) == sorted(before)
+        assert all(np.array_equal(_tbits(opt.state[p][k]), v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("pdt,sd,per_element", [
+    (torch.float32, None, 4), (torch.float64, None, 8), (torch.bfloat16, "float32", 4),
+    (torch.float16, None, 4), (torch.bfloat16, "bfloat16", 2), (torch.bfloat16, "int8", None),
+    (torch.float32, "int8", None)])
+@pytest.mark.parametrize("name,nbuf", [("AdamW", 2), ("Adam-amsgrad", 3), ("NAdam", 2),
+                                       ("SGD", 1)])
+def test_state_nbytes_counts_the_state_tensors(name, nbuf, pdt, sd, per_element):
+    """state_nbytes() is the bytes of the rule's state tensors: float32 or bfloat16 buffers,
+    8-bit ones as uint8 codes plus one float32 absmax per block of 256 (buffers under 4096
+    elements stay float32); not the params, step or NAdam's mu_product. Equal to
+    lrcore.optim's on the same data."""
+    cls, kw = (lt.Adam, dict(lr=1e-2, amsgrad=True)) if name == "Adam-amsgrad" else \
+        (getattr(lt, name), dict(LOWP_KW[name]))
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(37,), (50, 100)]
+    params = [torch.nn.Parameter((torch.rand(s, generator=gen) - 0.5).to(pdt)) for s in shapes]
+    opt = cls(params, state_dtype=sd, **kw)
+    assert opt.state_nbytes() == 0
+    for p in params:
+        p.grad = (torch.rand(p.shape, generator=gen) * 2 - 1).to(pdt)
+    opt.step()
+
+    def expected(n):
+        if per_element is not None:
+            return nbuf * n * per_element
+        if n < lrcore.quantization.MIN_ELEMENTS:
+            return nbuf * n * 4
+        return nbuf * (n + 4 * -(-n // lrcore.quantization.BLOCK))
+
+    assert opt.state_nbytes() == expected(37) + expected(5000) == sum(
+        t.numel() * t.element_size() for st in opt.state.values()
+        for k, t in st.items() if k not in ("step", "mu_product"))
+    mine = [_as_numpy(p).copy() for p in params]
+    ref = getattr(lrcore.optim, cls.__name__)(mine, state_dtype=sd, **kw)
+    ref.step([_as_numpy(p.grad) for p in params])
+    assert opt.state_nbytes() == ref.state_nbytes()
 
 
 def test_lowp_bad_state_dict_and_grads_change_nothing():

@@ -11,6 +11,9 @@ moments, runs lrcore's float32 Adam kernel on them (the same C function as
 threads split on block boundaries) and the numpy twin `adam8_reference` agree bit for bit.
 """
 import functools
+import math
+import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -893,27 +896,68 @@ def _step_of(state):
     return int(step.item() if hasattr(step, "item") else step)
 
 
-def to_bitsandbytes(exp_avg, exp_avg_sq, step):
-    """The per-parameter state dict of bitsandbytes' Adam8bit/AdamW8bit (blockwise): torch
-    tensors state1/absmax1/qmap1 (exp_avg, signed map), state2/absmax2/qmap2 (exp_avg_sq,
-    unsigned map) and step. The codes and absmax are copied unchanged: bitsandbytes indexes
-    the same map with the same blocks."""
+def _shape_of(fn, shape, n):
+    """A parameter's `shape` argument (None: flat) as a tuple of ints holding n elements;
+    TypeError / ValueError naming `shape` otherwise."""
+    if shape is None:
+        return (n,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{fn}(): shape must be a sequence of integers or None, got "
+                        f"{shape!r}") from None
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
+               for d in dims):
+        raise TypeError(f"{fn}(): shape must be a sequence of integers or None, got "
+                        f"{shape!r}")
+    dims = tuple(int(d) for d in dims)
+    if any(d < 0 for d in dims) or math.prod(dims) != n:
+        raise ValueError(f"{fn}(): shape {dims} does not hold {n} elements")
+    return dims
+
+
+def to_bitsandbytes(exp_avg, exp_avg_sq, step, shape=None):
+    """The per-parameter state of bitsandbytes' Adam8bit/AdamW8bit (blockwise), as its
+    `optimizer.state[p]` holds it: torch tensors state1/absmax1/qmap1 (exp_avg, signed map),
+    state2/absmax2/qmap2 (exp_avg_sq, unsigned map) and step (an int). shape: the
+    parameter's shape (default: flat); bitsandbytes keeps state1 and state2 in the
+    parameter's shape and cannot step a parameter that is not 1-D with flat ones. The codes
+    and absmax are copied unchanged: bitsandbytes indexes the same map with the same
+    blocks (of the flattened parameter)."""
     import torch
-    _check_pair("to_bitsandbytes", exp_avg, exp_avg_sq)
+    fn = "to_bitsandbytes"
+    _check_pair(fn, exp_avg, exp_avg_sq)
+    shape = _shape_of(fn, shape, exp_avg.size)
     return {"step": int(step),
-            "state1": torch.from_numpy(exp_avg.codes.copy()),
+            "state1": torch.from_numpy(exp_avg.codes.copy()).view(shape),
             "absmax1": torch.from_numpy(exp_avg.absmax.copy()),
             "qmap1": torch.from_numpy(dynamic_map(True)),
-            "state2": torch.from_numpy(exp_avg_sq.codes.copy()),
+            "state2": torch.from_numpy(exp_avg_sq.codes.copy()).view(shape),
             "absmax2": torch.from_numpy(exp_avg_sq.absmax.copy()),
             "qmap2": torch.from_numpy(dynamic_map(False))}
 
 
+#: Where bitsandbytes' Optimizer8bit.state_dict() nests a param's state1/absmax1/qmap1/...
+#: (its non-castable tensors, hidden from FSDP); `step` stays beside it.
+_BNB_NESTED = "__bnb_optimizer_quant_state__"
+
+
 def from_bitsandbytes(state):
-    """(exp_avg, exp_avg_sq, step) from one parameter's bitsandbytes 8-bit Adam state (as in
-    optimizer.state[p] or its state_dict): the maps must be this module's and the absmax one
-    per block of 256; anything else is a ValueError."""
+    """(exp_avg, exp_avg_sq, step) from one parameter's bitsandbytes 8-bit Adam state: the
+    live entry `optimizer.state[p]`, or the entry of its `state_dict()["state"]`, where
+    bitsandbytes nests the tensors under '__bnb_optimizer_quant_state__' (they are read from
+    there, as its load_state_dict does). The maps must be this module's and the absmax one
+    per block of 256 (codes of any shape, read flat); anything else is a ValueError."""
     fn = "from_bitsandbytes"
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{fn}(): state must be a dict (a bitsandbytes optimizer.state[p] or "
+                        f"an entry of its state_dict()['state']), got {type(state).__name__}")
+    if _BNB_NESTED in state:
+        nested = state[_BNB_NESTED]
+        if not isinstance(nested, Mapping):
+            raise ValueError(f"{fn}(): state[{_BNB_NESTED!r}] must be a dict of state1, "
+                             f"absmax1, ..., got {type(nested).__name__}")
+        state = {**{k: v for k, v in state.items() if k != _BNB_NESTED}, **nested}
     for key in ("state1", "absmax1", "qmap1", "state2", "absmax2", "qmap2"):
         if key not in state:
             raise ValueError(f"{fn}(): no {key!r} in the state (blockwise 8-bit Adam state has "
@@ -959,9 +1003,7 @@ def to_torchao(states, step, shape=None):
     if n % BLOCK:
         raise ValueError(f"{fn}(): torchao keeps 8-bit state only for sizes that are a "
                          f"multiple of {BLOCK}, got {n}")
-    shape = (n,) if shape is None else tuple(shape)
-    if int(np.prod(shape)) != n:
-        raise ValueError(f"{fn}(): shape {shape} does not hold {n} elements")
+    shape = _shape_of(fn, shape, n)
     out = {"step": torch.tensor(float(step))}
     for name, s in states.items():
         out[name] = OptimState8bit(torch.from_numpy(s.codes.copy()).view(shape),

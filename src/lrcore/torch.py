@@ -27,7 +27,9 @@ takes `state_dtype` (None, "float32", "bfloat16", "int8", or torch.float32 / tor
 with index_offset = the param's place in the concatenation of every group's params, and its
 state tensors keep their dtype: float32 or bfloat16, or for 8-bit state the uint8
 `state["<name>.codes"]` and float32 `state["<name>.absmax"]`. load_state_dict keeps them
-(torch would cast floating state to the param's dtype) after checking them.
+(torch would cast floating state to the param's dtype) after checking them, and keeps a
+per-param scalar state (NAdam's float32 `mu_product`) in its dtype for every param dtype,
+so a resumed run is bitwise the uninterrupted one. `state_nbytes()` is lrcore.optim's.
 """
 import inspect
 import math
@@ -772,6 +774,17 @@ class _LrcoreOptimizer:
         cache.expected_scalars = None
         return cache
 
+    def state_nbytes(self):
+        """Bytes of optimizer state held now, as lrcore.optim's state_nbytes(): every state
+        buffer of the rule in `self.state` (8-bit ones as `<name>.codes` plus
+        `<name>.absmax`), not the params, not `step` and not a per-param scalar (NAdam's
+        mu_product, which lrcore.optim keeps per group)."""
+        with self._lrcore_lock:
+            keys = {name + part for name in self._slots for part in ("", ".codes", ".absmax")}
+            return sum(t.numel() * t.element_size() for st in self.state.values()
+                       for key, t in st.items()
+                       if key in keys and isinstance(t, torch.Tensor))
+
     def state_dict(self):
         """torch's state_dict, with lrcore schedules stored as plain data (a dict of their
         config, state and repr), so that `torch.load(path)` reads it under torch's default
@@ -812,7 +825,10 @@ class _LrcoreOptimizer:
         """The saved state tensors of an optimizer with bfloat16/float16 params or a
         state_dtype, by param, checked against each param's layout (dtype, shape; 8-bit:
         codes and absmax of the right sizes, both present): ValueError otherwise, before
-        anything changes. Empty for float32/float64 optimizers (torch's load as it is).
+        anything changes. For float32/float64 optimizers torch's load casts the buffers (to
+        the param's dtype, which they have). Per-param scalar state (the table's
+        scalar_states: NAdam's mu_product) is kept in its own dtype for every optimizer,
+        checked to be a 0-dim floating-point tensor.
         For every optimizer, a param's saved state that has a `step` must hold every
         buffer its group needs (the table's conditions on the saved group's options, e.g.
         max_exp_avg_sq with amsgrad): torch would fail at the next step, lrcore would
@@ -843,14 +859,30 @@ class _LrcoreOptimizer:
                 if missing:
                     raise ValueError(f"{where} has a step but no {missing[0]!r}; with the "
                                      f"saved group's options it holds {list(needs)}")
+            # per-param scalar state (NAdam's float32 mu_product), like `step`, keeps its
+            # dtype for every param dtype: torch would cast it to a bfloat16/float16/float64
+            # param's dtype, and the next products would round differently
+            keep = {}
+            for name in self._rule.scalar_states:
+                value = st.get(name)
+                if value is None:
+                    continue
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point() or \
+                        value.dim() != 0:
+                    got = _describe(value) if isinstance(value, torch.Tensor) else repr(value)
+                    raise ValueError(f"{where}: {name!r} is {got}, expected a 0-dim "
+                                     f"floating-point tensor (as torch.ones((), "
+                                     f"dtype={_scalar_dtype()}))")
+                keep[name] = value.detach().to("cpu").clone()
             if plain:
+                if keep:
+                    out[p] = keep
                 continue
             lay = self._lrcore_layout(where, p)
             expected = {}
             for name in self._slots:
                 expected.update(self._lrcore_expected(lay, p, name))
             holds = sorted(k for name in needs for k in self._lrcore_expected(lay, p, name))
-            keep = {}
             for key, value in st.items():
                 if key == "step" or key in self._rule.scalar_states or value is None:
                     continue        # (torch's SGD may hold momentum_buffer None)
@@ -916,7 +948,8 @@ class _SGDOverrides:
 class _NAdamOverrides:
     """NAdam: torch's per-param scalar state mu_product."""
     _doc = ('state["mu_product"] is torch\'s 0-dim tensor, multiplied by each step\'s mu as '
-            'torch does (in its dtype) and handed to the kernel.')
+            'torch does (in its dtype) and handed to the kernel; load_state_dict keeps its '
+            'dtype (torch\'s scalar dtype, float32), whatever the param\'s.')
 
     def _mu_product(self, p):
         st = self.state.get(p)
