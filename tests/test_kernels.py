@@ -197,7 +197,7 @@ def test_adagrad_first_step_is_bitwise_torch(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16"])
 def test_lion_sign_at_zero_nan_and_inf_every_isa(isa, dtype):
-    """Lion's update is (-lr) * sign(c) with sign(+-0) = +-0 and sign(NaN) = NaN, where
+    """Lion's update is param - lr * sign(c) with sign(+-0) = +-0 and sign(NaN) = NaN, where
     c = beta1 * exp_avg + (1 - beta1) * grad: exp_avg and grad are built so that c is
     exactly +0, -0, NaN, +Inf or -Inf at chosen elements (spread over vector lanes and the
     scalar tail), every other c non-zero. The compiled loops (one ordered-not-equal compare,

@@ -201,9 +201,9 @@ def _lion(p, grad, st, hp):
     c = m * T(hp["beta1"]) + T(1.0 - hp["beta1"]) * g
     if hp["weight_decay"] != 0.0:
         p *= T(1.0 - hp["lr"] * hp["weight_decay"])
-    # (-lr) * sign(c), sign(c) = c at +-0 and NaN: copysign(lr, -c) where c is non-zero and
-    # not NaN (the same value exactly), (-lr) * c elsewhere (lrcore_body.h, lion_update)
-    p += np.where((c != 0) & (c == c), np.copysign(T(hp["lr"]), -c), T(-hp["lr"]) * c)
+    # lr * sign(c), sign(c) = c at +-0 and NaN: copysign(lr, c) where c is non-zero and not
+    # NaN (the same value exactly), lr * c elsewhere, subtracted (lrcore_body.h, lion_update)
+    p -= np.where((c != 0) & (c == c), np.copysign(T(hp["lr"]), c), T(hp["lr"]) * c)
     m[...] = m * T(hp["beta2"]) + T(1.0 - hp["beta2"]) * g
 
 

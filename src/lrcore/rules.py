@@ -418,7 +418,7 @@ else:
 g = s * grad
 param = param * (1 - lr * weight_decay)       (decoupled, as optax and timm)
 c = exp_avg * beta1 + (1 - beta1) * g
-param = param + (-lr) * sign(c)               sign(0) = 0, sign(NaN) = NaN
+param = param - lr * sign(c)                  sign(0) = 0, sign(NaN) = NaN
 exp_avg = exp_avg * beta2 + (1 - beta2) * g
 Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"; timm's order."""),
 )}
