@@ -89,6 +89,21 @@ def test_faults_raise_on_every_rank(world):
 def test_mismatched_params_detected_at_construction(world):
     out = run(world, SCRIPT, "mismatch")
     assert "caught at construction" in out, out
+    # average / bucket_elements differing on one rank: the same ValueError on every rank;
+    # timeout, overlap and num_threads may differ and the steps equal one process's
+    assert "timeout, overlap and num_threads may differ" in out, out
+
+
+@pytest.mark.parametrize("world", sorted({min(2, max(WORLDS)), max(WORLDS)}))
+def test_refused_input_raises_on_every_rank_and_changes_nothing(tmp_path, world):
+    # grads sharing memory with a param and read-only params (step, load, gather_params);
+    # state dicts and checkpoints that differ between ranks or hold a negative absmax in a
+    # piece another rank owns: an error on every rank (each rank's params, state shard and
+    # step bitwise as before), then steps bitwise equal to one process
+    out = run(world, SCRIPT, "refusals", str(tmp_path))
+    assert "before any bucket is stepped" in out, out
+    assert "negative absmax anywhere are refused by every rank" in out, out
+    assert "refused by every rank at load" in out, out
 
 
 def test_single_rank_in_process():

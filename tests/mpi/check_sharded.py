@@ -10,7 +10,11 @@ float32 and bfloat16 params: params, grads' average, state dicts and state bytes
 against one process; a state dict of one process loaded and continued), lowp-some (the same
 for Adam, AdamW and SGD only), save (10 steps with average=False, then save to DIR; also a bfloat16
 8-bit stochastic-rounding Adam to DIR/lowp), load (load DIR's checkpoints on this world size,
-continue to step 20, compare with uninterrupted single-process runs), faults, mismatch. Prints one line per check from rank 0;
+continue to step 20, compare with uninterrupted single-process runs), faults, mismatch
+(also options that must agree and options that may differ), refusals (grads sharing memory
+with params, read-only params, state dicts and checkpoints that differ between ranks or hold a
+bad array: the same error on every rank, nothing changed, then steps equal to one process;
+DIR: a directory every rank sees). Prints one line per check from rank 0;
 exits non-zero (MPI_Abort through mpi4py) on the first mismatch.
 """
 import inspect
@@ -547,6 +551,250 @@ def mode_mismatch():
                                           state_dtype="int8"), TypeError, "params[0]",
                  "8-bit state for float16 params")
     say("ok mismatched params, values, hyperparameters and dtypes are caught at construction")
+    mode_options()
+
+
+def mode_options():
+    """average and bucket_elements must agree (a ValueError naming them on every rank);
+    timeout, overlap and num_threads are each rank's own and may differ."""
+    params = refusal_params()
+    before = [bits(p).copy() for p in params]
+    if W > 1:
+        refused(lambda: ShardedOptimizer(params, lrcore.SGD, lr=0.1, timeout=5.0,
+                                         average=RANK != W - 1),
+                f"average is False on rank {W - 1} and True on rank 0", "average on one rank")
+        refused(lambda: ShardedOptimizer(params, lrcore.SGD, lr=0.1, timeout=5.0,
+                                         bucket_elements=BLOCK if RANK == W - 1 else 1 << 22),
+                f"bucket_elements is {BLOCK} on rank {W - 1} and {1 << 22} on rank 0",
+                "bucket_elements on one rank")
+        for i, (p, b) in enumerate(zip(params, before)):
+            check(np.array_equal(bits(p), b), f"a refused construction changed params[{i}]")
+    refs = [p.copy() for p in params]
+    opt = ShardedOptimizer(params, lrcore.Adam, lr=0.01, bucket_elements=BLOCK,
+                           timeout=5.0 + RANK, overlap=RANK == 0, num_threads=1 + RANK % 2)
+    ref = lrcore.Adam(refs, lr=0.01)
+    for t in range(3):
+        check(opt.step(grads_for(params, t, RANK), clip_norm=1.0)
+              and ref.step(averaged(refs, t), clip_norm=1.0), f"per-rank options: step {t}")
+        for i, (p, q) in enumerate(zip(params, refs)):
+            check(np.array_equal(bits(p), bits(q)), f"per-rank options: step {t} params[{i}]")
+    say("ok average / bucket_elements differing between ranks are refused on every rank; "
+        "timeout, overlap and num_threads may differ (bitwise equal to one process)")
+
+
+# -- refused input: the same error on every rank, nothing changed --------------------------
+
+def refusal_params(dtype=np.float32):
+    """Two params over several buckets of BLOCK elements (pieces on every rank up to 3)."""
+    rng = np.random.default_rng(11)
+    return [rng.standard_normal(40000).astype(np.float32).astype(dtype),
+            rng.standard_normal((90, 100)).astype(np.float32).astype(dtype)]
+
+
+def refused(fn, text, what, culprit=None):
+    """fn() raises on every rank: with culprit=None, the same ValueError (same message) on
+    every rank; else ValueError on rank `culprit` and DistributedError naming it on the
+    others. The message holds `text`."""
+    exc = expect_raise(fn, (ValueError, DistributedError), text, what)
+    if culprit is None:
+        check(type(exc) is ValueError, f"{what}: rank {RANK} raised {type(exc).__name__}: {exc}")
+        messages = comm.allgather(str(exc))
+        check(len(set(messages)) == 1, f"{what}: the ranks' messages differ: {messages}")
+    else:
+        want = ValueError if RANK == culprit else DistributedError
+        check(type(exc) is want, f"{what}: rank {RANK} raised {type(exc).__name__}: {exc}")
+        check(RANK == culprit or f"rank {culprit} failed" in str(exc),
+              f"{what}: rank {RANK}'s error does not name rank {culprit}: {exc}")
+
+
+def fingerprint(opt):
+    """All this rank holds of a ShardedOptimizer: every param's bytes, its state shard's
+    bytes and the array-free state dict (step, groups, hyperparameters, rounding, seed)."""
+    arrays, sd, _ = opt.checkpoint_parts()
+    return ([bits(p).copy() for p in opt.params],
+            {k: bits(v).copy() for k, v in arrays.items()}, sd)
+
+
+def unchanged(opt, before, what):
+    params, arrays, sd = fingerprint(opt)
+    for i, (a, b) in enumerate(zip(params, before[0])):
+        check(np.array_equal(a, b), f"{what}: params[{i}] changed on rank {RANK}")
+    check(sorted(arrays) == sorted(before[1]), f"{what}: state arrays {sorted(arrays)}")
+    for k in arrays:
+        check(np.array_equal(arrays[k], before[1][k]),
+              f"{what}: state {k!r} changed on rank {RANK}")
+    same_state_dict(sd, before[2], f"{what}: state dict")
+
+
+def mode_refusals(directory):
+    refuse_steps()
+    refuse_loads()
+    refuse_checkpoints(directory)
+
+
+def refuse_steps():
+    """Grads sharing memory with a param, and read-only params, are refused by every rank
+    before any bucket is stepped (average=False and True, several buckets)."""
+    last = W - 1
+    for average in (False, True):
+        params = refusal_params()
+        refs = [p.copy() for p in params]
+        opt = ShardedOptimizer(params, lrcore.Adam, lr=0.01, average=average,
+                               bucket_elements=BLOCK, timeout=5.0)
+        ref = lrcore.Adam(refs, lr=0.01)
+
+        def grads(t):
+            return [g.copy() for g in (grads_for(params, t, RANK) if average
+                                       else averaged(params, t))]
+        check(opt.step(grads(0)) and ref.step(averaged(refs, 0)), "first step")
+        before = fingerprint(opt)
+        name = f"average={average}:"
+        g = grads(1)
+        refused(lambda: opt.step([g[0], params[1]]),
+                "ShardedOptimizer.step(): grads[1] shares memory with params[1]",
+                f"{name} grads[1] is params[1] on every rank")
+        unchanged(opt, before, f"{name} grads[1] is params[1]")
+        refused(lambda: opt.step([g[0], params[0][:9000].reshape(90, 100)], clip_norm=1.0),
+                "grads[1] shares memory with params[0]", f"{name} grads[1] a view of params[0]")
+        unchanged(opt, before, f"{name} grads[1] a view of params[0]")
+        if W > 1:
+            mine = [params[0] if RANK == last else g[0], g[1]]
+            refused(lambda: opt.step(mine), "grads[0] shares memory with params[0]",
+                    f"{name} grads[0] is params[0] on rank {last}", culprit=last)
+            unchanged(opt, before, f"{name} grads[0] is params[0] on one rank")
+        params[1].flags.writeable = False
+        refused(lambda: opt.step(g), "ShardedOptimizer.step(): params[1] is read-only",
+                f"{name} params[1] read-only")
+        params[1].flags.writeable = True
+        unchanged(opt, before, f"{name} params[1] read-only")
+        if W > 1:
+            params[0].flags.writeable = RANK != last
+            refused(lambda: opt.step(g, skip_nonfinite=True), "params[0] is read-only",
+                    f"{name} params[0] read-only on rank {last}", culprit=last)
+            params[0].flags.writeable = True
+            unchanged(opt, before, f"{name} params[0] read-only on one rank")
+        for t in (1, 2):   # the refusals left it where it was: it goes on as one process
+            check(opt.step(grads(t), clip_norm=1.0) and ref.step(averaged(refs, t), clip_norm=1.0),
+                  f"{name} step {t} after the refusals")
+            for i, (p, q) in enumerate(zip(params, refs)):
+                check(np.array_equal(bits(p), bits(q)), f"{name} step {t}: params[{i}] differ")
+        check(opt.step_count == ref.step_count == 3, f"{name} step count {opt.step_count}")
+    say("ok grads sharing memory with a param and read-only params are refused by every rank "
+        "before any bucket is stepped; nothing changed; the next steps equal one process")
+
+
+LOAD_OPTIONS = dict(lr=0.01, state_dtype="int8", rounding="stochastic", seed=1)
+
+
+def refuse_loads():
+    """load_state_dict: state dicts that differ between ranks (seed, rounding, lr, step) or
+    hold a bad array (a negative absmax, wherever it lies) are refused by every rank."""
+    params = refusal_params(BF16)
+    refs = [p.copy() for p in params]
+    opt = ShardedOptimizer(params, lrcore.Adam, bucket_elements=BLOCK, timeout=5.0,
+                           **LOAD_OPTIONS)
+    ref = lrcore.Adam(refs, **LOAD_OPTIONS)
+
+    def both_step(t):
+        check(opt.step(lowp_grads(params, BF16, t, RANK), clip_norm=1.0)
+              and ref.step(lowp_average(refs, BF16, t), clip_norm=1.0), f"load: step {t}")
+        for i, (p, q) in enumerate(zip(params, refs)):
+            check(np.array_equal(bits(p), bits(q)), f"load: step {t}: params[{i}] differ")
+    both_step(0)
+    both_step(1)
+    sd = ref.state_dict()   # step 2
+    both_step(2)
+    before = fingerprint(opt)
+    last = W - 1
+    if W > 1:
+        lr_changed = [dict(g, hyperparameters=dict(g["hyperparameters"], lr=0.02))
+                      for g in sd["groups"]]
+        for field, value, text in (
+                ("seed", 2, f"seed is 2 on rank {last}, 1 on rank 0"),
+                ("rounding", "nearest", f"rounding is 'nearest' on rank {last}"),
+                ("step", 5, f"step is 5 on rank {last}, 2 on rank 0"),
+                ("groups", lr_changed, f"groups[0].hyperparameters.lr is 0.02 on rank {last}")):
+            mine = dict(sd, **{field: value}) if RANK == last else sd
+            refused(lambda: opt.load_state_dict(mine),
+                    "ShardedOptimizer.load_state_dict(): the ranks were given different state "
+                    "dicts: " + text, f"load_state_dict with {field} differing on rank {last}")
+            unchanged(opt, before, f"load_state_dict with {field} differing")
+    # a negative absmax in a piece that another rank owns: refused all the same
+    layout = opt.checkpoint_parts()[2]
+    owner = last
+    i, start, _ = next(piece for b in layout[owner] for piece in b)
+    block = start // 256 + 1
+    bad_state = [dict(st) for st in sd["state"]]
+    bad_state[i] = dict(bad_state[i], **{"exp_avg.absmax": bad_state[i]["exp_avg.absmax"].copy()})
+    bad_state[i]["exp_avg.absmax"][block] = -1.0
+    bad = dict(sd, state=bad_state)
+    text = f"params[{i}] state 'exp_avg.absmax' holds 1 negative value(s) (block {block}: -1.0)"
+    refused(lambda: opt.load_state_dict(bad), text, "a negative absmax given to every rank")
+    unchanged(opt, before, "a negative absmax given to every rank")
+    if W > 1:   # only rank 0 is given it, and rank 0 does not hold that block
+        refused(lambda: opt.load_state_dict(bad if RANK == 0 else sd), text,
+                f"a negative absmax in rank {owner}'s piece given to rank 0", culprit=0)
+        unchanged(opt, before, "a negative absmax given to rank 0")
+    # equal dicts from different sources load: consolidated on rank 0, one process's elsewhere
+    sd_now = opt.consolidated_state_dict(0)
+    opt.load_state_dict(sd_now if RANK == 0 else ref.state_dict())
+    unchanged(opt, before, "a load of the state it holds")
+    opt.load_state_dict(sd)   # back to step 2, as one process
+    ref.load_state_dict(sd)
+    check(opt.step_count == 2 and opt.seed == 1, "load: step count and seed after a load")
+    both_step(2)
+    both_step(3)
+    got = opt.consolidated_state_dict(0)
+    if RANK == 0:
+        same_state_dict(got, ref.state_dict(), "load: continued state dict")
+    say("ok state dicts differing between ranks (seed, rounding, lr, step) or holding a "
+        "negative absmax anywhere are refused by every rank; nothing changed; a good load "
+        "continues as one process")
+
+
+def refuse_checkpoints(directory):
+    """lrcore.distributed.load: different checkpoints on different ranks, and a read-only
+    param, are refused by every rank before anything changes."""
+    params = refusal_params()
+    refs = [p.copy() for p in params]
+    opt = ShardedOptimizer(params, lrcore.Adam, lr=0.01, bucket_elements=BLOCK, timeout=5.0)
+    ref = lrcore.Adam(refs, lr=0.01)
+    first, second = (os.path.join(directory, f"refuse-{k}.lrc") for k in ("a", "b"))
+    opt.step(grads_for(params, 0, RANK))
+    ref.step(averaged(refs, 0))
+    save(first, opt)
+    saved = ref.state_dict(), [p.copy() for p in refs]
+    opt.step(grads_for(params, 1, RANK))
+    ref.step(averaged(refs, 1))
+    save(second, opt)
+    before = fingerprint(opt)
+    if W > 1:
+        refused(lambda: load(first if RANK == 0 else second, opt),
+                "lrcore.distributed.load(): the ranks were given different checkpoints",
+                "load of different checkpoints")
+        unchanged(opt, before, "load of different checkpoints")
+    params[1].flags.writeable = False
+    refused(lambda: load(first, opt), "lrcore.distributed.load(): params[1] is read-only",
+            "load into a read-only param")
+    params[1].flags.writeable = True
+    unchanged(opt, before, "load into a read-only param")
+    if W > 1:
+        params[1].flags.writeable = RANK != W - 1
+        refused(lambda: opt.gather_params(), "params[1] is read-only",
+                "gather_params with a read-only param on one rank", culprit=W - 1)
+        params[1].flags.writeable = True
+        unchanged(opt, before, "gather_params with a read-only param")
+    load(first, opt)
+    ref.load_state_dict(saved[0])
+    for p, q in zip(refs, saved[1]):
+        p[...] = q
+    for t in (1, 2):
+        opt.step(grads_for(params, t, RANK))
+        ref.step(averaged(refs, t))
+        for i, (p, q) in enumerate(zip(params, refs)):
+            check(np.array_equal(bits(p), bits(q)), f"checkpoint: step {t}: params[{i}] differ")
+    say("ok different checkpoints on different ranks and read-only params are refused by "
+        "every rank at load; nothing changed; the loaded run continues as one process")
 
 
 if __name__ == "__main__":
@@ -555,4 +803,4 @@ if __name__ == "__main__":
      "lowp": mode_lowp, "lowp-some": lambda: mode_lowp(some=True),
      "save": lambda: mode_save(directory),
      "load": lambda: mode_load(directory), "faults": mode_faults,
-     "mismatch": mode_mismatch}[mode]()
+     "mismatch": mode_mismatch, "refusals": lambda: mode_refusals(directory)}[mode]()

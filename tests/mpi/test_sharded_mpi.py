@@ -78,3 +78,7 @@ def test_faults_raise_on_every_rank():
 
 def test_mismatch_caught_at_construction():
     collective(cs.mode_mismatch)
+
+
+def test_refused_input_changes_nothing(shared_dir):
+    collective(cs.mode_refusals, shared_dir)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import checkpoint, quantization
 from ..checkpoint import CheckpointError
 from ._comm import agree
-from .sharded import ShardedOptimizer
+from .sharded import ShardedOptimizer, _state_description, refuse_different
 
 __all__ = ["save", "load", "read_state_dict"]
 
@@ -90,6 +90,7 @@ class _Source:
                                   f"(use lrcore.load for a single-process checkpoint)")
         try:
             self.sd = meta["optimizer"]
+            self.token = meta.get("token")
             self.files = list(meta["files"])
             self.user = meta.get("user")
             # the state-dict keys of each param (float buffers by name, 8-bit ones as
@@ -167,8 +168,10 @@ def _span(key, start, stop):
 def load(path, optimizer):
     """Restore a checkpoint written by `save` (with any number of ranks) into `optimizer`:
     a ShardedOptimizer on any number of ranks (collective), or a single-process lrcore
-    optimizer. Everything is checked on every rank before anything changes. Returns the
-    `meta` given to save."""
+    optimizer. Everything is checked on every rank before anything changes, and the ranks
+    compare a digest of the index they read (its token and array-free state dict): ranks
+    given different checkpoints all raise the same ValueError. Returns the `meta` given to
+    save."""
     if not isinstance(optimizer, ShardedOptimizer):
         sd, params = read_state_dict(path)
         own = optimizer.params
@@ -185,15 +188,19 @@ def load(path, optimizer):
             np.copyto(p, q)
         return _Source(path).user
     opt = optimizer
-    error, loaded, src = None, None, None
+    error, loaded, src, digest, desc = None, None, None, None, None
     try:
         src = _Source(path)
         loaded = opt.checkpoint_loader(src.sd, src.piece)
         src.cache.clear()
+        digest, desc = _state_description(dict(src.sd, token=src.token))
     except (OSError, CheckpointError, ValueError, TypeError, KeyError) as exc:
         error = exc if not isinstance(exc, KeyError) else CheckpointError(
             f"checkpoint {os.fspath(path)!r} is malformed ({exc})")
-    agree(opt.comm, error, opt.timeout, "load")
+    seen = agree(opt.comm, error, opt.timeout, "load", payload=digest)
+    if len(set(seen)) > 1:
+        refuse_different(opt.comm, opt.timeout, desc, "lrcore.distributed.load()",
+                         "checkpoints", "load")
     opt.restore_checkpoint(loaded)
     return src.user
 

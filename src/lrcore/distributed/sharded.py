@@ -130,13 +130,77 @@ def _place(inner, offsets):
 
 
 def _check_separate(params):
-    """Every param its own memory (as the single-process optimizers require)."""
+    """Every param its own memory (as the single-process optimizers require). Returns the
+    sorted (start, end, "params[i]") of their memory, against which step() checks grads."""
     extents = sorted((p.__array_interface__["data"][0], p.nbytes, i)
                      for i, p in enumerate(params) if p.nbytes)
     for (a, n, i), (b, _, j) in zip(extents, extents[1:]):
         if b < a + n:
             raise ValueError(f"ShardedOptimizer: params[{min(i, j)}] and params[{max(i, j)}] "
                              f"share memory; every param must be a separate array")
+    return [(a, a + n, f"params[{i}]") for a, n, i in extents]
+
+
+# Constructor arguments that are each rank's own and may differ between ranks: how long a
+# rank waits (timeout), whether a helper thread drives its collectives (overlap), and its
+# kernel threads (num_threads, a hyperparameter of the class; every thread count gives the
+# same bits). Everything else (optimizer_class, average, bucket_elements, the groups and
+# every other hyperparameter, the params) must be the same on every rank and is compared at
+# construction.
+PER_RANK_HYPERPARAMETERS = ("num_threads",)
+
+
+def _first_difference(a, b, path):
+    """The first place where two JSON-like values differ: (path, a's part, b's part), or
+    None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                return (f"{path}.{key}" if path else str(key), a.get(key, "(absent)"),
+                        b.get(key, "(absent)"))
+            found = _first_difference(a[key], b[key], f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for k, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{path}[{k}]")
+            if found:
+                return found
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _state_description(state_dict):
+    """(digest, description) of what of a single-process state dict must be the same on
+    every rank: everything but the arrays (format, version, optimizer, step, state_dtype,
+    rounding, seed, every group's hyperparameters, schedules, momentum flags and scalars,
+    the params' shapes and dtypes) and the names of each param's state arrays. The arrays'
+    values are not compared (a rank reads only its own pieces); every rank checks all of
+    them (_check_full)."""
+    desc = {k: v for k, v in state_dict.items() if k != "state"}
+    desc["state"] = [sorted(st) for st in state_dict.get("state", ())]
+    # one JSON round trip: the description every rank compares (repr for what JSON lacks)
+    desc = json.loads(json.dumps(desc, sort_keys=True, default=repr))
+    text = json.dumps(desc, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest(), desc
+
+
+def refuse_different(comm, timeout, desc, owner, what, during):
+    """After an agreement found different digests: every rank's description (one
+    allgather), then the same ValueError on every rank naming the first difference of a
+    rank from rank 0."""
+    texts = allgather_bytes(comm, json.dumps(desc, sort_keys=True).encode(), timeout, during)
+    descs = [json.loads(t) for t in texts]
+    for r, d in enumerate(descs[1:], start=1):
+        found = _first_difference(d, descs[0], "")
+        if found:
+            where, mine, base = found
+            short = [v if len(repr(v)) <= 120 else repr(v)[:117] + "..." for v in (mine, base)]
+            raise ValueError(f"{owner}: the ranks were given different {what}: {where} is "
+                             f"{short[0]!r} on rank {r}, {short[1]!r} on rank 0; give every "
+                             f"rank the same")
+    raise ValueError(f"{owner}: the ranks were given different {what}")
 
 
 def _describe(value):
@@ -165,8 +229,11 @@ class ShardedOptimizer:
         in their type (`average_grads` computes the same in one process).
         False: the grads are already reduced (the same on every rank) and used as they are.
     bucket_elements: elements per communication bucket, all ranks together.
+        average and bucket_elements must be the same on every rank (compared at
+        construction with the params and hyperparameters: a ValueError on every rank).
     timeout: seconds a rank waits for its peers in a collective before raising
-        DistributedError (then the communicator is unusable: end the program).
+        DistributedError (then the communicator is unusable: end the program). timeout,
+        overlap and the hyperparameter num_threads are each rank's own and may differ.
     overlap: while a bucket's kernel runs (it releases the GIL), a helper thread keeps
         testing the collectives in flight (the next bucket's reduction, the previous one's
         gather), since MPICH moves non-blocking collectives only inside MPI calls unless
@@ -233,7 +300,7 @@ class ShardedOptimizer:
                     self._params.append(p)
                     self._group_of.append(g)
             param_checks.check_writeable(self._params, owner)
-            _check_separate(self._params)
+            self._param_extents = _check_separate(self._params)
             # each param's layout, decided on the whole param as one process decides it
             self._layouts = [precision.layout(owner, f"params[{i}]", optimizer_class.rule, p,
                                               state_dtype)
@@ -241,7 +308,7 @@ class ShardedOptimizer:
             # the class's own checks of groups and hyperparameters, on empty params
             optimizer_class([dict(spec, params=[np.empty(0, p.dtype) for p in ps])
                              for spec, ps in self._specs], **hyperparameters)
-            signature = self._signature(hyperparameters)
+            signature = self._signature(hyperparameters, average, int(bucket_elements))
         except (TypeError, ValueError) as exc:
             error = exc
         sigs = agree(self.comm, error, self.timeout, "ShardedOptimizer construction",
@@ -294,11 +361,14 @@ class ShardedOptimizer:
 
     # -- construction helpers ------------------------------------------------------------
 
-    def _signature(self, hyperparameters):
-        """(digest, description) of what must be identical on every rank."""
+    def _signature(self, hyperparameters, average, bucket_elements):
+        """(digest, description) of what must be identical on every rank (all but the
+        per-rank arguments: timeout, overlap, PER_RANK_HYPERPARAMETERS)."""
         desc = {"optimizer": f"{self.optimizer_class.__module__}."
                              f"{self.optimizer_class.__qualname__}",
-                "hyperparameters": {k: _describe(v) for k, v in sorted(hyperparameters.items())},
+                "options": {"average": average, "bucket_elements": bucket_elements},
+                "hyperparameters": {k: _describe(v) for k, v in sorted(hyperparameters.items())
+                                    if k not in PER_RANK_HYPERPARAMETERS},
                 "groups": [{k: _describe(v) for k, v in sorted(spec.items())}
                            for spec, _ in self._specs],
                 "params": [[g, p.dtype.name, list(p.shape),
@@ -317,6 +387,11 @@ class ShardedOptimizer:
         for r, d in enumerate(descs[1:], start=1):
             if d == base:
                 continue
+            for key in ("average", "bucket_elements"):
+                if d["options"][key] != base["options"][key]:
+                    raise ValueError(f"ShardedOptimizer: {key} is {d['options'][key]!r} on "
+                                     f"rank {r} and {base['options'][key]!r} on rank 0; it "
+                                     f"must be the same on every rank")
             why = None
             for key in ("optimizer", "hyperparameters"):
                 if d[key] != base[key]:
@@ -474,8 +549,12 @@ class ShardedOptimizer:
 
     def _check_grads(self, grads):
         """The grads as flat views, checked against each param's layout (lrcore.optim's
-        rules); with average=True, the grads of one bucket's params share a dtype."""
+        rules) and against the params' memory (no grad shares memory with any param, as
+        one process requires); with average=True, the grads of one bucket's params share a
+        dtype. The params must still be writeable. Local checks only (a flag per param, a
+        bisection per grad): step() shares their outcome in its one agreement."""
         where = "ShardedOptimizer.step()"
+        param_checks.check_writeable(self._params, where)
         grads = param_checks.grad_list(grads, where)
         if len(grads) != len(self._params):
             raise ValueError(f"ShardedOptimizer.step(): got {len(grads)} grads for "
@@ -497,6 +576,7 @@ class ShardedOptimizer:
                     raise ValueError(str(exc)) from None
                 raise
             flat.append(g.reshape(-1))
+        precision.check_grad_memory(where, grads, self._param_extents)
         if self.average:
             for _, _, members, _ in self._layout.ranges:
                 first = members[0]
@@ -912,6 +992,9 @@ class ShardedOptimizer:
                 if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dt:
                     raise ValueError(f"{owner}: params[{i}] state {key!r} is not a "
                                      f"{_dname(dt)} {shape} array")
+                # every piece, not only this rank's: each rank refuses a bad array alike
+                precision.check_absmax(key, arr,
+                                       lambda m, i=i: ValueError(f"{owner}: params[{i}] state {m}"))
 
     def _load_inner(self, sds, what):
         """Load per-bucket state dicts into the inner optimizers, all or none, on every rank."""
@@ -935,20 +1018,40 @@ class ShardedOptimizer:
         """Restore from a single-process-format state dict (e.g. consolidated_state_dict()'s,
         or a single-process optimizer's), given on every rank. Collective; checked on every
         rank before anything changes. Params are not part of a state dict. Its rounding and
-        seed replace the optimizer's, and its step count continues the random stream."""
-        error, sds = None, None
+        seed replace the optimizer's, and its step count continues the random stream.
+
+        Every rank checks the whole state dict (its arrays' shapes, dtypes and 8-bit absmax,
+        not only the pieces it loads), and the ranks compare a digest of all but its arrays
+        (step, rounding, seed, groups and hyperparameters, ...) in the agreement they hold
+        anyway: a state dict that differs between ranks there is a ValueError naming the
+        first difference on every rank, and nothing is changed."""
+        error, sds, digest, desc = None, None, None, None
         try:
             self._check_full(state_dict)
+            digest, desc = _state_description(state_dict)
             sds = self.inner_state_dicts(
                 state_dict, lambda i, key, a, b: state_dict["state"][i][key].reshape(-1)[a:b])
         except (TypeError, ValueError, KeyError) as exc:
             error = exc if not isinstance(exc, KeyError) else ValueError(
                 f"ShardedOptimizer.load_state_dict(): malformed state dict ({exc})")
-        agree(self.comm, error, self.timeout, "load_state_dict")
+        seen = agree(self.comm, error, self.timeout, "load_state_dict", payload=digest)
+        if len(set(seen)) > 1:
+            refuse_different(self.comm, self.timeout, desc, "ShardedOptimizer.load_state_dict()",
+                             "state dicts", "load_state_dict")
         self._load_inner(sds, "load_state_dict")
 
     def gather_params(self):
-        """Make every rank's params equal to the owners' pieces (after a load). Collective."""
+        """Make every rank's params equal to the owners' pieces (after a load). Collective;
+        a read-only param on any rank is an error on every rank, before anything moves."""
+        error = None
+        try:
+            param_checks.check_writeable(self._params, "ShardedOptimizer.gather_params()")
+        except ValueError as exc:
+            error = exc
+        agree(self.comm, error, self.timeout, "parameter gather")
+        self._gather()
+
+    def _gather(self):
         for b, bucket in enumerate(self._layout.buckets):
             pieces = bucket.pieces[self.rank]
             send = np.concatenate([self._flat[p.index][p.start:p.stop] for p in pieces]) \
@@ -994,7 +1097,8 @@ class ShardedOptimizer:
         optimizer and read this rank's part through `piece(i, key, start, stop, dtype)`
         (positions [start, stop) of param i's state-dict array `key`, 'param' for the param's
         elements). Returns what `restore_checkpoint` applies; changes nothing. Not
-        collective."""
+        collective. The params must be writeable (restore_checkpoint writes them)."""
+        param_checks.check_writeable(self._params, "lrcore.distributed.load()")
         self._check_full(state_dict)
         names = {g: [precision.split_key(k)[0] for k in state_dict["state"][
             self._group_of.index(g)]] for g in range(len(self._specs))}
@@ -1013,7 +1117,7 @@ class ShardedOptimizer:
         for bucket, chunks in zip(self._layout.buckets, params):
             for p, chunk in zip(bucket.pieces[self.rank], chunks):
                 self._flat[p.index][p.start:p.stop] = chunk
-        self.gather_params()
+        self._gather()     # checkpoint_loader checked that every param is writeable
 
     def __repr__(self):
         return (f"ShardedOptimizer({self.optimizer_class.__name__}, rank={self.rank}, "
