@@ -303,14 +303,15 @@ def test_clip_and_skip_nonfinite_on_half_grads():
 
 
 def test_backend_kernels_are_the_ones_used(monkeypatch):
-    """The per-param path calls the backend's kernel with the param's index_offset."""
+    """The per-param path calls the backend's kernel (its run_checked entry: the kernel
+    without the per-call checks the optimizer has made) with the param's index_offset."""
     seen = []
-    real = backend.kernels.adam
+    real = backend.kernels.adam.run_checked
 
-    def spy(*args, **kw):
-        seen.append((kw["index_offset"], kw["seed"], kw["rounding"], kw["step"]))
-        return real(*args, **kw)
-    monkeypatch.setattr(backend.kernels, "adam", spy)
+    def spy(arrays, hp, rounding, seed, index_offset, num_threads):
+        seen.append((index_offset, seed, rounding, hp["step"]))
+        return real(arrays, hp, rounding, seed, index_offset, num_threads)
+    monkeypatch.setattr(backend.kernels.adam, "run_checked", spy)
     params = [np.zeros(n, BF16) for n in (10, 20, 30)]
     opt = optim.Adam(params, rounding="stochastic", seed=5)
     opt.step([np.ones(n, BF16) for n in (10, 20, 30)])

@@ -54,9 +54,11 @@ def _native():
         # one generated function takes every call: float32/float64 straight to the core,
         # bfloat16/float16 buffers or low-precision keywords through lrcore.lowp (the same
         # dispatch as lowp.kernel's wrapper, without a second Python frame per call)
-        setattr(ns, rule.name, _validate.make_kernel(
+        fn = _validate.make_kernel(
             rule, core.run_kernel, slow.__doc__,
-            lowp=(slow, core.half_pair, _layout_check(rule)), fast=core.exact_runner(rule)))
+            lowp=(slow, core.half_pair, _layout_check(rule)), fast=core.exact_runner(rule))
+        fn.run_checked = slow.run_checked     # lrcore.optim's per-param path (lowp.kernel)
+        setattr(ns, rule.name, fn)
     return ns
 
 

@@ -646,6 +646,30 @@ def _hp_struct(rule, hp):
     return layout.pack(*[1.0 if k == "grad_scale" else hp[k] for k in names])
 
 
+def step_checked(rule, param, grad, states, hp, rounding, seed, index_offset, num_threads):
+    """`step` without its checks, for a caller that has made them (lrcore.optim's per-param
+    path: layouts, sizes and memory at construction and every step, every hyperparameter
+    before the first param changes); they cost ~40 us per call. states: the rule's states
+    the step uses, by name; hp: every hyperparameter of `rule` by name, step included."""
+    from . import backend
+    if backend.name == "python":
+        hp = dict(hp)
+        step = hp.pop("step")
+        return _twin("step", rule, param, grad, states, step, rounding, seed, index_offset,
+                     num_threads, hp)
+    row, pre, _, _, specs = _rule_info(rule)
+    full = dict(pre.defaults)
+    full.update(hp)
+    full.update(pre.fixed)
+    st = [states.get(name) for name, _, _ in specs]
+    from . import _q8
+    cst = [(x.codes, x.absmax, 0 if x.signed else 1) if isinstance(x, QuantizedState) else
+           (None if x is None else x.reshape(-1)) for x in st]
+    _q8.step(_isa_level(), num_threads or backend.default_threads(), row.kind, param.reshape(-1),
+             grad.reshape(-1), cst, _hp_struct(row.name, full), (_codec(True), _codec(False)),
+             rounding == "stochastic", seed, int(full["step"]), index_offset)
+
+
 def step_reference(rule, param, grad, states, *, step, rounding="nearest", seed=0,
                    index_offset=0, num_threads=None, **hp):
     """numpy twin of `step`: widen param and grad to float32, decode the 8-bit states, run

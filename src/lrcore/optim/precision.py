@@ -52,10 +52,17 @@ _PARTS = ("codes", "absmax")
 _INT8_PARAMS = ("float32", "bfloat16")
 
 
+_DNAMES = {}
+
+
 def _dname(dt):
-    """A dtype's name as lrcore.lowp.LAYOUTS spells it ('bfloat16' for ml_dtypes')."""
-    dt = np.dtype(dt)
-    return "bfloat16" if dt == lowp.bfloat16 else dt.name
+    """A dtype's name as lrcore.lowp.LAYOUTS spells it ('bfloat16' for ml_dtypes'); cached
+    by dtype (numpy computes dtype.name in Python, ~1 us, and every step asks per grad)."""
+    name = _DNAMES.get(dt)
+    if name is None:
+        d = np.dtype(dt)
+        name = _DNAMES[dt] = "bfloat16" if d == lowp.bfloat16 else d.name
+    return name
 
 
 class Layout(NamedTuple):
@@ -271,16 +278,15 @@ def run(kernel, lay, p, g, states, slots, values, *, rounding, seed, index_offse
     hyperparameters)."""
     if not lay.quantized:
         bufs = [states.get(s) for s in slots]
-        _kernel(kernel)(p, g, *bufs, num_threads=num_threads, rounding=rounding, seed=seed,
-                        index_offset=index_offset, **values)
+        # the kernel without its per-call checks (~40 us; lrcore.lowp.kernel's run_checked)
+        _kernel(kernel).run_checked([p, g, *bufs], values, rounding, seed, index_offset,
+                                    num_threads)
         return
-    hp = dict(values)
-    step = hp.pop("step")
-    quantization.step(kernel, p.reshape(-1), g.reshape(-1),
-                      {s: (b if isinstance(b, quantization.QuantizedState) else b.reshape(-1))
-                       for s, b in states.items()},
-                      step=step, rounding=rounding, seed=seed, index_offset=index_offset,
-                      num_threads=num_threads, **hp)
+    # quantization.step without its per-call checks (~40 us)
+    quantization.step_checked(kernel, p.reshape(-1), g.reshape(-1),
+                              {s: (b if isinstance(b, quantization.QuantizedState) else
+                                   b.reshape(-1)) for s, b in states.items()},
+                              values, rounding, seed, index_offset, num_threads)
 
 
 def parts(buf):
