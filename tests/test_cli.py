@@ -3,6 +3,7 @@ checkpoints (bitwise resume, also after Ctrl-C; schedules re-fit when a run is e
 divergence, the report figure, progress bars, closed pipes, bad input (one line, checked
 before any work)."""
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -614,28 +615,147 @@ def test_bench_checks_its_json_path_first(tmp_path):
 # -------------------------------------------------------------------- lrcore info
 
 
-def test_info_self_check_is_bitwise_and_reports_a_difference(capsys, monkeypatch):
+def _info(capsys):
+    code = main(["info"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_self_check_names_each_family_on_every_isa(capsys):
     from lrcore import backend
     from lrcore.cli import info
-    assert main(["info"]) == 0
-    out = capsys.readouterr().out
+    code, out, err = _info(capsys)
+    assert code == 0 and err == "", err
     assert out.startswith(f"lrcore {lrcore.__version__}\n") and "self-check passed" in out
     # every line fits 80 columns, but for the installation's own path (it is as long as it is)
     include = lrcore.get_include()
     assert max(len(line.replace(include, "")) for line in out.splitlines()) <= 80
+    assert "cases equal to the numpy twin bit for bit" in out
+    sizes = {family: len(make()) for family, make in info.FAMILIES}
+    assert list(sizes) == ["float32/float64", "bfloat16/float16", "8-bit state"]
+    lines = out.splitlines()
+    header = lines.index("self-check passed") - len(backend.available_isas()) - 1
+    assert lines[header].split() == ["float32/float64", "bfloat16/float16", "8-bit", "state"]
+    for isa, line in zip(backend.available_isas(), lines[header + 1:]):   # a row per isa
+        assert line.split() == [isa] + [f"{n}/{n}" for n in sizes.values()]
+    # the families cover what they say: every loop variant; every rule in every half layout
+    # with both roundings; every rule with 8-bit state, float32 and bfloat16 params
+    from lrcore import lowp, quantization, registry
+    assert sizes["float32/float64"] == 2 * sum(len(k.cases) for k in registry.KERNEL_SPECS)
+    labels = list(info.half_cases())
+    for kspec in registry.KERNEL_SPECS:
+        for layout in info.half_layouts():
+            for rounding in lowp.ROUNDINGS:
+                assert sum(lab.startswith(kspec.name + "/") and
+                           lab.endswith(f" {'/'.join(layout)} {rounding}") for lab in labels) == 1
+    assert {lay for lay in info.half_layouts()} == \
+        {tuple(lay) for lay in lowp.LAYOUTS if "float64" not in lay and len(set(lay)) > 1 or
+         lay == ("bfloat16",) * 3}
+    q8 = list(info.q8_cases())
+    for rule in quantization.INT8_RULES:
+        for layout in ("float32/float32 nearest", "bfloat16/bfloat16 stochastic",
+                       "float32/bfloat16 nearest"):
+            assert any(lab.startswith(rule) and lab.endswith(layout) for lab in q8), (rule, layout)
+    if backend.name == "native" and platform.machine().lower() in ("x86_64", "amd64"):
+        line = next(li for li in out.splitlines() if li.startswith("  cpu features: "))
+        flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n")[0].split()
+        for name in info.CPU_FEATURES:           # reported as the CPU has it, no others
+            assert (f" {name}" in line.split("(absent")[0]) == (name in flags), name
+        assert "bf16" not in out                  # lrcore detects no AVX512-BF16
+        if "avx512" in backend.available_isas():
+            vbmi = "avx512vbmi" in flags and "avx512bw" in flags
+            assert ("8-bit decoder:    avx512 build with avx512vbmi byte permutes" in out) == vbmi
+
+
+def _drift(x):
+    """x with its last element's lowest bit flipped (float or 8-bit buffer)."""
+    v = x.reshape(-1).view(np.uint8 if x.dtype.itemsize == 1 else
+                           np.dtype(f"u{x.dtype.itemsize}"))
+    v[-1] ^= 1
+
+
+def _wrong_float64_lion(monkeypatch):
+    from lrcore import reference
+    lion = reference.lion
+
+    def wrong(param, grad, *states, **kw):     # only where the float64 family calls it
+        lion(param, grad, *states, **kw)
+        if param.dtype == np.float64:
+            _drift(param)
+    monkeypatch.setattr(reference, "lion", wrong)
+
+
+def _wrong_half_twin(monkeypatch):
+    from lrcore import lowp
+    twin_step = lowp.twin_step
+
+    def wrong(kernel, names, arrays, **kw):
+        twin_step(kernel, names, arrays, **kw)
+        if kernel.__name__ == "adam":
+            _drift(arrays[0])
+    monkeypatch.setattr(lowp, "twin_step", wrong)
+
+
+def _wrong_q8_twin(monkeypatch):
+    from lrcore import quantization
+    step_reference = quantization.step_reference
+
+    def wrong(rule, param, grad, states, **kw):
+        step_reference(rule, param, grad, states, **kw)
+        if rule == "sgd":
+            _drift(states["momentum_buffer"].codes)
+    monkeypatch.setattr(quantization, "step_reference", wrong)
+
+
+@pytest.mark.parametrize("family, wrong, names", [
+    ("float32/float64", _wrong_float64_lion, "lion/"),
+    ("bfloat16/float16", _wrong_half_twin, "adam/"),
+    ("8-bit state", _wrong_q8_twin, "sgd "),
+], ids=["float", "half", "8-bit"])
+def test_info_self_check_fails_on_a_wrong_twin_result(capsys, monkeypatch, family, wrong,
+                                                      names):
+    """One wrong bit in one family's twin: that family's cases of that rule fail on every
+    instruction set and no other; exit code 1, one line on stderr, no traceback."""
+    from lrcore import backend
+    from lrcore.cli import info
+    wrong(monkeypatch)
+    code, out, err = _info(capsys)
+    assert code == 1 and "self-check passed" not in out
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("lrcore info: error: self-check failed: ") and \
+        "not equal to the numpy twin bit for bit" in err
+    listed = out.split("SELF-CHECK FAILED:\n")[1].splitlines()
+    assert listed and all(line.startswith("  [") for line in listed)
+    column = [f for f, _ in info.FAMILIES].index(family)
     for isa in backend.available_isas():
-        assert f"self-check [{isa}]: " in out and "equal the numpy twin bit for bit" in out
+        mine = [line for line in listed if line.startswith(f"  [{isa}] ")]
+        assert mine and all(f"] {family}: {names}" in line for line in mine), mine
+        row = next(li for li in out.splitlines() if li.split()[:1] == [isa]).split()[1:]
+        for k, (f, make) in enumerate(info.FAMILIES):
+            n = len(make())
+            assert row[k] == (f"{n - len(mine)}/{n}" if k == column else f"{n}/{n}")
+    assert f"{len(listed)} cases not equal" in err
+
+
+def test_info_self_check_reports_a_kernel_that_drifts_or_raises(capsys, monkeypatch):
+    from lrcore import backend
     adam = backend.kernels.adam
 
     def off_by_one_ulp(param, grad, *states, **kw):   # a kernel that drifts by one ulp
         adam(param, grad, *states, **kw)
-        param[-1:] = np.nextafter(param[-1:], np.inf)
+        if param.dtype == np.float32:
+            param[-1:] = np.nextafter(param[-1:], np.inf)
+        elif param.dtype == np.float16:
+            raise RuntimeError("boom")
 
     monkeypatch.setattr(backend.kernels, "adam", off_by_one_ulp)
-    assert info.run(out=sys.stdout) == 1
-    out = capsys.readouterr().out
-    assert "SELF-CHECK FAILED" in out and "adam/" in out and "float32" in out
-    assert "sgd/" not in out.split("SELF-CHECK FAILED")[1]
+    code, out, err = _info(capsys)
+    assert code == 1 and len(err.splitlines()) == 1
+    listed = out.split("SELF-CHECK FAILED:")[1]
+    assert "float32/float64: adam/" in listed and " float32\n" in listed
+    assert "bfloat16/float16: adam/" in listed
+    assert "(the kernel raised RuntimeError: boom)" in listed
+    assert "sgd/" not in listed and "float64\n" not in listed
 
 
 # -------------------------------------------------------------------- a new user's trial
@@ -868,7 +988,10 @@ def test_resume_refuses_other_types(capsys, tmp_path):
             (["--precision", "float32"], "--precision float32 conflicts with the checkpoint's "
                                          "bfloat16-sr"),
             (["--state-dtype", "float32"], "--state-dtype float32 conflicts with the "
-                                           "checkpoint, trained without --state-dtype")]:
+                                           "checkpoint's bfloat16 state (trained with "
+                                           "--precision bfloat16-sr without --state-dtype"),
+            (["--state-dtype", "int8"], "--state-dtype int8 conflicts with the checkpoint's "
+                                        "bfloat16 state")]:
         code, out, err = train(capsys, "--resume", str(path), "--epochs", "2", *argv)
         assert code == 2 and out == "" and message in err, err
         assert len(err.strip().splitlines()) == 1
@@ -876,6 +999,43 @@ def test_resume_refuses_other_types(capsys, tmp_path):
     code, _, err = train(capsys, "--resume", str(path), "--epochs", "2", "--precision",
                          "bfloat16-sr")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("precision, state_dtype", [
+    ("bfloat16", "bfloat16"), ("bfloat16-sr", "bfloat16"), ("float32", "float32"),
+    ("float16", "float32")])
+def test_resume_accepts_the_state_dtype_the_checkpoint_has(capsys, tmp_path, precision,
+                                                            state_dtype):
+    """`--state-dtype S` on --resume of a run saved without it, whose state is S (the
+    params' default), resumes, bit for bit as the uninterrupted run."""
+    whole, half = tmp_path / "whole.lrc", tmp_path / "half.lrc"
+    common = ["--precision", precision, "--hidden", "16"]
+    assert train(capsys, *common, "--epochs", "2", "--save", str(whole))[0] == 0
+    assert train(capsys, *common, "--epochs", "1", "--save", str(half))[0] == 0
+    code, out, err = train(capsys, "--resume", str(half), "--state-dtype", state_dtype,
+                           "--epochs", "2", "--save", str(half))
+    assert code == 0 and err == "", err
+    assert "resuming at epoch 2" in out and f"state {state_dtype}" in out
+    a, b = checkpoint.read(whole)[0], checkpoint.read(half)[0]
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if key.startswith(("param/", "state/")) or "/state/" in key:
+            assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
+
+
+def test_resume_with_another_state_dtype_than_the_checkpoints_is_refused(capsys, tmp_path):
+    """--state-dtype naming another state than the checkpoint's (float64 params: float64
+    state) is one line, exit 2, before any work."""
+    path = tmp_path / "c.lrc"
+    assert train(capsys, "--epochs", "1", "--hidden", "16", "--save", str(path))[0] == 0
+    before = path.read_bytes()
+    for given in ("float32", "bfloat16", "int8"):
+        code, out, err = train(capsys, "--resume", str(path), "--state-dtype", given,
+                               "--epochs", "2", "--save", str(path))
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"--state-dtype {given} conflicts with the checkpoint's float64 state " \
+               f"(trained with --precision float64 without --state-dtype" in err
+    assert path.read_bytes() == before
 
 
 def _not_int8():
@@ -1003,9 +1163,16 @@ def test_bench_layouts_and_bytes_model():
                                    "bfloat16 or float16"),
     (["--state-dtype", "int8", "--optimizer", "{not_int8}"],
      "--state-dtype int8 does not apply to --optimizer {not_int8}"),
-    (["--state-dtype", "int8", "--dtype", "float64"], "8-bit state takes float32"),
+    (["--state-dtype", "int8", "--dtype", "float64"],
+     "--dtype float64 with --state-dtype int8: 8-bit state takes float32 or bfloat16 params"),
+    (["--dtype", "float16", "--state-dtype", "int8"],
+     "--dtype float16 with --state-dtype int8: 8-bit state takes float32 or bfloat16 params"),
     (["--state-dtype", "int8", "--grad-dtype", "bfloat16"],
-     "8-bit state takes grads of the params' type"),
+     "--grad-dtype bfloat16 with --state-dtype int8: 8-bit state takes grads of the params' "
+     "type (float32, the default --dtype)"),
+    (["--dtype", "bfloat16", "--grad-dtype", "float32", "--state-dtype", "int8"],
+     "--grad-dtype float32 with --state-dtype int8: 8-bit state takes grads of the params' "
+     "type (--dtype bfloat16)"),
 ])
 def test_bench_bad_layout_options_are_one_line_before_any_work(capsys, tmp_path, argv,
                                                                 message):
@@ -1021,6 +1188,8 @@ def test_bench_bad_layout_options_are_one_line_before_any_work(capsys, tmp_path,
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and message.format(not_int8=not_int8) in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    if "--optimizer" not in argv:       # the message names only options that were given
+        assert "--optimizer" not in err, err
     assert not (tmp_path / "b.json").exists()
 
 

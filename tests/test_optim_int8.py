@@ -128,6 +128,28 @@ def test_state_nbytes():
     assert amsgrad.state_nbytes() == 3 * (n + 4 * (n // q.BLOCK))
 
 
+@pytest.mark.parametrize("saved, mine", [(None, "int8"), ("int8", None), ("float32", "int8")])
+def test_int8_with_only_small_buffers_loads_float32_state(saved, mine):
+    """Buffers under MIN_ELEMENTS keep float32 state with state_dtype="int8": where every
+    param is that small, its state dict and a None / "float32" one hold the same buffers and
+    load into each other (state_dtype is compared by what it gives each param); with one
+    8-bit buffer they are refused, naming it."""
+    rng = np.random.default_rng(7)
+    sizes = (100, q.MIN_ELEMENTS - 1)
+    src = optim.Adam([_rand(rng, n, F32) for n in sizes], lr=1e-2, state_dtype=saved)
+    src.step([_rand(rng, n, F32) for n in sizes])
+    dst = optim.Adam([_rand(rng, n, F32) for n in sizes], lr=1e-2, state_dtype=mine)
+    dst.load_state_dict(src.state_dict())
+    for a, b in zip(dst.state_dict()["state"], src.state_dict()["state"]):
+        assert a.keys() == b.keys() and all(np.array_equal(_bits(a[k]), _bits(b[k])) for k in a)
+    big = (100, q.MIN_ELEMENTS)
+    src = optim.Adam([_rand(rng, n, F32) for n in big], lr=1e-2, state_dtype=saved)
+    dst = optim.Adam([_rand(rng, n, F32) for n in big], lr=1e-2, state_dtype=mine)
+    with pytest.raises(ValueError, match=r"params\[1\] \(float32 \(4096,\)\) has .*8-bit "
+                                         r"exp_avg, exp_avg_sq, max_exp_avg_sq"):
+        dst.load_state_dict(src.state_dict())
+
+
 @pytest.mark.parametrize("how", ["state_dict", "file"])
 def test_resume_is_bitwise(tmp_path, how):
     rng = np.random.default_rng(3)
@@ -309,7 +331,8 @@ def test_a_checkpoint_file_of_another_state_dtype_names_both_and_changes_nothing
     q_ = p.copy()
     other = optim.AdamW([q_], lr=1e-3)                       # float32 state
     with pytest.raises(checkpoint.CheckpointError,
-                       match=r"'exp_avg.codes' of param 0, which this optimizer "
-                             r"\(state_dtype=None\) keeps as \['exp_avg'\]"):
+                       match=r"state_dtype='int8', this optimizer None: params\[0\] "
+                             r"\(float32 \(5000,\)\) has 8-bit exp_avg, .* in it, float32 "
+                             r"state in this optimizer"):
         checkpoint.load(path, other)
     assert other.step_count == 0 and np.array_equal(q_, p)

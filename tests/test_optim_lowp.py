@@ -7,10 +7,13 @@ StepPlan) on them, round param and state back with lrcore.lowp.round_to (buffer 
 1, 2, ... the states in kernel order; index_offset = the param's place in the concatenation
 of all params; the step number). Every comparison is bitwise, on non-zero random data.
 """
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
 
+import lrcore
 from lrcore import backend, checkpoint, lowp, optim
 from lowp_helpers import Float32Twin, bits as _bits, case_class as _cls, rand as _rand, widen as _widen
 
@@ -179,6 +182,142 @@ def test_resume_is_bitwise(tmp_path, layout, how):
         new.step(g)
     for x, y in zip(resumed, full):
         assert np.array_equal(_bits(x), _bits(y))
+
+
+# state_dtype spellings equal in meaning: each pair gives every param the same state buffers
+# (None is the param's dtype for float32 and bfloat16 params, float32 for float16 params)
+EQUIVALENT = [(F32, None, "float32"), (BF16, None, "bfloat16"), (F16, None, "float32")]
+# (param dtype, saved, loading optimizer's, words of the refusal): other state buffers
+DIFFERENT = [
+    (BF16, None, "float32", "params[0] (bfloat16 (37,)) has bfloat16 state in it, float32 "
+                            "state in this optimizer"),
+    (BF16, "float32", None, "has float32 state in it, bfloat16 state in this optimizer"),
+    (F32, None, "int8", "params[1] (float32 (5000,)) has float32 state in it, 8-bit exp_avg"),
+    (F32, "int8", None, "params[1] (float32 (5000,)) has 8-bit exp_avg"),
+]
+EQUIVALENCE_SIZES = (37, 5000)         # 5000: 8-bit state under state_dtype="int8"
+
+
+def _pair_ids(pairs):
+    return [f"{np.dtype(p[0]).name}-{p[1]}-{p[2]}" for p in pairs]
+
+
+def _transfer(tmp_path, how, source, target):
+    """source's state into target: load_state_dict(state_dict()), or lrcore.save/load."""
+    if how == "state_dict":
+        target.load_state_dict(source.state_dict())
+    else:
+        lrcore.save(tmp_path / "c.lrc", source)
+        lrcore.load(tmp_path / "c.lrc", target)
+
+
+@pytest.mark.parametrize("how", ["state_dict", "file"])
+@pytest.mark.parametrize("pdt, saved, mine",
+                         EQUIVALENT + [(p, b, a) for p, a, b in EQUIVALENT],
+                         ids=_pair_ids(EQUIVALENT + [(p, b, a) for p, a, b in EQUIVALENT]))
+def test_equivalent_state_dtypes_load_and_resume_bitwise(tmp_path, pdt, saved, mine, how):
+    """State saved under one spelling loads into an optimizer built with the other (both
+    directions; state dict and file), and the run continues bit for bit as the
+    uninterrupted one: state_dtype is compared by what it gives each param."""
+    rng = np.random.default_rng(8)
+    start = [_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES]
+    grads = [[_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES] for _ in range(6)]
+    kw = dict(lr=1e-2, rounding="stochastic", seed=2 ** 64 - 5)
+    full = [p.copy() for p in start]
+    opt = optim.NAdam(full, state_dtype=saved, **kw)
+    for g in grads:
+        opt.step(g)
+    part = [p.copy() for p in start]
+    opt = optim.NAdam(part, state_dtype=saved, **kw)
+    for g in grads[:3]:
+        opt.step(g)
+    resumed = [p.copy() for p in part]
+    new = optim.NAdam(resumed, state_dtype=mine, **dict(kw, seed=0, rounding="nearest"))
+    _transfer(tmp_path, how, opt, new)
+    assert (new.state_dtype, new.seed, new.rounding, new.step_count) == \
+        (mine, 2 ** 64 - 5, "stochastic", 3)
+    for a, b in zip(new.state_dict()["state"], opt.state_dict()["state"]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(_bits(a[k]), _bits(b[k])), k
+    for g in grads[3:]:
+        new.step(g)
+    for x, y in zip(resumed, full):
+        assert np.array_equal(_bits(x), _bits(y))
+
+
+@pytest.mark.parametrize("how", ["state_dict", "file"])
+@pytest.mark.parametrize("pdt, saved, mine, words", DIFFERENT, ids=_pair_ids(DIFFERENT))
+def test_different_state_dtypes_are_refused_and_change_nothing(tmp_path, pdt, saved, mine,
+                                                               words, how):
+    """A state_dtype that gives some param other state buffers is refused, the message
+    naming both values, the param and the two states; the optimizer is left as it was."""
+    rng = np.random.default_rng(9)
+    source = optim.Adam([_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES], state_dtype=saved)
+    source.step([_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES])
+    params = [_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES]
+    target = optim.Adam(params, state_dtype=mine, rounding="stochastic", seed=4)
+    target.step([_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES])
+    before, state = [_bits(p).copy() for p in params], _state(target)
+    with pytest.raises(ValueError) as info:
+        _transfer(tmp_path, how, source, target)
+    message = str(info.value)
+    assert f"the state dict has state_dtype={saved!r}, this optimizer {mine!r}: " in message
+    assert words in message and "state_dtype is fixed at construction" in message
+    assert all(np.array_equal(_bits(p), b) for p, b in zip(params, before))
+    now = _state(target)
+    assert now.keys() == state.keys() and all(np.array_equal(now[k], state[k]) for k in now)
+    assert (target.step_count, target.seed, target.rounding) == (1, 4, "stochastic")
+
+
+@pytest.mark.parametrize("pdt, saved, mine",
+                         EQUIVALENT + [(p, b, a) for p, a, b in EQUIVALENT],
+                         ids=_pair_ids(EQUIVALENT + [(p, b, a) for p, a, b in EQUIVALENT]))
+def test_sharded_optimizer_compares_state_dtypes_by_meaning(pdt, saved, mine):
+    """lrcore.distributed.ShardedOptimizer (one process) loads a state dict saved under the
+    other spelling and continues bit for bit; other state buffers are refused."""
+    pytest.importorskip("mpi4py")
+    from lrcore.distributed import ShardedOptimizer
+    rng = np.random.default_rng(10)
+    start = [_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES]
+    grads = [[_rand(rng, n, pdt) for n in EQUIVALENCE_SIZES] for _ in range(4)]
+    kw = dict(lr=1e-2, rounding="stochastic", seed=5)
+    full = [p.copy() for p in start]
+    opt = optim.Adam(full, state_dtype=saved, **kw)
+    for g in grads[:2]:
+        opt.step(g)
+    sd = opt.state_dict()
+    resumed = [p.copy() for p in full]
+    sharded = ShardedOptimizer(resumed, optim.Adam, state_dtype=mine, bucket_elements=1000,
+                               **kw)
+    sharded.load_state_dict(sd)
+    for g in grads[2:]:
+        opt.step(g)
+        sharded.step(g)
+    for x, y in zip(resumed, full):
+        assert np.array_equal(_bits(x), _bits(y))
+    if pdt == BF16:      # bfloat16 state (None) against float32 state: refused
+        other = ShardedOptimizer([p.copy() for p in start], optim.Adam,
+                                 state_dtype="float32" if mine != "float32" else None)
+        with pytest.raises(ValueError, match="has bfloat16 state in it, float32 state in "
+                                             "this optimizer|has float32 state in it, "
+                                             "bfloat16 state in this optimizer"):
+            other.load_state_dict(sd)
+        assert other.step_count == 0
+
+
+def test_a_state_dtype_no_param_can_have_is_refused():
+    """A saved state_dtype that is not one, or that the params cannot have (bfloat16 state
+    for float64 or float16 params), is refused naming it."""
+    for pdt, value, words in ((np.float64, "bfloat16", "params[0] (float64 (5,)) cannot "
+                                                       "have that state, float64 state"),
+                              (F16, "bfloat16", "cannot have that state, float32 state"),
+                              (F32, "int4", "state_dtype='int4', expected None, 'float32'")):
+        opt = optim.Adam([np.ones(5, pdt)])
+        sd = opt.state_dict()
+        sd["state_dtype"] = value
+        with pytest.raises(ValueError, match=re.escape(words)):
+            optim.Adam([np.ones(5, pdt)]).load_state_dict(sd)
 
 
 def test_state_nbytes():

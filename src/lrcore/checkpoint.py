@@ -625,10 +625,16 @@ class OptimizerLoad:
                                   f"{len(state_names) if isinstance(state_names, list) else '?'}"
                                   f" parameters (unique names per parameter), this optimizer "
                                   f"has {len(params)} parameters")
+        for i, p in enumerate(params):
+            f.check_destination(f"param/{i}", p, f"param {i}")
+        # the file's state_dtype against the optimizer's, equal in meaning (what each
+        # param's state buffers are), before the buffers: a refusal then names state_dtype
+        mismatch = _state_dtype_mismatch(optimizer, sd)
+        if mismatch:
+            raise CheckpointError(f"{where}: {mismatch}")
         self.state = []          # (entry name, param index, buffer name)
         self.specs = []          # per param: state-dict key -> (shape, dtype)
         for i, (p, ns) in enumerate(zip(params, state_names)):
-            f.check_destination(f"param/{i}", p, f"param {i}")
             specs = {}
             for n in ns:
                 e = f.entry(f"state/{i}/{n}", f"state {n!r} of param {i}")
@@ -704,6 +710,23 @@ class OptimizerLoad:
         else:
             self.load_state()
             self.f.read_into(params)
+
+
+def _state_dtype_mismatch(optimizer, sd):
+    """Why the saved state dict's state_dtype does not fit the optimizer's (lrcore.optim's
+    state_dict.state_dtype_mismatch: each param's state layout is compared, so None and
+    'float32' or 'bfloat16' where they mean the same load into each other), or None: also
+    for a version 1 state dict (no state_dtype) or an optimizer without a rule and a
+    state_dtype (its own check reports what does not fit)."""
+    rule = getattr(optimizer, "rule", None)
+    if rule is None or not hasattr(optimizer, "state_dtype") or sd.get("version") == 1:
+        return None
+    try:
+        from .optim.state_dict import state_dtype_mismatch
+    except ImportError:
+        return None
+    return state_dtype_mismatch(rule, optimizer.params, sd.get("state_dtype"),
+                                optimizer.state_dtype)
 
 
 def _state_spec(optimizer, i, p, key):

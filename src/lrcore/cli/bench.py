@@ -59,6 +59,15 @@ def _layouts(args):
     if args.dtype is None and not given:
         return None
     dtype = args.dtype or "float32"
+    if args.state_dtype == "int8":      # the options at fault, before any optimizer's row
+        allowed = bench.int8_param_dtypes()
+        if dtype not in allowed:
+            raise CLIError(f"--dtype {dtype} with --state-dtype int8: 8-bit state takes "
+                           f"{' or '.join(allowed)} params")
+        if args.grad_dtype not in (None, dtype):
+            shown = f"--dtype {dtype}" if args.dtype else f"{dtype}, the default --dtype"
+            raise CLIError(f"--grad-dtype {args.grad_dtype} with --state-dtype int8: 8-bit "
+                           f"state takes grads of the params' type ({shown})")
     try:
         layouts = bench.layouts(dtype, args.grad_dtype, args.state_dtype,
                                 [args.rounding] if args.rounding else None)
@@ -80,7 +89,9 @@ def _layouts(args):
                 try:
                     bench.check_layout(labels[name], lay)
                 except ValueError as exc:
-                    raise CLIError(f"--optimizer {name}: {exc}") from None
+                    where = f"--optimizer {name}" if args.optimizer else \
+                        f"--state-dtype int8 with {name}"
+                    raise CLIError(f"{where}: {exc}") from None
     return layouts
 
 

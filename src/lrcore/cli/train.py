@@ -380,6 +380,18 @@ def _read_checkpoint(args):
     for option, attr in (("--model", "model"), ("--hidden", "hidden"),
                          ("--precision", "precision"), ("--state-dtype", "state_dtype")):
         given = getattr(args, attr)
+        if attr == "state_dtype" and given is not None:
+            # equal in meaning, not as written: `--state-dtype bfloat16` resumes a bfloat16
+            # run saved without it (its state is bfloat16), `float32` a float32/float16 one
+            held = _state_dtype_of(config["precision"], config["state_dtype"])
+            if _state_dtype_of(config["precision"], given) != held:
+                how = (f"--state-dtype {config['state_dtype']}" if config["state_dtype"]
+                       else "without --state-dtype")
+                raise CLIError(f"--state-dtype {given} conflicts with the checkpoint's "
+                               f"{held} state (trained with --precision "
+                               f"{config['precision']} {how}; the params and the optimizer's "
+                               f"state keep their types in a resumed run)")
+            continue
         if given is not None and given != config[attr]:
             held = (f"checkpoint's {config[attr]}" if config[attr] else
                     f"checkpoint, trained without {option}")
@@ -437,9 +449,16 @@ def _make_model(config):
                                     dtype=_param_dtype(config), seed=config["split_seed"])
 
 
+def _state_dtype_of(precision, state_dtype):
+    """The optimizer state's type under --precision `precision` and --state-dtype
+    `state_dtype` (None: lrcore.optim's default for the params, their own dtype; float32
+    for float16 params)."""
+    param = PRECISIONS.get(precision, (precision,))[0]
+    return state_dtype or ("float32" if param == "float16" else param)
+
+
 def _state_text(config):
-    param = PRECISIONS[config["precision"]][0]
-    state = config["state_dtype"] or ("float32" if param == "float16" else param)
+    state = _state_dtype_of(config["precision"], config["state_dtype"])
     return state + (" (float32 below 4096 elements)" if state == "int8" else "")
 
 

@@ -40,7 +40,7 @@ from ._layout import Layout, block_sumsq
 from ..optim import Optimizer
 from ..optim import params as param_checks
 from ..optim import precision
-from ..optim.state_dict import READS as _STATE_DICT_VERSIONS
+from ..optim.state_dict import READS as _STATE_DICT_VERSIONS, state_dtype_mismatch
 
 __all__ = ["ShardedOptimizer", "average_grads"]
 
@@ -946,10 +946,12 @@ class ShardedOptimizer:
         if isinstance(version, bool) or version not in _STATE_DICT_VERSIONS:
             raise ValueError(f"{owner}: version is {version!r}; this lrcore reads versions "
                              f"{', '.join(map(str, _STATE_DICT_VERSIONS))}")
-        if version != 1 and state_dict.get("state_dtype") != self._state_dtype:
-            raise ValueError(f"{owner}: the state dict has state_dtype="
-                             f"{state_dict.get('state_dtype')!r}, this optimizer "
-                             f"{self._state_dtype!r}; state_dtype is fixed at construction")
+        # equal in meaning, not as written: what each param's state buffers are
+        mismatch = version != 1 and state_dtype_mismatch(
+            self.optimizer_class.rule, self._params, state_dict.get("state_dtype"),
+            self._state_dtype)
+        if mismatch:
+            raise ValueError(f"{owner}: {mismatch}")
         groups, params, state = (state_dict.get(k) for k in ("groups", "params", "state"))
         if not isinstance(groups, list) or len(groups) != len(self._specs):
             raise ValueError(f"{owner}: it has {len(groups or ())} parameter groups, this "

@@ -9,9 +9,12 @@ Schedules travel as plain data (:func:`lrcore.hyperparams.to_data`).
 Every state buffer keeps its dtype (float32, float64, bfloat16); an 8-bit buffer is two
 arrays, ``"<name>.codes"`` (uint8) and ``"<name>.absmax"`` (float32), checked for dtype and
 size against the optimizer (:meth:`~lrcore.optim.Optimizer.state_spec`). Version 2 adds
-``state_dtype`` (must equal the optimizer's), ``rounding`` and ``seed`` (loaded, so a resumed
-run draws the stochastic-rounding bits of an uninterrupted one); version 1 dicts (float32 /
-float64 state only) still load.
+``state_dtype``, ``rounding`` and ``seed`` (loaded, so a resumed run draws the
+stochastic-rounding bits of an uninterrupted one); version 1 dicts (float32 / float64 state
+only) still load. The saved ``state_dtype`` must give every param the state layout the
+optimizer's gives it (:func:`state_dtype_mismatch`): equal in meaning, not as written, so
+None and "float32" (float32 or float16 params) or None and "bfloat16" (bfloat16 params) load
+into each other.
 
 This module sees an optimizer only through its public snapshot/restore protocol:
 :meth:`~lrcore.optim.Optimizer.snapshot` (what to save and check against),
@@ -25,7 +28,7 @@ import numpy as np
 from .. import hyperparams, lowp
 from . import precision
 
-__all__ = ["FORMAT", "VERSION", "build", "check", "Checked"]
+__all__ = ["FORMAT", "VERSION", "build", "check", "Checked", "state_dtype_mismatch"]
 
 FORMAT = "lrcore.optimizer"
 VERSION = 2
@@ -108,6 +111,11 @@ def check(opt, d):
             if tuple(info.get("shape", ())) != p.shape or info.get("dtype") != p.dtype.name:
                 raise bad(f"params[{i}] was {info.get('dtype')} "
                           f"{tuple(info.get('shape', ()))}, is {p.dtype.name} {p.shape}")
+        if version != 1:
+            mismatch = state_dtype_mismatch(opt.rule, params, d.get("state_dtype"),
+                                            opt.options["state_dtype"])
+            if mismatch:
+                raise bad(mismatch)
         for g, sg in enumerate(d["groups"]):
             mine = [i for i, gi in enumerate(group_of) if gi == g]
             if list(sg.get("params", ())) != mine:
@@ -199,17 +207,53 @@ def _dname(dt):
 
 
 def _options(opt, d, version, bad):
-    """rounding and seed to load (version 2; None: keep the optimizer's), after checking
-    that the state dtype is the optimizer's."""
+    """rounding and seed to load (version 2; None: keep the optimizer's). The state dtype
+    is checked by :func:`state_dtype_mismatch`, once the params are known to match."""
     if version == 1:
         return {"rounding": None, "seed": None}
     mine = opt.options
-    if d.get("state_dtype") != mine["state_dtype"]:
-        raise bad(f"the state dict has state_dtype={d.get('state_dtype')!r}, this optimizer "
-                  f"{mine['state_dtype']!r}; state_dtype is fixed at construction")
     try:
         _, rounding, seed = precision.check_options(
             "", mine["state_dtype"], d.get("rounding"), d.get("seed"))
     except (TypeError, ValueError) as exc:
         raise bad(str(exc).lstrip(": ")) from None
     return {"rounding": rounding, "seed": seed}
+
+
+def _layout_text(lay):
+    if not lay.quantized:
+        return f"{_dname(lay.state)} state"
+    return f"8-bit {', '.join(lay.quantized)} (other state {_dname(lay.state)})"
+
+
+def state_dtype_mismatch(rule, params, saved, mine):
+    """Why state saved with ``state_dtype=saved`` does not fit an optimizer of ``rule`` over
+    ``params`` with ``state_dtype=mine`` (a message), or None if it fits.
+
+    The two are compared by what they give each param, not as written: the dtype of its
+    float state buffers and which of them are 8-bit (:func:`lrcore.optim.precision.layout`).
+    None and "float32" give float32 and float16 params the same float32 state, None and
+    "bfloat16" give bfloat16 params bfloat16 state: such a pair fits. A saved value that is
+    not a state_dtype, or that gives some param another state (or none it can have), does
+    not."""
+    if (saved is None or isinstance(saved, str)) and saved == mine:
+        return None
+    fixed = "; state_dtype is fixed at construction"
+    try:
+        name = precision.state_dtype_name("", saved)
+    except (TypeError, ValueError):
+        return (f"the state dict has state_dtype={saved!r}, expected None, 'float32', "
+                f"'bfloat16' or 'int8'")
+    for i, p in enumerate(params):
+        live = precision.layout("", f"params[{i}]", rule, p, mine)
+        try:
+            other = precision.layout("", f"params[{i}]", rule, p, name)
+        except (TypeError, ValueError):
+            other = None
+        if other is None or (other.state, other.quantized) != (live.state, live.quantized):
+            saved_text = ("cannot have that state" if other is None else
+                          f"has {_layout_text(other)} in it")
+            return (f"the state dict has state_dtype={saved!r}, this optimizer {mine!r}: "
+                    f"params[{i}] ({_dname(p.dtype)} {p.shape}) {saved_text}, "
+                    f"{_layout_text(live)} in this optimizer{fixed}")
+    return None
