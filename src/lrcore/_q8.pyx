@@ -86,21 +86,26 @@ cdef extern from "q8_jobs.h" nogil:
     int lrcore_q8_vbmi_avx512(int set)
     int LRCORE_Q8_BLOCK
 
-# Blocks per task: 64 blocks = 16384 elements, a few hundred microseconds of work.
+# Blocks per task: at least 64 blocks (16384 elements, a few hundred microseconds of
+# work); large calls get TASKS_PER_THREAD tasks per thread, so that each thread streams
+# through long runs of contiguous memory (any thread takes the next task: with small tasks
+# the two threads alternate, and each task starts its streams anew).
 DEF TASK_BLOCKS = 64
+DEF TASKS_PER_THREAD = 16
 
 # One call of either kind: the job, the per-ISA function, the blocks.
 cdef struct call_t:
     const void *job
     void *fn
     size_t nblocks
+    size_t task_blocks
 
 ctypedef void (*range_fn)(const void *job, size_t b0, size_t b1) noexcept nogil
 
 cdef void run_task(void *arg, size_t t) noexcept nogil:
     cdef call_t *c = <call_t *>arg
-    cdef size_t b0 = t * TASK_BLOCKS
-    cdef size_t b1 = b0 + TASK_BLOCKS
+    cdef size_t b0 = t * c.task_blocks
+    cdef size_t b1 = b0 + c.task_blocks
     if b1 > c.nblocks:
         b1 = c.nblocks
     (<range_fn>c.fn)(c.job, b0, b1)
@@ -163,9 +168,13 @@ cdef void _run(const void *job, void *fn, size_t n, int nthreads) noexcept nogil
     call.job = job
     call.fn = fn
     call.nblocks = (n + LRCORE_Q8_BLOCK - 1) // LRCORE_Q8_BLOCK
-    cdef size_t ntasks = (call.nblocks + TASK_BLOCKS - 1) // TASK_BLOCKS
     if nthreads < 1:
         nthreads = 1
+    call.task_blocks = (call.nblocks + <size_t>nthreads * TASKS_PER_THREAD - 1) // (
+        <size_t>nthreads * TASKS_PER_THREAD)
+    if call.task_blocks < TASK_BLOCKS:
+        call.task_blocks = TASK_BLOCKS
+    cdef size_t ntasks = (call.nblocks + call.task_blocks - 1) // call.task_blocks
     if <size_t>nthreads > ntasks:
         nthreads = <int>ntasks if ntasks > 0 else 1
     lrcore_pool_run(nthreads, ntasks, run_task, &call)
