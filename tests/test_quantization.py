@@ -690,6 +690,21 @@ def test_step_bfloat16_equals_numpy_twin(isa, rounding, rule, hp, n):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.skipif(not NATIVE, reason="compiled kernel")
+def test_large_call_tasks_of_many_blocks_equal_the_twin():
+    """A call of 4098 blocks: on 2 and 3 threads its tasks hold 129 and 86 blocks (16 tasks
+    per thread, _q8.pyx), a thread's blocks no longer alternate with the other's every 64;
+    every thread count gives the twin's bytes (a bfloat16 param, stochastic rounding)."""
+    n = (1 << 20) + 257
+    ref = _step_run(q.step_reference, "adamw", dict(weight_decay=0.05), (), n,
+                    dtype=lowp.bfloat16, rounding="stochastic")
+    for nt in (1, 2, 3):
+        got = _step_run(q.step, "adamw", dict(weight_decay=0.05), (), n, dtype=lowp.bfloat16,
+                        rounding="stochastic", num_threads=nt)
+        for a, b in zip(got, ref):
+            assert np.array_equal(a, b), nt
+
+
 @pytest.fixture(params=["vbmi", "avx512f"])
 def avx512_decoder(request):
     """The AVX-512 build with each of its decoders in turn: AVX512-VBMI byte permutes (where
