@@ -16,8 +16,9 @@
  * Counting: the probe's loop is 3 vector FP ops for 5 memory ops (3 loads, 2 stores); Lion's
  * semantics need at least 9 (2 mul + add for c, the same for the new exp_avg, a compare
  * and a select for sign, the add to param), gcc's AVX-512 loop had 13 (llvm-mca 14,
- * icelake-server model: 6.6 cycles per 16 elements against the probe's 2.4), 11 since
- * lion_update selects on one compare (islessgreater). On a core
+ * icelake-server model: 6.6 cycles per 16 elements against the probe's 2.4), 10 since
+ * lion_update selects on one compare (islessgreater) and the loop subtracts
+ * copysign(lr, c). On a core
  * with two vector FP pipes, data in L1 can arrive faster than Lion can compute on it, so
  * the fraction of the probe there is its arithmetic limit; from L2 outwards the memory
  * side slows down and the fraction rises towards 1.
