@@ -106,6 +106,15 @@ def test_refused_input_raises_on_every_rank_and_changes_nothing(tmp_path, world)
     assert "refused by every rank at load" in out, out
 
 
+@pytest.mark.parametrize("world", sorted({min(2, max(WORLDS)), max(WORLDS)}))
+def test_set_differing_between_ranks_refused_at_step(world):
+    # set() (a number or a schedule) called on one rank only: the next step is the same
+    # ValueError on every rank naming the group and hyperparameter, nothing changes, and
+    # after a consistent set() the steps equal one process
+    out = run(world, SCRIPT, "set-mismatch")
+    assert "consistent set() continues as one process" in out, out
+
+
 def test_single_rank_in_process():
     """W = 1 without mpiexec (MPI singleton): the layout cuts blocks like one process."""
     import lrcore

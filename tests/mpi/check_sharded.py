@@ -14,7 +14,8 @@ continue to step 20, compare with uninterrupted single-process runs), faults, mi
 (also options that must agree and options that may differ), refusals (grads sharing memory
 with params, read-only params, state dicts and checkpoints that differ between ranks or hold a
 bad array: the same error on every rank, nothing changed, then steps equal to one process;
-DIR: a directory every rank sees). Prints one line per check from rank 0;
+DIR: a directory every rank sees), set-mismatch (set() called differently on one rank: the
+same ValueError on every rank at the next step, nothing changed). Prints one line per check from rank 0;
 exits non-zero (MPI_Abort through mpi4py) on the first mismatch.
 """
 import inspect
@@ -683,6 +684,50 @@ def refuse_steps():
         "before any bucket is stepped; nothing changed; the next steps equal one process")
 
 
+def mode_set_mismatch():
+    """set() called differently on one rank (a number, a schedule whose value differs at
+    this step, in one group of two): the next step is the same ValueError on every rank
+    naming the group, the hyperparameter and both values, before anything changes; after a
+    consistent set() the steps equal one process."""
+    last = W - 1
+    params = refusal_params()
+    refs = [p.copy() for p in params]
+    groups = [dict(params=[params[0]]), dict(params=[params[1]], lr=0.02)]
+    opt = ShardedOptimizer(groups, lrcore.Adam, lr=schedules.Cosine(0.01, STEPS),
+                           bucket_elements=BLOCK, timeout=5.0)
+    ref = lrcore.Adam([dict(params=[refs[0]]), dict(params=[refs[1]], lr=0.02)],
+                      lr=schedules.Cosine(0.01, STEPS))
+
+    def both_step(t):
+        check(opt.step(grads_for(params, t, RANK), clip_norm=1.0)
+              and ref.step(averaged(refs, t), clip_norm=1.0), f"set: step {t}")
+        for i, (p, q) in enumerate(zip(params, refs)):
+            check(np.array_equal(bits(p), bits(q)), f"set: step {t}: params[{i}] differ")
+    both_step(0)
+    if W > 1:
+        cases = ((1, dict(lr=0.03), "group 1.lr is 0.03 on rank {last}, 0.02 on rank 0"),
+                 (1, dict(eps=1e-6), "group 1.eps is 1e-06 on rank {last}, 1e-08 on rank 0"),
+                 (0, dict(lr=schedules.Cosine(0.02, STEPS)), "group 0.lr is "))
+        for group, values, text in cases:
+            if RANK == last:
+                opt.set(group=group, **values)
+            before, t = fingerprint(opt), opt.step_count
+            refused(lambda: opt.step(grads_for(params, t, RANK)),
+                    "ShardedOptimizer.step(): the ranks were given different hyperparameters "
+                    f"for step {t} (call set() and report() alike on every rank): "
+                    + text.format(last=last), f"set({values}) on rank {last} only")
+            unchanged(opt, before, f"set({values}) on rank {last} only")
+            check(opt.step_count == t, f"set: step count {opt.step_count}")
+            opt.set(group=group, **values)   # now alike on every rank: the steps go on
+            ref.set(group=group, **values)
+            both_step(opt.step_count)
+    for t in range(opt.step_count, opt.step_count + 2):
+        both_step(t)
+    say("ok set() called differently on one rank is refused at the next step by every rank "
+        "naming the group and hyperparameter; nothing changed; consistent set() continues "
+        "as one process")
+
+
 LOAD_OPTIONS = dict(lr=0.01, state_dtype="int8", rounding="stochastic", seed=1)
 
 
@@ -803,4 +848,5 @@ if __name__ == "__main__":
      "lowp": mode_lowp, "lowp-some": lambda: mode_lowp(some=True),
      "save": lambda: mode_save(directory),
      "load": lambda: mode_load(directory), "faults": mode_faults,
-     "mismatch": mode_mismatch, "refusals": lambda: mode_refusals(directory)}[mode]()
+     "mismatch": mode_mismatch, "refusals": lambda: mode_refusals(directory),
+     "set-mismatch": mode_set_mismatch}[mode]()

@@ -82,3 +82,7 @@ def test_mismatch_caught_at_construction():
 
 def test_refused_input_changes_nothing(shared_dir):
     collective(cs.mode_refusals, shared_dir)
+
+
+def test_set_differing_between_ranks_refused_at_step():
+    collective(cs.mode_set_mismatch)

@@ -612,20 +612,40 @@ class ShardedOptimizer:
                                 f"False, got {skip_nonfinite!r}")
         except (TypeError, ValueError) as exc:
             error = exc
-        args = None
+        args, values = None, None
         if error is None:
             kinds = ",".join(_dname(g.dtype) for g in flat)
+            values = self._step_values()
             args = [None if clip_norm is None else float(clip_norm), bool(skip_nonfinite),
-                    self.step_count, hashlib.sha256(kinds.encode()).hexdigest()[:16]]
+                    self.step_count, hashlib.sha256(kinds.encode()).hexdigest()[:16],
+                    hashlib.sha256(values.encode()).hexdigest()[:16]]
         seen = agree(self.comm, error, self.timeout, "step", payload=args)
-        if any(a != seen[0] for a in seen):
+        if any(a[:4] != seen[0][:4] for a in seen):
             raise DistributedError("ShardedOptimizer.step(): the ranks disagree on (clip_norm, "
                                    "skip_nonfinite, step_count, digest of the grads' dtypes): "
-                                   + ", ".join(f"rank {r}: {tuple(a)}" for r, a in enumerate(seen)))
+                                   + ", ".join(f"rank {r}: {tuple(a[:4])}"
+                                               for r, a in enumerate(seen)))
+        if any(a[4] != seen[0][4] for a in seen):
+            # set() / report() called differently: name the first difference, change nothing
+            refuse_different(self.comm, self.timeout, json.loads(values),
+                             "ShardedOptimizer.step()",
+                             f"hyperparameters for step {self.step_count} (call set() and "
+                             f"report() alike on every rank)", "step")
         # the single-process optimizer's path: one StepPlan call (float32 / float64 layouts
         # and grads of the params' dtypes), or the kernel per param (any other)
         plan = self._plain and all(g.dtype == p.dtype for g, p in zip(flat, self._params))
         return self._step(flat, clip_norm, bool(skip_nonfinite), plan)
+
+    def _step_values(self):
+        """Every group's hyperparameter values this step will use (schedules evaluated at
+        this step; PER_RANK_HYPERPARAMETERS left out), as JSON text that the ranks compare by
+        digest in step()'s agreement (floats exactly: JSON writes repr)."""
+        desc = {}
+        for g, k in sorted(self._group_inner.items()):
+            desc[f"group {g}"] = {name: value for name, value
+                                  in self._inner[k].hyperparameters(0).items()
+                                  if name not in PER_RANK_HYPERPARAMETERS}
+        return json.dumps(desc, sort_keys=True, default=repr)
 
     def _step(self, flat, clip_norm, skip_nonfinite, plan):
         MPI = import_mpi()
