@@ -615,12 +615,19 @@ def _native(fn, rule, param, grad, states, step, rounding, seed, index_offset, n
     row, st, hp, rounding, seed, index_offset, nt = _step_args(
         fn, rule, param, grad, states, step, rounding, seed, index_offset, num_threads, hp,
         label)
-    from . import _q8
+    _q8_step(row, param, grad, st, hp, rounding, seed, index_offset, nt)
+
+
+def _q8_step(row, param, grad, st, hp, rounding, seed, index_offset, num_threads):
+    """The compiled 8-bit step on checked arguments: `st` the states in kernel order (None,
+    float32 array or QuantizedState), `hp` every hyperparameter of `row`, step included."""
+    from . import _q8, backend
     cst = [(x.codes, x.absmax, 0 if x.signed else 1) if isinstance(x, QuantizedState) else
            (None if x is None else x.reshape(-1)) for x in st]
-    _q8.step(_isa_level(), nt or backend.default_threads(), row.kind, param.reshape(-1),
-             grad.reshape(-1), cst, _hp_struct(row.name, hp), (_codec(True), _codec(False)),
-             rounding == "stochastic", seed, hp["step"], index_offset)
+    _q8.step(_isa_level(), num_threads or backend.default_threads(), row.kind,
+             param.reshape(-1), grad.reshape(-1), cst, _hp_struct(row.name, hp),
+             (_codec(True), _codec(False)), rounding == "stochastic", seed, int(hp["step"]),
+             index_offset)
 
 
 _CTYPES = {"double": "d", "int64": "q", "int": "i"}
@@ -661,13 +668,8 @@ def step_checked(rule, param, grad, states, hp, rounding, seed, index_offset, nu
     full = dict(pre.defaults)
     full.update(hp)
     full.update(pre.fixed)
-    st = [states.get(name) for name, _, _ in specs]
-    from . import _q8
-    cst = [(x.codes, x.absmax, 0 if x.signed else 1) if isinstance(x, QuantizedState) else
-           (None if x is None else x.reshape(-1)) for x in st]
-    _q8.step(_isa_level(), num_threads or backend.default_threads(), row.kind, param.reshape(-1),
-             grad.reshape(-1), cst, _hp_struct(row.name, full), (_codec(True), _codec(False)),
-             rounding == "stochastic", seed, int(full["step"]), index_offset)
+    _q8_step(row, param, grad, [states.get(name) for name, _, _ in specs], full, rounding,
+             seed, index_offset, num_threads)
 
 
 def step_reference(rule, param, grad, states, *, step, rounding="nearest", seed=0,
