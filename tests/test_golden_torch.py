@@ -244,3 +244,76 @@ def _replay_and_compare(backend, case, meta, arrays, label, capability, record=T
             assert mismatch is None, mismatch
         torch_param = expected_param[step - 1]
         torch_state = {name: trajectory[step - 1] for name, trajectory in expected_state.items()}
+
+
+# NaN and Inf in the gradient: the README says they "propagate, as in PyTorch". Every golden
+# case (every torch rule and option set, both dtypes) takes one step of ordinary gradients,
+# then NaN, +Inf and -Inf at chosen elements (vector lanes and the tail of 37) on the next two
+# steps; after each step every element of the param and of every state buffer must be of the
+# same kind as torch's -- finite, +Inf, -Inf or NaN -- on every instruction-set build and in
+# the numpy twin. (The finite values are held to the rounding budget by the replays above.)
+_NONFINITE_STEPS = {2: {np.nan: (3, 20), np.inf: (8, 34), -np.inf: (12,)},
+                    3: {np.nan: (17,), np.inf: (1, 25), -np.inf: (18, 36)}}
+
+
+def _kind(x):
+    """0 finite, 1 +Inf, 2 -Inf, 3 NaN, element by element."""
+    x = np.asarray(x, np.float64)
+    return np.select([np.isnan(x), x == np.inf, x == -np.inf], [3, 1, 2], 0)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch to run the same steps")
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=[c["name"] for c in GOLDEN_CASES])
+def test_nan_and_inf_in_grad_propagate_as_in_torch(case):
+    import torch
+    import lrcore
+    from lrcore import backend as switch
+    from lrcore import reference
+
+    dtype, size = np.dtype(case["dtype"]), GOLDEN_META["size"]
+    rng = np.random.default_rng(2024)
+    start = (rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size)).astype(dtype)
+    grads = [(rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size)).astype(dtype)
+             for _ in range(4)]
+    for step, kinds in _NONFINITE_STEPS.items():
+        for value, where in kinds.items():
+            grads[step - 1][list(where)] = value
+
+    tp = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in case["torch_kwargs"].items()}
+    topt = getattr(torch.optim, case["optimizer"])([tp], foreach=False, **kw)
+    expected = []
+    for g in grads:
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+        state = {k: v.detach().numpy().copy() for k, v in topt.state[tp].items()
+                 if torch.is_tensor(v) and v.shape == tp.shape}
+        expected.append({"param": tp.detach().numpy().copy(), **state})
+    assert any((_kind(a) != 0).any() for a in expected[-1].values()), "nothing non-finite"
+
+    function_name, buffers, kwargs = _prepare_call(case, size)
+    runs = [("lrcore.reference", reference, None)]
+    if lrcore.backend() == "native":
+        runs += [(f"lrcore.kernels[{isa}]", lrcore.kernels, isa) for isa in lrcore.available_isas()]
+    before = lrcore.isa()
+    try:
+        for label, module, isa in runs:
+            if isa is not None:
+                switch.set_isa(isa)
+            param = start.copy()
+            bufs = [(name, None if b is None else b.copy()) for name, b in buffers]
+            for step, g in enumerate(grads, 1):
+                with np.errstate(all="ignore"):
+                    getattr(module, function_name)(param, g.copy(), *(b for _, b in bufs),
+                                                   step=step, **kwargs)
+                mine = {"param": param, **{n: b for n, b in bufs if b is not None}}
+                want = expected[step - 1]
+                assert set(mine) == set(want), (sorted(mine), sorted(want))
+                for name, got in mine.items():
+                    bad = np.flatnonzero(_kind(got) != _kind(want[name]))
+                    assert bad.size == 0, (
+                        f"{label} {case['name']} step {step} {name}: elements {bad.tolist()} "
+                        f"are {got[bad].tolist()} where torch has {want[name][bad].tolist()}")
+    finally:
+        if lrcore.backend() == "native":
+            switch.set_isa(before)
