@@ -8,6 +8,7 @@
   refused at the scheduler's construction with a message saying what to do; with a number
   lr it drives lrcore.torch as it drives torch.optim.
 """
+import copy
 import threading
 
 import numpy as np
@@ -96,6 +97,47 @@ def test_a_lambda_schedule_is_kept_from_the_live_optimizer_or_refused(tmp_path):
                                          r"restored"):
         other.load_state_dict(loaded)
     assert other.state_dict() == before and other.param_groups[0]["lr"] == 0.1
+
+
+def test_a_refused_load_leaves_the_live_schedules_alone():
+    # the live schedules (a caller's ReduceOnPlateau, a beta1 schedule) take the saved state
+    # only when the whole load passes: a load torch (or lrcore) refuses changes nothing
+    params = _model()
+    lr = schedules.ReduceOnPlateau(0.1, patience=0)
+    b1 = schedules.Linear(0.95, 0.85, 20)
+    opt = lt.Adam(params, lr=lr, betas=(b1, 0.999))
+    _grads(params, 0)
+    opt.step()
+    saved = opt.state_dict()
+    for m in (1.0, 2.0, 3.0):
+        lr.report(m)
+    live = lr.state_dict()
+    assert live != saved["param_groups"][0]["lr"]["state"]
+    too_many = copy.deepcopy(saved)
+    too_many["param_groups"][0]["params"] = [0, 1, 2]
+    with pytest.raises(ValueError):
+        opt.load_state_dict(too_many)
+    assert lr.state_dict() == live and opt.param_groups[0]["lr"] is lr
+    assert opt.param_groups[0]["betas"][0] is b1
+    opt.load_state_dict(saved)                   # a load that passes: the live objects stay
+    assert opt.param_groups[0]["lr"] is lr and opt.param_groups[0]["betas"][0] is b1
+    assert lr.state_dict() == saved["param_groups"][0]["lr"]["state"]
+
+
+def test_a_refused_lowp_load_leaves_the_live_schedule_alone():
+    p = torch.nn.Parameter(torch.randn(8).to(torch.bfloat16))
+    lr = schedules.ReduceOnPlateau(0.1, patience=0)
+    opt = lt.Adam([p], lr=lr)
+    p.grad = torch.ones(8, dtype=torch.bfloat16)
+    opt.step()
+    saved = opt.state_dict()
+    saved["state"][0]["exp_avg"] = torch.zeros(8)      # float32 where bfloat16 is kept
+    for m in (1.0, 2.0, 3.0):
+        lr.report(m)
+    live = lr.state_dict()
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.load_state_dict(saved)
+    assert lr.state_dict() == live and opt.param_groups[0]["lr"] is lr
 
 
 @pytest.mark.parametrize("make", [

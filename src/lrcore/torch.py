@@ -191,21 +191,33 @@ def _to_data(group):
 
 
 def _from_data(owner, g, group, live):
-    """The inverse of _to_data, checked: schedules rebuilt (live ones with the same config
-    kept); raises ValueError naming the group and key."""
+    """The inverse of _to_data, checked: schedules rebuilt as new objects (a Lambda, which
+    is not data, taken from ``live``); raises ValueError naming the group and key. Nothing
+    live changes here: :func:`_adopt` keeps the live schedules once the load has passed
+    every check."""
     out = dict(group)
     for key, value in group.items():
         where = f"{owner}.load_state_dict(): param_groups[{g}]"
         old = live.get(key) if live is not None else None
         if hyperparams.is_data(value):
-            out[key] = hyperparams.adopt(hyperparams.from_data(where, key, value, old), old)
+            out[key] = hyperparams.from_data(where, key, value, old)
         elif key == "betas" and isinstance(value, (list, tuple)) and \
                 any(hyperparams.is_data(v) for v in value):
             olds = old if isinstance(old, (list, tuple)) else (None,) * len(value)
-            out[key] = tuple(hyperparams.adopt(hyperparams.from_data(where, f"betas[{i}]", v, o),
-                                               o) if hyperparams.is_data(v) else v
+            out[key] = tuple(hyperparams.from_data(where, f"betas[{i}]", v, o)
+                             if hyperparams.is_data(v) else v
                              for i, (v, o) in enumerate(zip(value, olds)))
     return out
+
+
+def _adopt(value, old):
+    """After a successful load: a live schedule with the loaded one's config is kept (with
+    the loaded state), so a caller's reference (e.g. to a ReduceOnPlateau) stays in use;
+    betas element by element."""
+    if isinstance(value, tuple) and isinstance(old, (list, tuple)):
+        return tuple(hyperparams.adopt(v, o) for v, o in zip(value, old)) + \
+            tuple(value[len(old):])
+    return hyperparams.adopt(value, old)
 
 
 def _describe(p):
@@ -810,13 +822,16 @@ class _LrcoreOptimizer:
             kept = self._lrcore_kept_state(state_dict, groups)
             if groups is not None:
                 state_dict = dict(state_dict, param_groups=groups)
+            live = [dict(g) for g in self.param_groups]
             super().load_state_dict(state_dict)
-            # torch deep-copies the groups: put back the schedule objects themselves, so a
-            # live schedule (a caller's ReduceOnPlateau, a Lambda) keeps its identity
-            for group, mine in zip(self.param_groups, groups or ()):
+            # torch deep-copies the groups: put back the schedule objects themselves, and
+            # (only now that the load passed) a live schedule with the same config keeps its
+            # identity with the loaded state (a caller's ReduceOnPlateau, a Lambda)
+            for g, (group, mine) in enumerate(zip(self.param_groups, groups or ())):
                 for key, value in mine.items():
                     if key != "params" and hyperparams.schedules_in([value]):
-                        group[key] = value
+                        group[key] = _adopt(value, live[g].get(key) if g < len(live)
+                                            else None)
             for p, st in kept.items():   # in their own dtype, not cast to the param's
                 self.state[p].update(st)
             self._lrcore_cache = None
