@@ -441,6 +441,46 @@ def test_clip_and_skip_nonfinite_on_half_grads():
     assert all(np.array_equal(_bits(x), y) for x, y in zip(p, before)) and a.step_count == 1
 
 
+@pytest.mark.parametrize("layout,state_dtype", [
+    ("c-bf16", None), ("c-f16", None), ("c-bf16", "int8"), ("b-f16", None), ("b-bf16", "float32")])
+def test_clipped_half_grads_follow_the_readme(layout, state_dtype):
+    """README: clip_norm on the per-param path scales a half-precision grad of a
+    bfloat16/float16 param and rounds it to nearest in its dtype, while a half-precision grad
+    of a float32 param is kept in float32 (widened exactly, scaled in float32). So, bitwise:
+    a float32 param with bfloat16/float16 grads steps as the float32 optimizer given the
+    widened grads and the same clip_norm; a half-precision param steps as the same
+    optimizer given round_nearest(widen(g) * float32(scale)) without clipping."""
+    pdt, gdt, _ = LAYOUTS[layout]
+    sizes = (37, 300, 5000) if state_dtype == "int8" else (37, 300)
+    rng = np.random.default_rng(21)
+    start = [_rand(rng, n, pdt) for n in sizes]
+    kw = dict(lr=1e-2, weight_decay=0.01, state_dtype=state_dtype)
+    a = optim.Adam([x.copy() for x in start], **kw)
+    b = optim.Adam([x.copy() for x in start], **kw)
+    scales = []
+    for step in range(3):
+        g = [_rand(rng, n, gdt) for n in sizes]
+        keep = [_bits(x).copy() for x in g]
+        assert a.step(g, clip_norm=0.5 * (step + 1)) is True
+        assert all(np.array_equal(_bits(x), y) for x, y in zip(g, keep)), "grads written"
+        scale = min(1.0, 0.5 * (step + 1) / (a.last_grad_norm + 1e-6))
+        scales.append(scale)
+        if pdt == F32:
+            assert b.step([_widen(x) for x in g], clip_norm=0.5 * (step + 1)) is True
+            assert b.last_grad_norm == a.last_grad_norm
+        else:
+            b.step([lowp.round_nearest(_widen(x) * np.float32(scale), gdt) for x in g])
+        for i, (x, y) in enumerate(zip(a.params, b.params)):
+            assert np.array_equal(_bits(x), _bits(y)), f"step {step}, params[{i}]"
+        sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+        for i, (x, y) in enumerate(zip(sa, sb)):
+            assert sorted(x) == sorted(y)
+            for k in x:
+                assert np.array_equal(_bits(np.asarray(x[k])), _bits(np.asarray(y[k]))), \
+                    f"step {step}, state {i} {k}"
+    assert max(scales) < 0.1                       # every step was clipped
+
+
 def test_backend_kernels_are_the_ones_used(monkeypatch):
     """The per-param path calls the backend's kernel (its run_checked entry: the kernel
     without the per-call checks the optimizer has made) with the param's index_offset."""
