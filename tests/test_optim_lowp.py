@@ -481,6 +481,32 @@ def test_clipped_half_grads_follow_the_readme(layout, state_dtype):
     assert max(scales) < 0.1                       # every step was clipped
 
 
+@pytest.mark.parametrize("pdt,gdt,state_dtype", [
+    (F32, F32, "int8"), (F32, BF16, None), (F32, np.float16, None), (BF16, BF16, "int8"),
+    (BF16, BF16, None), (np.float16, np.float16, None)])
+def test_clip_norm_on_the_per_param_path_takes_0d_params(pdt, gdt, state_dtype):
+    """A clipped grad of a 0-d param stays a 0-d array (np.float32 * np.float32 on 0-d
+    arrays gives a numpy scalar, which the kernel refused after the params before it had
+    been stepped: a half-applied step). The step equals the float32 optimizer's over the
+    widened grads (float32 param) or the unclipped step over the rounded scaled grads."""
+    rng = np.random.default_rng(3)
+    start = [_rand(rng, 5000, pdt), np.array(1.5, pdt), _rand(rng, 7, pdt)]
+    a = optim.Adam([x.copy() for x in start], lr=1e-2, state_dtype=state_dtype)
+    b = optim.Adam([x.copy() for x in start], lr=1e-2, state_dtype=state_dtype)
+    for _ in range(2):
+        g = [_rand(rng, 5000, gdt), np.array(-0.75, gdt), _rand(rng, 7, gdt)]
+        assert a.step(g, clip_norm=0.5) is True
+        scale = min(1.0, 0.5 / (a.last_grad_norm + 1e-6))
+        if pdt == F32:
+            b.step([_widen(x) for x in g], clip_norm=0.5)
+        else:
+            b.step([lowp.round_nearest(np.atleast_1d(_widen(x) * np.float32(scale)),
+                                       gdt).reshape(x.shape) for x in g])
+    assert a.step_count == 2 and a.params[1].shape == ()
+    for x, y in zip(a.params, b.params):
+        assert np.array_equal(_bits(np.atleast_1d(x)), _bits(np.atleast_1d(y)))
+
+
 def test_backend_kernels_are_the_ones_used(monkeypatch):
     """The per-param path calls the backend's kernel (its run_checked entry: the kernel
     without the per-call checks the optimizer has made) with the param's index_offset."""

@@ -349,9 +349,12 @@ def grad_sumsq(grads):
 def scaled(g, scale, lay):
     """A clipped copy of grad g (times ``scale``): float64 for float64 grads, float32 for a
     float32 param (or a float32 grad), else rounded to nearest in the grad's dtype."""
+    # np.multiply(..., out=new array): a 0-d grad stays a 0-d array (``*`` would give a
+    # numpy scalar, which the kernels refuse after earlier params were already stepped)
     if g.dtype == np.float64:
-        return g * scale
-    w = np.asarray(g, np.float32) * np.float32(scale)
+        return np.multiply(g, scale, out=np.empty(g.shape, np.float64))
+    w = np.multiply(np.asarray(g, np.float32), np.float32(scale),
+                    out=np.empty(g.shape, np.float32))
     if g.dtype == _F32 or lay.param == _F32:
         return w
     return lowp.round_nearest(w.reshape(-1), g.dtype).reshape(g.shape)
