@@ -57,6 +57,36 @@ def test_every_build_is_threaded_and_a_worker_takes_part():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_calls_below_48_kib_of_param_per_thread_stay_on_one_thread(dtype):
+    """README: calls below 48 KiB of param per thread stay on one thread. A call with
+    num_threads=t runs on min(t, param bytes // 48 KiB) threads (at least one): no pool worker
+    ever computes a part of a call one element short of 2 x 48 KiB of param (however large
+    the grad and state), and one does at exactly 2 x 48 KiB."""
+    kib48 = 48 * 1024
+    assert _core.min_bytes_per_thread() == kib48
+    for nbytes, threads, want in [(0, 8, 1), (kib48 - 1, 2, 1), (kib48, 2, 1),
+                                  (2 * kib48 - 1, 2, 1), (2 * kib48, 2, 2), (2 * kib48, 8, 2),
+                                  (3 * kib48 - 1, 8, 2), (3 * kib48, 8, 3), (3 * kib48, 2, 2),
+                                  (100 * kib48, 1, 1), (100 * kib48, 8, 8)]:
+        assert _core.planned_threads(nbytes, threads) == want, (nbytes, threads)
+    item = np.dtype(dtype).itemsize
+    n = 2 * kib48 // item
+
+    def adam(m):
+        rng = np.random.default_rng(m)
+        p = rng.uniform(0.5, 1.5, m).astype(dtype)
+        g, a, b = (rng.uniform(0.5, 1.5, m).astype(dtype) for _ in range(3))
+        return lambda: kernels.adam(p, g, a, b, lr=1e-3, step=1, num_threads=2)
+
+    small = adam(n - 1)
+    before = _core.pool_worker_tasks()
+    for _ in range(300):
+        small()
+    assert _core.pool_worker_tasks() == before, "a worker took part in a call below the bound"
+    _with_worker(adam(n))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_calls_split_into_many_tasks_stay_bitwise(dtype):
     """Calls over 4 MiB of param per thread split into up to 4 tasks per thread of at least
     8 MiB each (runtime.c, tasks_for); smaller calls into tasks of at least 32 KiB. Every split
