@@ -532,6 +532,35 @@ def test_bad_hyperparameters_at_construction():
         lt.SGD([p], lr=0.1, momentum=0.0, nesterov=True)
 
 
+@pytest.mark.parametrize("name,key", [("RMSprop", "alpha"), ("Adadelta", "rho")])
+def test_alpha_and_rho_are_in_0_1_open_stricter_than_torch(name, key):
+    """README: lrcore's ranges are a little stricter than torch's: RMSprop's alpha and
+    Adadelta's rho must be in [0, 1). The edge values: 1.0 (torch takes it, lrcore refuses it,
+    naming it, for lrcore.torch and lrcore.optim, at construction and when set later), 0.0
+    and the float below 1.0 (both take them)."""
+    below_one = float(np.nextafter(1.0, 0.0))
+    p = _param(4)
+    getattr(torch.optim, name)([p], **{key: 1.0})                  # torch accepts 1.0
+    for ok in (0.0, below_one):
+        getattr(lt, name)([p], **{key: ok})
+        getattr(lrcore.optim, name)([np.ones(4)], **{key: ok})
+    for bad in (1.0, -1e-300, 1.5):
+        with pytest.raises(ValueError, match=key):
+            getattr(lt, name)([p], **{key: bad})
+        with pytest.raises(ValueError, match=key):
+            getattr(lrcore.optim, name)([np.ones(4)], **{key: bad})
+    # a value edited into param_groups by hand is refused at the step, nothing changed
+    p.grad = torch.full((4,), 0.5, dtype=p.dtype)
+    opt = getattr(lt, name)([p], **{key: 0.5})
+    opt.param_groups[0][key] = 1.0
+    _unchanged_after(opt, [p], opt.step, ValueError, key)
+    q = np.linspace(-1.0, 1.0, 4)
+    mine = getattr(lrcore.optim, name)([q], **{key: 0.5})
+    with pytest.raises(ValueError, match=key):
+        mine.set(**{key: 1.0})
+    assert mine.hyperparameters(0)[key] == 0.5
+
+
 @pytest.mark.parametrize("name,flag", [("Adam", "capturable"), ("Adam", "differentiable"),
                                        ("AdamW", "capturable"), ("SGD", "differentiable"),
                                        ("Adagrad", "differentiable"),
