@@ -1018,6 +1018,25 @@ def test_plateau_reports_reach_each_schedule_once():
         opt.report("1.0")
 
 
+def test_report_takes_what_the_schedule_takes():
+    """ReduceOnPlateau.report takes numpy scalars and 0-d arrays (and one-element tensors);
+    the optimizer's report() forwards the same values (np.mean(..., keepdims) or a torch
+    loss), and still refuses non-numbers, bools and arrays of several values, unchanged."""
+    plateau = S.ReduceOnPlateau(0.1, patience=0, factor=0.5)
+    opt = lrcore.SGD([np.ones(2)], lr=plateau)
+    opt.report(np.array(1.0))
+    opt.report(np.array([[2.0]]).reshape(()))
+    assert plateau.num_reports == 2 and opt.lr == 0.05
+    before = plateau.state_dict()
+    for bad in (np.array([1.0, 2.0]), np.array(True), np.array("x"), None):
+        with pytest.raises(TypeError, match="metric must be a real number"):
+            opt.report(bad)
+    assert plateau.state_dict() == before
+    torch = pytest.importorskip("torch")
+    opt.report(torch.tensor(3.0))
+    assert plateau.num_reports == 3
+
+
 def test_schedules_round_trip_as_plain_data():
     for s in (S.Cosine(0.1, 100), S.warmup_cosine(0.1, 10, 5),
               S.ReduceOnPlateau(0.1, patience=1)):

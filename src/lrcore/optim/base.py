@@ -273,7 +273,11 @@ class Optimizer:
 
     def report(self, metric):
         """Feed a metric (e.g. validation loss) to every ReduceOnPlateau hyperparameter,
-        once per schedule object (groups share the constructor's default schedule)."""
+        once per schedule object (groups share the constructor's default schedule). A
+        one-element array or tensor (a 0-d loss) is read as its value, as
+        ReduceOnPlateau.report reads it."""
+        if hyperparams.is_scalar_tensor(metric):
+            metric = metric.item()
         with self._lock:
             hyperparams.report(self._groups, metric)
 
