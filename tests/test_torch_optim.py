@@ -428,6 +428,27 @@ def test_non_contiguous_grad_is_read_correctly():
         both.step()
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_param_data_made_non_contiguous_later_is_refused(name):
+    """`p.data = p.data.t()` keeps the param's storage (and data_ptr) but not its layout:
+    the cached plan is rebuilt, so the step refuses the non-contiguous param, naming it,
+    with nothing changed (it stepped the old element order against the new grad's)."""
+    p = torch.nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(0)))
+    opt = getattr(lt, name)([p], lr=0.1)
+    p.grad = torch.ones(3, 4)
+    opt.step()
+    p.data = p.data.t()
+    p.grad = torch.ones(4, 3)
+    before = p.detach().clone(), copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\].*not contiguous"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    after = opt.state_dict()
+    assert after["param_groups"] == before[1]["param_groups"]
+    for k, v in before[1]["state"].get(0, {}).items():
+        assert torch.equal(after["state"][0][k], v)
+
+
 def test_no_grads_at_all_is_a_no_op():
     p = torch.nn.Parameter(torch.ones(3))
     opt = lt.Adam([p])

@@ -465,12 +465,13 @@ class _LrcoreOptimizer:
         return out
 
     def _signature(self, params, gidx, needs):
-        """What a plan depends on: which params (and their groups and storage) and the
-        identity of every tensor in their state; any change means a rebuild."""
+        """What a plan depends on: which params (and their groups, storage and strides: a
+        `p.data = p.data.t()` keeps the storage but not the layout the plan was checked for)
+        and the identity of every tensor in their state; any change means a rebuild."""
         get = self.state.get
         empty = {}
         return (tuple(map(id, params)), tuple(gidx), tuple(needs),
-                [p.data_ptr() for p in params],
+                [(p.data_ptr(), p.stride()) for p in params],
                 [id(t) for p in params for t in get(p, empty).values()])
 
     def _lrcore_step(self):
