@@ -1208,3 +1208,140 @@ def test_8bit_adamw_trains_within_one_point_of_float32():
     assert f32.final > 0.95 and len(f32.val_acc) == q8_quality.SETTINGS["epochs"]
     assert abs(q8.final - f32.final) <= 0.01
     assert q8.state_bytes < 0.4 * f32.state_bytes
+
+
+# ------------------------------------------------- found by a review of the command line
+
+
+def test_resume_refuses_a_different_val_fraction_and_a_target_without_data(capsys, tmp_path):
+    """--val-fraction and --target given with --resume were silently ignored (the run kept
+    the checkpoint's split and labels): a different split is a conflict, --target without
+    --data names a column of the checkpoint's data (none for the built-in digits)."""
+    path = tmp_path / "v.lrc"
+    assert train(capsys, "--epochs", "1", "--val-fraction", "0.3", "--save", str(path))[0] == 0
+    code, out, err = train(capsys, "--resume", str(path), "--epochs", "2",
+                           "--val-fraction", "0.5")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "--val-fraction 0.5 conflicts with the checkpoint's 0.3" in err
+    code, out, err = train(capsys, "--resume", str(path), "--epochs", "2", "--target", "x")
+    assert code == 2 and out == "" and "--target needs --data" in err, err
+    code, out, err = train(capsys, "--resume", str(path), "--epochs", "2",
+                           "--val-fraction", "0.3")
+    assert code == 0 and "539 val samples" in out, err
+
+
+def test_resume_with_target_alone_reads_that_column_of_the_saved_data(capsys, tmp_path):
+    csv = tmp_path / "t.csv"
+    rng = np.random.default_rng(1)
+    rows = ["a,b,c,d"] + [f"{x:.3f},{y:.3f},{int(x > 0)},{int(y > 0)}"
+                          for x, y in rng.normal(size=(120, 2))]
+    csv.write_text("\n".join(rows) + "\n")
+    path = tmp_path / "t.lrc"
+    assert train(capsys, "--data", str(csv), "--target", "c", "--epochs", "1",
+                 "--save", str(path))[0] == 0
+    code, _, err = train(capsys, "--resume", str(path), "--epochs", "2", "--target", "nope")
+    assert code == 2 and "no column named 'nope'" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--save", "{d}/x.png", "--plot", "{d}/x.png"],
+     "--save and --plot name the same file, '{d}/x.png'; --plot would overwrite it"),
+    (["--data", "{d}/data.csv", "--save", "{d}/../{b}/data.csv"],
+     "--data and --save name the same file, '{d}/../{b}/data.csv'; --save would overwrite it"),
+    (["--data", "{d}/data.csv", "--plot", "{d}/data.csv"],
+     "--data and --plot name the same file"),
+])
+def test_an_output_file_that_is_an_input_or_the_other_output_is_refused(capsys, tmp_path,
+                                                                         argv, message):
+    """`--data my.csv --save my.csv` replaced the user's data by a checkpoint, and `--save
+    x.png --plot x.png` wrote the figure over the checkpoint while the summary listed both."""
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,0\n2,1\n3,0\n4,1\n5,0\n")
+    before = data.read_bytes()
+    fill = dict(d=tmp_path, b=tmp_path.name)
+    code, out, err = train(capsys, "--epochs", "1", *[a.format(**fill) for a in argv])
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert message.format(**fill) in err
+    assert data.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["data.csv"]
+
+
+def test_resume_may_save_over_its_own_checkpoint_still(capsys, tmp_path):
+    path = tmp_path / "r.lrc"
+    assert train(capsys, "--epochs", "1", "--model", "softmax", "--save", str(path))[0] == 0
+    code, _, err = train(capsys, "--resume", str(path), "--epochs", "2", "--save", str(path))
+    assert code == 0, err
+
+
+def test_a_model_too_large_for_memory_is_one_line_naming_its_cause(capsys, tmp_path):
+    """A huge --hidden, or a label so large that it makes a billion classes, was a
+    MemoryError traceback."""
+    code, out, err = train(capsys, "--hidden", str(10**12), "--epochs", "1")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "the model does not fit in memory" in err and "--hidden 1000000000000" in err
+    csv = tmp_path / "big.csv"
+    csv.write_text("a,b,label\n1,2,0\n3,4,1000000000\n5,6,0\n7,8,1\n9,1,0\n")
+    code, out, err = train(capsys, "--data", str(csv), "--epochs", "1")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "its largest label, 1000000000, makes 1000000001" in err
+
+
+def test_features_too_large_to_standardise_are_a_data_error(capsys, tmp_path):
+    """Finite features whose mean overflows float64 gave numpy warnings on stderr and then
+    'diverged ... try a smaller --lr', blaming the learning rate."""
+    path = tmp_path / "huge.npz"
+    np.savez(path, X=np.array([[1e308, 1.0]] * 3 + [[-1e308, 0.0]] * 2),
+             y=np.array([0, 1, 0, 1, 0]))
+    code, out, err = train(capsys, "--data", str(path), "--epochs", "1")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "overflows float64" in err and "rescale the data" in err and "--lr" not in err
+
+
+def test_schedule_rows_of_a_very_long_schedule_are_steps_it_has(capsys):
+    """--rows of a schedule beyond 2**53 steps were computed in float: the last row was
+    step N, one past the end (and the middle rows other steps than the evenly spaced)."""
+    n = 10**20
+    code, out, _ = schedule(capsys, "cosine", "initial=0.1", "--steps", str(n), "--rows", "3")
+    assert code == 0
+    assert [int(line.split()[0]) for line in out.splitlines()[2:]] == [0, n // 2, n - 1]
+
+
+def test_schedule_plot_of_more_steps_than_memory_holds_is_one_line(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, out, err = schedule(capsys, "cosine", "initial=0.1", "--steps", str(10**15),
+                              "--plot", str(tmp_path / "s.png"))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "--steps 1000000000000000 is too many steps to draw" in err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_memory_error_anywhere_is_one_line(capsys, monkeypatch):
+    from lrcore.cli import info
+
+    def no_memory(args):
+        raise MemoryError("Unable to allocate 7.28 TiB")
+    monkeypatch.setattr(info, "run", no_memory)
+    assert main(["info"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "lrcore info: error: out of memory (Unable to allocate 7.28 TiB); try " \
+                  "smaller sizes\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hidden", "0"], "--hidden must be an integer >= 1, got 0"),
+    (["--momentum", "0.9"], "--momentum does not apply to --optimizer adam"),
+    (["--lr", "nan"], "--lr must be a finite number >= 0, got nan"),
+    (["--beta1", "2"], "--beta1 must be in [0, 1), got 2.0"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**63), got -1"),
+    (["--val-fraction", "nan"], "--val-fraction must be a number strictly between 0 and 1"),
+    (["--progress"], "--progress is not supported with --distributed"),
+])
+def test_distributed_checks_the_options_as_one_process_does(argv, message):
+    """`lrcore train --distributed` took --hidden 0 as 64 and ignored --momentum with adam;
+    a bad --lr or --beta1 came after the header as 'training failed' (exit 1), and other
+    errors did not name the option (`n_hidden=-3`, `expected non-negative integer`)."""
+    pytest.importorskip("mpi4py")
+    r = lrcore_cmd("train", "--distributed", "--epochs", "1", *argv)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.splitlines() == [f"lrcore train: error: {r.stderr.split('error: ')[1]}"
+                                     .rstrip()] and message in r.stderr, r.stderr

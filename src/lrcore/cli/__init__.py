@@ -131,6 +131,11 @@ def main(argv=None):
         except CLIError as exc:
             print(f"lrcore {command}: error: {exc}", file=sys.stderr)
             return exc.exit_code
+        except MemoryError as exc:      # sizes given that this machine cannot hold
+            print(f"lrcore {command}: error: out of memory"
+                  + (f" ({' '.join(str(exc).split())})" if str(exc) else "")
+                  + "; try smaller sizes", file=sys.stderr)
+            return EXIT_FAILED
     except BrokenPipeError:
         return _stdout_closed()
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ shares, including the defaults it fills in (`steps` from --steps; in train also
 """
 import inspect
 import math
+from fractions import Fraction
 
 from .. import schedules
 from . import CLIError
@@ -99,7 +100,9 @@ def _rows(steps, rows):
         rows = steps if steps <= 50 else 21
     if rows >= steps:
         return list(range(steps))
-    return sorted({round(i * (steps - 1) / (rows - 1)) for i in range(rows)}) if rows > 1 else [0]
+    # exact: a float quotient loses steps beyond 2**53 (and could name step N, past the end)
+    return sorted({round(Fraction(i * (steps - 1), rows - 1)) for i in range(rows)}) \
+        if rows > 1 else [0]
 
 
 def run(args):
@@ -115,6 +118,10 @@ def run(args):
             schedules.plot(schedule, args.steps, path)
         except (OSError, ValueError) as exc:
             raise CLIError(f"--plot {path!r}: cannot write the image: {exc}") from None
+        except MemoryError:     # the curve holds a value for every step
+            raise CLIError(f"--steps {args.steps} is too many steps to draw in this "
+                           f"machine's memory (--plot evaluates every step); print a table "
+                           f"of --rows instead, or use fewer steps") from None
         print(f"{schedule!r}: {args.steps} steps drawn to {path}")
         return 0
     print(f"{schedule!r}")

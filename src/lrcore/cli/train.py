@@ -59,6 +59,14 @@ PRECISIONS = {
 }
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 
+
+class _Default(float):
+    """A default that behaves as its number but tells that the option was not given (a
+    resumed run compares only the options given with its checkpoint's values)."""
+
+
+VAL_FRACTION = _Default(0.2)
+
 # ----------------------------------------------------------------------------------------
 # Options, derived from the table of update rules and the task's parameter keys.
 # ----------------------------------------------------------------------------------------
@@ -125,7 +133,7 @@ def add_arguments(parser):
     data.add_argument("--target", metavar="NAME",
                       help="label column (CSV header name) or label array (NPZ); default: the "
                            "last CSV column, or the NPZ array y")
-    data.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+    data.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
                       help="fraction of samples held out for validation (default 0.2); "
                            "features are standardised with the training part's mean and "
                            "standard deviation")
@@ -181,9 +189,9 @@ def add_arguments(parser):
 # ----------------------------------------------------------------------------------------
 
 
-def _check_options(args):
-    """Every check that needs no data: numbers, optional packages, files. Returns the
-    checked plot (path, format) or None."""
+def _check_values(args):
+    """The checks of the numbers and choices given that need neither data nor files (a
+    one-process run and --distributed alike)."""
     if args.threads is not None:
         check_threads("--threads", [args.threads])
     if args.hidden is not None and args.hidden < 1:
@@ -191,15 +199,40 @@ def _check_options(args):
     if not 0.0 < args.val_fraction < 1.0:
         raise CLIError(f"--val-fraction must be a number strictly between 0 and 1, got "
                        f"{args.val_fraction!r}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise CLIError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if args.resume is None:
+        check_precision(args.precision, args.state_dtype,
+                        args.optimizer or DEFAULTS["optimizer"])
+
+
+def _check_distinct_files(args):
+    """No two of --data, --resume, --save and --plot name one file (but --save may be the
+    --resume file it continues): a checkpoint or figure written over the data, the
+    checkpoint or each other would be lost."""
+    files = [(o, p) for o, p in (("--data", args.data), ("--resume", args.resume),
+                                 ("--save", args.save), ("--plot", args.plot)) if p]
+    for i, (first, a) in enumerate(files):
+        for second, b in files[i + 1:]:
+            if {first, second} == {"--resume", "--save"}:
+                continue
+            if os.path.realpath(a) == os.path.realpath(b):
+                raise CLIError(f"{first} and {second} name the same file, {b!r}" + (
+                    f"; {second} would overwrite it" if second in ("--save", "--plot")
+                    else ""))
+
+
+def _check_options(args):
+    """Every check that needs no data: numbers, optional packages, files. Returns the
+    checked plot (path, format) or None."""
+    _check_values(args)
     if args.progress:
         try:
             import tqdm  # noqa: F401
         except ImportError:
             raise CLIError(f"--progress needs tqdm, an optional dependency: {TQDM_HINT}") \
                 from None
-    if args.resume is None:
-        check_precision(args.precision, args.state_dtype,
-                        args.optimizer or DEFAULTS["optimizer"])
+    _check_distinct_files(args)
     if args.resume is not None:
         input_file("--resume", args.resume, "a checkpoint file written by --save")
     if args.save is not None:
@@ -357,7 +390,7 @@ def _config_from_args(args):
     if not 0 <= seed < 2**63:
         raise CLIError(f"--seed must be an integer in [0, 2**63), got {seed}")
     return {"data": os.path.abspath(args.data) if args.data else None, "target": args.target,
-            "val_fraction": args.val_fraction, "split_seed": seed,
+            "val_fraction": float(args.val_fraction), "split_seed": seed,
             "model": args.model or "mlp", "hidden": args.hidden or DEFAULTS["hidden"],
             "precision": resolved_precision(args.precision, args.state_dtype),
             "state_dtype": args.state_dtype}
@@ -399,8 +432,13 @@ def _read_checkpoint(args):
                            f"optimizer's state keep their types in a resumed run)"
                            if attr in ("precision", "state_dtype") else
                            f"{option} {given} conflicts with the checkpoint's {config[attr]}")
-    if args.data:
-        config = dict(config, data=os.path.abspath(args.data),
+    if not isinstance(args.val_fraction, _Default) and \
+            args.val_fraction != config.get("val_fraction"):
+        raise CLIError(f"--val-fraction {args.val_fraction:g} conflicts with the checkpoint's "
+                       f"{config.get('val_fraction')} (a resumed run keeps its training and "
+                       f"validation split)")
+    if args.data or args.target is not None:   # --target alone: a column of the saved data
+        config = dict(config, data=os.path.abspath(args.data) if args.data else config["data"],
                       target=args.target if args.target is not None else config["target"])
     optimizer = meta["optimizer"]["class"].lower()
     if args.optimizer is not None and args.optimizer != optimizer:
@@ -430,7 +468,12 @@ def _load_data(config):
             X, y, config["val_fraction"], config["split_seed"])
     except ValueError as exc:
         raise CLIError(f"--val-fraction: {exc}") from None
-    X_train, X_val = datasets.standardize(X_train, X_val)
+    with np.errstate(over="ignore", invalid="ignore"):
+        X_train, X_val = datasets.standardize(X_train, X_val)
+    if not (np.isfinite(X_train).all() and np.isfinite(X_val).all()):
+        raise CLIError(f"data file {config['data']!r}: standardising the features with the "
+                       f"training part's mean and standard deviation overflows float64 (values "
+                       f"too large); rescale the data")
     return X_train, y_train, X_val, y_val, n_classes
 
 
@@ -447,6 +490,27 @@ def _make_model(config):
                           dtype=_param_dtype(config), seed=config["split_seed"])
     return models.SoftmaxRegression(config["n_features"], config["n_classes"],
                                     dtype=_param_dtype(config), seed=config["split_seed"])
+
+
+def _too_large(config):
+    """The one-line error for a model whose params do not fit in memory, naming what made
+    it so large: --hidden, or labels that make as many classes as the largest label + 1."""
+    classes, hidden = config["n_classes"], config["hidden"]
+    if config["model"] == "mlp":
+        n = config["n_features"] * hidden + hidden + hidden * classes + classes
+    else:
+        n = config["n_features"] * classes + classes
+    itemsize = np.dtype(PRECISIONS[config["precision"]][0].replace("bfloat16", "float16"))\
+        .itemsize
+    causes = []
+    if config["model"] == "mlp" and hidden > 10**6:
+        causes.append(f"--hidden {hidden}")
+    if classes > 10**6:
+        causes.append(f"{classes} classes (the target's labels are class numbers 0, 1, 2, "
+                      f"..., so its largest label, {classes - 1}, makes {classes})")
+    why = " and ".join(causes) or f"{config['n_features']} features"
+    return (f"the model does not fit in memory: {_model_name(config)} has {n:,} params "
+            f"({n * itemsize:,} bytes), from {why}")
 
 
 def _state_dtype_of(precision, state_dtype):
@@ -631,7 +695,10 @@ def _set_up(args):
                        f"{config['n_classes']}")
     config.update(n_features=int(X_train.shape[1]), n_classes=n_classes)
     parameters = optimizer_parameters(args, optimizer)
-    model = _make_model(config)
+    try:
+        model = _make_model(config)
+    except MemoryError:
+        raise CLIError(_too_large(config)) from None
     loss_and_grad = _guarded_loss_and_grad(model)
     data = (X_train, y_train)
     try:
@@ -770,10 +837,29 @@ def _finish(args, run, plot, reporter, elapsed):
                         f"{_state_text(run.config)}"))
 
 
+def _check_distributed(args):
+    """The checks of a one-process run's numbers and hyperparameter options, for
+    --distributed (which takes them from `args` without checking ranges or whether they
+    apply to the optimizer); every rank finds the same error, and only rank 0 prints it."""
+    try:
+        _check_values(args)
+        if args.progress:
+            raise CLIError("--progress is not supported with --distributed (rank 0 prints one "
+                           "line per epoch)")
+        optimizer_parameters(args, args.optimizer or DEFAULTS["optimizer"])
+    except CLIError:
+        try:
+            from ..distributed._comm import import_mpi
+            if import_mpi().COMM_WORLD.Get_rank() != 0:
+                sys.stderr = open(os.devnull, "w")       # noqa: SIM115 - until exit
+        except Exception:  # noqa: BLE001 - no MPI: one process, which prints the error
+            pass
+        raise
+
+
 def run(args):
-    if args.distributed and args.threads is not None:   # checked here, before any work
-        check_threads("--threads", [args.threads])
     if args.distributed:   # issue 14: the data-parallel loop lives in lrcore.distributed
+        _check_distributed(args)          # as one process checks them, before any work
         from ..distributed.train import run as run_distributed
         return run_distributed(args)
     plot = _check_options(args)
