@@ -613,6 +613,70 @@ def test_adam8_optimizer_bad_arguments_change_nothing():
                               sd["state"][1]["exp_avg"]["codes"])
 
 
+def _adam8_bits(opt, params):
+    sd = opt.state_dict()
+    out = [p.tobytes() for p in params] + [sd["step"]]
+    for st in sd["state"]:
+        for name in sorted(st):
+            x = st[name]
+            out += ([x["codes"].tobytes(), x["absmax"].tobytes()] if isinstance(x, dict)
+                    else [x.tobytes()])
+    return out
+
+
+def test_adam8_refuses_at_the_step_before_any_param_is_stepped():
+    """A param made read-only after construction, or a grad that is (another) param: refused
+    naming it before the first param is stepped (adam8() refused it at that param, after the
+    params before it had been updated, with step_count unchanged)."""
+    params, opt = _adam8_run(dict(lr=1e-2), [5000, 5000], 1)
+    before = _adam8_bits(opt, params)
+    params[1].flags.writeable = False
+    with pytest.raises(ValueError, match=r"Adam8.step\(\): params\[1\] is read-only"):
+        opt.step([np.ones(5000, np.float32), np.ones(5000, np.float32)])
+    assert _adam8_bits(opt, params) == before
+    params[1].flags.writeable = True
+    with pytest.raises(ValueError, match=r"grads\[1\] shares memory with params\[0\]"):
+        opt.step([np.ones(5000, np.float32), params[0]])
+    assert _adam8_bits(opt, params) == before
+    opt.step([np.ones(5000, np.float32), np.ones(5000, np.float32)])
+    assert opt.step_count == 2
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(betas=(0.9,)), TypeError, r"Adam8: betas must be a pair"),
+    (dict(betas=0.9), TypeError, r"Adam8: betas must be a pair"),
+    (dict(num_threads=0), ValueError, r"Adam8: num_threads must be an integer >= 1"),
+    (dict(min_elements="4096"), TypeError, r"Adam8: min_elements must be an integer"),
+    (dict(min_elements=-1), ValueError, r"Adam8: min_elements must be an integer >= 0"),
+])
+def test_adam8_bad_constructor_arguments_are_named(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        q.Adam8([np.zeros(5000, np.float32)], **kw)
+
+
+def test_adam8_refuses_params_sharing_memory():
+    a = np.zeros(5000, np.float32)
+    with pytest.raises(ValueError, match=r"Adam8: params\[0\] and params\[1\] share memory"):
+        q.Adam8([a, a])
+    with pytest.raises(ValueError, match="share memory"):
+        q.Adam8([a, a[100:200]])
+
+
+def test_adam8_load_state_dict_refuses_negative_absmax_and_huge_step():
+    params, opt = _adam8_run(dict(lr=1e-2), [100, 5000], 2)
+    before = _adam8_bits(opt, params)
+    sd = opt.state_dict()
+    sd["state"][1]["exp_avg_sq"]["absmax"][3] = -1.0
+    with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg_sq'\]\['absmax'\] holds 1 "
+                                         r"negative"):
+        opt.load_state_dict(sd)
+    sd = opt.state_dict()
+    sd["step"] = 2 ** 53
+    with pytest.raises(ValueError, match=r"step must be an integer in \[0, 2\*\*53\)"):
+        opt.load_state_dict(sd)
+    assert _adam8_bits(opt, params) == before
+
+
 # ---------------------------------------------------------------------------
 # step(): every rule of INT8_RULES, float32 and bfloat16 param/grad, both roundings
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validate
-from .rules import RULES
+from .rules import RULES, STEP_MAX
 
 __all__ = ["BLOCK", "MIN_ELEMENTS", "INT8_RULES", "dynamic_map", "QuantizedState", "quantize",
            "dequantize", "encode", "step", "step_reference", "adam8", "adam8_reference",
@@ -785,7 +785,27 @@ class Adam8:
                                 f"{_describe(p)}")
             if not p.flags.c_contiguous or not p.flags.writeable:
                 raise ValueError(f"Adam8: params[{i}] must be C-contiguous and writeable")
-        self.hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps,
+        from . import lowp
+        lowp.separate("Adam8", [(f"params[{i}]", p) for i, p in enumerate(params)],
+                      "every parameter")
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"Adam8: betas must be a pair (beta1, beta2), got "
+                            f"{betas!r}") from None
+        if num_threads is not None and (isinstance(num_threads, (bool, np.bool_)) or
+                                        not isinstance(num_threads, numbers.Integral) or
+                                        num_threads < 1):
+            raise ValueError(f"Adam8: num_threads must be an integer >= 1 or None, got "
+                             f"{num_threads!r}")
+        if isinstance(min_elements, (bool, np.bool_)) or \
+                not isinstance(min_elements, numbers.Integral):
+            raise TypeError(f"Adam8: min_elements must be an integer >= 0, got "
+                            f"{min_elements!r}")
+        if min_elements < 0:
+            raise ValueError(f"Adam8: min_elements must be an integer >= 0, got "
+                             f"{min_elements!r}")
+        self.hp = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
                    "weight_decay": weight_decay,
                    "decoupled_weight_decay": bool(decoupled_weight_decay),
                    "maximize": bool(maximize)}
@@ -815,6 +835,18 @@ class Adam8:
             raise ValueError(f"Adam8.step(): {len(grads)} grads for {len(self.params)} params")
         for i, (p, g) in enumerate(zip(self.params, grads)):
             _check_buffer("Adam8.step", f"grads[{i}]", g, p.size, False)
+        # every param still writeable, and no grad sharing memory with any param, before
+        # the first param is stepped (a refusal by adam8() at a later param would leave the
+        # step half applied)
+        for i, p in enumerate(self.params):
+            if not p.flags.writeable:
+                raise ValueError(f"Adam8.step(): params[{i}] is read-only; it must be "
+                                 f"writeable (it is updated in place)")
+        for i, g in enumerate(grads):
+            for k, p in enumerate(self.params):
+                if np.may_share_memory(g, p):
+                    raise ValueError(f"Adam8.step(): grads[{i}] shares memory with "
+                                     f"params[{k}]; gradients must be separate arrays")
         t = self.step_count + 1
         for p, g, st in zip(self.params, grads, self.state):
             vm = st[2] if self.amsgrad else None
@@ -849,9 +881,10 @@ class Adam8:
             raise ValueError(f"Adam8.load_state_dict(): amsgrad={sd['amsgrad']} in the state "
                              f"dict, {self.amsgrad} here")
         step = sd["step"]
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"Adam8.load_state_dict(): step must be an integer >= 0, got "
-                             f"{step!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0 \
+                or step >= STEP_MAX:
+            raise ValueError(f"Adam8.load_state_dict(): step must be an integer in "
+                             f"[0, 2**53), got {step!r}")
         if len(sd["state"]) != len(self.params):
             raise ValueError(f"Adam8.load_state_dict(): {len(sd['state'])} states for "
                              f"{len(self.params)} params")
@@ -877,6 +910,11 @@ class Adam8:
                         raise ValueError(f"Adam8.load_state_dict(): {where}['absmax'] must be "
                                          f"{cur.absmax.size} float32 values, got {a.size} "
                                          f"{a.dtype}")
+                    neg = np.flatnonzero(np.signbit(a) & ~np.isnan(a))
+                    if neg.size:
+                        raise ValueError(f"Adam8.load_state_dict(): {where}['absmax'] holds "
+                                         f"{neg.size} negative value(s); an absmax is a "
+                                         f"block's largest magnitude, >= 0")
                     row.append(QuantizedState(c.reshape(-1).copy(), a.reshape(-1).copy(),
                                               cur.signed))
                 else:
