@@ -1345,3 +1345,58 @@ def test_distributed_checks_the_options_as_one_process_does(argv, message):
     assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
     assert r.stderr.splitlines() == [f"lrcore train: error: {r.stderr.split('error: ')[1]}"
                                      .rstrip()] and message in r.stderr, r.stderr
+
+
+def test_a_data_file_that_is_not_utf8_text_is_named(capsys, tmp_path):
+    """A binary or Latin-1 CSV gave only "'utf-8' codec can't decode byte 0xe9 in position
+    30: invalid continuation byte", naming neither the file nor the option."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,\xe9,1\n")
+    code, out, err = train(capsys, "--data", str(path))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert f"data file '{path}' is not a UTF-8 text CSV file (byte e9 at offset 30" in err
+
+
+def test_resume_in_mid_epoch_refuses_another_batch_size(capsys, tmp_path, monkeypatch):
+    """A checkpoint written in the middle of an epoch (Ctrl-C) knows its position in
+    mini-batches of its own size: resumed with another --batch-size, the run's length was
+    miscounted (a schedule fit to 211 steps for a run of 169, '992 samples' for 990)."""
+    cut = tmp_path / "cut.lrc"
+    original = models.MLP.loss_and_grad
+    calls = {"n": 0}
+
+    def interrupted(self, X, y, grads):
+        calls["n"] += 1
+        if calls["n"] == 60:
+            raise KeyboardInterrupt
+        return original(self, X, y, grads)
+
+    monkeypatch.setattr(models.MLP, "loss_and_grad", interrupted)
+    assert train(capsys, "--epochs", "2", "--save", str(cut))[0] == 130
+    monkeypatch.setattr(models.MLP, "loss_and_grad", original)
+    code, out, err = train(capsys, "--resume", str(cut), "--batch-size", "8")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "--batch-size 8 differs from the checkpoint's 32, which stopped in the middle of " \
+           "epoch 2 (after 14 of 45 mini-batches)" in err
+    code, out, err = train(capsys, "--resume", str(cut), "--batch-size", "32")
+    assert code == 0 and "completed: 31 steps, 990 samples" in out, err
+    # at an epoch's end the batch size may change
+    whole = tmp_path / "whole.lrc"
+    assert train(capsys, "--epochs", "1", "--save", str(whole))[0] == 0
+    code, out, err = train(capsys, "--resume", str(whole), "--epochs", "2", "--batch-size", "8")
+    assert code == 0 and "completed: 180 steps, 1,438 samples" in out, err
+
+
+def test_bench_measures_a_repeated_thread_count_once(monkeypatch, capsys):
+    from lrcore import bench
+    if lrcore.backend() != "native":
+        pytest.skip("benchmarks need the compiled backend")
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return []
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench, "format_table", lambda rows: "")
+    assert main(["bench", "--quick", "--threads", "1,2,1"]) == 0
+    assert seen["threads"] == (1, 2)

@@ -104,6 +104,7 @@ def run(args):
         raise CLIError(f"--threads must be comma-separated integers, got {args.threads!r}") \
             from None
     check_threads("--threads", threads, repr(args.threads))
+    threads = tuple(dict.fromkeys(threads))      # `--threads 1,1`: each count measured once
     if args.json is not None:
         output_file("--json", args.json)       # before minutes of measuring
     known = [label for label, _, _ in bench.BENCH_CASES]

@@ -457,6 +457,10 @@ def _load_data(config):
             X, y = datasets.load_digits()
         else:
             X, y = datasets.load_table(config["data"], config["target"])
+    except UnicodeDecodeError as exc:      # a ValueError whose text names no file
+        raise CLIError(f"data file {config['data']!r} is not a UTF-8 text CSV file (byte "
+                       f"{exc.object[exc.start:exc.start + 1].hex()} at offset {exc.start} "
+                       f"cannot be decoded)") from None
     except (OSError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     n_classes = int(y.max()) + 1
@@ -723,6 +727,15 @@ def _measure(run):
     run.epochs = run.parameters.get(ParameterKey.EPOCHS, current[ParameterKey.EPOCHS])
     run.batch_size = run.parameters.get(ParameterKey.MINI_BATCH_SIZE,
                                         current[ParameterKey.MINI_BATCH_SIZE])
+    saved = current[ParameterKey.MINI_BATCH_SIZE]
+    if task.mini_batch and run.batch_size != saved:
+        # the position in the epoch is counted in mini-batches of the saved size: the run's
+        # length (a schedule fit to it, the progress bar) and the samples counted would be off
+        raise CLIError(f"--batch-size {run.batch_size} differs from the checkpoint's {saved}, "
+                       f"which stopped in the middle of epoch {task.epoch + 1} (after "
+                       f"{task.mini_batch} of {-(-run.n_train // saved)} mini-batches); resume "
+                       f"with --batch-size {saved} (a checkpoint saved at an epoch's end may "
+                       f"change it)")
     run.per_epoch = -(-run.n_train // run.batch_size)
     run.remaining = max(0, (run.epochs - task.epoch) * run.per_epoch - task.mini_batch)
 
