@@ -1360,7 +1360,7 @@ def test_a_data_file_that_is_not_utf8_text_is_named(capsys, tmp_path):
 def test_resume_in_mid_epoch_refuses_another_batch_size(capsys, tmp_path, monkeypatch):
     """A checkpoint written in the middle of an epoch (Ctrl-C) knows its position in
     mini-batches of its own size: resumed with another --batch-size, the run's length was
-    miscounted (a schedule fit to 211 steps for a run of 169, '992 samples' for 990)."""
+    miscounted (a schedule fit to 225 steps for a run of 183, '992 samples' for 990)."""
     cut = tmp_path / "cut.lrc"
     original = models.MLP.loss_and_grad
     calls = {"n": 0}
