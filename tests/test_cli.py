@@ -1400,3 +1400,15 @@ def test_bench_measures_a_repeated_thread_count_once(monkeypatch, capsys):
     monkeypatch.setattr(bench, "format_table", lambda rows: "")
     assert main(["bench", "--quick", "--threads", "1,2,1"]) == 0
     assert seen["threads"] == (1, 2)
+
+
+def test_plot_of_a_finished_checkpoint_is_drawn_though_nothing_is_left_to_train(capsys,
+                                                                              tmp_path):
+    """`--resume done.lrc --plot f.png` on a completed run said 'nothing to do', exited 0
+    and wrote no figure; the history is in the checkpoint, so the figure is drawn."""
+    pytest.importorskip("matplotlib")
+    path, png = tmp_path / "done.lrc", tmp_path / "f.png"
+    assert train(capsys, "--epochs", "1", "--model", "softmax", "--save", str(path))[0] == 0
+    code, out, err = train(capsys, "--resume", str(path), "--plot", str(png))
+    assert code == 0 and "nothing to do" in out and f"wrote plot {png}" in out, err
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -830,6 +830,14 @@ def _check_outcome(run):
                    f"{task.mini_batch + 1}: {type(error).__name__}: {error}", EXIT_FAILED)
 
 
+def _draw(run, plot):
+    """The --plot figure of the run's history (the whole run's, when resumed)."""
+    figure.draw(run.history, *plot, epochs=run.epochs, steps_per_epoch=run.per_epoch,
+                title=f"{_model_name(run.config)} on {_data_name(run.config)}, "
+                      f"{type(run.task.optimizer).__name__}, batch {run.batch_size}",
+                lr_text=f"{run.lr:g}" if isinstance(run.lr, float) else repr(run.lr))
+
+
 def _finish(args, run, plot, reporter, elapsed):
     """The final checkpoint, the figure and the summary."""
     written = []
@@ -837,10 +845,7 @@ def _finish(args, run, plot, reporter, elapsed):
         run.save(args.save)
         written.append(f"checkpoint {args.save}")
     if plot:
-        figure.draw(run.history, *plot, epochs=run.epochs, steps_per_epoch=run.per_epoch,
-                    title=f"{_model_name(run.config)} on {_data_name(run.config)}, "
-                          f"{type(run.task.optimizer).__name__}, batch {run.batch_size}",
-                    lr_text=f"{run.lr:g}" if isinstance(run.lr, float) else repr(run.lr))
+        _draw(run, plot)
         written.append(f"plot {plot[0]}")
     accuracy = (run.history.val_acc[-1] if run.history.val_acc
                 else run.model.accuracy(run.X_val, run.y_val))
@@ -881,6 +886,11 @@ def run(args):
     if job.task.epoch >= job.epochs:
         print(f"nothing to do: the checkpoint has completed {job.task.epoch} of {job.epochs} "
               f"epochs; pass --epochs N with N > {job.task.epoch} to train further")
+        if plot:              # the figure of the run the checkpoint holds
+            job.lr = job.parameters.get(ParameterKey.LEARNING_RATE,
+                                        job.task.parameters[ParameterKey.LEARNING_RATE])
+            _draw(job, plot)
+            print(f"wrote plot {plot[0]}")
         return 0
     _announce(args, job, _plan(args, job))
     try:
