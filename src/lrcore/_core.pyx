@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from lrcore._validate import plan_hypers, required_slots
+from lrcore._validate import CONSTRAINTS, plan_hypers, required_slots
 from lrcore.rules import RULES, STEP_MAX
 
 cnp.import_array()
@@ -393,6 +393,9 @@ cdef class _Info:
     cdef double hi[16]
     cdef bint hi_closed[16]
     cdef Py_ssize_t state_need[3]
+    # the table's cross-argument constraints (lrcore._validate.CONSTRAINTS), compiled: a fast
+    # path that finds one true declines the call, whose checks then raise
+    cdef tuple public, constraints
 
 
 cdef dict _INFO = {}         # rule name -> _Info
@@ -415,9 +418,15 @@ cdef _Info _info_of(rule):
         info.nstates = len(rule.states)
         public = [h.name for h in rule.hypers if h.public]
         info.npublic = len(public)
+        info.public = tuple(public)
+        info.constraints = tuple(compile(c, f"<{rule.name} constraint>", "eval")
+                                 for c, _ in CONSTRAINTS.get(rule.name, ()))
         if info.count > 16 or len(rule.states) > 3:
             raise RuntimeError(f"{rule.name}: more fields or states than _Info holds")
         for i, h in enumerate(rule.hypers):
+            if info.desc[i].type == LRCORE_FIELD_INT64 and h.name != "step":
+                raise RuntimeError(f"{rule.name}: int64 field {h.name!r} (the fast paths take "
+                                   f"step as the only one)")
             info.slot[i] = public.index(h.name) if h.public else -1
             if h.range is not None:
                 info.lo[i] = h.range.lo
@@ -512,7 +521,216 @@ cdef bint _pack_exact(_Info info, object obj, double grad_scale, lrcore_hp *out,
     return True
 
 
-cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threads):
+cdef inline bint _violates(_Info info, tuple values) except -1:
+    """Whether exact, in-range `values` (public hyperparameters in struct order) break one of
+    the rule's cross-argument constraints."""
+    if not info.constraints:
+        return False
+    ns = dict(zip(info.public, values))
+    for c in info.constraints:
+        if eval(c, {}, ns):
+            return True
+    return False
+
+
+# ---- bfloat16/float16 calls without Python (lrcore.lowp's checks, compiled) --------------
+# The element-type codes of lrcore_lowp.h (LRCORE_ET_*) and lrcore.lowp.LAYOUTS as codes.
+from lrcore import lowp as _lowp
+
+cdef int _BF16_NUM = np.dtype(_lowp.bfloat16).num
+
+
+cdef inline bint _stream_defaults(object rounding, object seed, object index_offset):
+    """rounding 'nearest', seed 0 and index_offset 0 (a str and two ints)."""
+    return (type(rounding) is str and rounding == "nearest" and PyLong_CheckExact(seed)
+            and seed == 0 and PyLong_CheckExact(index_offset) and index_offset == 0)
+
+# (param, grad) -> the state code of lowp.layout_of's first matching layout (-1: none), and
+# which state codes a call with state buffers may have (bit per code)
+cdef int _LOWP_STATE[4][4]
+cdef unsigned _LOWP_STATES_OK[4][4]
+
+
+def _load_layouts():
+    cdef int a, b
+    codes = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
+    for a in range(4):
+        for b in range(4):
+            _LOWP_STATE[a][b] = -1
+            _LOWP_STATES_OK[a][b] = 0
+    for p, g, s in _lowp.LAYOUTS:
+        a, b = codes[p], codes[g]
+        if _LOWP_STATE[a][b] < 0:
+            _LOWP_STATE[a][b] = codes[s]
+        _LOWP_STATES_OK[a][b] |= 1u << codes[s]
+
+
+_load_layouts()
+
+
+cdef bint _stream_ok(object rounding, object seed, object index_offset, cnp.npy_intp n):
+    """rounding 'nearest' or 'stochastic', seed an int in 0..2**64-1, index_offset an int with
+    index_offset + n <= 2**63: what lrcore.lowp's checks pass unchanged."""
+    if type(rounding) is not str or not (rounding == "nearest" or rounding == "stochastic"):
+        return False
+    if not PyLong_CheckExact(seed) or not 0 <= seed <= 0xFFFFFFFFFFFFFFFF:
+        return False
+    return (PyLong_CheckExact(index_offset) and 0 <= index_offset
+            and index_offset + n <= 0x8000000000000000)
+
+
+cdef inline int _et(object x, bint writeable):
+    """LRCORE_ET_* code of a buffer lrcore.lowp accepts as it is (ndarray, native byte order,
+    C-contiguous, aligned, writeable if `writeable`), else -1."""
+    if not cnp.PyArray_Check(x):
+        return -1
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+            and cnp.PyArray_ISNOTSWAPPED(a)):
+        return -1
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        return -1
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT32:
+        return 0
+    if t == cnp.NPY_FLOAT64:
+        return 1
+    if t == _BF16_NUM:
+        return 2
+    if t == cnp.NPY_FLOAT16:
+        return 3
+    return -1
+
+
+cdef bint _run_lowp_exact(_Info info, tuple buffers, tuple values, object num_threads,
+                          object rounding, object seed, object index_offset) except -1:
+    """A bfloat16/float16 kernel call (`buffers` param, grad, states; `values` as
+    _run_exact's) run without Python when everything is regular: rounding 'nearest' or
+    'stochastic', seed an int in 0..2**64-1, index_offset an int with offset + n <= 2**63,
+    num_threads None or an int in range, every hyperparameter exact and in range, every
+    buffer an ndarray lrcore.lowp accepts as it is (_et), of one supported layout, one size,
+    no two sharing memory, the required states present. Then it runs exactly what
+    lrcore.lowp.kernel's call would (states switched off by their hyperparameter left out),
+    and returns True; else False having changed nothing: lrcore.lowp then checks the call
+    again, converts or raises with its messages (so too when the values break one of the
+    rule's cross-argument constraints)."""
+    cdef size_t i
+    cdef Py_ssize_t j, k, nb = len(buffers)
+    cdef const lrcore_field *f = info.desc
+    cdef lrcore_job job
+    cdef char *base = <char *>&job.hp
+    cdef double d
+    cdef int overflow = 0, code, pc, gc, sc = -1, nt
+    cdef long long step = 0
+    cdef cnp.npy_intp n
+    cdef uintptr_t a0, a1, b0, b1
+    cdef cnp.ndarray a, b
+    if not cnp.PyArray_Check(buffers[0]) or not _stream_ok(
+            rounding, seed, index_offset, cnp.PyArray_SIZE(<cnp.ndarray>buffers[0])):
+        return False
+    if num_threads is None:
+        nt = DEFAULT_THREADS
+    elif PyLong_CheckExact(num_threads) and 1 <= num_threads <= MAX_THREADS:
+        nt = num_threads
+    else:
+        return False
+    memset(&job, 0, sizeof(job))
+    job.lowp.rounding = 0 if rounding == "nearest" else 1
+    for i in range(info.count):
+        j = info.slot[i]
+        if j < 0:
+            (<double *>(base + f[i].offset))[0] = 1.0     # grad_scale
+            continue
+        x = <object>PyTuple_GET_ITEM(values, j)
+        if f[i].type == LRCORE_FIELD_DOUBLE:
+            if not PyFloat_CheckExact(x):
+                return False
+            d = PyFloat_AS_DOUBLE(x)
+            if not (d >= info.lo[i] and (d <= info.hi[i] if info.hi_closed[i] else d < info.hi[i])):
+                return False
+            (<double *>(base + f[i].offset))[0] = d
+        elif f[i].type == LRCORE_FIELD_INT64:     # step, the only int64 field (_info_of)
+            if not PyLong_CheckExact(x):
+                return False
+            step = PyLong_AsLongLongAndOverflow(x, &overflow)
+            if overflow or not 1 <= step <= STEP_MAX_C:
+                return False
+            (<int64_t *>(base + f[i].offset))[0] = <int64_t>step
+        else:
+            if x is True:
+                (<int *>(base + f[i].offset))[0] = 1
+            elif x is not False:
+                return False
+    for k in range(info.nstates):
+        if info.state_need[k] == -2 and buffers[2 + k] is None:
+            return False
+        if info.state_need[k] >= 0 and buffers[2 + k] is None \
+                and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
+            return False
+    if _violates(info, values):
+        return False
+    # the buffers: codes, one layout, one size, separate memory
+    pc = _et(buffers[0], True)
+    gc = _et(buffers[1], False)
+    if pc < 0 or gc < 0 or _LOWP_STATE[pc][gc] < 0:
+        return False
+    n = cnp.PyArray_SIZE(<cnp.ndarray>buffers[0])
+    for k in range(1, nb):
+        x = buffers[k]
+        if x is None:
+            continue
+        if k >= 2:
+            code = _et(x, True)
+            if code < 0 or (sc >= 0 and code != sc) or not (_LOWP_STATES_OK[pc][gc] >> code) & 1u:
+                return False
+            sc = code
+        if cnp.PyArray_SIZE(<cnp.ndarray>x) != n:
+            return False
+    for j in range(nb):
+        if buffers[j] is None or cnp.PyArray_NBYTES(<cnp.ndarray>buffers[j]) == 0:
+            continue
+        a = <cnp.ndarray>buffers[j]
+        a0 = <uintptr_t>cnp.PyArray_DATA(a)
+        a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
+        for k in range(j + 1, nb):
+            if buffers[k] is None or cnp.PyArray_NBYTES(<cnp.ndarray>buffers[k]) == 0:
+                continue
+            b = <cnp.ndarray>buffers[k]
+            b0 = <uintptr_t>cnp.PyArray_DATA(b)
+            b1 = b0 + <uintptr_t>cnp.PyArray_NBYTES(b)
+            if a0 < b1 and b0 < a1:
+                return False
+    # everything checked: the job of lowp_run
+    job.kind = info.kind
+    job.dtype = 2   # LRCORE_LOWP
+    job.lowp.param = pc
+    job.lowp.grad = gc
+    job.lowp.state = sc if sc >= 0 else _LOWP_STATE[pc][gc]
+    job.lowp.rounding = 0 if rounding == "nearest" else 1
+    job.lowp.seed = <uint64_t>seed
+    job.lowp.step = <uint64_t>step
+    job.lowp.index_offset = <uint64_t>index_offset
+    job.n = <size_t>n
+    job.param = <char *>cnp.PyArray_DATA(<cnp.ndarray>buffers[0])
+    job.grad = <const char *>cnp.PyArray_DATA(<cnp.ndarray>buffers[1])
+    for k in range(nb - 2):
+        if buffers[2 + k] is None:
+            continue
+        # a state switched off by its hyperparameter (momentum = 0) is left out, as lowp.kernel does
+        if info.state_need[k] < 0 or \
+                PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
+            job.state[k] = <char *>cnp.PyArray_DATA(<cnp.ndarray>buffers[2 + k])
+    nt = lrcore_plan_threads(job.n * cnp.PyArray_ITEMSIZE(<cnp.ndarray>buffers[0]), nt,
+                             MIN_BYTES_PER_THREAD)
+    if job.n == 0:
+        return True
+    with nogil:
+        lrcore_run_jobs(&job, 1, nt)
+    return True
+
+
+cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threads,
+                       object rounding, object seed, object index_offset):
     """The compiled fast path of a generated kernel (lrcore._validate.make_kernel): `values`
     are the rule's public hyperparameters in struct order (the table's). When every one is
     already what the generated checks would pass unchanged (an exact float inside the
@@ -520,8 +738,10 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
     state is present, check the buffers and run exactly as run_kernel does, and return True.
     Otherwise return False having looked at nothing else: the generated Python checks then
     convert or raise, with their messages and in their order. None (before anything else):
-    param or grad is not an ndarray or has 2-byte elements, the generated code's half_pair
-    test decides between lrcore.lowp and the Python checks."""
+    param or grad is not an ndarray, or has 2-byte elements, or rounding, seed or
+    index_offset is not at its default: the generated code then sends the call to lrcore.lowp
+    (or, not arrays, to the Python checks) -- unless _run_lowp_exact took it (bfloat16/float16
+    buffers and every argument regular), which returns True."""
     cdef size_t i
     cdef Py_ssize_t j, k
     cdef const lrcore_field *f = info.desc
@@ -531,9 +751,15 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
     cdef int overflow = 0
     cdef long long step
     p, g = buffers[0], buffers[1]
-    if not (cnp.PyArray_Check(p) and cnp.PyArray_Check(g)) \
-            or cnp.PyArray_ITEMSIZE(<cnp.ndarray>p) == 2 or cnp.PyArray_ITEMSIZE(<cnp.ndarray>g) == 2:
-        return None     # bfloat16/float16 or not arrays: the caller's half_pair decides
+    if not (cnp.PyArray_Check(p) and cnp.PyArray_Check(g)):
+        return None     # not arrays: the generated Python checks name them
+    if cnp.PyArray_ITEMSIZE(<cnp.ndarray>p) == 2 or cnp.PyArray_ITEMSIZE(<cnp.ndarray>g) == 2:
+        # bfloat16/float16: lrcore.lowp, or its compiled equivalent when every argument is regular
+        return True if _run_lowp_exact(info, buffers, values, num_threads, rounding, seed,
+                                       index_offset) else None
+    if not _stream_defaults(rounding, seed, index_offset) and not _stream_ok(
+            rounding, seed, index_offset, cnp.PyArray_SIZE(<cnp.ndarray>p)):
+        return None     # float32/float64 with an irregular stream argument: lrcore.lowp names it
     memset(&job, 0, sizeof(job))
     for i in range(info.count):
         j = info.slot[i]
@@ -567,6 +793,8 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
         if info.state_need[k] >= 0 and buffers[2 + k] is None \
                 and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
             return False
+    if _violates(info, values):
+        return False
     cdef str fn = info.rule
     job.kind = info.kind
     cdef int nt = _threads(fn, num_threads)
@@ -587,17 +815,19 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
     _run(&job, nt)
     return True
 
-def run_exact(rule, tuple buffers, tuple values, num_threads):
+def run_exact(rule, tuple buffers, tuple values, num_threads, rounding="nearest", seed=0,
+              index_offset=0):
     """The compiled fast path of a generated kernel (lrcore._validate.make_kernel); see
     _run_exact. `exact_runner(rule)` is the same function bound to the rule's cached info."""
-    return _run_exact(_info_of(rule), buffers, values, num_threads)
+    return _run_exact(_info_of(rule), buffers, values, num_threads, rounding, seed, index_offset)
 
 
 cdef class _ExactRunner:
     cdef _Info info
 
-    def __call__(self, tuple buffers, tuple values, num_threads):
-        return _run_exact(self.info, buffers, values, num_threads)
+    def __call__(self, tuple buffers, tuple values, num_threads, rounding="nearest", seed=0,
+                 index_offset=0):
+        return _run_exact(self.info, buffers, values, num_threads, rounding, seed, index_offset)
 
 
 def exact_runner(rule):

@@ -9,6 +9,7 @@ checks themselves (`buffers` below for the numpy backend, `_buffers` in _core.py
 compiled one) agree check for check and message for message; tests/test_bad_input.py
 holds both to one table.
 """
+import ast
 import math
 import numbers
 import os
@@ -119,6 +120,19 @@ def threads(fn, x):
     return int(x)
 
 
+def _derive_exact(rule, h):
+    """Source that fills the derived field h (left None) before the fast path when its
+    expression reads only the step and the step is an int in range: the value the checks
+    would derive (sgd's init_buffer = step <= 1). Other derivations (NAdam's mu_product, a
+    loop over the steps) are left to the checks, which validate their inputs first."""
+    expr = DERIVED[(rule.name, h.name)]
+    reads = {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+    if reads - {"step"}:
+        return ""
+    return (f"    if {h.name} is None and type(step) is int and 1 <= step <= _STEP_MAX: "
+            f"{h.name} = {expr}\n")
+
+
 def _kernel_source(rule, lowp=False, fast=False):
     """Source of the public function of `rule`, generated from its row: a real signature
     (help(), inspect, IDEs) and the table's checks written out, so that a valid call costs
@@ -129,10 +143,11 @@ def _kernel_source(rule, lowp=False, fast=False):
     any of them not at its default, or a 2-byte param or grad, hands the whole call to
     `_lowp` (lrcore.lowp.kernel over the plain function); a TypeError of the float32 path
     is re-checked as a layout (`_layout`) first, as lrcore.lowp.kernel does.
-    fast (with lowp; rules without cross-argument constraints): `_fast(buffers, values,
-    num_threads)` (the compiled core's run_exact bound to the rule) is tried first with the public
-    hyperparameters in struct order; it runs the call and returns True only when every value
-    is one the checks below would pass unchanged, else the checks below run."""
+    fast (with lowp): `_fast(buffers, values,
+    num_threads, rounding, seed, index_offset)` (the compiled core's run_exact bound to the
+    rule) is tried first with the public hyperparameters in struct order; it runs the call and
+    returns True only when every value is one the checks below (or lrcore.lowp's, for
+    bfloat16/float16 buffers) would pass unchanged, else those checks run."""
     fn = rule.name
     params, optional = ["param", "grad"], False
     for s in rule.states:
@@ -177,22 +192,21 @@ def _kernel_source(rule, lowp=False, fast=False):
         return head + "):\n" + "".join(f"    {line}\n" for line in body)
     args = ", ".join(["param", "grad"] + [s.name for s in rule.states])
     kws = ", ".join(f"{h.name}={h.name}" for h in public)
-    fast = fast and fn not in CONSTRAINTS   # the compiled fast path (run_exact) comes first
     to_lowp = (f"return _lowp({args}, {kws}, num_threads=num_threads, rounding=rounding, "
                "seed=seed, index_offset=index_offset)")
     src = head + ", rounding='nearest', seed=0, index_offset=0):\n"
-    if fast:   # run_exact: True ran, False not exact, None param/grad 2-byte or not arrays
-        src += ("    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO:\n"
-                f"        {to_lowp}\n"
-                "    try:\n"
+    if fast:   # run_exact: True ran, False not exact, None 2-byte / stream args / not arrays
+        src += "".join(_derive_exact(rule, h) for h in public if (fn, h.name) in DERIVED)
+        src += ("    try:\n"
                 f"        done = _fast(({args},), ({', '.join(h.name for h in public)},), "
-                "num_threads)\n"
+                "num_threads, rounding, seed, index_offset)\n"
                 "    except TypeError:\n"
                 f"        _layout(({args},))\n"
                 "        raise\n"
                 "    if done:\n"
                 "        return None\n"
-                f"    if done is None and _half(param, grad):\n        {to_lowp}\n")
+                "    if done is None and (rounding is not _NEAREST or seed is not _ZERO "
+                f"or index_offset is not _ZERO or _half(param, grad)):\n        {to_lowp}\n")
     else:
         src += ("    if rounding is not _NEAREST or seed is not _ZERO or index_offset is not _ZERO "
                 f"or _half(param, grad):\n        {to_lowp}\n")
