@@ -57,9 +57,25 @@ def _native():
         fn = _validate.make_kernel(
             rule, core.run_kernel, slow.__doc__,
             lowp=(slow, core.half_pair, _layout_check(rule)), fast=core.exact_runner(rule))
-        fn.run_checked = slow.run_checked     # lrcore.optim's per-param path (lowp.kernel)
+        fn.run_checked = _run_checked(rule, core.exact_runner(rule), slow.run_checked)
         setattr(ns, rule.name, fn)
     return ns
+
+
+def _run_checked(rule, exact, slow):
+    """lrcore.optim's per-param path (lowp.kernel's run_checked, same arguments): the compiled
+    fast path of the kernels first (it takes the call when every argument is regular, as
+    the optimizer's checked ones are), lowp.kernel's run_checked otherwise."""
+    public = tuple(h.name for h in rule.hypers if h.public)
+    nbuf = 2 + len(rule.states)
+
+    def run_checked(arrays, hp, rounding, seed, index_offset, num_threads):
+        bufs = tuple(arrays) + (None,) * (nbuf - len(arrays))
+        if exact(bufs, tuple(hp.get(k) for k in public), num_threads, rounding, seed,
+                 index_offset):
+            return None
+        return slow(arrays, hp, rounding, seed, index_offset, num_threads)
+    return run_checked
 
 
 def _layout_check(rule):
