@@ -519,10 +519,85 @@ def test_backend_kernels_are_the_ones_used(monkeypatch):
     monkeypatch.setattr(backend.kernels.adam, "run_checked", spy)
     params = [np.zeros(n, BF16) for n in (10, 20, 30)]
     opt = optim.Adam(params, rounding="stochastic", seed=5)
+    opt._lowp_ok = False     # the per-param path (else one StepPlan call, tested below)
     opt.step([np.ones(n, BF16) for n in (10, 20, 30)])
     opt.step([np.ones(n, BF16) for n in (10, 20, 30)])
     assert seen == [(0, 5, "stochastic", 1), (10, 5, "stochastic", 1), (30, 5, "stochastic", 1),
                     (0, 5, "stochastic", 2), (10, 5, "stochastic", 2), (30, 5, "stochastic", 2)]
+
+
+_PLAN_CASES = ["SGD-momentum", "Adam", "AdamW-amsgrad", "RMSprop-centered", "Adagrad", "Lion",
+               "NAdam", "Adadelta"]
+
+
+@pytest.mark.skipif(backend.name != "native", reason="the one-call plan is the compiled core's")
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("case", _PLAN_CASES)
+def test_one_call_plan_equals_the_per_param_calls(case, rounding):
+    """Without 8-bit state the optimizer steps every param in one StepPlan call (lrcore.lowp's
+    layouts, each param at its index_offset); the per-param calls give the same bits. Params
+    of several layouts in one optimizer (bfloat16, float16, float32 with bfloat16 and float16
+    grads, float64), sizes around the vector widths, two groups, 5 steps with a set() of the
+    second group's hyperparameters between them (SGD: momentum off, then on again)."""
+    cls = _cls(case)
+    kw = {"SGD-momentum": dict(lr=0.05, momentum=0.9), "AdamW-amsgrad": dict(lr=0.01, amsgrad=True),
+          "RMSprop-centered": dict(lr=0.01, centered=True, momentum=0.5)}.get(case, dict(lr=0.01))
+    rng = np.random.default_rng(11)
+    specs = [(BF16, 33), (np.float16, 17), (F32, 65), (BF16, 1), (np.float64, 9), (F32, 31)]
+    gdts = [BF16, np.float16, BF16, BF16, np.float64, np.float16]
+    start = [_rand(rng, n, dt) for dt, n in specs]
+    runs = []
+    for plan in (True, False):
+        params = [x.copy() for x in start]
+        opt = cls([{"params": params[:3]}, {"params": params[3:]}], rounding=rounding, seed=3, **kw)
+        opt._lowp_ok = opt._lowp_ok and plan
+        grng = np.random.default_rng(12)
+        for t in range(5):
+            if t == 2 and "momentum" in kw:
+                opt.set(momentum=0.0, group=1)
+            if t == 3 and "momentum" in kw:
+                opt.set(momentum=0.9, group=1)
+            if t == 4:
+                opt.set(lr=kw["lr"] / 2, group=1)
+            assert opt.step([_rand(grng, n, gdt)
+                             for (_, n), gdt in zip(specs, gdts)]) is True
+        assert (opt._lowp_plan is not None) == plan
+        sd = opt.state_dict()
+        runs.append((params, [{k: np.asarray(v).copy() for k, v in st.items()}
+                              for st in sd["state"]]))
+    for x, y in zip(runs[0][0], runs[1][0]):
+        assert np.array_equal(_bits(x), _bits(y))
+    for sa, sb in zip(runs[0][1], runs[1][1]):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert np.array_equal(_bits(np.atleast_1d(sa[k])), _bits(np.atleast_1d(sb[k])))
+
+
+@pytest.mark.skipif(backend.name != "native", reason="the one-call plan is the compiled core's")
+def test_one_call_plan_refuses_a_grad_on_an_unused_state():
+    """A grad that is a state buffer the step does not use (SGD's momentum_buffer after
+    set(momentum=0)) is refused by name as on the per-param path, nothing changed; a grad at
+    an odd byte offset, which the plan does not take, steps through the per-param path."""
+    params = [_rand(np.random.default_rng(1), 40, BF16)]
+    orig = params[0].copy()
+    opt = optim.SGD(params, lr=0.1, momentum=0.9)
+    opt.step([np.ones(40, BF16)])
+    opt.set(momentum=0.0)
+    buf = opt.state_dict()["state"][0]["momentum_buffer"]
+    live = next(iter(opt._states[0].values()))
+    before = params[0].copy()
+    with pytest.raises(ValueError, match="share"):
+        opt.step([live])
+    assert np.array_equal(_bits(params[0]), _bits(before)) and opt.step_count == 1
+    assert np.array_equal(_bits(live), _bits(buf))
+    raw = np.zeros(81, np.uint8)[1:].view(BF16)
+    raw[...] = np.ones(40, BF16)
+    ref = optim.SGD([orig], lr=0.1, momentum=0.9)
+    ref.step([np.ones(40, BF16)])
+    ref.set(momentum=0.0)
+    ref.step([np.ones(40, BF16)])
+    assert opt.step([raw]) is True
+    assert np.array_equal(_bits(params[0]), _bits(ref.params[0]))
 
 
 @pytest.mark.parametrize("sizes", [[5], [16384], [16385, 7, 100_003], [(1 << 18) + 9, 33]])

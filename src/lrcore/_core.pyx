@@ -912,6 +912,16 @@ cdef class StepPlan:
     group index of each param. Buffers are checked once here (dtype, contiguity,
     writeability, sizes, no shared memory anywhere) and kept alive by the plan.
     Hyperparameters are validated by the caller (lrcore.optim); `run` takes them by name.
+
+    offsets (a list, one int per param): the layouts of lrcore.lowp (bfloat16/float16
+    params, grads or states, mixed freely across params, each param's states of one dtype),
+    `offsets[i]` param i's index_offset in the random stream; `run` then takes the stream's
+    rounding and seed, checks each grad's layout, and every param's job is what
+    lrcore.lowp.kernel would run for it (bitwise: float32/float64 layouts as the float32
+    kernel, the others as lowp_run). States given to such a plan are the ones the step
+    uses (lowp.kernel leaves a state switched off by its hyperparameter out of the call);
+    `grad_sumsq` is for float32/float64 plans only. owned: more arrays of the caller's
+    (states not used by this step) that the grads must not overlap either, kept alive.
     """
     cdef lrcore_job *jobs
     cdef readonly Py_ssize_t njobs
@@ -923,11 +933,15 @@ cdef class StepPlan:
     cdef readonly size_t param_bytes
     cdef list extents      # sorted (start, end) of every owned buffer
     cdef list grads        # the grads whose pointers the jobs hold (kept alive)
+    cdef readonly bint lowp   # a plan of lrcore.lowp's layouts (offsets given)
+    cdef list codes        # lowp: per param (param code, state code or -1)
 
-    def __cinit__(self, str kind, list params, list states, list groups):
+    def __cinit__(self, str kind, list params, list states, list groups, offsets=None,
+                  owned=None):
         self.jobs = NULL
 
-    def __init__(self, str kind, list params, list states, list groups):
+    def __init__(self, str kind, list params, list states, list groups, offsets=None,
+                 owned=None):
         if kind not in _KIND:
             raise ValueError(f"StepPlan: kind must be one of {sorted(_KIND)}, got {kind!r}")
         if not (len(params) == len(states) == len(groups)):
@@ -947,7 +961,12 @@ cdef class StepPlan:
         cdef cnp.ndarray p, a
         cdef int dtype
         self.param_bytes = 0
-        for i in range(self.njobs):
+        self.lowp = offsets is not None
+        if self.lowp:
+            if len(offsets) != self.njobs:
+                raise ValueError("StepPlan: offsets must have one entry per param")
+            self._init_lowp(params, states, offsets, names, arrays)
+        for i in range(self.njobs if not self.lowp else 0):
             p = _array("step", f"params[{i}]", params[i], -1, -1, True)
             dtype = _dtype_code("step", f"params[{i}]", p)
             self.jobs[i].kind = self.kind_code
@@ -967,6 +986,11 @@ cdef class StepPlan:
                 self.jobs[i].state[k] = <char *>cnp.PyArray_DATA(a)
                 names.append(f"state of params[{i}]")
                 arrays.append(a)
+        for k, a in enumerate(owned or ()):
+            if not cnp.PyArray_Check(a):
+                raise TypeError(f"StepPlan: owned[{k}] must be a numpy.ndarray")
+            names.append("a state buffer")
+            arrays.append(a)
         self.keep = arrays
         ext = []
         for i in range(len(arrays)):
@@ -984,6 +1008,59 @@ cdef class StepPlan:
     def __dealloc__(self):
         free(self.jobs)
 
+    cdef int _init_lowp(self, list params, list states, list offsets, list names,
+                        list arrays) except -1:
+        """The jobs of a plan of lrcore.lowp's layouts: element types, index offsets."""
+        cdef Py_ssize_t i, k
+        cdef int pc, sc, code
+        cdef bint ok
+        cdef cnp.ndarray p, a
+        self.codes = []
+        for i in range(self.njobs):
+            pc = _et(params[i], True)
+            if pc < 0:
+                raise TypeError(f"step(): params[{i}] must be a writeable, C-contiguous, aligned "
+                                f"array of float32, float64, bfloat16 or float16 in native "
+                                f"byte order")
+            p = <cnp.ndarray>params[i]
+            o = offsets[i]
+            if not PyLong_CheckExact(o) or not 0 <= o or o + cnp.PyArray_SIZE(p) > 2 ** 63:
+                raise ValueError(f"StepPlan: offsets[{i}] must be an int with offset + size "
+                                 f"<= 2**63, got {o!r}")
+            self.jobs[i].kind = self.kind_code
+            self.jobs[i].n = <size_t>cnp.PyArray_SIZE(p)
+            self.jobs[i].param = <char *>cnp.PyArray_DATA(p)
+            self.jobs[i].lowp.index_offset = <uint64_t>o
+            self.param_bytes += <size_t>cnp.PyArray_NBYTES(p)
+            names.append(f"params[{i}]")
+            arrays.append(p)
+            st = states[i]
+            if len(st) != 3:
+                raise ValueError("StepPlan: each states entry must have 3 slots")
+            sc = -1
+            for k in range(3):
+                if st[k] is None:
+                    continue
+                code = _et(st[k], True)
+                if code < 0 or (sc >= 0 and code != sc) or \
+                        cnp.PyArray_SIZE(<cnp.ndarray>st[k]) != cnp.PyArray_SIZE(p):
+                    raise TypeError(f"step(): the states of params[{i}] must be writeable, "
+                                    f"C-contiguous arrays of one supported dtype and the "
+                                    f"param's size")
+                sc = code
+                a = <cnp.ndarray>st[k]
+                self.jobs[i].state[k] = <char *>cnp.PyArray_DATA(a)
+                names.append(f"state of params[{i}]")
+                arrays.append(a)
+            ok = False
+            for code in range(4):    # some grad type completes a supported layout
+                if _LOWP_STATE[pc][code] >= 0 and (sc < 0 or (_LOWP_STATES_OK[pc][code] >> sc) & 1u):
+                    ok = True
+            if not ok:
+                raise TypeError(f"step(): params[{i}] and its states form no supported layout")
+            self.codes.append((pc, sc))
+        return 0
+
     cdef int _set_grads(self, list grads) except -1:
         if len(grads) != self.njobs:
             raise ValueError(f"step(): got {len(grads)} grads for {self.njobs} params; "
@@ -991,11 +1068,32 @@ cdef class StepPlan:
         cdef Py_ssize_t i, lo, hi, mid
         cdef cnp.ndarray g
         cdef uintptr_t g0, g1
+        cdef int pc, sc, gc
         ext = self.extents
         cdef Py_ssize_t ne = len(ext)
         for i in range(self.njobs):
-            g = _array("step", f"grads[{i}]", grads[i],
-                       self.jobs[i].dtype, <cnp.npy_intp>self.jobs[i].n, False)
+            if self.lowp:
+                # the grad's element type completes the param's layout (lrcore.lowp.LAYOUTS)
+                pc, sc = self.codes[i]
+                gc = _et(grads[i], False)
+                if gc < 0 or _LOWP_STATE[pc][gc] < 0 or \
+                        (sc >= 0 and not (_LOWP_STATES_OK[pc][gc] >> sc) & 1u) or \
+                        cnp.PyArray_SIZE(<cnp.ndarray>grads[i]) != <cnp.npy_intp>self.jobs[i].n:
+                    raise TypeError(f"step(): grads[{i}] does not complete a supported layout "
+                                    f"with params[{i}] (lrcore.lowp.LAYOUTS), or has another size")
+                g = <cnp.ndarray>grads[i]
+                if sc < 0:
+                    sc = _LOWP_STATE[pc][gc]
+                if pc == gc == sc and pc < 2:     # float32/float64 throughout: the float32 kernel
+                    self.jobs[i].dtype = LRCORE_F32 if pc == 0 else LRCORE_F64
+                else:
+                    self.jobs[i].dtype = 2   # LRCORE_LOWP
+                self.jobs[i].lowp.param = pc
+                self.jobs[i].lowp.grad = gc
+                self.jobs[i].lowp.state = sc
+            else:
+                g = _array("step", f"grads[{i}]", grads[i],
+                           self.jobs[i].dtype, <cnp.npy_intp>self.jobs[i].n, False)
             if cnp.PyArray_NBYTES(g) == 0:
                 continue
             g0 = <uintptr_t>cnp.PyArray_DATA(g)
@@ -1018,6 +1116,9 @@ cdef class StepPlan:
 
     def grad_sumsq(self, list grads, num_threads=None):
         """(sum of squares of all grads in double, every element finite), one read of grads."""
+        if self.lowp:
+            raise TypeError("StepPlan.grad_sumsq: a plan of lrcore.lowp's layouts has none; "
+                            "sum the grads with lrcore.optim.precision.grad_sumsq")
         self._set_grads(grads)
         cdef int nt = lrcore_plan_threads(self.param_bytes, _threads("step", num_threads),
                                           MIN_BYTES_PER_THREAD)
@@ -1028,10 +1129,22 @@ cdef class StepPlan:
         return total, bool(finite)
 
     def run(self, list grads, list group_hps, double grad_scale=1.0, num_threads=None,
-            bint grads_checked=False):
+            bint grads_checked=False, rounding=None, seed=None):
         """Apply one step. group_hps[g] is a dict of group g's hyperparameters by name (the
         fields of the rule in lrcore.rules; derived ones and those at their default may be
-        left out)."""
+        left out). A plan of lrcore.lowp's layouts also takes the stream: rounding
+        ('nearest' or 'stochastic') and seed (0..2**64-1), and grad_scale must be 1."""
+        cdef int rcode = 0
+        if self.lowp:
+            if rounding not in ("nearest", "stochastic"):
+                raise ValueError(f"StepPlan.run: rounding must be 'nearest' or 'stochastic', "
+                                 f"got {rounding!r}")
+            if not PyLong_CheckExact(seed) or not 0 <= seed <= 0xFFFFFFFFFFFFFFFF:
+                raise ValueError(f"StepPlan.run: seed must be an int in 0..2**64-1, got {seed!r}")
+            if grad_scale != 1.0:
+                raise ValueError("StepPlan.run: a plan of lrcore.lowp's layouts takes scaled "
+                                 "grads, not grad_scale")
+            rcode = 0 if rounding == "nearest" else 1
         if not grads_checked or self.grads is None or len(grads) != len(self.grads) \
                 or any(a is not b for a, b in zip(grads, self.grads)):
             self._set_grads(grads)
@@ -1072,6 +1185,13 @@ cdef class StepPlan:
                                              f"group {g} has {st.when} > 0")
             for i in range(self.njobs):
                 self.jobs[i].hp = packed[self.group_of[i]]
+            if self.lowp:
+                steps = [(hps[gi] if hps is not None else group_hps[gi])["step"]
+                         for gi in range(ng)]
+                for i in range(self.njobs):
+                    self.jobs[i].lowp.rounding = rcode
+                    self.jobs[i].lowp.seed = <uint64_t>seed
+                    self.jobs[i].lowp.step = <uint64_t>steps[self.group_of[i]]
         finally:
             free(packed)
             free(required)

@@ -13,9 +13,13 @@ Element types (issues 12, 13): params may be float32, float64, bfloat16 (ml_dtyp
 float16 arrays, the state float32, bfloat16 or 8-bit (``state_dtype``), grads half precision
 where :data:`lrcore.lowp.LAYOUTS` allows; :mod:`lrcore.optim.precision` decides each param's
 layout at construction. An optimizer whose params and states are all float32 (or all
-float64) steps through its StepPlan in one native call; any other (or a step whose grads are
-half precision) calls the kernel once per param, with ``rounding``, ``seed`` and the param's
-``index_offset`` (its place in the concatenation of all params), after checking every grad.
+float64) steps through its StepPlan in one native call. Any other layout without 8-bit
+state (or a step whose grads are half precision) also steps in one native call, through a
+StepPlan of lrcore.lowp's layouts (compiled backend) whose job for each param is the
+kernel's call with ``rounding``, ``seed`` and the param's ``index_offset`` (its place in the
+concatenation of all params); 8-bit state, the numpy backend, or a grad that plan does not
+take as it is call the kernel once per param with the same arguments, after checking every
+grad: the same bits either way.
 A step holds the optimizer's lock, so one optimizer stepped from several threads applies
 whole steps one after another.
 """
@@ -127,6 +131,11 @@ class Optimizer:
         self._momentum_started = [False] * len(self._groups)
         self._scalars = [self._initial_scalars() for _ in self._groups]
         self._plan = None
+        # the per-param layouts without 8-bit state, on the compiled backend: one StepPlan of
+        # lrcore.lowp's layouts over every param (built at the step for the states in use)
+        self._lowp_plan = self._lowp_key = None
+        self._lowp_ok = (not self._plain and backend.name == "native"
+                         and not any(lay.quantized for lay in self._layouts))
         self._ensure_state()
         self.last_grad_norm = None
 
@@ -313,7 +322,8 @@ class Optimizer:
         anything changes. Steps from several threads on one optimizer are serialised.
 
         Half-precision grads (lrcore.lowp.LAYOUTS) or any param whose layout is not all
-        float32 / all float64 take the per-param path: there the norm is summed in float64
+        float32 / all float64 take the path of those layouts (one call of lrcore.lowp's
+        layouts, or with 8-bit state the kernel per param): there the norm is summed in float64
         and a clipped grad is a scaled copy (float32 for a float32 param; for a bfloat16 or
         float16 param, rounded to nearest in the grad's dtype, as torch's clip_grad_norm_
         writes it).
@@ -372,6 +382,19 @@ class Optimizer:
         """The kernel once per param (half-precision or 8-bit layouts): every grad is
         checked against its param's layout and the optimizer's memory first."""
         where = f"{owner}.step()"
+        needs = [self._needs(group) for group in self._groups]
+        if self._lowp_ok and clip_norm is None and not skip_nonfinite:
+            # the plan checks every grad (count, layout, size, memory) before it writes
+            # anything; whatever it refuses goes through the checks below, which name it
+            try:
+                self._lowp_plan_for(needs).run(list(grads), values, 1.0, self.num_threads,
+                                               False, self._rounding, self._seed)
+            except (TypeError, ValueError):
+                pass
+            else:
+                self._after_step(values)
+                self._step += 1
+                return True
         if len(grads) != len(self._params):
             raise ValueError(f"{where}: got {len(grads)} grads for {len(self._params)} "
                              f"params; pass one grad per param, in the same order")
@@ -388,7 +411,18 @@ class Optimizer:
             if scale != 1.0:
                 grads = [precision.scaled(g, scale, lay)
                          for g, lay in zip(grads, self._layouts)]
-        needs = [self._needs(group) for group in self._groups]
+        if self._lowp_ok:
+            try:
+                self._lowp_plan_for(needs).run(list(grads), values, 1.0, self.num_threads,
+                                               False, self._rounding, self._seed)
+            except TypeError:
+                # a grad the plan does not take as it is (checked before anything is
+                # written, e.g. a view at an odd byte offset): the kernel once per param
+                pass
+            else:
+                self._after_step(values)
+                self._step += 1
+                return True
         for i, (p, g) in enumerate(zip(self._params, grads)):
             used = needs[self._group_of[i]]
             precision.run(self.kernel, self._layouts[i], p, g,
@@ -399,6 +433,27 @@ class Optimizer:
         self._after_step(values)
         self._step += 1
         return True
+
+    def _lowp_plan_for(self, needs):
+        """The StepPlan (lrcore.lowp's layouts) over every param with the states the groups
+        use now (``needs``: per group, the state names), as the per-param calls would pass
+        them; rebuilt when those or the buffers change. Bitwise the per-param path's step:
+        each param's job is lowp.kernel's call for it, at its index_offset."""
+        states = []
+        for i, st in enumerate(self._states):
+            used = needs[self._group_of[i]]
+            states.append(tuple(st.get(name) if name in used else None
+                                for name in self.state_slots)
+                          + (None,) * (3 - len(self.state_slots)))
+        key = tuple(tuple(map(id, t)) for t in states)
+        if self._lowp_plan is None or key != self._lowp_key:
+            unused = [b for st, t in zip(self._states, states) for b in st.values()
+                      if not any(b is x for x in t)]
+            self._lowp_plan = plan_class()(self.kernel, list(self._params), states,
+                                           list(self._group_of), list(self._offsets),
+                                           unused)
+            self._lowp_key = key
+        return self._lowp_plan
 
     def _after_step(self, values):
         """Bookkeeping after a step landed: the groups' scalar state moves on."""
