@@ -533,6 +533,57 @@ cdef inline bint _violates(_Info info, tuple values) except -1:
     return False
 
 
+cdef long long _pack_values(_Info info, tuple buffers, tuple values, lrcore_hp *out) except -1:
+    """The fast paths' test of a call's hyperparameters (`values`: the public ones in struct
+    order) and state buffers: when every value is what the generated checks pass unchanged
+    (an exact float inside the table's range, an exact int step in [1, 2**53], an exact bool
+    flag), every required state is present and no cross-argument constraint is broken, write
+    them into `out` (grad_scale 1) and return the step; else return 0, `out` holding nothing
+    that matters."""
+    cdef size_t i
+    cdef Py_ssize_t j, k
+    cdef const lrcore_field *f = info.desc
+    cdef char *base = <char *>out
+    cdef double d
+    cdef int overflow = 0
+    cdef long long step = 0
+    memset(out, 0, sizeof(lrcore_hp))
+    for i in range(info.count):
+        j = info.slot[i]
+        if j < 0:
+            (<double *>(base + f[i].offset))[0] = 1.0     # grad_scale
+            continue
+        x = <object>PyTuple_GET_ITEM(values, j)
+        if f[i].type == LRCORE_FIELD_DOUBLE:
+            if not PyFloat_CheckExact(x):
+                return 0
+            d = PyFloat_AS_DOUBLE(x)
+            if not (d >= info.lo[i] and (d <= info.hi[i] if info.hi_closed[i] else d < info.hi[i])):
+                return 0
+            (<double *>(base + f[i].offset))[0] = d
+        elif f[i].type == LRCORE_FIELD_INT64:     # step, the only int64 field (_info_of)
+            if not PyLong_CheckExact(x):
+                return 0
+            step = PyLong_AsLongLongAndOverflow(x, &overflow)
+            if overflow or not 1 <= step <= STEP_MAX_C:
+                return 0
+            (<int64_t *>(base + f[i].offset))[0] = <int64_t>step
+        else:
+            if x is True:
+                (<int *>(base + f[i].offset))[0] = 1
+            elif x is not False:
+                return 0
+    for k in range(info.nstates):
+        if info.state_need[k] == -2 and buffers[2 + k] is None:
+            return 0
+        if info.state_need[k] >= 0 and buffers[2 + k] is None \
+                and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
+            return 0
+    if _violates(info, values):
+        return 0
+    return step
+
+
 # ---- bfloat16/float16 calls without Python (lrcore.lowp's checks, compiled) --------------
 # The element-type codes of lrcore_lowp.h (LRCORE_ET_*) and lrcore.lowp.LAYOUTS as codes.
 from lrcore import lowp as _lowp
@@ -614,14 +665,10 @@ cdef bint _run_lowp_exact(_Info info, tuple buffers, tuple values, object num_th
     and returns True; else False having changed nothing: lrcore.lowp then checks the call
     again, converts or raises with its messages (so too when the values break one of the
     rule's cross-argument constraints)."""
-    cdef size_t i
     cdef Py_ssize_t j, k, nb = len(buffers)
-    cdef const lrcore_field *f = info.desc
     cdef lrcore_job job
-    cdef char *base = <char *>&job.hp
-    cdef double d
-    cdef int overflow = 0, code, pc, gc, sc = -1, nt
-    cdef long long step = 0
+    cdef int code, pc, gc, sc = -1, nt
+    cdef long long step
     cdef cnp.npy_intp n
     cdef uintptr_t a0, a1, b0, b1
     cdef cnp.ndarray a, b
@@ -635,39 +682,8 @@ cdef bint _run_lowp_exact(_Info info, tuple buffers, tuple values, object num_th
     else:
         return False
     memset(&job, 0, sizeof(job))
-    job.lowp.rounding = 0 if rounding == "nearest" else 1
-    for i in range(info.count):
-        j = info.slot[i]
-        if j < 0:
-            (<double *>(base + f[i].offset))[0] = 1.0     # grad_scale
-            continue
-        x = <object>PyTuple_GET_ITEM(values, j)
-        if f[i].type == LRCORE_FIELD_DOUBLE:
-            if not PyFloat_CheckExact(x):
-                return False
-            d = PyFloat_AS_DOUBLE(x)
-            if not (d >= info.lo[i] and (d <= info.hi[i] if info.hi_closed[i] else d < info.hi[i])):
-                return False
-            (<double *>(base + f[i].offset))[0] = d
-        elif f[i].type == LRCORE_FIELD_INT64:     # step, the only int64 field (_info_of)
-            if not PyLong_CheckExact(x):
-                return False
-            step = PyLong_AsLongLongAndOverflow(x, &overflow)
-            if overflow or not 1 <= step <= STEP_MAX_C:
-                return False
-            (<int64_t *>(base + f[i].offset))[0] = <int64_t>step
-        else:
-            if x is True:
-                (<int *>(base + f[i].offset))[0] = 1
-            elif x is not False:
-                return False
-    for k in range(info.nstates):
-        if info.state_need[k] == -2 and buffers[2 + k] is None:
-            return False
-        if info.state_need[k] >= 0 and buffers[2 + k] is None \
-                and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
-            return False
-    if _violates(info, values):
+    step = _pack_values(info, buffers, values, &job.hp)
+    if step == 0:
         return False
     # the buffers: codes, one layout, one size, separate memory
     pc = _et(buffers[0], True)
@@ -742,14 +758,8 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
     index_offset is not at its default: the generated code then sends the call to lrcore.lowp
     (or, not arrays, to the Python checks) -- unless _run_lowp_exact took it (bfloat16/float16
     buffers and every argument regular), which returns True."""
-    cdef size_t i
-    cdef Py_ssize_t j, k
-    cdef const lrcore_field *f = info.desc
+    cdef Py_ssize_t i, k
     cdef lrcore_job job
-    cdef char *base = <char *>&job.hp
-    cdef double d
-    cdef int overflow = 0
-    cdef long long step
     p, g = buffers[0], buffers[1]
     if not (cnp.PyArray_Check(p) and cnp.PyArray_Check(g)):
         return None     # not arrays: the generated Python checks name them
@@ -761,40 +771,9 @@ cdef object _run_exact(_Info info, tuple buffers, tuple values, object num_threa
             rounding, seed, index_offset, cnp.PyArray_SIZE(<cnp.ndarray>p)):
         return None     # float32/float64 with an irregular stream argument: lrcore.lowp names it
     memset(&job, 0, sizeof(job))
-    for i in range(info.count):
-        j = info.slot[i]
-        if j < 0:
-            (<double *>(base + f[i].offset))[0] = 1.0     # grad_scale
-            continue
-        x = <object>PyTuple_GET_ITEM(values, j)
-        if f[i].type == LRCORE_FIELD_DOUBLE:
-            if not PyFloat_CheckExact(x):
-                return False
-            d = PyFloat_AS_DOUBLE(x)
-            if not (d >= info.lo[i] and (d <= info.hi[i] if info.hi_closed[i] else d < info.hi[i])):
-                return False
-            (<double *>(base + f[i].offset))[0] = d
-        elif f[i].type == LRCORE_FIELD_INT64:
-            if not PyLong_CheckExact(x):
-                return False
-            step = PyLong_AsLongLongAndOverflow(x, &overflow)
-            if overflow or not 1 <= step <= STEP_MAX_C:
-                return False
-            (<int64_t *>(base + f[i].offset))[0] = <int64_t>step
-        else:
-            if x is True:
-                (<int *>(base + f[i].offset))[0] = 1
-            elif x is not False:
-                return False
-    cdef Py_ssize_t nb = len(buffers)
-    for k in range(info.nstates):
-        if info.state_need[k] == -2 and buffers[2 + k] is None:
-            return False
-        if info.state_need[k] >= 0 and buffers[2 + k] is None \
-                and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(values, info.state_need[k])) > 0.0:
-            return False
-    if _violates(info, values):
+    if _pack_values(info, buffers, values, &job.hp) == 0:
         return False
+    cdef Py_ssize_t nb = len(buffers)
     cdef str fn = info.rule
     job.kind = info.kind
     cdef int nt = _threads(fn, num_threads)
@@ -969,16 +948,8 @@ cdef class StepPlan:
         for i in range(self.njobs if not self.lowp else 0):
             p = _array("step", f"params[{i}]", params[i], -1, -1, True)
             dtype = _dtype_code("step", f"params[{i}]", p)
-            self.jobs[i].kind = self.kind_code
             self.jobs[i].dtype = dtype
-            self.jobs[i].n = <size_t>cnp.PyArray_SIZE(p)
-            self.jobs[i].param = <char *>cnp.PyArray_DATA(p)
-            self.param_bytes += <size_t>cnp.PyArray_NBYTES(p)
-            names.append(f"params[{i}]")
-            arrays.append(p)
-            st = states[i]
-            if len(st) != 3:
-                raise ValueError("StepPlan: each states entry must have 3 slots")
+            st = self._add_param(i, p, states[i], names, arrays)
             for k in range(3):
                 if st[k] is None:
                     continue
@@ -1008,6 +979,19 @@ cdef class StepPlan:
     def __dealloc__(self):
         free(self.jobs)
 
+    cdef object _add_param(self, Py_ssize_t i, cnp.ndarray p, object st, list names,
+                           list arrays):
+        """Job i's param (checked by the caller) and bookkeeping; returns its states entry."""
+        self.jobs[i].kind = self.kind_code
+        self.jobs[i].n = <size_t>cnp.PyArray_SIZE(p)
+        self.jobs[i].param = <char *>cnp.PyArray_DATA(p)
+        self.param_bytes += <size_t>cnp.PyArray_NBYTES(p)
+        names.append(f"params[{i}]")
+        arrays.append(p)
+        if len(st) != 3:
+            raise ValueError("StepPlan: each states entry must have 3 slots")
+        return st
+
     cdef int _init_lowp(self, list params, list states, list offsets, list names,
                         list arrays) except -1:
         """The jobs of a plan of lrcore.lowp's layouts: element types, index offsets."""
@@ -1027,16 +1011,8 @@ cdef class StepPlan:
             if not PyLong_CheckExact(o) or not 0 <= o or o + cnp.PyArray_SIZE(p) > 2 ** 63:
                 raise ValueError(f"StepPlan: offsets[{i}] must be an int with offset + size "
                                  f"<= 2**63, got {o!r}")
-            self.jobs[i].kind = self.kind_code
-            self.jobs[i].n = <size_t>cnp.PyArray_SIZE(p)
-            self.jobs[i].param = <char *>cnp.PyArray_DATA(p)
             self.jobs[i].lowp.index_offset = <uint64_t>o
-            self.param_bytes += <size_t>cnp.PyArray_NBYTES(p)
-            names.append(f"params[{i}]")
-            arrays.append(p)
-            st = states[i]
-            if len(st) != 3:
-                raise ValueError("StepPlan: each states entry must have 3 slots")
+            st = self._add_param(i, p, states[i], names, arrays)
             sc = -1
             for k in range(3):
                 if st[k] is None:
