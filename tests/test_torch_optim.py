@@ -1202,3 +1202,117 @@ def test_grad_layout_error_names_the_param():
                                         r"bfloat16"):
         opt.step()
     assert torch.equal(p.detach(), before) and not opt.state[p]
+
+
+# -- load_state_dict refuses bad state at load, for every layout ---------------------------------
+
+def _frozen(opt, params):
+    """Everything a refused load must leave as it was: params, state (keys, dtypes, bits),
+    param_groups (hyperparameters and lrcore's bookkeeping)."""
+    return ([_tbits(p).copy() for p in params],
+            {(i, k): (t.dtype, _tbits(t).copy()) if isinstance(t, torch.Tensor) else t
+             for i, p in enumerate(params) for k, t in opt.state.get(p, {}).items()},
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+
+
+def _same(a, b):
+    assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0]))
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        if isinstance(a[1][k], tuple):
+            assert a[1][k][0] == b[1][k][0] and np.array_equal(a[1][k][1], b[1][k][1]), k
+        else:
+            assert a[1][k] == b[1][k], k
+    assert str(a[2]) == str(b[2])
+
+
+PLAIN_CASES = [(n, d) for n in LOWP_KW for d in DTYPES]
+
+
+@pytest.mark.parametrize("name,dtype", PLAIN_CASES,
+                         ids=[f"{n}-{str(d)[6:]}" for n, d in PLAIN_CASES])
+def test_plain_load_state_dict_refuses_bad_state_at_load(name, dtype):
+    """float32/float64 optimizers: a saved state tensor of another shape (another size, or
+    the same size in another shape), of a non-floating dtype (integer, bool, complex: torch
+    would cast it silently, dropping an imaginary part), or not a tensor, and a bad `step`
+    (negative, fractional, NaN, several elements, not a number), is refused by
+    load_state_dict with a ValueError naming the param index and the state key, with
+    params, state and param_groups unchanged; it used to load and only the next step
+    refused it. A floating state of another dtype is cast to the param's, as torch does."""
+    kw = dict(LOWP_KW[name])
+    if name == "Adam":
+        kw["amsgrad"] = True
+    params = [_param(4, 3, dtype=dtype), _param(5, dtype=dtype)]
+    opt = getattr(lt, name)(params, **kw)
+    opt.step()
+    opt.step()
+    before = _frozen(opt, params)
+    keys = [k for k in opt.state[params[0]] if k not in ("step", "mu_product")]
+    assert keys
+    bad_values = [("size", torch.zeros(11, dtype=dtype), r"float\w+ \(11,\) on cpu"),
+                  ("shape", torch.zeros(3, 4, dtype=dtype), r"float\w+ \(3, 4\) on cpu"),
+                  ("int", torch.zeros(4, 3, dtype=torch.int64), r"int64 \(4, 3\)"),
+                  ("bool", torch.zeros(4, 3, dtype=torch.bool), r"bool \(4, 3\)"),
+                  ("complex", torch.zeros(4, 3, dtype=torch.complex64), r"complex64 \(4, 3\)"),
+                  ("float", 0.5, "0.5"),
+                  ("numpy", np.zeros((4, 3)), r"a numpy.ndarray float64 \(4, 3\)")]
+    for key in keys:
+        for what, value, got in bad_values:
+            sd = copy.deepcopy(opt.state_dict())
+            sd["state"][0][key] = value
+            with pytest.raises(ValueError, match=rf"load_state_dict\(\): state of param 0 "
+                                                 rf"\(.*\).*{key!r} is {got}.*expected"):
+                opt.load_state_dict(sd)
+            _same(_frozen(opt, params), before)
+    if opt._has_step:
+        for value in (-1.0, 2.5, float("nan"), float("inf"), torch.tensor([1.0, 2.0]),
+                      "3", torch.tensor(-2.0)):
+            sd = copy.deepcopy(opt.state_dict())
+            sd["state"][1]["step"] = value
+            with pytest.raises(ValueError, match=r"state of param 1 \(.*\).*'step' is .*"
+                                                 r"expected a whole number >= 0"):
+                opt.load_state_dict(sd)
+            _same(_frozen(opt, params), before)
+    # torch's cast of another floating dtype is kept; the load then steps as usual
+    sd = copy.deepcopy(opt.state_dict())
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    sd["state"][0][keys[0]] = sd["state"][0][keys[0]].to(other)
+    opt.load_state_dict(sd)
+    assert opt.state[params[0]][keys[0]].dtype == dtype
+    opt.step()
+
+
+@pytest.mark.parametrize("sd", [None, "bfloat16", "int8"])
+def test_lowp_load_state_dict_refuses_a_bad_step_at_load(sd):
+    """bfloat16 params (float32, bfloat16 or 8-bit state): a bad `step` is refused at load
+    naming the param index and key, nothing changed (it loaded; the next step refused it)."""
+    params, grads, _, kw, _, _ = _lowp_pair("AdamW", "bf16", 1)
+    opt = lt.AdamW(params, state_dtype=sd, **kw)
+    for p, x in zip(params, grads[0]):
+        p.grad = x
+    opt.step()
+    before = _frozen(opt, params)
+    for value in (-1.0, 0.5, float("nan"), torch.tensor([1.0, 1.0]), None.__class__):
+        sd_ = copy.deepcopy(opt.state_dict())
+        sd_["state"][1]["step"] = value
+        with pytest.raises(ValueError, match=r"state of param 1 \(bfloat16 \(50, 100\) on cpu\): "
+                                             r"'step' is .*expected a whole number >= 0"):
+            opt.load_state_dict(sd_)
+        _same(_frozen(opt, params), before)
+
+
+def test_plain_load_state_dict_refuses_8bit_state_keys():
+    """A state dict of an int8-state optimizer loaded into a float32 one without
+    state_dtype is refused naming the key (the codes were kept and ignored)."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    src = lt.AdamW([torch.nn.Parameter(p.detach().clone())], lr=1e-3, state_dtype="int8")
+    src.param_groups[0]["params"][0].grad = torch.randn(5000)
+    src.step()
+    sd = src.state_dict()
+    sd["state"][0]["exp_avg"] = torch.zeros(5000)
+    sd["state"][0]["exp_avg_sq"] = torch.zeros(5000)
+    opt = lt.AdamW([p], lr=1e-3)
+    with pytest.raises(ValueError, match=r"state of param 0 .*has 'exp_avg.(codes|absmax)' "
+                                         r"\(8-bit state\)"):
+        opt.load_state_dict(sd)
+    assert not opt.state

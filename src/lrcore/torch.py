@@ -224,6 +224,30 @@ def _describe(p):
     return f"{str(p.dtype).replace('torch.', '')} {tuple(p.shape)} on {p.device}"
 
 
+def _got(value):
+    """What a state value is, for a message: a tensor's dtype, shape and device, else repr."""
+    if isinstance(value, torch.Tensor):
+        return _describe(value)
+    if isinstance(value, np.ndarray):
+        return f"a numpy.ndarray {value.dtype} {value.shape}"
+    return repr(value)
+
+
+def _whole_step(value):
+    """A `step` (a real number or a one-element real tensor) as a float if it is a whole
+    number >= 0, else None."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+        return None
+    return value
+
+
 class _Cache:
     """The StepPlan of the last rebuild and what it was built for."""
     __slots__ = ("plan", "signature", "step_tensors", "step_views", "expected_steps",
@@ -501,7 +525,11 @@ class _LrcoreOptimizer:
                 for p in params:
                     st = state.get(p)
                     s = st.get("step") if st else None
-                    steps.append(0.0 if s is None else float(s))
+                    taken = 0.0 if s is None else _whole_step(s)
+                    if taken is None:   # nothing has changed so far
+                        raise ValueError(f"{owner}: state['step'] of a {_describe(p)} param "
+                                         f"is {_got(s)}; expected a whole number >= 0")
+                    steps.append(taken)
         else:
             steps = None
         scalars = self._scalar_keys(params)   # NAdam's mu_product per param, else None
@@ -513,11 +541,6 @@ class _LrcoreOptimizer:
                      for k, p in enumerate(g["params"])}
             for p in params:
                 self._check_param(*where[id(p)], p)
-            for i, step_taken in enumerate(steps or ()):
-                if not (math.isfinite(step_taken) and step_taken >= 0
-                        and step_taken == int(step_taken)):
-                    raise ValueError(f"{owner}: state['step'] of a {_describe(params[i])} "
-                                     f"param is {step_taken!r}; expected a whole number >= 0")
             group_of, representative, keys = [], [], {}
             for i, (p, gi) in enumerate(zip(params, gidx)):
                 if self._has_step:
@@ -627,10 +650,10 @@ class _LrcoreOptimizer:
             group = groups[gi]
             if self._has_step:
                 s = st.get("step")
-                taken = 0.0 if s is None else float(s)
-                if not (math.isfinite(taken) and taken >= 0 and taken == int(taken)):
+                taken = 0.0 if s is None else _whole_step(s)
+                if taken is None:
                     raise ValueError(f"{owner}: state['step'] of a {_describe(p)} param is "
-                                     f"{taken!r}; expected a whole number >= 0")
+                                     f"{_got(s)}; expected a whole number >= 0")
                 values = self._hyper(group, int(taken), False)
                 values.update(self._next_scalars(p, values))
             else:
@@ -858,15 +881,22 @@ class _LrcoreOptimizer:
             saved.get
         except (KeyError, TypeError, AttributeError):
             return {}      # torch's own checks report it
-        if len(ids) != len(params) or groups is None:
-            return {}
+        if groups is None or [len(g["params"]) for g in self.param_groups] != \
+                [len(g["params"]) for g in groups]:
+            return {}      # torch's own checks report it
         plain = self._lrcore_state_dtype is None and all(p.dtype in _DTYPES for p in params)
         out = {}
         for sid, p, gk in zip(ids, params, gids):
             st = saved.get(sid)
+            where = f"{owner}.load_state_dict(): state of param {sid} ({_describe(p)})"
+            if st is not None and not isinstance(st, dict):
+                raise ValueError(f"{where} is {_got(st)}; expected a dict of state")
             if not st:
                 continue
-            where = f"{owner}.load_state_dict(): state of param {sid} ({_describe(p)})"
+            if self._has_step and st.get("step") is not None and \
+                    _whole_step(st["step"]) is None:
+                raise ValueError(f"{where}: 'step' is {_got(st['step'])}; expected a whole "
+                                 f"number >= 0 (a number or a one-element tensor)")
             needs = self._needs(groups[gk])
             if self._has_step and "step" in st:
                 missing = [name for name in needs
@@ -891,6 +921,26 @@ class _LrcoreOptimizer:
                                      f"dtype={_scalar_dtype()}))")
                 keep[name] = value.detach().to("cpu").clone()
             if plain:
+                # torch's load casts a floating state tensor to the param's dtype; what it
+                # would load and the step refuse (or cast silently: an integer, bool or
+                # complex tensor) is refused now, before anything changes
+                shape = tuple(p.shape)
+                for key, value in st.items():
+                    name, dot, part = str(key).partition(".")
+                    if name in self._slots and dot and part in ("codes", "absmax"):
+                        raise ValueError(
+                            f"{where} has {key!r} (8-bit state); with state_dtype=None and "
+                            f"{str(p.dtype).replace('torch.', '')} params it holds "
+                            f"{sorted(needs)} as {str(p.dtype).replace('torch.', '')} tensors")
+                    if key not in self._slots or value is None:
+                        continue    # (torch's SGD may hold momentum_buffer None)
+                    if not isinstance(value, torch.Tensor) or \
+                            value.layout != torch.strided or \
+                            not value.is_floating_point() or tuple(value.shape) != shape:
+                        raise ValueError(
+                            f"{where}: {key!r} is {_got(value)}, expected a floating-point "
+                            f"tensor of the param's shape {shape} (loaded as "
+                            f"{str(p.dtype).replace('torch.', '')}, as torch does)")
                 if keep:
                     out[p] = keep
                 continue
