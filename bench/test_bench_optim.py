@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import lrcore
-from lrcore import backend, bench, kernels
+from lrcore import backend, bench, kernels, lowp
+import lrcore.optim
 
 from conftest import record
 
@@ -63,6 +64,50 @@ def test_small_optimizer_step(benchmark):
     benchmark.group = "small: 1,000 elements"
     benchmark.pedantic(opt.step, args=(g,), rounds=20000, iterations=1, warmup_rounds=100)
     record(benchmark, ADAM_BYTES * n, what="lrcore.Adam.step")
+
+
+_SMALL = {  # layout: (param dtype, grad dtype, AdamW options, elements per param)
+    "float32": (np.float32, np.float32, {}, 64),
+    "bfloat16": (lowp.bfloat16, lowp.bfloat16, {}, 64),
+    "bfloat16 SR": (lowp.bfloat16, lowp.bfloat16, dict(rounding="stochastic"), 64),
+    "float16": (np.float16, np.float16, {}, 64),
+    "float32 + bfloat16 grads": (np.float32, lowp.bfloat16, {}, 64),
+    "float32 5000": (np.float32, np.float32, {}, 5000),
+    "bfloat16 5000": (lowp.bfloat16, lowp.bfloat16, {}, 5000),
+    "int8 state 5000": (np.float32, np.float32, dict(state_dtype="int8"), 5000),
+}
+
+
+@pytest.mark.parametrize("layout", list(_SMALL))
+def test_small_params_step(benchmark, layout):
+    """AdamW over 20 small params, per layout: the fixed cost of a step (README, "How a step
+    runs"): one compiled call for float32 and the half-precision layouts, the kernel once per
+    param with 8-bit state (params of 5000 elements: 8-bit state starts at 4096)."""
+    pdt, gdt, kw, n = _SMALL[layout]
+    params = [np.ones(n, pdt) for _ in range(20)]
+    grads = [np.full(n, 0.01, np.float32).astype(gdt) for _ in range(20)]
+    opt = lrcore.optim.AdamW(params, lr=1e-3, **kw)
+    benchmark.group = "small params: AdamW, 20 params"
+    benchmark.pedantic(opt.step, args=(grads,), rounds=2000, iterations=1, warmup_rounds=20)
+    nbytes = sum(p.nbytes * 2 + g.nbytes for p, g in zip(params, grads)) + opt.state_nbytes() * 2
+    record(benchmark, nbytes, what=f"lrcore.optim.AdamW.step, 20 x {n} {layout}",
+           us_per_step=round(benchmark.stats.stats.median * 1e6, 2))
+
+
+@pytest.mark.parametrize("layout", ["float32", "bfloat16 SR"])
+def test_small_kernel_call_layouts(benchmark, layout):
+    """One lrcore.kernels.adam call on 1,000 elements of a layout (its checks run compiled
+    for every layout)."""
+    pdt, gdt, kw, _ = _SMALL[layout]
+    n = 1000
+    p, g = np.ones(n, pdt), np.full(n, 0.1, np.float32).astype(gdt)
+    m, v = np.zeros(n, pdt), np.zeros(n, pdt)
+    extra = dict(rounding="stochastic", seed=1) if kw else {}
+    benchmark.group = "small: 1,000 elements"
+    benchmark.pedantic(lambda: kernels.adam(p, g, m, v, lr=1e-3, step=3, **extra),
+                       rounds=20000, iterations=1, warmup_rounds=100)
+    record(benchmark, (p.nbytes * 2 + g.nbytes + (m.nbytes + v.nbytes) * 2),
+           what=f"lrcore.kernels.adam call, {layout}")
 
 
 @pytest.mark.parametrize("mode", ["plain", "clip_norm+skip_nonfinite"])

@@ -131,10 +131,11 @@ class Optimizer:
         self._momentum_started = [False] * len(self._groups)
         self._scalars = [self._initial_scalars() for _ in self._groups]
         self._plan = None
-        # the per-param layouts without 8-bit state, on the compiled backend: one StepPlan of
-        # lrcore.lowp's layouts over every param (built at the step for the states in use)
+        # layouts without 8-bit state on the compiled backend, and float32 optimizers given
+        # half-precision grads: one StepPlan of lrcore.lowp's layouts over every param (built
+        # at the step for the states in use)
         self._lowp_plan = self._lowp_key = None
-        self._lowp_ok = (not self._plain and backend.name == "native"
+        self._lowp_ok = (backend.name == "native"
                          and not any(lay.quantized for lay in self._layouts))
         self._ensure_state()
         self.last_grad_norm = None
