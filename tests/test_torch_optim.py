@@ -1316,3 +1316,48 @@ def test_plain_load_state_dict_refuses_8bit_state_keys():
                                          r"\(8-bit state\)"):
         opt.load_state_dict(sd)
     assert not opt.state
+
+
+BAD_LRCORE_STEPS = ["3", -1, 2.5, 3.0, True, None, float("nan"), 2 ** 53, torch.tensor(3)]
+
+
+@pytest.mark.parametrize("pdt", [torch.float32, torch.bfloat16], ids=str)
+def test_sgd_bad_lrcore_steps_is_refused_naming_it(pdt):
+    """SGD's group["lrcore_steps"] (its count of steps, at which schedules are evaluated)
+    must be an integer in [0, 2**53): a string, negative, float (even 3.0), bool, None, NaN
+    or tensor is refused with a ValueError naming param_groups[g]['lrcore_steps'], at
+    load_state_dict, at a step after a hand edit, and by add_param_group, with nothing
+    changed (a string or NaN failed at the step with int()'s bare message; -1, 2.5 and True
+    were taken as 0, 3 and 2 steps)."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(6, generator=gen).to(pdt))
+    b = torch.nn.Parameter(torch.randn(4, generator=gen).to(pdt))
+    opt = lt.SGD([{"params": [a]}, {"params": [b], "lr": schedules.Linear(0.1, 0.01, 10)}],
+                 lr=0.05, momentum=0.9)
+    for p in (a, b):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = _frozen(opt, [a, b])
+    for bad in BAD_LRCORE_STEPS:
+        sd = copy.deepcopy(opt.state_dict())
+        sd["param_groups"][1]["lrcore_steps"] = bad
+        with pytest.raises(ValueError, match=r"SGD.load_state_dict\(\): param_groups\[1\]"
+                                             r"\['lrcore_steps'\] is .*expected an integer"):
+            opt.load_state_dict(sd)
+        _same(_frozen(opt, [a, b]), before)
+        opt.param_groups[1]["lrcore_steps"] = bad
+        with pytest.raises(ValueError, match=r"SGD: param_groups\[1\]\['lrcore_steps'\] is "
+                                             r".*expected an integer in \[0, 2\*\*53\)"):
+            opt.step()
+        opt.param_groups[1]["lrcore_steps"] = 1
+        _same(_frozen(opt, [a, b]), before)
+        c = torch.nn.Parameter(torch.zeros(3, dtype=pdt))
+        with pytest.raises(ValueError, match=r"param_groups\[2\]\['lrcore_steps'\]"):
+            opt.add_param_group({"params": [c], "lrcore_steps": bad})
+        assert len(opt.param_groups) == 2
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][1]["lrcore_steps"] = np.int64(7)    # an integer of another type
+    opt.load_state_dict(sd)
+    opt.step()
+    assert opt.param_groups[1]["lrcore_steps"] == 8
+    assert opt.param_groups[0]["lrcore_steps"] == 2

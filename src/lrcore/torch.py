@@ -317,9 +317,9 @@ class _LrcoreOptimizer:
         self._lrcore_schedules = schedules
         torch_cls.__init__(self, params, **args, **flags)
         _restore_schedules(self.defaults, schedules)
-        for group in self.param_groups:
+        for g, group in enumerate(self.param_groups):
             _restore_schedules(group, schedules)
-            self._check_group(group)
+            self._check_group(group, g)
         # lrcore's step reads grads as they are; GradScaler must unscale them first
         self._step_supports_amp_scaling = False
         # state torch made at construction (Adagrad's sum) in the param's dtype, where this
@@ -343,7 +343,7 @@ class _LrcoreOptimizer:
             _restore_schedules(group, getattr(self, "_lrcore_schedules", {}))
             for k, p in enumerate(group["params"]):
                 self._check_param(n, k, p)
-            self._check_group(group)
+            self._check_group(group, n)
         except Exception:
             del self.param_groups[n:]
             raise
@@ -369,11 +369,26 @@ class _LrcoreOptimizer:
         if getattr(self, "_lrcore_state_dtype", None) is not None or p.dtype in _HALF:
             self._lrcore_layout(where, p)      # a supported (param, state) layout
 
-    def _check_group(self, group):
-        """Validate a group's hyperparameters as they would be at its next step."""
+    def _check_group(self, group, g=None):
+        """Validate a group's hyperparameters as they would be at its next step (and SGD's
+        lrcore_steps, when the group has one; `g` is the group's index)."""
+        if not self._has_step and "lrcore_steps" in group:
+            self._group_steps(g, group, type(self).__name__)
         self._hyper(group, 0, False)
         precision.check_int8_group(type(self).__name__, self._rule, group,
                                    getattr(self, "_lrcore_state_dtype", None))
+
+    def _group_steps(self, g, group, where):
+        """SGD's count of the steps group `g` has taken, group["lrcore_steps"] (0 when
+        absent), checked: ValueError naming it unless an integer in [0, 2**53)."""
+        value = group.get("lrcore_steps", 0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+                not 0 <= value < 2 ** 53:
+            raise ValueError(
+                f"{where}: param_groups[{'?' if g is None else g}]['lrcore_steps'] is "
+                f"{value!r}; expected an integer in [0, 2**53) (lrcore's count of the steps "
+                f"the group has taken, at which its schedules are evaluated)")
+        return int(value)
 
     # -- hyperparameters (subclasses) ----------------------------------------------------
 
@@ -568,7 +583,7 @@ class _LrcoreOptimizer:
                 first = "momentum_buffer" in needs[gidx[r]] and (
                     state.get(params[r]) is None or
                     state[params[r]].get("momentum_buffer") is None)
-                taken = int(group.get("lrcore_steps", 0))
+                taken = self._group_steps(gidx[r], group, owner)
                 hps.append(self._hyper(group, taken, first))
         # -- state and plan ----------------------------------------------------------------
         if rebuild:
@@ -591,7 +606,7 @@ class _LrcoreOptimizer:
             # hps are recomputed every step from the state, so a cached plan whose groups
             # were split by "buffer created by this step" stays valid once buffers exist
             for gi in set(gidx):
-                groups[gi]["lrcore_steps"] = int(groups[gi].get("lrcore_steps", 0)) + 1
+                groups[gi]["lrcore_steps"] = self._group_steps(gi, groups[gi], owner) + 1
         self._lrcore_cache = cache
 
     # -- half precision and 8-bit state: the kernel once per param -------------------------
@@ -660,7 +675,7 @@ class _LrcoreOptimizer:
                 first = "momentum_buffer" in self._needs(group) and \
                     st.get("momentum_buffer") is None and \
                     st.get("momentum_buffer.codes") is None
-                values = self._hyper(group, int(group.get("lrcore_steps", 0)), first)
+                values = self._hyper(group, self._group_steps(gi, group, owner), first)
             steps.append(values["step"])
             hps.append(values)
         for i, (p, lay) in enumerate(zip(params, layouts)):
@@ -700,7 +715,7 @@ class _LrcoreOptimizer:
                 state[p]["step"].fill_(float(t))
         else:
             for gi in set(gidx):
-                groups[gi]["lrcore_steps"] = int(groups[gi].get("lrcore_steps", 0)) + 1
+                groups[gi]["lrcore_steps"] = self._group_steps(gi, groups[gi], owner) + 1
         self._lrcore_cache = None
 
     def _lrcore_undo(self, params, created):
@@ -843,6 +858,10 @@ class _LrcoreOptimizer:
                           for g, group in enumerate(saved)]
             except (KeyError, TypeError, AttributeError):
                 groups = None   # torch's own checks report it
+            if not self._has_step:
+                for g, group in enumerate(groups or ()):
+                    if "lrcore_steps" in group:
+                        self._group_steps(g, group, f"{owner}.load_state_dict()")
             kept = self._lrcore_kept_state(state_dict, groups)
             if groups is not None:
                 state_dict = dict(state_dict, param_groups=groups)
