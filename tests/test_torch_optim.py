@@ -1361,3 +1361,32 @@ def test_sgd_bad_lrcore_steps_is_refused_naming_it(pdt):
     opt.step()
     assert opt.param_groups[1]["lrcore_steps"] == 8
     assert opt.param_groups[0]["lrcore_steps"] == 2
+
+
+@pytest.mark.parametrize("key,value,exc,match", [
+    ("lr", -1.0, ValueError, r"lr must be a finite number >= 0, got -1.0"),
+    ("lr", "abc", TypeError, r"lr must be a real number, got str"),
+    ("eps", float("nan"), ValueError, r"eps must be a finite number >= 0, got nan"),
+    ("weight_decay", float("inf"), ValueError, r"weight_decay"),
+    ("betas", (0.9, 1.5), ValueError, r"beta2"),
+    ("lr", None, ValueError, r"no value for 'lr'"),
+    ("capturable", True, NotImplementedError, r"capturable=True"),
+])
+def test_load_state_dict_refuses_bad_saved_hyperparameters(key, value, exc, match):
+    """A saved group's hyperparameters are checked at load as the next step would check
+    them: a bad or missing one is refused naming load_state_dict, the group and the
+    hyperparameter, with params, state and param_groups unchanged (it loaded, and only the
+    next step refused it)."""
+    params = [_param(4, 3), _param(5)]
+    opt = lt.Adam([{"params": [params[0]]}, {"params": [params[1]], "lr": 5e-3}], lr=1e-2)
+    opt.step()
+    before = _frozen(opt, params)
+    sd = copy.deepcopy(opt.state_dict())
+    if value is None:
+        del sd["param_groups"][1][key]
+    else:
+        sd["param_groups"][1][key] = value
+    with pytest.raises(exc, match=r"Adam.load_state_dict\(\): param_groups\[1\]: .*" + match):
+        opt.load_state_dict(sd)
+    _same(_frozen(opt, params), before)
+    opt.step()

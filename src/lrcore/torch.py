@@ -43,7 +43,7 @@ import torch.optim
 
 import numpy as np
 
-from . import hyperparams, lowp, quantization, rules
+from . import _validate, hyperparams, lowp, quantization, rules
 from . import optim as lrcore_optim
 from .optim import precision
 from .schedules import Schedule
@@ -374,7 +374,12 @@ class _LrcoreOptimizer:
         lrcore_steps, when the group has one; `g` is the group's index)."""
         if not self._has_step and "lrcore_steps" in group:
             self._group_steps(g, group, type(self).__name__)
-        self._hyper(group, 0, False)
+        values = self._hyper(group, 0, False)
+        for h in self._rule.hypers:   # one the table has no default for (lr)
+            if h.public and h.default is None and h.name not in values and \
+                    (self._rule.name, h.name) not in _validate.DERIVED:
+                raise ValueError(f"{type(self).__name__}: param group has no value for "
+                                 f"{self._rule.torch_hypers.get(h.name, h.name)!r}")
         precision.check_int8_group(type(self).__name__, self._rule, group,
                                    getattr(self, "_lrcore_state_dtype", None))
 
@@ -862,6 +867,19 @@ class _LrcoreOptimizer:
                 for g, group in enumerate(groups or ()):
                     if "lrcore_steps" in group:
                         self._group_steps(g, group, f"{owner}.load_state_dict()")
+            if groups is not None and [len(g["params"]) for g in self.param_groups] == \
+                    [len(g["params"]) for g in groups]:
+                # the saved hyperparameters as the next step would check them (else torch's
+                # own check reports the groups' sizes)
+                for g, group in enumerate(groups):
+                    try:
+                        self._flags(group)
+                        self._check_group(group, g)
+                    except (TypeError, ValueError, NotImplementedError) as e:
+                        msg = str(e)
+                        msg = msg[len(owner) + 2:] if msg.startswith(owner + ": ") else msg
+                        raise type(e)(f"{owner}.load_state_dict(): param_groups[{g}]: "
+                                      f"{msg}") from None
             kept = self._lrcore_kept_state(state_dict, groups)
             if groups is not None:
                 state_dict = dict(state_dict, param_groups=groups)
