@@ -1390,3 +1390,42 @@ def test_load_state_dict_refuses_bad_saved_hyperparameters(key, value, exc, matc
         opt.load_state_dict(sd)
     _same(_frozen(opt, params), before)
     opt.step()
+
+
+def test_load_state_dict_hooks_run_as_torchs():
+    """A load_state_dict pre-hook sees the state dict first and what it returns is what is
+    checked and loaded (lrcore checked the dict before the hook, refusing one the hook
+    repairs); each pre-hook runs once. Post-hooks run on the optimizer as loaded: a bfloat16
+    param's float32 state in float32 (torch's load had cast it to bfloat16 when they ran)
+    and the saved lrcore schedule in the group."""
+    for lib in (torch.optim, lt):
+        a = torch.nn.Parameter(torch.randn(5))
+        opt = lib.Adam([a], lr=0.01)
+        a.grad = torch.ones(5)
+        opt.step()
+        sd = copy.deepcopy(opt.state_dict())
+        sd["state"][0]["m"] = sd["state"][0].pop("exp_avg")
+        sd["state"][0]["exp_avg"] = torch.zeros(7)       # replaced by the hook
+        calls = []
+
+        def fix(o, d):
+            calls.append(1)
+            d = dict(d, state={k: dict(v) for k, v in d["state"].items()})
+            d["state"][0]["exp_avg"] = d["state"][0].pop("m")
+            return d
+        opt.register_load_state_dict_pre_hook(fix)
+        opt.load_state_dict(sd)
+        assert calls == [1]
+        assert opt.state[a]["exp_avg"].shape == (5,) and "m" not in opt.state[a]
+        opt.step()
+    p = torch.nn.Parameter(torch.randn(6).bfloat16())
+    lr = schedules.Cosine(0.1, 10)
+    opt = lt.AdamW([p], lr=lr, state_dtype="float32")
+    p.grad = torch.ones(6, dtype=torch.bfloat16)
+    opt.step()
+    sd = opt.state_dict()
+    seen = []
+    opt.register_load_state_dict_post_hook(
+        lambda o: seen.append((o.state[p]["exp_avg"].dtype, o.param_groups[0]["lr"])))
+    opt.load_state_dict(sd)
+    assert seen == [(torch.float32, lr)] and seen[0][1] is lr

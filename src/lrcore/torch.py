@@ -852,9 +852,18 @@ class _LrcoreOptimizer:
     def load_state_dict(self, state_dict):
         """torch's load_state_dict; lrcore schedules stored in the groups come back as they
         were saved (checked before anything changes). The cached plan is rebuilt at the
-        next step."""
+        next step. As in torch, the load_state_dict pre-hooks see (and may replace) the
+        state dict first, so lrcore checks what they return; the post-hooks run last, on
+        the optimizer as loaded (schedules and state dtypes included)."""
         owner = type(self).__name__
         with self._lrcore_lock:
+            state_dict = state_dict.copy()   # torch's shallow copy, then its pre-hooks
+            pre_hooks = self._optimizer_load_state_dict_pre_hooks
+            post_hooks = self._optimizer_load_state_dict_post_hooks
+            for pre_hook in pre_hooks.values():
+                result = pre_hook(self, state_dict)
+                if result is not None:
+                    state_dict = result
             try:
                 saved = state_dict["param_groups"]
                 groups = [_from_data(owner, g, group,
@@ -867,8 +876,12 @@ class _LrcoreOptimizer:
                 for g, group in enumerate(groups or ()):
                     if "lrcore_steps" in group:
                         self._group_steps(g, group, f"{owner}.load_state_dict()")
-            if groups is not None and [len(g["params"]) for g in self.param_groups] == \
-                    [len(g["params"]) for g in groups]:
+            try:
+                same_sizes = groups is not None and [len(g["params"]) for g in groups] == \
+                    [len(g["params"]) for g in self.param_groups]
+            except (KeyError, TypeError):
+                same_sizes = False   # torch's own checks report it
+            if same_sizes:
                 # the saved hyperparameters as the next step would check them (else torch's
                 # own check reports the groups' sizes)
                 for g, group in enumerate(groups):
@@ -884,7 +897,14 @@ class _LrcoreOptimizer:
             if groups is not None:
                 state_dict = dict(state_dict, param_groups=groups)
             live = [dict(g) for g in self.param_groups]
-            super().load_state_dict(state_dict)
+            # torch's load without the hooks, which run here before and after it
+            self._optimizer_load_state_dict_pre_hooks = type(pre_hooks)()
+            self._optimizer_load_state_dict_post_hooks = type(post_hooks)()
+            try:
+                super().load_state_dict(state_dict)
+            finally:
+                self._optimizer_load_state_dict_pre_hooks = pre_hooks
+                self._optimizer_load_state_dict_post_hooks = post_hooks
             # torch deep-copies the groups: put back the schedule objects themselves, and
             # (only now that the load passed) a live schedule with the same config keeps its
             # identity with the loaded state (a caller's ReduceOnPlateau, a Lambda)
@@ -896,6 +916,8 @@ class _LrcoreOptimizer:
             for p, st in kept.items():   # in their own dtype, not cast to the param's
                 self.state[p].update(st)
             self._lrcore_cache = None
+            for post_hook in post_hooks.values():
+                post_hook(self)
 
     def _lrcore_kept_state(self, state_dict, groups):
         """The saved state tensors of an optimizer with bfloat16/float16 params or a
