@@ -620,6 +620,34 @@ def test_optimizer_pickles_and_deepcopies():
     assert "lrcore.torch" in repr(opt)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copy_keeps_lrcore_options_and_steps_as_the_original(how):
+    """A deepcopy or pickle of an optimizer keeps num_threads, state_dtype, rounding and
+    seed (torch's __getstate__ kept only defaults, state and param_groups: the copy of an
+    int8-state optimizer had state_dtype None and its step failed with KeyError 'exp_avg';
+    a stochastic-rounding one rounded to nearest), and steps bit for bit as the original."""
+    import pickle
+    gen = torch.Generator().manual_seed(4)
+    p = torch.nn.Parameter(torch.randn(5000, generator=gen).bfloat16())
+    opt = lt.AdamW([p], lr=schedules.Cosine(1e-3, 10), state_dtype="int8",
+                   rounding="stochastic", seed=7, num_threads=2)
+    p.grad = torch.randn(5000, generator=gen).bfloat16()
+    opt.step()
+    clone = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert (clone.num_threads, clone._lrcore_state_dtype, clone._lrcore_rounding,
+            clone._lrcore_seed) == (2, "int8", "stochastic", 7)
+    q = clone.param_groups[0]["params"][0]
+    assert q is not p
+    for _ in range(3):
+        g = torch.randn(5000, generator=gen).bfloat16()
+        p.grad, q.grad = g, g.clone()
+        opt.step()
+        clone.step()
+    assert np.array_equal(_tbits(p), _tbits(q))
+    for k, t in opt.state[p].items():
+        assert np.array_equal(_tbits(t), _tbits(clone.state[q][k])), k
+
+
 def test_numpy_reference_backend_agrees():
     """LRCORE_BACKEND=python runs the same optimizer through the numpy twin, within the same
     budget of torch."""

@@ -1032,6 +1032,18 @@ class _LrcoreOptimizer:
             out[p] = keep
         return out
 
+    # lrcore's own attributes, which torch's __getstate__ (defaults, state, param_groups)
+    # would drop from a pickle or deepcopy
+    _PICKLED = ("num_threads", "_lrcore_state_dtype", "_lrcore_rounding", "_lrcore_seed",
+                "_lrcore_schedules")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in self._PICKLED:
+            if key in self.__dict__:
+                state[key] = self.__dict__[key]
+        return state
+
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("num_threads", None)
