@@ -1457,3 +1457,28 @@ def test_load_state_dict_hooks_run_as_torchs():
         lambda o: seen.append((o.state[p]["exp_avg"].dtype, o.param_groups[0]["lr"])))
     opt.load_state_dict(sd)
     assert seen == [(torch.float32, lr)] and seen[0][1] is lr
+
+
+def test_a_step_in_another_thread_waits_for_a_load():
+    """Steps and loads are serialised by the optimizer's lock: a step started from another
+    thread while load_state_dict runs (here: from its post-hook) waits until the load is
+    done. torch's load calls __setstate__, which replaced the lock mid-load, so the step ran
+    during the load."""
+    import threading
+    p = _param(50)
+    opt = lt.Adam([p], lr=0.1)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    during = []
+
+    def hook(o):
+        t = threading.Thread(target=o.step)
+        t.start()
+        t.join(0.5)
+        during.append(t.is_alive())      # still waiting for the lock
+        hook.thread = t
+    opt.register_load_state_dict_post_hook(hook)
+    opt.load_state_dict(sd)
+    hook.thread.join(10)
+    assert during == [True] and not hook.thread.is_alive()
+    assert float(opt.state[p]["step"]) == 2.0

@@ -1051,7 +1051,10 @@ class _LrcoreOptimizer:
         self.__dict__.setdefault("_lrcore_state_dtype", None)
         self.__dict__.setdefault("_lrcore_rounding", "nearest")
         self.__dict__.setdefault("_lrcore_seed", 0)
-        self.__dict__["_lrcore_lock"] = threading.RLock()
+        # torch's load_state_dict calls this while a load holds the lock: keep that lock
+        # (a new one would let another thread's step run during the load)
+        if "_lrcore_lock" not in self.__dict__:
+            self.__dict__["_lrcore_lock"] = threading.RLock()
         self._lrcore_cache = None
 
     def __repr__(self):
