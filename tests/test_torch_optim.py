@@ -1482,3 +1482,40 @@ def test_a_step_in_another_thread_waits_for_a_load():
     hook.thread.join(10)
     assert during == [True] and not hook.thread.is_alive()
     assert float(opt.state[p]["step"]) == 2.0
+
+
+@pytest.mark.skipif(lrcore.backend.name != "native", reason="the one-call plan is the compiled core's")
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "NAdam", "RMSprop", "Adagrad"])
+def test_lowp_one_call_plan_equals_per_param_path(name, monkeypatch):
+    """Half-precision params and grads step in one StepPlan of lrcore.lowp's layouts; the
+    per-param path (taken on the numpy backend) gives the same bits: params of four layouts
+    in two groups, stochastic rounding, a param without a grad at step 2 (its own step count
+    falls behind, as torch keeps it), SGD's momentum buffer made at the first step."""
+    kw = {"SGD": dict(lr=0.05, momentum=0.9), "RMSprop": dict(lr=0.01, momentum=0.5)}.get(
+        name, dict(lr=0.01))
+    gen = torch.Generator().manual_seed(4)
+    specs = [(torch.bfloat16, torch.bfloat16, 33), (torch.float16, torch.float16, 17),
+             (torch.float32, torch.bfloat16, 65), (torch.float64, torch.float64, 9)]
+    start = [(torch.rand(n, generator=gen) - 0.5).to(pdt) for pdt, _, n in specs]
+    grads = [[(torch.rand(n, generator=gen) * 2 - 1).to(gdt) for _, gdt, n in specs]
+             for _ in range(4)]
+    runs = []
+    for plan in (True, False):
+        if not plan:
+            monkeypatch.setattr(lrcore.backend, "name", "python")
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        params[2].grad_dtype = torch.bfloat16   # optimizer offload: bfloat16 grads of float32
+        opt = getattr(lt, name)([{"params": params[:2]}, {"params": params[2:]}],
+                                rounding="stochastic", seed=11, **kw)
+        for t, g in enumerate(grads):
+            for i, (p, x) in enumerate(zip(params, g)):
+                p.grad = None if (t == 2 and i == 1) else x.clone()
+            opt.step()
+        assert (opt._lrcore_cache is not None) == plan
+        runs.append((params, opt.state))
+    for p, q in zip(runs[0][0], runs[1][0]):
+        assert np.array_equal(_tbits(p), _tbits(q))
+        sa, sb = runs[0][1][p], runs[1][1][q]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k].dtype == sb[k].dtype and np.array_equal(_tbits(sa[k]), _tbits(sb[k])), k

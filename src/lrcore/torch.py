@@ -44,6 +44,7 @@ import torch.optim
 import numpy as np
 
 from . import _validate, hyperparams, lowp, quantization, rules
+from . import backend as lrcore_backend
 from . import optim as lrcore_optim
 from .optim import precision
 from .schedules import Schedule
@@ -249,9 +250,10 @@ def _whole_step(value):
 
 
 class _Cache:
-    """The StepPlan of the last rebuild and what it was built for."""
+    """The StepPlan of the last rebuild and what it was built for (lowp: a plan of
+    lrcore.lowp's layouts, which takes the stream's rounding and seed at each run)."""
     __slots__ = ("plan", "signature", "step_tensors", "step_views", "expected_steps",
-                 "expected_scalars", "group_of", "representative", "tensors")
+                 "expected_scalars", "group_of", "representative", "tensors", "lowp")
 
 
 class _LrcoreOptimizer:
@@ -443,6 +445,13 @@ class _LrcoreOptimizer:
             return torch.zeros_like(p, memory_format=torch.preserve_format)
         return torch.full_like(p, init, memory_format=torch.preserve_format)
 
+    def _new_lowp_state(self, name, p, dtype):
+        """A new state buffer of `dtype` (a layout's state dtype), filled with the row's
+        initial value as the per-param path makes it (_lrcore_state_arrays)."""
+        init = next(s.init for s in self._rule.states if s.torch_name == name)
+        value = self.defaults[init] if isinstance(init, str) else init
+        return torch.full(p.shape, value, dtype=dtype)
+
     # -- per-param scalar state (NAdam's mu_product): none by default -------------------
 
     def _scalar_keys(self, params):
@@ -483,8 +492,19 @@ class _LrcoreOptimizer:
                     gidx.append(gi)
         return params, grads, gidx
 
-    def _grad_arrays(self, params, grads):
-        """Zero-copy numpy views of the grads; the common case costs one call per grad."""
+    def _grad_arrays(self, params, grads, lowp_mode=False):
+        """Zero-copy numpy views of the grads; the common case costs one call per grad.
+        lowp_mode: bfloat16/float16 grads too (viewed as lrcore.lowp's dtypes), and a grad's
+        dtype need not be its param's (StepPlan.run checks it completes a layout)."""
+        if lowp_mode:
+            out = []
+            for p, g in zip(params, grads):
+                if g.layout != torch.strided or g.device.type != "cpu" or g.shape != p.shape \
+                        or not (g.dtype == p.dtype or (p.dtype == torch.float32
+                                                       and g.dtype in _HALF)):
+                    return None      # no layout of lrcore.lowp: the per-param path names it
+                out.append(_view(g if g.is_contiguous() else g.contiguous()))
+            return out
         try:
             arrays = [g.numpy() for g in grads]
             if all(a.flags.c_contiguous for a in arrays):
@@ -523,11 +543,19 @@ class _LrcoreOptimizer:
         params, grads, gidx = self._collect()
         if not params:
             return
-        # the one-call plan takes float32/float64 params, grads and state of one dtype
+        # the one-call plan takes float32/float64 params, grads and state of one dtype, and
+        # (compiled backend) the layouts of lrcore.lowp without 8-bit state: the latter's
+        # grads are checked by StepPlan.run against each param's layout
         sd = self._lrcore_state_dtype
-        if (sd is not None and not (sd == "float32" and all(p.dtype == torch.float32
-                                                             for p in params))) or any(
-                p.dtype not in _DTYPES or g.dtype != p.dtype for p, g in zip(params, grads)):
+        lowp_mode = (sd is not None and not (sd == "float32" and all(p.dtype == torch.float32
+                                                                   for p in params))) or any(
+            p.dtype not in _DTYPES or g.dtype != p.dtype for p, g in zip(params, grads))
+        if lowp_mode and (sd == "int8" or lrcore_backend.name != "native" or any(
+                p.dtype not in _DTYPES and p.dtype not in _HALF for p in params)):
+            self._lrcore_step_each(params, grads, gidx)
+            return
+        grad_arrays = self._grad_arrays(params, grads, lowp_mode) if lowp_mode else None
+        if lowp_mode and grad_arrays is None:
             self._lrcore_step_each(params, grads, gidx)
             return
         groups = self.param_groups
@@ -535,7 +563,7 @@ class _LrcoreOptimizer:
         sig = self._signature(params, gidx, needs)
         cache = getattr(self, "_lrcore_cache", None)
         state = self.state
-        rebuild = cache is None or cache.signature != sig
+        rebuild = cache is None or cache.signature != sig or cache.lowp != lowp_mode
         if self._has_step:
             if not rebuild:
                 steps = [v.item() for v in cache.step_views]
@@ -575,7 +603,8 @@ class _LrcoreOptimizer:
                 group_of.append(keys[key])
         else:
             group_of, representative = cache.group_of, cache.representative
-        grad_arrays = self._grad_arrays(params, grads)
+        if not lowp_mode:
+            grad_arrays = self._grad_arrays(params, grads)
         hps = []
         for r in representative:
             group = groups[gidx[r]]
@@ -592,10 +621,21 @@ class _LrcoreOptimizer:
                 hps.append(self._hyper(group, taken, first))
         # -- state and plan ----------------------------------------------------------------
         if rebuild:
-            cache = self._rebuild(params, gidx, needs, group_of, representative)
+            cache = self._rebuild(params, gidx, needs, group_of, representative, lowp_mode)
             cache.signature = self._signature(params, gidx, needs)
         by_name = [{k: x for k, x in v.items() if k[0] != "_"} for v in hps]
-        cache.plan.run(grad_arrays, by_name, 1.0, self.num_threads, False)
+        if lowp_mode:
+            try:
+                cache.plan.run(grad_arrays, by_name, 1.0, self.num_threads, False,
+                               self._lrcore_rounding, self._lrcore_seed)
+            except TypeError:
+                # a grad whose dtype completes no layout with its param (checked before
+                # anything is written): the per-param path names it
+                self._lrcore_cache = None
+                self._lrcore_step_each(params, grads, gidx)
+                return
+        else:
+            cache.plan.run(grad_arrays, by_name, 1.0, self.num_threads, False)
         if scalars is not None:
             self._store_scalars(params, [hps[k] for k in group_of])
             cache.expected_scalars = self._scalar_keys(params)
@@ -769,11 +809,25 @@ class _LrcoreOptimizer:
                 out[lname] = _view(t)
         return out
 
-    def _rebuild(self, params, gidx, needs, group_of, representative):
-        """Create missing state (as torch would) and a new StepPlan; undo on failure."""
+    def _rebuild(self, params, gidx, needs, group_of, representative, lowp_mode=False):
+        """Create missing state (as torch would) and a new StepPlan; undo on failure.
+        lowp_mode: each param's state in its layout's dtype (lrcore.optim.precision), the
+        plan one of lrcore.lowp's layouts with each param's index_offset."""
         state = self.state
         created = []
+        owner = type(self).__name__
         try:
+            places = {id(p): (gi, k) for gi, g in enumerate(self.param_groups)
+                      for k, p in enumerate(g["params"])}
+            state_dtype = {}
+            for p in params:   # the layout of each param (TypeError naming it if none)
+                if lowp_mode:
+                    gi, k = places[id(p)]
+                    lay = self._lrcore_layout(
+                        f"param_groups[{gi}]['params'][{k}] ({_describe(p)})", p)
+                    state_dtype[id(p)] = _torch_dtype(lay.state)
+                else:
+                    state_dtype[id(p)] = p.dtype
             for p, gi in zip(params, gidx):
                 if not self._has_step and not needs[gi]:
                     continue  # like torch: SGD without momentum keeps no state
@@ -791,29 +845,41 @@ class _LrcoreOptimizer:
                     if st.get(name) is None:
                         st[name] = torch.ones((), dtype=_scalar_dtype())
                         created.append((st, name))
+                sdt = state_dtype[id(p)]
                 for name in needs[gi]:
                     t = st.get(name)
                     if t is None:
-                        st[name] = self._new_state(name, p, group)
+                        st[name] = (self._new_state(name, p, group) if not lowp_mode else
+                                    self._new_lowp_state(name, p, sdt))
                         created.append((st, name))
-                    elif not isinstance(t, torch.Tensor) or t.dtype != p.dtype or \
+                    elif not isinstance(t, torch.Tensor) or t.dtype != sdt or \
                             t.device.type != "cpu" or t.shape != p.shape:
                         raise ValueError(
-                            f"{type(self).__name__}: state[{name!r}] of a {_describe(p)} "
+                            f"{owner}: state[{name!r}] of a {_describe(p)} "
                             f"param is {_describe(t) if isinstance(t, torch.Tensor) else t!r}; "
-                            f"expected the param's dtype, shape and device")
+                            f"expected {str(sdt).replace('torch.', '')} of the param's shape "
+                            f"on cpu" + (f" (state_dtype={self._lrcore_state_dtype!r})"
+                                         if lowp_mode else ""))
                     elif not t.is_contiguous():
                         st[name] = t.contiguous()
             cache = _Cache()
             p_arrays, s_arrays, tensors = [], [], []
             for p, gi in zip(params, gidx):
                 st = state.get(p, {})
-                p_arrays.append(p.detach().numpy())
-                slots = [st[name].detach().numpy() if name in needs[gi] else None
+                p_arrays.append(_view(p))
+                slots = [_view(st[name]) if name in needs[gi] else None
                          for name in self._slots]
                 s_arrays.append(tuple(slots) + (None,) * (3 - len(slots)))
                 tensors.append((p, [st.get(name) for name in needs[gi]]))
-            cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays, list(group_of))
+            if lowp_mode:
+                offsets = self._lrcore_offsets()
+                cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays,
+                                                       list(group_of),
+                                                       [offsets[id(p)] for p in params])
+            else:
+                cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays,
+                                                       list(group_of))
+            cache.lowp = lowp_mode
         except Exception:
             self._lrcore_undo(params, created)
             self._lrcore_cache = None
