@@ -278,7 +278,8 @@ def run(kernel, lay, p, g, states, slots, values, *, rounding, seed, index_offse
     hyperparameters)."""
     if not lay.quantized:
         bufs = [states.get(s) for s in slots]
-        # the kernel without its per-call checks (~40 us; lrcore.lowp.kernel's run_checked)
+        # the backend's run_checked: the kernel's compiled checks (~1 us) and call, or
+        # lrcore.lowp.kernel's run_checked without the Python checks (~20 us)
         _kernel(kernel).run_checked([p, g, *bufs], values, rounding, seed, index_offset,
                                     num_threads)
         return
