@@ -1412,3 +1412,31 @@ def test_plot_of_a_finished_checkpoint_is_drawn_though_nothing_is_left_to_train(
     code, out, err = train(capsys, "--resume", str(path), "--plot", str(png))
     assert code == 0 and "nothing to do" in out and f"wrote plot {png}" in out, err
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0.5", "--schedule", "cosine", "initial=0.01"],
+     "--lr 0.5 conflicts with --schedule cosine initial=0.01"),
+    (["--lr", "0.5", "--schedule", "onecycle", "max-value=0.2"],
+     "--lr 0.5 conflicts with --schedule onecycle max_value=0.2"),
+    (["--lr", "0.5", "--schedule", "constant", "value=0.1"],
+     "--lr 0.5 does not apply to --schedule constant"),
+    (["--lr", "0.5", "--schedule", "linear", "start=0.1", "end=0"],
+     "--lr 0.5 does not apply to --schedule linear"),
+])
+def test_lr_that_a_schedule_would_ignore_is_refused(capsys, tmp_path, argv, message):
+    """`--lr 0.5 --schedule cosine initial=0.01` trained with initial 0.01 and never said
+    that --lr was ignored (as with a schedule that has no initial value to fill)."""
+    save = tmp_path / "c.lrc"
+    code, out, err = train(capsys, "--epochs", "1", *argv, "--save", str(save))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("lrcore train: error: ") and message in err
+    assert not save.exists()
+
+
+def test_lr_fills_a_schedule_or_agrees_with_it(capsys):
+    code, out, err = train(capsys, "--epochs", "1", "--lr", "0.02", "--schedule", "cosine")
+    assert code == 0 and "Cosine(initial=0.02, steps=45)" in out, err
+    code, out, err = train(capsys, "--epochs", "1", "--lr", "0.02", "--schedule", "cosine",
+                           "initial=2e-2")
+    assert code == 0 and "Cosine(initial=0.02, steps=45)" in out, err

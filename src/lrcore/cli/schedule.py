@@ -50,6 +50,35 @@ def fillable_missing(name, pairs):
             and p.default is inspect.Parameter.empty]
 
 
+def check_lr(name, pairs, lr):
+    """`lrcore train --lr LR --schedule NAME key=value ...`: --lr fills the schedule's
+    `initial`/`max_value` when the pairs leave it out. Given with a schedule that sets that
+    value to another number, or with one that has no such argument, it would be ignored:
+    a one-line CLIError naming both (an equal value is accepted). An unknown name or an
+    unreadable value is left to build()."""
+    if lr is None or name not in schedules.names():
+        return
+    params = _signature(name)
+    fillable = [key for key in ("initial", "max_value") if key in params]
+    if not fillable:
+        raise CLIError(f"--lr {lr:g} does not apply to --schedule {name}, which has no "
+                       f"initial value to fill (its values are its arguments: "
+                       f"{describe(name)}); leave out --lr")
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or key not in fillable:
+            continue
+        try:
+            given = float(value)
+        except ValueError:
+            continue
+        if given != lr:
+            raise CLIError(f"--lr {lr:g} conflicts with --schedule {name} {key}={value}; "
+                           f"give the value once (--lr fills {key} when the schedule "
+                           f"leaves it out)")
+
+
 def build(name, pairs, fill=None):
     """Make schedule `name` from `key=value` strings; `fill` gives values for the FILLABLE
     arguments that are required and were not given. Raises CLIError on any bad input."""

@@ -36,6 +36,7 @@ from . import (EXIT_FAILED, EXIT_INTERRUPTED, THREADS_DEFAULT, CLIError, check_t
 from .paths import PLOT_HINT, TQDM_HINT, input_file, output_file, plot_file
 from .report import META_KEY, History, Reporter, header, summary, wrap
 from .schedule import build as build_schedule
+from .schedule import check_lr as check_schedule_lr
 from .schedule import fillable_missing
 
 HELP = "train a classifier with an update task (default: built-in digits, MLP, Adam)"
@@ -150,8 +151,9 @@ def add_arguments(parser):
     opt.add_argument("--schedule", nargs="+", metavar=("NAME", "key=value"),
                      help="learning-rate schedule by name with key=value arguments, e.g. "
                           "--schedule cosine floor=1e-5; a required `initial` or `max_value` left "
-                          "out is --lr, a required `steps`/`total_steps` the run's total "
-                          "mini-batch steps (re-fit when --resume extends the run; see "
+                          "out is --lr (an --lr that differs from one given, or with a schedule "
+                          "that has neither, is an error), a required `steps`/`total_steps` the "
+                          "run's total mini-batch steps (re-fit when --resume extends the run; see "
                           "`lrcore schedule --help` for the names)")
     for option, hyper, _ in _hyper_keys():
         opt.add_argument(option, type=float, dest=hyper, metavar="X", help=_hyper_help(hyper))
@@ -201,6 +203,8 @@ def _check_values(args):
                        f"{args.val_fraction!r}")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise CLIError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if args.schedule:
+        check_schedule_lr(args.schedule[0], args.schedule[1:], args.lr)
     if args.resume is None:
         check_precision(args.precision, args.state_dtype,
                         args.optimizer or DEFAULTS["optimizer"])
