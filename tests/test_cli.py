@@ -1440,3 +1440,27 @@ def test_lr_fills_a_schedule_or_agrees_with_it(capsys):
     code, out, err = train(capsys, "--epochs", "1", "--lr", "0.02", "--schedule", "cosine",
                            "initial=2e-2")
     assert code == 0 and "Cosine(initial=0.02, steps=45)" in out, err
+
+
+def test_resume_refuses_another_seed(capsys, tmp_path):
+    """--seed with --resume only re-seeded the shuffling (from the current epoch on, so an
+    epoch cut by Ctrl-C could visit samples twice) while --help said it seeds the split and
+    the initial weights too, which come from the checkpoint. Now another seed is refused;
+    the checkpoint's own is accepted and continues bitwise."""
+    whole, half = tmp_path / "whole.lrc", tmp_path / "half.lrc"
+    assert train(capsys, "--epochs", "2", "--seed", "3", "--save", str(whole))[0] == 0
+    assert train(capsys, "--epochs", "1", "--seed", "3", "--save", str(half))[0] == 0
+    before = half.read_bytes()
+    code, out, err = train(capsys, "--resume", str(half), "--epochs", "2", "--seed", "4",
+                           "--save", str(half))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "--seed 4 conflicts with the checkpoint's 3" in err
+    assert half.read_bytes() == before
+    code, out, err = train(capsys, "--resume", str(half), "--epochs", "2", "--seed", "3",
+                           "--save", str(half))
+    assert code == 0, err
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params_in(whole), params_in(half)))
+    parser = __import__("argparse").ArgumentParser()
+    train_cmd.add_arguments(parser)
+    help_text = {a.dest: a.help for a in parser._actions}["seed"]
+    assert "with --resume" in help_text and "checkpoint" in help_text

@@ -164,7 +164,9 @@ def add_arguments(parser):
     loop.add_argument("--batch-size", type=int, dest="batch_size",
                       help=f"default {DEFAULTS['batch_size']}")
     loop.add_argument("--seed", type=int,
-                      help="seeds the split, the initial weights and the shuffling (default 0)")
+                      help="seeds the split, the initial weights, the shuffling and "
+                           "stochastic rounding (default 0); with --resume all four come from "
+                           "the checkpoint, and a --seed other than its own is an error")
     loop.add_argument("--no-shuffle", action="store_true",
                       help="visit the training samples in the same order every epoch")
     out = parser.add_argument_group("output")
@@ -436,6 +438,10 @@ def _read_checkpoint(args):
                            f"optimizer's state keep their types in a resumed run)"
                            if attr in ("precision", "state_dtype") else
                            f"{option} {given} conflicts with the checkpoint's {config[attr]}")
+    if args.seed is not None and args.seed != config.get("split_seed"):
+        raise CLIError(f"--seed {args.seed} conflicts with the checkpoint's "
+                       f"{config.get('split_seed')} (a resumed run keeps its split, initial "
+                       f"weights, shuffling and rounding stream)")
     if not isinstance(args.val_fraction, _Default) and \
             args.val_fraction != config.get("val_fraction"):
         raise CLIError(f"--val-fraction {args.val_fraction:g} conflicts with the checkpoint's "
@@ -703,6 +709,8 @@ def _set_up(args):
                        f"{config['n_classes']}")
     config.update(n_features=int(X_train.shape[1]), n_classes=n_classes)
     parameters = optimizer_parameters(args, optimizer)
+    if args.resume:     # the checkpoint's seed (the loop's, kept whatever --seed says)
+        parameters.pop(ParameterKey.SEED, None)
     try:
         model = _make_model(config)
     except MemoryError:
