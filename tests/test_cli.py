@@ -1464,3 +1464,18 @@ def test_resume_refuses_another_seed(capsys, tmp_path):
     train_cmd.add_arguments(parser)
     help_text = {a.dest: a.help for a in parser._actions}["seed"]
     assert "with --resume" in help_text and "checkpoint" in help_text
+
+
+def test_save_of_a_finished_checkpoint_is_written_though_nothing_is_left_to_train(capsys,
+                                                                                  tmp_path):
+    """`--resume done.lrc --save other.lrc` on a completed run said 'nothing to do' and
+    wrote nothing, though --save was asked for; the checkpoint is now written (a copy of
+    the run it holds, which resumes as the original does) and the output says so."""
+    done, other = tmp_path / "done.lrc", tmp_path / "other.lrc"
+    assert train(capsys, "--epochs", "1", "--model", "softmax", "--save", str(done))[0] == 0
+    code, out, err = train(capsys, "--resume", str(done), "--save", str(other))
+    assert code == 0 and "nothing to do" in out and f"wrote checkpoint {other}" in out, err
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params_in(done), params_in(other)))
+    a = train(capsys, "--resume", str(done), "--epochs", "2")
+    b = train(capsys, "--resume", str(other), "--epochs", "2")
+    assert a[0] == b[0] == 0 and final_accuracy(a[1]) == final_accuracy(b[1])

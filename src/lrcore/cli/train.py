@@ -898,6 +898,9 @@ def run(args):
     if job.task.epoch >= job.epochs:
         print(f"nothing to do: the checkpoint has completed {job.task.epoch} of {job.epochs} "
               f"epochs; pass --epochs N with N > {job.task.epoch} to train further")
+        if args.save:         # asked for: the run the checkpoint holds, written as asked
+            job.save(args.save)
+            print(f"wrote checkpoint {args.save}")
         if plot:              # the figure of the run the checkpoint holds
             job.lr = job.parameters.get(ParameterKey.LEARNING_RATE,
                                         job.task.parameters[ParameterKey.LEARNING_RATE])
