@@ -1479,3 +1479,9 @@ def test_save_of_a_finished_checkpoint_is_written_though_nothing_is_left_to_trai
     a = train(capsys, "--resume", str(done), "--epochs", "2")
     b = train(capsys, "--resume", str(other), "--epochs", "2")
     assert a[0] == b[0] == 0 and final_accuracy(a[1]) == final_accuracy(b[1])
+
+
+def test_summary_counts_one_step_in_the_singular(capsys):
+    code, out, err = train(capsys, "--epochs", "1", "--batch-size", "2000")
+    assert code == 0 and "completed: 1 step, 1,438 samples in " in out, err
+

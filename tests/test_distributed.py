@@ -406,3 +406,44 @@ def test_train_distributed_bad_precision_is_one_clear_error():
                         "--state-dtype bfloat16 needs bfloat16 params")):
         with pytest.raises(CLIError, match=text):
             dtrain.run(parser.parse_args(["--distributed", "--epochs", "1"] + argv))
+
+
+def _distributed_args(argv):
+    import argparse
+    from lrcore.cli import train as cli_train
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    return parser.parse_args(["--distributed"] + argv)
+
+
+def test_train_distributed_output_is_formatted_as_one_process(capsys):
+    """One rank (an MPI singleton): the header said '1 epochs', the summary '1 steps' and
+    'optimizer state 76960 bytes' where the one-process summary writes '76,960 bytes'."""
+    from lrcore.distributed import train as dtrain
+    assert dtrain.run(_distributed_args(["--epochs", "1", "--batch-size", "2000"])) == 0
+    out = capsys.readouterr().out
+    assert ", 1 epoch of 1438 samples," in out, out
+    assert "done: 1 step in " in out and "optimizer state 76,960 bytes on rank 0 of 1" in out
+    assert dtrain.run(_distributed_args(["--epochs", "2", "--batch-size", "1000"])) == 0
+    out = capsys.readouterr().out
+    assert ", 2 epochs of 1438 samples," in out and "done: 4 steps in " in out, out
+
+
+def test_train_distributed_data_errors_are_the_one_process_ones(capsys, tmp_path):
+    """--target without --data, a data file that is not UTF-8 text or holds one class: the
+    one-process job names the option or the file; --distributed gave the bare message."""
+    from lrcore.cli import CLIError
+    from lrcore.distributed import train as dtrain
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(b"a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,\xe9,1\n")
+    single = tmp_path / "one.csv"
+    single.write_text("a,b,label\n" + "".join(f"{i},{i + 1},0\n" for i in range(10)))
+    for argv, text in (
+            (["--target", "y"], "--target needs --data FILE (the built-in digits have no "
+                                "columns to choose from)"),
+            (["--data", str(latin1)], f"data file '{latin1}' is not a UTF-8 text CSV file"),
+            (["--data", str(single)], f"data file '{single}': the target holds a single "
+                                      f"class")):
+        with pytest.raises(CLIError) as info:
+            dtrain.run(_distributed_args(["--epochs", "1"] + argv))
+        assert text in str(info.value), (argv, str(info.value))

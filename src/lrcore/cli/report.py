@@ -152,7 +152,7 @@ def summary(outcome, steps, samples, elapsed, accuracy, written, precision=None,
     """The last lines: steps, samples and speed; final accuracy; the precision and the
     optimizer state's memory in words (when given); the files written."""
     rate = samples / elapsed if elapsed > 0 else math.inf
-    lines = [f"{outcome}: {steps} steps, {samples:,} samples in {elapsed:.2f} s "
+    lines = [f"{outcome}: {steps} step{'s' * (steps != 1)}, {samples:,} samples in {elapsed:.2f} s "
              f"({rate:,.0f} samples/s)", f"final val_acc {accuracy:.4f}"]
     if precision is not None:
         lines.append(f"precision {precision}" + ("" if state is None else

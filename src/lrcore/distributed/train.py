@@ -108,9 +108,9 @@ def run(args):
     sense data-parallel; rank 0 prints. Returns the exit code."""
     from ..cli import EXIT_FAILED, CLIError
     from ..cli.schedule import build as build_schedule
-    from ..cli.train import DEFAULTS, PRECISIONS, check_precision, default_lr, \
+    from ..cli.train import DEFAULTS, PRECISIONS, _load_data, check_precision, default_lr, \
         describe_precision, hyperparameter_names, precision_options, resolved_precision
-    from ..demo import datasets, models
+    from ..demo import models
     from ..lowp import bfloat16
     from ..task import OPTIMIZERS
     try:
@@ -140,15 +140,11 @@ def run(args):
         if options:
             param = PRECISIONS[resolved_precision(precision, state_dtype)][0]
             dtype = {"dtype": bfloat16 if param == "bfloat16" else np.dtype(param)}
-        if args.data:
-            X, y = datasets.load_table(args.data, args.target)
-        else:
-            if args.target is not None:
-                raise CLIError("--target needs --data FILE")
-            X, y = datasets.load_digits()
-        n_classes = int(y.max()) + 1
-        X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, args.val_fraction, seed)
-        X_train, X_val = datasets.standardize(X_train, X_val)
+        # the one-process job's loading, split and standardising, with its messages
+        X_train, y_train, X_val, y_val, n_classes = _load_data({
+            "data": os.path.abspath(args.data) if args.data else None,
+            "target": args.target, "val_fraction": float(args.val_fraction),
+            "split_seed": seed})
         hidden = args.hidden or DEFAULTS["hidden"]
         if (args.model or "mlp") == "mlp":
             model = models.MLP(X_train.shape[1], hidden, n_classes, seed=seed, **dtype)
@@ -185,7 +181,7 @@ def run(args):
         print(f"lrcore train --distributed: {model_name} on "
               f"{os.path.basename(args.data) if args.data else 'digits (built-in)'}, "
               f"{cls.__name__}, lr {lr if not isinstance(lr, float) else f'{lr:g}'}, "
-              f"{epochs} epochs of {len(y_train)} samples, mini-batch {batch_size} split over "
+              f"{epochs} epoch{'s' * (epochs != 1)} of {len(y_train)} samples, mini-batch {batch_size} split over "
               f"{world} rank(s){shown}", flush=True)
         try:
             result = train(X_train, y_train, X_val, y_val, model, cls, lr=lr,
@@ -204,9 +200,10 @@ def run(args):
         except Exception as exc:   # noqa: BLE001 - this rank's own failure, as one line
             raise CLIError(f"training failed on rank {rank}: {type(exc).__name__}: {exc}",
                            EXIT_FAILED) from None
-        print(f"done: {result['steps']} steps in {result['seconds']:.2f} s, validation "
-              f"accuracy {result['val_accuracy']:.4f}; optimizer state {result['state_nbytes']} "
-              f"bytes on rank 0 of {world}", flush=True)
+        steps = result["steps"]
+        print(f"done: {steps} step{'s' * (steps != 1)} in {result['seconds']:.2f} s, "
+              f"validation accuracy {result['val_accuracy']:.4f}; optimizer state "
+              f"{result['state_nbytes']:,} bytes on rank 0 of {world}", flush=True)
         return 0
     except CLIError:
         if rank != 0:   # rank 0 prints the one message; the others exit quietly alike
