@@ -1485,3 +1485,16 @@ def test_summary_counts_one_step_in_the_singular(capsys):
     code, out, err = train(capsys, "--epochs", "1", "--batch-size", "2000")
     assert code == 0 and "completed: 1 step, 1,438 samples in " in out, err
 
+
+def test_schedule_table_columns_stay_aligned_past_8_digits(capsys):
+    """Steps of 9 digits and more overflowed the 8-column step field: the value column
+    moved right on those rows and no longer lined up with the header."""
+    code, out, _ = schedule(capsys, "cosine", "initial=0.1", "--steps", str(10**12),
+                            "--rows", "3")
+    lines = out.splitlines()[1:]
+    assert code == 0 and [line.split()[0] for line in lines] == \
+        ["step", "0", "500000000000", "999999999999"]
+    starts = {len(line) - len(line.rstrip().split()[-1]) for line in lines}
+    assert len(starts) == 1, out
+    code, out, _ = schedule(capsys, "cosine", "initial=0.1", "--steps", "3")
+    assert out.splitlines()[1] == "    step  value" and out.splitlines()[2] == "       0  0.1"

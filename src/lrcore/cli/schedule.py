@@ -154,8 +154,10 @@ def run(args):
         print(f"{schedule!r}: {args.steps} steps drawn to {path}")
         return 0
     print(f"{schedule!r}")
-    print(f"{'step':>8}  value")
+    width = max(8, len(str(args.steps - 1)))      # the widest step shown is the last
+    print(f"{'step':>{width}}  value")
     for step in _rows(args.steps, args.rows):
         value = schedule(step)
-        print(f"{step:>8}  {value:.6g}" if math.isfinite(value) else f"{step:>8}  {value}")
+        print(f"{step:>{width}}  {value:.6g}" if math.isfinite(value)
+              else f"{step:>{width}}  {value}")
     return 0
