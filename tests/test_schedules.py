@@ -664,3 +664,26 @@ def test_plot_checks_arguments():
         S.plot(lambda n: 0.1, 10)
     with pytest.raises(ValueError, match="steps=0"):
         S.plot(Constant(0.1), 0)
+
+
+def test_plot_of_a_very_long_schedule_evaluates_a_bounded_number_of_exact_points():
+    """plot() evaluated every step: 10**9 steps ran for minutes and took gigabytes. It now
+    draws at most PLOT_POINTS evenly spaced steps, the first and the last among them, each
+    at its exact value; a short schedule is still drawn at every step."""
+    pytest.importorskip("matplotlib")
+    calls = []
+
+    def f(n):
+        calls.append(n)
+        return 1.0 / (1 + n)
+    n = 10**9
+    fig = S.plot(Lambda(f), n, path=None)
+    x, y = fig.axes[0].lines[0].get_data()
+    assert len(calls) <= S.plotting.PLOT_POINTS and len(x) == len(calls)
+    assert x[0] == 0 and x[-1] == n - 1 and np.all(np.diff(x) > 0)
+    assert list(y) == [1.0 / (1 + int(s)) for s in x]
+    s = Cosine(0.1, 300)
+    x, y = S.plot(s, 300).axes[0].lines[0].get_data()
+    assert list(x) == list(range(300)) and list(y) == list(s.values(300))
+    import matplotlib.pyplot as plt
+    plt.close("all")

@@ -10,6 +10,7 @@ import math
 from fractions import Fraction
 
 from .. import schedules
+from ..schedules.plotting import PLOT_POINTS
 from . import CLIError
 from .paths import PLOT_HINT, plot_file
 
@@ -119,7 +120,9 @@ def add_arguments(parser):
     parser.add_argument("--rows", type=int, default=None, metavar="R",
                         help="print only R evenly spaced rows (default: all if N <= 50, else 21)")
     parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw the schedule to this image instead of printing a table; "
+                        help="draw the schedule to this image instead of printing a table "
+                             f"(every step up to {PLOT_POINTS}, else that "
+                             "many evenly spaced steps, the first and last included); "
                              "the extension picks the format: .png, .pdf, .svg, ... (needs "
                              f"matplotlib: {PLOT_HINT})")
 
@@ -147,10 +150,6 @@ def run(args):
             schedules.plot(schedule, args.steps, path)
         except (OSError, ValueError) as exc:
             raise CLIError(f"--plot {path!r}: cannot write the image: {exc}") from None
-        except MemoryError:     # the curve holds a value for every step
-            raise CLIError(f"--steps {args.steps} is too many steps to draw in this "
-                           f"machine's memory (--plot evaluates every step); print a table "
-                           f"of --rows instead, or use fewer steps") from None
         print(f"{schedule!r}: {args.steps} steps drawn to {path}")
         return 0
     print(f"{schedule!r}")
