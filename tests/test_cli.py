@@ -1499,3 +1499,13 @@ def test_schedule_table_columns_stay_aligned_past_8_digits(capsys):
     assert len(starts) == 1, out
     code, out, _ = schedule(capsys, "cosine", "initial=0.1", "--steps", "3")
     assert out.splitlines()[1] == "    step  value" and out.splitlines()[2] == "       0  0.1"
+
+
+def test_a_warmup_longer_than_the_run_is_refused_before_training(capsys, tmp_path):
+    save = tmp_path / "c.lrc"
+    code, out, err = train(capsys, "--epochs", "1", "--schedule", "warmup_cosine",
+                           "warmup_steps=1000", "--save", str(save))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "warmup_steps=1000 is larger than steps=45" in err and \
+        "filled in: initial=0.001, steps=45)" in err
+    assert not save.exists()

@@ -687,3 +687,19 @@ def test_plot_of_a_very_long_schedule_evaluates_a_bounded_number_of_exact_points
     assert list(x) == list(range(300)) and list(y) == list(s.values(300))
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+def test_warmup_cosine_refuses_a_warmup_longer_than_its_cosine():
+    """warmup_cosine(0.1, steps=45, warmup_steps=10**6) kept the lr near 0 for any run of
+    about `steps` steps (optax, whose decay_steps counts the warm-up, refuses a warm-up
+    that leaves no decay); now a ValueError names both."""
+    with pytest.raises(ValueError, match=r"warmup_cosine: warmup_steps=1000000 is larger "
+                                         r"than steps=45"):
+        S.warmup_cosine(0.1, 45, 10**6)
+    with pytest.raises(ValueError, match=r"warmup_steps=46 is larger than steps=45"):
+        S.make("warmup_cosine", initial="0.1", steps="45", warmup_steps="46")
+    with pytest.raises(TypeError, match="warmup_steps must be an int"):
+        S.warmup_cosine(0.1, 45, 1.5)
+    assert S.warmup_cosine(0.1, 45, 45)(45) == 0.1          # equal lengths are fine
+    # Warmup itself composes any two lengths
+    assert Warmup(Cosine(0.1, 10), 100)(50) == pytest.approx(0.05)

@@ -96,14 +96,17 @@ def build(name, pairs, fill=None):
             raise CLIError(f"schedule argument {key!r} is given twice")
         kwargs[key] = value
     params = _signature(name)
+    filled = []
     for key, value in (fill or {}).items():
         if key in FILLABLE and key in params and key not in kwargs and \
                 params[key].default is inspect.Parameter.empty and value is not None:
             kwargs[key] = str(value)
+            filled.append(f"{key}={value}")
     try:
         return schedules.make(name, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"{exc}; {describe(name)}") from None
+        note = f" (left out, so filled in: {', '.join(filled)})" if filled else ""
+        raise CLIError(f"{exc}{note}; {describe(name)}") from None
 
 
 def add_arguments(parser):

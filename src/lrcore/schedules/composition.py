@@ -138,5 +138,19 @@ def warmup_cosine(initial: float, steps: int, warmup_steps: int, floor: float = 
                   start_value: float = 0.0) -> Warmup:
     """Linear warm-up from ``start_value`` to ``initial`` over ``warmup_steps``, then a cosine
     from ``initial`` to ``floor`` over ``steps`` more steps: ``Warmup(Cosine(initial, steps,
-    floor), warmup_steps, start_value)``. Total length ``warmup_steps + steps``."""
-    return Warmup(Cosine(initial, steps, floor), warmup_steps, start_value)
+    floor), warmup_steps, start_value)``. Total length ``warmup_steps + steps``.
+
+    ``warmup_steps`` larger than ``steps`` is a ValueError naming both: a warm-up longer
+    than the decay that follows it is almost always ``steps`` taken for the whole run's
+    length, which would keep the lr near ``start_value`` for all of it (optax's
+    ``warmup_cosine_decay_schedule``, whose ``decay_steps`` counts the warm-up, likewise
+    refuses a warm-up that leaves no decay). Such a schedule can still be composed on
+    purpose as ``Warmup(Cosine(...), warmup_steps)``."""
+    cosine = Cosine(initial, steps, floor)
+    warmup = check_int("warmup_cosine", "warmup_steps", warmup_steps, low=0)
+    if warmup > cosine.steps:
+        raise ValueError(f"warmup_cosine: warmup_steps={warmup} is larger than "
+                         f"steps={cosine.steps}, the cosine's steps after the warm-up; for a "
+                         f"longer warm-up compose Warmup(Cosine(initial, steps, floor), "
+                         f"warmup_steps)")
+    return Warmup(cosine, warmup, start_value)
