@@ -1506,6 +1506,28 @@ def test_a_warmup_longer_than_the_run_is_refused_before_training(capsys, tmp_pat
     code, out, err = train(capsys, "--epochs", "1", "--schedule", "warmup_cosine",
                            "warmup_steps=1000", "--save", str(save))
     assert code == 2 and out == "" and len(err.splitlines()) == 1, err
-    assert "warmup_steps=1000 is larger than steps=45" in err and \
-        "filled in: initial=0.001, steps=45)" in err
+    assert "warmup_steps=1000 leaves 0 of the run's 45 steps for what follows the warm-up" \
+        in err
     assert not save.exists()
+
+
+def test_warmup_cosine_left_without_steps_ends_with_the_run(capsys):
+    """warmup_cosine's `steps` count the cosine after the warm-up: left out, they are the
+    run's steps less the warm-up (not the run's, which ran the schedule warmup_steps past
+    the run's end, so the lr never reached its floor); a warm-up longer than what is left
+    is refused naming both; the end-of-schedule warning counts the warm-up."""
+    code, out, err = train(capsys, "--epochs", "1", "--schedule", "warmup_cosine",
+                           "warmup_steps=5")
+    assert code == 0, err
+    assert "Warmup(schedule=Cosine(initial=0.001, steps=40), warmup_steps=5)" in out
+    code, out, err = train(capsys, "--epochs", "1", "--schedule", "warmup_cosine",
+                           "warmup_steps=30")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "warmup_steps=30 leaves 15 of the run's 45 steps" in err
+    code, out, err = train(capsys, "--epochs", "4", "--schedule", "warmup_cosine",
+                           "warmup_steps=20", "steps=160")
+    assert code == 0 and "ends at step" not in out + err
+    code, out, err = train(capsys, "--epochs", "4", "--schedule", "warmup_cosine",
+                           "warmup_steps=20", "steps=100")
+    assert code == 0
+    assert "schedule ends at step 120, before the run's 180" in " ".join((out + err).split())

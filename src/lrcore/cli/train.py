@@ -614,21 +614,41 @@ def _schedule_spec(args, lr, total_steps):
 
 
 def _build(spec, total_steps):
+    """The schedule of `spec` for a run of `total_steps`: a length left out is the run's;
+    for a schedule whose `steps` follow a warm-up (warmup_cosine: warmup_steps + steps in
+    all), the run's less the warm-up, so that it ends with the run."""
     fill = dict(spec["fill"])
+    warmup = _argument_int(spec, "warmup_steps") or 0
     for key in ("steps", "total_steps"):
         if key in fill:
-            fill[key] = total_steps
+            fill[key] = total_steps - warmup if key == "steps" else total_steps
+    if "steps" in fill and warmup > 0 and fill["steps"] < warmup:
+        raise CLIError(f"--schedule {spec['name']}: warmup_steps={warmup} leaves "
+                       f"{max(fill['steps'], 0)} of the run's {total_steps} steps for what "
+                       f"follows the warm-up, less than the warm-up itself; give a shorter "
+                       f"warmup_steps, more --epochs, or steps= explicitly")
     return build_schedule(spec["name"], spec["arguments"], fill)
 
 
-def _explicit_length(spec):
+def _argument_int(spec, name):
+    """The integer value of argument `name` in the spec's key=value pairs, else None."""
     for pair in spec["arguments"]:
         key, _, value = pair.partition("=")
-        if key.strip().lstrip("-").replace("-", "_") in ("steps", "total_steps"):
+        if key.strip().lstrip("-").replace("-", "_") == name:
             try:
                 return int(value)
             except ValueError:
                 return None
+    return None
+
+
+def _explicit_length(spec):
+    """The step at which a schedule given its length ends (warm-up included), else None."""
+    for name in ("steps", "total_steps"):
+        n = _argument_int(spec, name)
+        if n is not None:
+            warmup = (_argument_int(spec, "warmup_steps") or 0) if name == "steps" else 0
+            return n + warmup
     return None
 
 
