@@ -112,19 +112,26 @@ def test_save_and_resume_is_bitwise_an_uninterrupted_run(capsys, tmp_path):
     assert code == 0 and "nothing to do" in out
 
 
-def test_ctrl_c_writes_a_checkpoint_that_resumes_bitwise(capsys, tmp_path, monkeypatch):
-    whole, cut = tmp_path / "whole.lrc", tmp_path / "cut.lrc"
-    assert train(capsys, "--epochs", "2", "--save", str(whole))[0] == 0
+def _interrupt_at_call(monkeypatch, n):
+    """Make the n-th mini-batch's loss_and_grad raise KeyboardInterrupt (Ctrl-C); returns the
+    original, to put back."""
     original = models.MLP.loss_and_grad
     calls = {"n": 0}
 
     def interrupted(self, X, y, grads):
         calls["n"] += 1
-        if calls["n"] == 60:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return original(self, X, y, grads)
 
     monkeypatch.setattr(models.MLP, "loss_and_grad", interrupted)
+    return original
+
+
+def test_ctrl_c_writes_a_checkpoint_that_resumes_bitwise(capsys, tmp_path, monkeypatch):
+    whole, cut = tmp_path / "whole.lrc", tmp_path / "cut.lrc"
+    assert train(capsys, "--epochs", "2", "--save", str(whole))[0] == 0
+    original = _interrupt_at_call(monkeypatch, 60)
     code, out, err = train(capsys, "--epochs", "2", "--save", str(cut))
     assert code == 130 and "interrupted in epoch 2 after 14 of 45 mini-batches" in err
     assert f"--resume {cut}" in err and "Traceback" not in err
@@ -1363,16 +1370,7 @@ def test_resume_in_mid_epoch_refuses_another_batch_size(capsys, tmp_path, monkey
     mini-batches of its own size: resumed with another --batch-size, the run's length was
     miscounted (a schedule fit to 225 steps for a run of 183, '992 samples' for 990)."""
     cut = tmp_path / "cut.lrc"
-    original = models.MLP.loss_and_grad
-    calls = {"n": 0}
-
-    def interrupted(self, X, y, grads):
-        calls["n"] += 1
-        if calls["n"] == 60:
-            raise KeyboardInterrupt
-        return original(self, X, y, grads)
-
-    monkeypatch.setattr(models.MLP, "loss_and_grad", interrupted)
+    original = _interrupt_at_call(monkeypatch, 60)
     assert train(capsys, "--epochs", "2", "--save", str(cut))[0] == 130
     monkeypatch.setattr(models.MLP, "loss_and_grad", original)
     code, out, err = train(capsys, "--resume", str(cut), "--batch-size", "8")
