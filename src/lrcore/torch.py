@@ -438,19 +438,16 @@ class _LrcoreOptimizer:
     def _new_state(self, name, p, group):
         """A new state buffer, filled with the row's initial value (an Option's value, as
         Adagrad's initial_accumulator_value, is read from the optimizer's defaults)."""
-        init = next(s.init for s in self._rule.states if s.torch_name == name)
-        if isinstance(init, str):
-            return torch.full_like(p, self.defaults[init], memory_format=torch.preserve_format)
-        if init == 0:
+        value = self._initial_value(name)
+        if value == 0:
             return torch.zeros_like(p, memory_format=torch.preserve_format)
-        return torch.full_like(p, init, memory_format=torch.preserve_format)
+        return torch.full_like(p, value, memory_format=torch.preserve_format)
 
-    def _new_lowp_state(self, name, p, dtype):
-        """A new state buffer of `dtype` (a layout's state dtype), filled with the row's
-        initial value as the per-param path makes it (_lrcore_state_arrays)."""
+    def _initial_value(self, name):
+        """The row's initial value of state `name` (torch's name; an Option's value, as
+        Adagrad's initial_accumulator_value, read from the optimizer's defaults)."""
         init = next(s.init for s in self._rule.states if s.torch_name == name)
-        value = self.defaults[init] if isinstance(init, str) else init
-        return torch.full(p.shape, value, dtype=dtype)
+        return self.defaults[init] if isinstance(init, str) else init
 
     # -- per-param scalar state (NAdam's mu_product): none by default -------------------
 
@@ -629,8 +626,8 @@ class _LrcoreOptimizer:
                 cache.plan.run(grad_arrays, by_name, 1.0, self.num_threads, False,
                                self._lrcore_rounding, self._lrcore_seed)
             except TypeError:
-                # a grad whose dtype completes no layout with its param (checked before
-                # anything is written): the per-param path names it
+                # a grad the plan does not take as it is (checked before anything is
+                # written): the per-param path takes it or names it
                 self._lrcore_cache = None
                 self._lrcore_step_each(params, grads, gidx)
                 return
@@ -788,8 +785,7 @@ class _LrcoreOptimizer:
             if name in st or name + ".codes" in st:
                 pass
             else:
-                init = next(s.init for s in self._rule.states if s.torch_name == name)
-                value = self.defaults[init] if isinstance(init, str) else init
+                value = self._initial_value(name)
                 buf = precision.new_state(lay, lname, _Shape(p), value)
                 if isinstance(buf, quantization.QuantizedState):
                     st[name + ".codes"] = torch.from_numpy(buf.codes)
@@ -849,8 +845,9 @@ class _LrcoreOptimizer:
                 for name in needs[gi]:
                     t = st.get(name)
                     if t is None:
+                        # a layout's state dtype: filled as the per-param path fills it
                         st[name] = (self._new_state(name, p, group) if not lowp_mode else
-                                    self._new_lowp_state(name, p, sdt))
+                                    torch.full(p.shape, self._initial_value(name), dtype=sdt))
                         created.append((st, name))
                     elif not isinstance(t, torch.Tensor) or t.dtype != sdt or \
                             t.device.type != "cpu" or t.shape != p.shape:
@@ -871,14 +868,10 @@ class _LrcoreOptimizer:
                          for name in self._slots]
                 s_arrays.append(tuple(slots) + (None,) * (3 - len(slots)))
                 tensors.append((p, [st.get(name) for name in needs[gi]]))
-            if lowp_mode:
-                offsets = self._lrcore_offsets()
-                cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays,
-                                                       list(group_of),
-                                                       [offsets[id(p)] for p in params])
-            else:
-                cache.plan = lrcore_optim.plan_class()(self._kind, p_arrays, s_arrays,
-                                                       list(group_of))
+            offsets = self._lrcore_offsets() if lowp_mode else None
+            cache.plan = lrcore_optim.plan_class()(
+                self._kind, p_arrays, s_arrays, list(group_of),
+                *([[offsets[id(p)] for p in params]] if lowp_mode else []))
             cache.lowp = lowp_mode
         except Exception:
             self._lrcore_undo(params, created)

@@ -380,22 +380,16 @@ class Optimizer:
         return True
 
     def _step_each(self, grads, values, clip_norm, skip_nonfinite, owner):
-        """The kernel once per param (half-precision or 8-bit layouts): every grad is
-        checked against its param's layout and the optimizer's memory first."""
+        """A step of the half-precision or 8-bit layouts: one call of lrcore.lowp's layouts
+        (_step_lowp_plan) where it applies, else the kernel once per param after every grad
+        is checked against its param's layout and the optimizer's memory."""
         where = f"{owner}.step()"
         needs = [self._needs(group) for group in self._groups]
-        if self._lowp_ok and clip_norm is None and not skip_nonfinite:
-            # the plan checks every grad (count, layout, size, memory) before it writes
-            # anything; whatever it refuses goes through the checks below, which name it
-            try:
-                self._lowp_plan_for(needs).run(list(grads), values, 1.0, self.num_threads,
-                                               False, self._rounding, self._seed)
-            except (TypeError, ValueError):
-                pass
-            else:
-                self._after_step(values)
-                self._step += 1
-                return True
+        # the plan checks every grad (count, layout, size, memory) before it writes
+        # anything; whatever it refuses goes through the checks below, which name it
+        if self._lowp_ok and clip_norm is None and not skip_nonfinite and \
+                self._step_lowp_plan(needs, grads, values, (TypeError, ValueError)):
+            return True
         if len(grads) != len(self._params):
             raise ValueError(f"{where}: got {len(grads)} grads for {len(self._params)} "
                              f"params; pass one grad per param, in the same order")
@@ -412,18 +406,10 @@ class Optimizer:
             if scale != 1.0:
                 grads = [precision.scaled(g, scale, lay)
                          for g, lay in zip(grads, self._layouts)]
-        if self._lowp_ok:
-            try:
-                self._lowp_plan_for(needs).run(list(grads), values, 1.0, self.num_threads,
-                                               False, self._rounding, self._seed)
-            except TypeError:
-                # a grad the plan does not take as it is (checked before anything is
-                # written, e.g. a view at an odd byte offset): the kernel once per param
-                pass
-            else:
-                self._after_step(values)
-                self._step += 1
-                return True
+        # checked grads the plan still refuses (e.g. a view at an odd byte offset): the
+        # kernel once per param
+        if self._lowp_ok and self._step_lowp_plan(needs, grads, values, TypeError):
+            return True
         for i, (p, g) in enumerate(zip(self._params, grads)):
             used = needs[self._group_of[i]]
             precision.run(self.kernel, self._layouts[i], p, g,
@@ -431,6 +417,19 @@ class Optimizer:
                           self.state_slots, values[self._group_of[i]],
                           rounding=self._rounding, seed=self._seed,
                           index_offset=self._offsets[i], num_threads=self.num_threads)
+        self._after_step(values)
+        self._step += 1
+        return True
+
+    def _step_lowp_plan(self, needs, grads, values, refused):
+        """One step in one call of :meth:`_lowp_plan_for`'s plan: True when it ran (the
+        step's bookkeeping done), False when the plan raised one of `refused` (it checks
+        everything before it writes: nothing changed)."""
+        try:
+            self._lowp_plan_for(needs).run(list(grads), values, 1.0, self.num_threads,
+                                           False, self._rounding, self._seed)
+        except refused:
+            return False
         self._after_step(values)
         self._step += 1
         return True
